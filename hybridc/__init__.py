@@ -1,0 +1,1 @@
+"""hybridc: a declarative graph compiler for hybrid analog/digital neural networks."""

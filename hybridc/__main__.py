@@ -1,0 +1,3 @@
+from hybridc.cli import main
+
+main()

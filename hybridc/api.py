@@ -1,0 +1,98 @@
+"""Public Python API: trace, partition, compile (and, through other modules, export)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from hybridc.errors import PartitionError
+from hybridc.passes.partition import partition_graph
+from hybridc.passes.trace import TracedGraph, trace_model
+from hybridc.plan import PartitionConfig, Plan
+from hybridc.runtime.ffebm import FFEBM, validate_plan
+from hybridc.runtime.settings import GradientConfig, SolverConfig
+from hybridc.targets.init import goe_init
+
+
+def _as_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    return tuple(example_inputs)
+
+
+def trace(model: nn.Module, example_inputs: Any) -> TracedGraph:
+    """Capture `model`'s graph (torch.fx, falling back to torch.export) with shapes recorded."""
+    return trace_model(model, _as_tuple(example_inputs))
+
+
+def make_config(max_block_size: int | None = None, **policies: Any) -> PartitionConfig:
+    """A PartitionConfig from keyword policies; invalid values raise PartitionError with the field."""
+    from pydantic import ValidationError
+
+    fields = {k: v for k, v in policies.items() if v is not None}
+    if max_block_size is not None:
+        fields["max_block_size"] = max_block_size
+    try:
+        return PartitionConfig(**fields)
+    except ValidationError as exc:
+        msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise PartitionError(f"invalid partition settings: {msgs}") from None
+
+
+def partition(model: nn.Module, example_inputs: Any, max_block_size: int | None = None,
+              **policies: Any) -> Plan:
+    """Partition `model` into analog (energy-based) and digital blocks and return the plan.
+
+    Policies: norm=split|entry|drop, pool=digital|absorb, attention=digital|analog,
+    activation=hardsigmoid|keep, hardsigmoid_slope=float, non_monotone=substitute|refuse, eb_kind=dhn|drn.
+    """
+    cfg = make_config(max_block_size, **policies)
+    inputs = _as_tuple(example_inputs)
+    traced = trace(model, inputs)
+    plan = partition_graph(traced, cfg, [list(t.shape) for t in inputs])
+    plan.model.model_class = type(model).__name__
+    return plan
+
+
+def compile(model: nn.Module, example_inputs: Any, plan: Plan | None = None,
+            max_block_size: int | None = None, gradient: str = "ep", solver: dict | SolverConfig | None = None,
+            init: str = "keep", beta: float | None = None, goe_variance: float = 5e-5,
+            **policies: Any) -> FFEBM:
+    """Compile `model` into a trainable ff-EBM (an nn.Module).
+
+    `plan`: a Plan to build exactly (validated against the model); else one is made with
+    `max_block_size` and `policies` (see `partition`). `gradient`: "ep", "id" or "bptt".
+    `solver`: SolverConfig fields (t1, t2, mode, tol, anderson, ...). `init`: "keep" (the model's own
+    weights) or "goe" (the paper's GOE init of analog weights, variance `goe_variance`).
+    The compiled module owns deep copies of the model's layers: training it never changes `model`.
+    """
+    from pydantic import ValidationError
+
+    inputs = _as_tuple(example_inputs)
+    traced = trace(model, inputs)
+    if plan is None:
+        cfg = make_config(max_block_size, **policies)
+        plan = partition_graph(traced, cfg, [list(t.shape) for t in inputs])
+        plan.model.model_class = type(model).__name__
+    else:
+        if max_block_size is not None or policies:
+            raise PartitionError("give either a plan or partition settings (max_block_size, policies), not both")
+        validate_plan(plan, traced)
+    try:
+        solver_cfg = solver if isinstance(solver, SolverConfig) else SolverConfig(**(solver or {}))
+        grad_fields: dict[str, Any] = {"mode": gradient}
+        if beta is not None:
+            grad_fields["beta"] = beta
+        grad_cfg = GradientConfig(**grad_fields)
+    except ValidationError as exc:
+        msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise PartitionError(f"invalid compile settings: {msgs}") from None
+    compiled = FFEBM(plan, traced, solver_cfg, grad_cfg)
+    if init == "goe":
+        goe_init(compiled, goe_variance)
+    elif init != "keep":
+        raise PartitionError(f"init must be 'keep' or 'goe', not {init!r}")
+    compiled.train(model.training)
+    return compiled

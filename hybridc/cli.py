@@ -1,0 +1,213 @@
+"""The `hybridc` command line: partition, gradcheck (and, as they land, train, export, verify, report)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from hybridc.errors import HybridcError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="hybridc: compile PyTorch models into hybrid analog/digital ff-EBMs.")
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True)
+
+
+class Fmt(str, Enum):
+    table = "table"
+    json = "json"
+    dot = "dot"
+
+
+class GFmt(str, Enum):
+    table = "table"
+    json = "json"
+
+
+class Norm(str, Enum):
+    split = "split"
+    entry = "entry"
+    drop = "drop"
+
+
+class Pool(str, Enum):
+    digital = "digital"
+    absorb = "absorb"
+
+
+class Attention(str, Enum):
+    digital = "digital"
+    analog = "analog"
+
+
+class Act(str, Enum):
+    hardsigmoid = "hardsigmoid"
+    keep = "keep"
+
+
+class NonMono(str, Enum):
+    substitute = "substitute"
+    refuse = "refuse"
+
+
+class EBKind(str, Enum):
+    dhn = "dhn"
+    drn = "drn"
+
+
+class DType(str, Enum):
+    float64 = "float64"
+    float32 = "float32"
+
+
+ModelArg = Annotated[str, typer.Argument(help="zoo name (mlp, vgg-paper, vgg-paper-12, resnet18, transformer, "
+                                              "vit), path/model.py or path/model.py:factory")]
+MaxBlock = Annotated[int | None, typer.Option("--max-block-size", "-n",
+                                                 help="most weight layers per analog block [default: 2]")]
+InputShape = Annotated[str | None, typer.Option("--input-shape", help="per-sample input shape, e.g. 3,32,32")]
+NormOpt = Annotated[Norm | None, typer.Option("--norm", help="batch/group norms inside a chain [entry]")]
+LNOpt = Annotated[Norm | None, typer.Option("--layer-norm", help="LayerNorm/RMSNorm inside a chain [split]")]
+PoolOpt = Annotated[Pool | None, typer.Option("--pool", help="linear pooling inside a chain [absorb]")]
+AttnOpt = Annotated[Attention | None, typer.Option("--attention", help="attention modules [digital]")]
+ActOpt = Annotated[Act | None, typer.Option("--activation", help="neuron activation [hardsigmoid]")]
+SlopeOpt = Annotated[float | None, typer.Option("--hardsigmoid-slope", help="a in clamp(a·u,0,1) [0.5]")]
+NonMonoOpt = Annotated[NonMono | None, typer.Option("--non-monotone",
+                                                       help="GELU/SiLU under keep: substitute relu or keep digital")]
+EBOpt = Annotated[EBKind | None, typer.Option("--eb-kind", help="energy-based block kind [dhn]")]
+
+
+def _policies(norm, layer_norm, pool, attention, activation, slope, non_monotone, eb_kind) -> dict:  # noqa: ANN001
+    vals = {"norm": norm, "layer_norm": layer_norm, "pool": pool, "attention": attention,
+            "activation": activation, "hardsigmoid_slope": slope, "non_monotone": non_monotone,
+            "eb_kind": eb_kind}
+    return {k: (v.value if isinstance(v, Enum) else v) for k, v in vals.items() if v is not None}
+
+
+def _emit(text: str, out: Path | None) -> None:
+    if out is None:
+        sys.stdout.write(text)
+        return
+    from hybridc.runtime.files import atomic_write_text
+
+    atomic_write_text(out, text)
+    err_console.print(f"wrote {out}")
+
+
+@app.command()
+def partition(
+    model: ModelArg,
+    max_block_size: MaxBlock = None,
+    input_shape: InputShape = None,
+    norm: NormOpt = None,
+    layer_norm: LNOpt = None,
+    pool: PoolOpt = None,
+    attention: AttnOpt = None,
+    activation: ActOpt = None,
+    hardsigmoid_slope: SlopeOpt = None,
+    non_monotone: NonMonoOpt = None,
+    eb_kind: EBOpt = None,
+    fmt: Annotated[Fmt, typer.Option("--format", "-f", help="table, json (the plan) or dot (block graph)")] = Fmt.table,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write to FILE instead of stdout")] = None,
+) -> None:
+    """Partition MODEL into analog (energy-based) and digital blocks and print or save the plan."""
+    from hybridc.api import make_config
+    from hybridc.api import partition as do_partition
+    from hybridc.load import load_model
+
+    pol = _policies(norm, layer_norm, pool, attention, activation, hardsigmoid_slope, non_monotone, eb_kind)
+    make_config(max_block_size, **pol)  # validate flags before loading anything
+    lm = load_model(model, input_shape)
+    plan = do_partition(lm.model, lm.example_inputs, max_block_size=max_block_size, **pol)
+    if fmt == Fmt.json:
+        _emit(plan.to_json() + "\n", output)
+    elif fmt == Fmt.dot:
+        from hybridc.render import plan_dot
+
+        _emit(plan_dot(plan), output)
+    else:
+        from hybridc.render import decisions_table, plan_table
+
+        con = console if output is None else Console(file=open(output, "w"), width=160)  # noqa: SIM115
+        con.print(plan_table(plan))
+        if plan.decisions:
+            con.print(decisions_table(plan))
+        if output is not None:
+            con.file.close()
+            err_console.print(f"wrote {output}")
+
+
+@app.command()
+def gradcheck(
+    model: ModelArg,
+    max_block_size: MaxBlock = None,
+    beta: Annotated[float | None, typer.Option(help="nudging strength [1e-6 for float64, 1e-2 for float32]")] = None,
+    dtype: Annotated[DType, typer.Option(help="float64 for tight checks")] = DType.float64,
+    input_shape: InputShape = None,
+    norm: NormOpt = None,
+    layer_norm: LNOpt = None,
+    pool: PoolOpt = None,
+    attention: AttnOpt = None,
+    activation: ActOpt = None,
+    hardsigmoid_slope: SlopeOpt = None,
+    non_monotone: NonMonoOpt = None,
+    eb_kind: EBOpt = None,
+    init: Annotated[str, typer.Option(help="keep (model's weights) or goe")] = "keep",
+    batch: Annotated[int, typer.Option(help="random batch size", min=1)] = 4,
+    bptt_steps: Annotated[int, typer.Option(help="steps unrolled for the BPTT reference", min=1)] = 200,
+    seed: Annotated[int, typer.Option()] = 0,
+    fmt: Annotated[GFmt, typer.Option("--format", "-f")] = GFmt.table,
+    plot: Annotated[Path | None, typer.Option(help="save a per-layer bar chart (PNG)")] = None,
+) -> None:
+    """Static gradient analysis: EP vs implicit differentiation vs BPTT (and vs autograd of the original
+    model when every analog block is a single layer), per parameter tensor."""
+    import torch
+
+    from hybridc.api import make_config
+    from hybridc.gradcheck import gradcheck as do_gradcheck
+    from hybridc.gradcheck import plot_report
+    from hybridc.load import load_model
+    from hybridc.render import gradcheck_table
+
+    pol = _policies(norm, layer_norm, pool, attention, activation, hardsigmoid_slope, non_monotone, eb_kind)
+    make_config(max_block_size, **pol)
+    if init not in ("keep", "goe"):
+        raise HybridcError(f"--init must be keep or goe, not {init!r}")
+    lm = load_model(model, input_shape)
+    report = do_gradcheck(lm.model, lm.example_inputs, max_block_size=max_block_size or 2, beta=beta,
+                          dtype=getattr(torch, dtype.value), batch=batch, seed=seed, bptt_steps=bptt_steps,
+                          init=init, **pol)
+    if fmt == GFmt.json:
+        sys.stdout.write(json.dumps(report.public_json(), indent=2) + "\n")
+    else:
+        console.print(gradcheck_table(report))
+        fd = report.forward_max_abs_diff
+        console.print(f"forward max |compiled − original|: {'n/a (multi-layer blocks)' if fd is None else f'{fd:.3e}'}")
+        analog = [p for p in report.params if p.analog]
+        if analog:
+            console.print(f"analog tensors: min cos EP·ID {min(p.cos_ep_id for p in analog):.6f}, "
+                          f"min cos ID·BPTT {min(p.cos_id_bptt for p in analog):.6f}")
+    bad = report.unconverged()
+    if bad:
+        err_console.print(f"[yellow]warning:[/] free phase not converged to tolerance in {', '.join(bad)}: "
+                          "their gradients are not comparable")
+    if plot is not None:
+        plot_report(report, str(plot))
+        err_console.print(f"wrote {plot}")
+
+
+def main() -> None:
+    try:
+        app()
+    except HybridcError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

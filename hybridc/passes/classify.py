@@ -1,0 +1,199 @@
+"""Classify every node of a traced graph: weight / activation / linear / norm / pool / digital / free.
+
+`free` nodes compute no data: parameter expressions (`w.t()`), constants and shape queries (`x.size(0)`).
+They are recomputed wherever they are needed, so they never tie blocks together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+
+from hybridc.passes.ops import (
+    ACTIVATIONS,
+    LINEAR_POOLS,
+    NORMS,
+    PURE_SHAPE_OPS,
+    SHAPE_OPS,
+    op_key,
+)
+
+KINDS = ("free", "weight", "activation", "linear", "norm", "pool", "digital")
+
+
+@dataclass
+class NodeInfo:
+    """What a node is, for the partitioner."""
+
+    kind: str
+    key: str
+    reason: str = ""  # why a node is digital
+    attention: str = ""  # non-empty: the node belongs to this attention module/region
+
+
+def _is_tensor(node: fx.Node) -> bool:
+    return "hybridc_shape" in node.meta
+
+
+def _data_nodes(gm: fx.GraphModule) -> set[fx.Node]:
+    """Nodes that depend on a graph input and carry tensors (or tuples of tensors)."""
+    data: set[fx.Node] = set()
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            data.add(node)
+        elif node.op not in ("get_attr", "output"):
+            if any(a in data for a in node.all_input_nodes) and op_key(node, gm) != "meta":
+                data.add(node)
+    return data
+
+
+def free_nodes(gm: fx.GraphModule) -> set[fx.Node]:
+    """Compute nodes that carry no data (parameter expressions, constants, shape queries)."""
+    data = _data_nodes(gm)
+    return {n for n in gm.graph.nodes if n.op not in ("placeholder", "output") and n not in data}
+
+
+def _weight_status(node: fx.Node, key: str, data: set[fx.Node]) -> str | None:
+    """'weight' if this op multiplies data by parameters, 'digital:<reason>' if data by data, else None."""
+    if key in ("linear", "conv", "conv_transpose"):
+        if node.op == "call_module":
+            return "weight"
+        w = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+        if isinstance(w, fx.Node) and w not in data:
+            return "weight"
+        return "digital:weight computed from activations"
+    if key in ("matmul", "addmm"):
+        operands = list(node.args[1:3]) if key == "addmm" else list(node.args[:2])
+        flags = [isinstance(a, fx.Node) and a in data for a in operands]
+        if sum(flags) == 1:
+            return "weight"
+        if sum(flags) == 2:
+            return "digital:activation x activation product (attention-like)"
+    if key == "einsum":
+        return "digital:einsum"
+    return None
+
+
+def _attention_regions(gm: fx.GraphModule, keys: dict[fx.Node, str], data: set[fx.Node],
+                       weights: set[fx.Node]) -> dict[fx.Node, str]:
+    """Nodes belonging to attention: everything owned by an nn.MultiheadAttention (fx leaf or export
+    module stack) plus, for attention written from scratch, its core (softmax/SDPA and activation x
+    activation products) and the projections linked to the core through pure shape ops."""
+    region: dict[fx.Node, str] = {}
+    mha_owners: set[str] = set()
+    for node in gm.graph.nodes:
+        stack = node.meta.get("nn_module_stack") or {}
+        for path, typ in stack.values():
+            if "MultiheadAttention" in str(typ):
+                mha_owners.add(path)
+        if keys.get(node) == "attention":
+            mha_owners.add(str(node.target) if node.op == "call_module" else node.meta.get("hybridc_module", ""))
+    for node in gm.graph.nodes:
+        owner = node.meta.get("hybridc_module", "")
+        for m in mha_owners:
+            if m and (owner == m or owner.startswith(m + ".")):
+                region[node] = m
+    core = [n for n in gm.graph.nodes if n in data and (
+        keys.get(n) == "sdpa"
+        or (keys.get(n) in ("matmul", "einsum") and n not in weights))]
+    for c in core:
+        name = c.meta.get("hybridc_module", "") or c.name
+        region.setdefault(c, name)
+        # projections feeding the core: walk back through pure shape ops (and scalar scaling) to weights
+        stack = list(c.all_input_nodes)
+        seen: set[fx.Node] = set()
+        while stack:
+            n = stack.pop()
+            if n in seen or n not in data:
+                continue
+            seen.add(n)
+            if n in weights:
+                region.setdefault(n, name)
+            elif keys.get(n) in PURE_SHAPE_OPS or keys.get(n) in ("mul", "div", "softmax", "getitem"):
+                region.setdefault(n, name)
+                stack.extend(n.all_input_nodes)
+        # output projection: walk forward through pure shape ops to the first weight
+        stack = list(c.users)
+        seen = set()
+        while stack:
+            n = stack.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            if n in weights:
+                region.setdefault(n, name)
+            elif keys.get(n) in PURE_SHAPE_OPS or keys.get(n) in ("softmax", "dropout", "getitem", "matmul"):
+                region.setdefault(n, name)
+                stack.extend(n.users)
+    return region
+
+
+def classify(gm: fx.GraphModule) -> dict[fx.Node, NodeInfo]:
+    """Kind of every compute node (placeholders and the output node are not classified)."""
+    data = _data_nodes(gm)
+    keys = {n: op_key(n, gm) for n in gm.graph.nodes}
+    info: dict[fx.Node, NodeInfo] = {}
+    weights: set[fx.Node] = set()
+    for node in gm.graph.nodes:
+        if node.op in ("placeholder", "output"):
+            continue
+        key = keys[node]
+        if node not in data:
+            info[node] = NodeInfo("free", key)
+            continue
+        status = _weight_status(node, key, data)
+        if status == "weight":
+            info[node] = NodeInfo("weight", key)
+            weights.add(node)
+        elif status is not None:
+            info[node] = NodeInfo("digital", key, status.split(":", 1)[1])
+        elif key in ACTIVATIONS:
+            info[node] = NodeInfo("activation", key)
+        elif key in NORMS:
+            info[node] = NodeInfo("norm", key)
+        elif key in LINEAR_POOLS:
+            info[node] = NodeInfo("pool", key)
+        elif key in SHAPE_OPS and _is_linear_use(node, key, data):
+            info[node] = NodeInfo("linear", key)
+        else:
+            info[node] = NodeInfo("digital", key, _digital_reason(key, node, data))
+    for node, owner in _attention_regions(gm, keys, data, weights).items():
+        if node in info and info[node].kind != "free":
+            info[node].attention = owner
+    return info
+
+
+def _is_linear_use(node: fx.Node, key: str, data: set[fx.Node]) -> bool:
+    """Element-wise arithmetic is linear only when at most one operand is data (or for add/sub/cat)."""
+    if not _is_tensor(node):
+        return False
+    if key in ("mul", "div"):
+        operands = [a for a in node.args[:2] if isinstance(a, fx.Node) and a in data]
+        if len(operands) != 1:
+            return False
+        if key == "div" and isinstance(node.args[1], fx.Node) and node.args[1] in data:
+            return False
+    return True
+
+
+def _digital_reason(key: str, node: fx.Node, data: set[fx.Node]) -> str:
+    if key in ("mul", "div"):
+        return "product of two activations"
+    if key == "softmax":
+        return "softmax"
+    if key == "attention":
+        return "attention module"
+    if key == "embedding":
+        return "embedding lookup"
+    if key == "getitem":
+        return "indexing"
+    if key == "prelu":
+        return "activation with learned parameters"
+    return f"not a linear/monotone op ({key})"
+
+
+def tensor_dtype(node: fx.Node) -> torch.dtype | None:
+    name = node.meta.get("hybridc_dtype")
+    return getattr(torch, name) if name else None

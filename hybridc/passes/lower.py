@@ -1,0 +1,137 @@
+"""Lowering: turn a plan's blocks into GraphModules over the traced graph.
+
+A digital block becomes `forward(*inputs) -> tuple(outputs)`. An analog block becomes its synapse graph
+`forward(*inputs, *states) -> tuple(pre-activations)`: every neuron's value is replaced by a state
+placeholder, so the graph computes u_j = Σ_i f_ij(s_i) + b_j for each neuron j.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.fx as fx
+
+from hybridc.plan import Block
+
+
+#: The data operand of ops replaced by the identity (removed norms, dropout).
+def _data_arg(node: fx.Node) -> fx.Node:
+    if node.args and isinstance(node.args[0], fx.Node):
+        return node.args[0]
+    for key in ("input", "x"):
+        if isinstance(node.kwargs.get(key), fx.Node):
+            return node.kwargs[key]
+    raise ValueError(f"node {node.name} has no data operand to pass through")
+
+
+def block_io(gm: fx.GraphModule, membership: dict[str, list[str]], free: set[fx.Node]
+             ) -> dict[str, tuple[list[fx.Node], list[fx.Node]]]:
+    """Inputs and outputs of every block, derived from node membership alone.
+
+    An input is a value made outside the block (a graph input or another block's data node) that the
+    block's nodes read, directly or through free nodes (which each block recomputes for itself).
+    An output is a member that another block reads or that the graph returns.
+    """
+    by_name = {n.name: n for n in gm.graph.nodes}
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    inputs: dict[str, list[fx.Node]] = {}
+    for name, nodes in membership.items():
+        members = {by_name[x] for x in nodes}
+        found: list[fx.Node] = []
+        seen: set[fx.Node] = set()
+        stack = [a for m in members for a in m.all_input_nodes]
+        while stack:
+            a = stack.pop()
+            if a in seen or a in members:
+                continue
+            seen.add(a)
+            if a in free:
+                stack.extend(a.all_input_nodes)
+            else:
+                found.append(a)
+        inputs[name] = sorted(found, key=order.__getitem__)
+    out_node = next(n for n in gm.graph.nodes if n.op == "output")
+    wanted = {a for ins in inputs.values() for a in ins} | set(out_node.all_input_nodes)
+    result = {}
+    for name, nodes in membership.items():
+        outs = [by_name[x] for x in nodes if by_name[x] in wanted]
+        outs = [o for o in outs if o not in inputs[name]]
+        result[name] = (inputs[name], sorted(outs, key=order.__getitem__))
+    return result
+
+
+@dataclass
+class LoweredBlock:
+    gm: fx.GraphModule
+    inputs: list[str]  # names of the outer nodes feeding the placeholders, in order
+    outputs: list[str]  # digital: outer nodes returned; analog: neuron nodes (pre-activations returned)
+
+
+class _Copier:
+    """Copies nodes of the outer graph into a new graph, recomputing free nodes where they are needed."""
+
+    def __init__(self, outer: fx.Graph, block_nodes: set[str]):
+        self.graph = fx.Graph()
+        self.env: dict[fx.Node, fx.Node] = {}
+        self.block_nodes = block_nodes
+        self.by_name = {n.name: n for n in outer.nodes}
+
+    def lookup(self, node: fx.Node) -> fx.Node:
+        if node in self.env:
+            return self.env[node]
+        # a node from outside that is not an input: a free node (parameter expression, shape query)
+        copied = self.graph.node_copy(node, self.lookup)
+        self.env[node] = copied
+        return copied
+
+
+def lower_digital(gm: fx.GraphModule, block: Block, inputs: list[str], outputs: list[str]) -> LoweredBlock:
+    cp = _Copier(gm.graph, set(block.nodes))
+    for name in inputs:
+        cp.env[cp.by_name[name]] = cp.graph.placeholder(_safe(name))
+    identity = set(block.identity_nodes)
+    members = set(block.nodes)
+    for node in gm.graph.nodes:
+        if node.name not in members or node in cp.env:
+            continue
+        if node.name in identity:
+            cp.env[node] = cp.lookup(_data_arg(node))
+        else:
+            cp.env[node] = cp.graph.node_copy(node, cp.lookup)
+    cp.graph.output(tuple(cp.env[cp.by_name[o]] for o in outputs))
+    out = fx.GraphModule(gm, cp.graph, f"{block.name}")
+    return LoweredBlock(out, list(inputs), list(outputs))
+
+
+def lower_synapses(gm: fx.GraphModule, block: Block, inputs: list[str]) -> LoweredBlock:
+    cp = _Copier(gm.graph, set(block.nodes))
+    for name in inputs:
+        cp.env[cp.by_name[name]] = cp.graph.placeholder(_safe(name))
+    neurons = {n.node: n for n in block.neurons}
+    states = {name: cp.graph.placeholder(f"s_{_safe(name)}") for name in neurons}
+    identity = set(block.identity_nodes)
+    members = set(block.nodes)
+    pre: dict[str, fx.Node] = {}
+    for node in gm.graph.nodes:
+        if node.name not in members or node in cp.env:
+            continue
+        if node.name in neurons:
+            if neurons[node.name].preactivation == "input":
+                pre[node.name] = cp.lookup(_data_arg(node))
+            else:
+                pre[node.name] = (cp.lookup(_data_arg(node)) if node.name in identity
+                                  else cp.graph.node_copy(node, cp.lookup))
+            cp.env[node] = states[node.name]
+        elif node.name in identity:
+            cp.env[node] = cp.lookup(_data_arg(node))
+        else:
+            cp.env[node] = cp.graph.node_copy(node, cp.lookup)
+    cp.graph.output(tuple(pre[n.node] for n in block.neurons))
+    out = fx.GraphModule(gm, cp.graph, f"{block.name}_synapses")
+    out.graph.eliminate_dead_code()
+    out.recompile()
+    return LoweredBlock(out, list(inputs), [n.node for n in block.neurons])
+
+
+def _safe(name: str) -> str:
+    return name if name.isidentifier() else "v_" + "".join(c if c.isalnum() else "_" for c in name)

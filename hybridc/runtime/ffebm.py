@@ -1,0 +1,141 @@
+"""The compiled feedforward-tied energy-based model (ff-EBM): blocks in topological order, digital
+blocks as fx GraphModules, analog blocks as energy-based modules with their own gradient rule."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from hybridc.errors import PlanMismatchError
+from hybridc.passes.classify import free_nodes
+from hybridc.passes.lower import block_io, lower_digital, lower_synapses
+from hybridc.passes.partition import graph_hash
+from hybridc.passes.trace import TracedGraph
+from hybridc.plan import Plan
+from hybridc.runtime.settings import GradientConfig, SolverConfig
+from hybridc.targets.dhn import DHNBlock
+
+
+def validate_plan(plan: Plan, traced: TracedGraph) -> None:
+    """Refuse a plan that does not describe this graph, with the first differences named."""
+    gm = traced.gm
+    compute = [n.name for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
+    problems: list[str] = []
+    if plan.model.trace != traced.method:
+        problems.append(f"plan was traced with {plan.model.trace}, this model traces with {traced.method}")
+    seen: dict[str, str] = {}
+    for b in plan.blocks:
+        for n in b.nodes:
+            if n in seen:
+                problems.append(f"node {n!r} is in both {seen[n]} and {b.name}")
+            seen[n] = b.name
+    missing = [n for n in compute if n not in seen]
+    extra = [n for n in seen if n not in set(compute)]
+    if missing:
+        problems.append(f"model nodes not in any block: {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+    if extra:
+        problems.append(f"plan nodes not in the model: {extra[:8]}{' ...' if len(extra) > 8 else ''}")
+    if not problems and plan.model.graph_hash != graph_hash(gm):
+        problems.append("the graph's structure or shapes differ from the plan's (hash "
+                        f"{plan.model.graph_hash} vs {graph_hash(gm)}): were the layers or input shape changed?")
+    names = [b.name for b in plan.blocks]
+    if len(set(names)) != len(names):
+        problems.append("block names are not unique")
+    for b in plan.analog_blocks:
+        node_set = set(b.nodes)
+        for nr in b.neurons:
+            if nr.node not in node_set:
+                problems.append(f"{b.name}: neuron {nr.node!r} is not one of the block's nodes")
+        for i in b.identity_nodes:
+            if i not in node_set:
+                problems.append(f"{b.name}: identity node {i!r} is not one of the block's nodes")
+        if len(b.weight_layers) > plan.config.max_block_size:
+            problems.append(f"{b.name}: {len(b.weight_layers)} weight layers > max_block_size "
+                            f"{plan.config.max_block_size}")
+    if problems:
+        raise PlanMismatchError(
+            f"the plan does not match model {plan.model.model_class}:\n  - " + "\n  - ".join(problems)
+            + "\n  Re-create it with `hybridc partition` for this model.")
+
+
+class FFEBM(nn.Module):
+    """A compiled hybrid model. Runs Alg. 1 forward; `loss.backward()` runs Alg. 2 (BP-EP chaining).
+
+    The module owns deep copies of the original model's layers (the original is never modified).
+    """
+
+    def __init__(self, plan: Plan, traced: TracedGraph, solver: SolverConfig, gradient: GradientConfig):
+        super().__init__()
+        self.plan = plan
+        gm = traced.gm
+        free = free_nodes(gm)
+        io = block_io(gm, {b.name: b.nodes for b in plan.blocks}, free)
+        self.blocks = nn.ModuleDict()
+        self._io: dict[str, tuple[list[str], list[str]]] = {}
+        for b in plan.blocks:
+            ins, outs = io[b.name]
+            in_names = [n.name for n in ins]
+            if b.kind == "digital":
+                lowered = lower_digital(gm, b, in_names, [n.name for n in outs])
+                self.blocks[b.name] = lowered.gm
+                self._io[b.name] = (in_names, [n.name for n in outs])
+            else:
+                neuron_names = [nr.node for nr in b.neurons]
+                missing = [o.name for o in outs if o.name not in neuron_names]
+                if missing:
+                    raise PlanMismatchError(f"{b.name}: outputs {missing} are not neurons of the block; "
+                                            "every value an analog block hands on must be a neuron")
+                lowered = lower_synapses(gm, b, in_names)
+                block = DHNBlock(b.name, lowered.gm, len(in_names), neuron_names,
+                                 [nr.activation for nr in b.neurons], [nr.shape for nr in b.neurons],
+                                 [o.name for o in outs], solver.model_copy(), gradient.model_copy())
+                self.blocks[b.name] = block
+                self._io[b.name] = (in_names, [o.name for o in outs])
+        self._inputs = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+        out_node = next(n for n in gm.graph.nodes if n.op == "output")
+        self._output_template = out_node.args[0]
+
+    @property
+    def analog_blocks(self) -> dict[str, DHNBlock]:
+        return {k: v for k, v in self.blocks.items() if isinstance(v, DHNBlock)}
+
+    def set_gradient(self, mode: Literal["ep", "id", "bptt"] | None = None, **settings: Any) -> FFEBM:
+        """Switch every analog block's gradient rule (e.g. `set_gradient("id")`, `set_gradient(beta=0.01)`)."""
+        for blk in self.analog_blocks.values():
+            fields = blk.gradient.model_dump() | settings | ({"mode": mode} if mode else {})
+            blk.gradient = GradientConfig(**fields)
+        return self
+
+    def set_solver(self, **settings: Any) -> FFEBM:
+        """Change every analog block's solver settings (t1, t2, tol, mode, anderson, ...)."""
+        for blk in self.analog_blocks.values():
+            blk.solver = SolverConfig(**(blk.solver.model_dump() | settings))
+        return self
+
+    def forward(self, *args: torch.Tensor) -> Any:
+        if len(args) != len(self._inputs):
+            raise TypeError(f"expected {len(self._inputs)} input(s) ({', '.join(self._inputs)}), got {len(args)}")
+        env: dict[str, torch.Tensor] = dict(zip(self._inputs, args))
+        for name, block in self.blocks.items():
+            ins, outs = self._io[name]
+            values = block(*[env[i] for i in ins])
+            env.update(zip(outs, values))
+        return fx.node.map_arg(self._output_template, lambda n: env[n.name])
+
+    def equilibrium_residuals(self) -> dict[str, float]:
+        """Last free phase's max|Δs| per analog block (host sync: call once per epoch, not per step)."""
+        return {k: float(v.last_residual) for k, v in self.analog_blocks.items() if v.last_residual is not None}
+
+
+def original_names(compiled: FFEBM, traced: TracedGraph) -> dict[str, str]:
+    """Map every parameter name of the compiled module to the name it had in the original model."""
+    by_id = {id(p): n for n, p in traced.gm.named_parameters()}
+    return {n: by_id.get(id(p), n) for n, p in compiled.named_parameters()}
+
+
+def copy_traced(traced: TracedGraph) -> TracedGraph:
+    return TracedGraph(gm=copy.deepcopy(traced.gm), method=traced.method)

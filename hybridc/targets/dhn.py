@@ -1,0 +1,155 @@
+"""Deep Hopfield energy-based block: E(s) = Σ_j G_j(s_j) − Φ(s; θ, x), Φ = Σ_j ⟨s_j, u_j(s, x; θ)⟩.
+
+The synapse graph (lowered from the plan) computes the pre-activations u_j. The fixed-point map is
+T(s)_j = σ_j(∂Φ/∂s_j − nudge_j); ∂Φ/∂s_j = u_j + Σ_k (∂u_k/∂s_j)^T s_k (bottom-up plus top-down).
+It is computed either by explicit transposed ops (fast path, `hybridc.targets.adjoint`) or by autograd
+(generic path); both are tested to agree. Gradients come from `hybridc.runtime.gradients`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from hybridc.errors import UnsupportedOpError
+from hybridc.plan import ActivationSpec
+from hybridc.runtime.settings import GradientConfig, SolverConfig
+from hybridc.targets.activations import Activation, make_activation
+from hybridc.targets.solver import relax
+
+States = list[torch.Tensor]
+
+
+def _neuron_depths(gm: fx.GraphModule, n_inputs: int) -> list[int]:
+    """Layer index of each neuron: 1 + the deepest neuron its pre-activation reads (inputs are depth 0)."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    states = placeholders[n_inputs:]
+    out_node = next(n for n in gm.graph.nodes if n.op == "output")
+    pre = list(out_node.args[0])
+    reads: list[set[int]] = []
+    for p in pre:
+        found: set[int] = set()
+        stack, seen = [p], set()
+        while stack:
+            n = stack.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            if n in states:
+                found.add(states.index(n))
+            stack.extend(n.all_input_nodes)
+        reads.append(found)
+    depth = [0] * len(pre)
+    for _ in range(len(pre)):
+        for j, r in enumerate(reads):
+            depth[j] = 1 + max((depth[i] for i in r), default=0)
+    return depth
+
+
+class DHNBlock(nn.Module):
+    """An analog block as a Deep Hopfield network over its synapse graph."""
+
+    def __init__(self, name: str, synapses: fx.GraphModule, n_inputs: int, neuron_names: list[str],
+                 activations: list[ActivationSpec], neuron_shapes: list[list[int] | None],
+                 output_names: list[str], solver: SolverConfig, gradient: GradientConfig):
+        super().__init__()
+        self.name = name
+        self.synapses = synapses
+        self.n_inputs = n_inputs
+        self.neuron_names = neuron_names
+        self.activation_specs = activations
+        self.sigmas: list[Activation] = [make_activation(a) for a in activations]
+        self.neuron_shapes = [list(s[1:]) if s else None for s in neuron_shapes]
+        self.output_idx = [neuron_names.index(o) for o in output_names]
+        self.solver = solver
+        self.gradient = gradient
+        depths = _neuron_depths(synapses, n_inputs)
+        self.parity = [d % 2 for d in depths]
+        self.fast = None
+        self.fast_reason = "fast path disabled"
+        if solver.fast_path != "off":
+            try:
+                from hybridc.targets.adjoint import AdjointProgram
+
+                self.fast = AdjointProgram(synapses, n_inputs)
+                self.fast_reason = ""
+            except UnsupportedOpError as exc:
+                self.fast_reason = str(exc)
+                if solver.fast_path == "on":
+                    raise
+        #: mean max|Δs| of the last free phase (device tensor; read it for metrics, no sync here)
+        self.last_residual: torch.Tensor | None = None
+        self.last_steps = 0
+
+    # ---- the fixed-point map ----------------------------------------------------------------------
+    def phi_grad(self, inputs: Sequence[torch.Tensor], states: States, differentiable: bool = False
+                 ) -> States:
+        """∂Φ/∂s for every neuron. `differentiable`: build an autograd graph through it (id/bptt)."""
+        if self.fast is not None:
+            return list(self.fast.phi_grad(inputs, states))
+        with torch.enable_grad():
+            if differentiable:
+                s = [t if t.requires_grad else t.detach().requires_grad_(True) for t in states]
+            else:
+                s = [t.detach().requires_grad_(True) for t in states]
+                inputs = [x.detach() for x in inputs]
+            u = self.synapses(*inputs, *s)
+            phi = sum((si * ui).sum() for si, ui in zip(s, u))
+            grads = torch.autograd.grad(phi, s, create_graph=differentiable)
+        return list(grads)
+
+    def phi_per_sample(self, inputs: Sequence[torch.Tensor], states: States) -> torch.Tensor:
+        """Φ for every sample of the batch (differentiable w.r.t. parameters and inputs)."""
+        u = self.synapses(*inputs, *states)
+        return sum((si * ui).reshape(si.shape[0], -1).sum(1) for si, ui in zip(states, u))
+
+    def step_map(self, inputs: Sequence[torch.Tensor], states: States, nudge: States | None = None,
+                 differentiable: bool = False) -> States:
+        """One relaxation step (synchronous, or even layers then odd layers)."""
+        if self.solver.mode == "sync" or differentiable:
+            g = self.phi_grad(inputs, states, differentiable)
+            return [self._update(j, g[j], nudge) for j in range(len(states))]
+        new = list(states)
+        for parity in (0, 1):
+            g = self.phi_grad(inputs, new)
+            new = [self._update(j, g[j], nudge) if self.parity[j] == parity else new[j] for j in range(len(new))]
+        return new
+
+    def _update(self, j: int, g: torch.Tensor, nudge: States | None) -> torch.Tensor:
+        if nudge is not None and nudge[j] is not None:
+            g = g - nudge[j]
+        return self.sigmas[j](g)
+
+    # ---- relaxation -------------------------------------------------------------------------------
+    def initial_states(self, inputs: Sequence[torch.Tensor]) -> States:
+        ref = inputs[0]
+        batch = ref.shape[0]
+        if any(s is None for s in self.neuron_shapes):
+            raise UnsupportedOpError(f"analog block {self.name}: neuron shapes unknown; re-run partition")
+        return [torch.zeros(batch, *shape, dtype=ref.dtype, device=ref.device) for shape in self.neuron_shapes]
+
+    def relax(self, inputs: Sequence[torch.Tensor], states: States, steps: int, phase: str,
+              nudge: States | None = None) -> States:
+        with torch.no_grad():
+            out, residual, taken = relax(lambda s: self.step_map(inputs, s, nudge), states, steps,
+                                         self.solver, self.name, phase)
+        if phase == "free":
+            self.last_residual = residual
+            self.last_steps = taken
+        return out
+
+    def free_phase(self, inputs: Sequence[torch.Tensor]) -> States:
+        return self.relax(inputs, self.initial_states(inputs), self.solver.t1, "free")
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        from hybridc.runtime.gradients import run_block
+
+        return run_block(self, inputs)
+
+    def extra_repr(self) -> str:
+        acts = ", ".join(f"{n}:{a}" for n, a in zip(self.neuron_names, self.activation_specs))
+        path = "fast" if self.fast is not None else "generic"
+        return f"name={self.name}, neurons=[{acts}], grad={self.gradient.mode}, path={path}"

@@ -1,0 +1,111 @@
+"""Fixed-point relaxation of an energy-based block's neurons: s ← T(s), synchronous or even/odd,
+fixed step counts or a tolerance, optional Anderson acceleration, divergence detection.
+
+Convergence and divergence are tracked in device tensors and read on the host only every
+`check_every` steps (and once at the end), so a CUDA relaxation does not sync on every iteration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from hybridc.errors import EquilibriumDivergedError
+from hybridc.runtime.settings import SolverConfig
+
+States = list[torch.Tensor]
+StepFn = Callable[[States], States]
+
+
+def _max_change(new: States, old: States) -> torch.Tensor:
+    return torch.stack([(a - b).abs().amax() for a, b in zip(new, old)]).amax()
+
+
+def _bad(states: States, limit: float) -> torch.Tensor:
+    """A device bool: any state non-finite or beyond the growth limit (NaN compares false: caught too)."""
+    peak = torch.stack([s.abs().amax() for s in states]).amax()
+    return ~(peak <= limit)
+
+
+class _Anderson:
+    """Type-II Anderson mixing on the flattened per-sample state (memory m, Tikhonov-regularised)."""
+
+    def __init__(self, m: int, beta: float, lam: float = 1e-8):
+        self.m, self.beta, self.lam = m, beta, lam
+        self.xs: list[torch.Tensor] = []
+        self.fs: list[torch.Tensor] = []
+
+    def __call__(self, x: torch.Tensor, fx: torch.Tensor) -> torch.Tensor:
+        self.xs.append(x)
+        self.fs.append(fx)
+        if len(self.xs) > self.m:
+            self.xs.pop(0)
+            self.fs.pop(0)
+        if len(self.xs) == 1:
+            return fx
+        X = torch.stack(self.xs, 1)  # (B, k, n)
+        F = torch.stack(self.fs, 1)
+        G = F - X
+        k = G.shape[1]
+        H = G @ G.transpose(1, 2)
+        H = H + self.lam * (H.diagonal(dim1=1, dim2=2).mean(-1, keepdim=True).unsqueeze(-1) + 1e-30) * \
+            torch.eye(k, dtype=x.dtype, device=x.device)
+        ones = torch.ones(x.shape[0], k, 1, dtype=x.dtype, device=x.device)
+        w = torch.linalg.solve(H, ones)
+        alpha = w / w.sum(1, keepdim=True)  # (B, k, 1)
+        mixed_f = (alpha * F).sum(1)
+        mixed_x = (alpha * X).sum(1)
+        return self.beta * mixed_f + (1 - self.beta) * mixed_x
+
+
+def _flatten(states: States) -> torch.Tensor:
+    return torch.cat([s.reshape(s.shape[0], -1) for s in states], 1)
+
+
+def _unflatten(flat: torch.Tensor, like: States) -> States:
+    out, i = [], 0
+    for s in like:
+        n = s[0].numel()
+        out.append(flat[:, i:i + n].reshape(s.shape))
+        i += n
+    return out
+
+
+def relax(step: StepFn, states: States, steps: int, cfg: SolverConfig, block: str, phase: str
+          ) -> tuple[States, torch.Tensor, int]:
+    """Iterate `step` from `states`. Returns (states, last max|Δs| as a device scalar, steps taken).
+
+    With cfg.tol set, runs until max|Δs| < tol (checked every cfg.check_every steps) or cfg.max_steps;
+    otherwise exactly `steps` steps. Raises EquilibriumDivergedError naming the block, phase and step.
+    """
+    budget = cfg.max_steps if cfg.tol is not None else steps
+    device = states[0].device
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    residual = torch.full((), float("inf"), dtype=states[0].dtype, device=device)
+    anderson = _Anderson(cfg.anderson, cfg.anderson_beta) if cfg.anderson > 0 else None
+    taken = 0
+    for t in range(1, budget + 1):
+        new = step(states)
+        if anderson is not None:
+            new = _unflatten(anderson(_flatten(states), _flatten(new)), new)
+        residual = _max_change(new, states)
+        bad = _bad(new, cfg.divergence_limit)
+        first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, t), first_bad)
+        states = new
+        taken = t
+        if t % cfg.check_every == 0 or t == budget:
+            if bool(first_bad >= 0):
+                _raise_diverged(block, phase, int(first_bad), states, cfg)
+            if cfg.tol is not None and float(residual) < cfg.tol:
+                break
+    return states, residual, taken
+
+
+def _raise_diverged(block: str, phase: str, step: int, states: States, cfg: SolverConfig) -> None:
+    finite = all(bool(torch.isfinite(s).all()) for s in states)
+    what = f"|s| exceeded {cfg.divergence_limit:g}" if finite else "NaN/Inf appeared"
+    raise EquilibriumDivergedError(
+        f"analog block {block!r} diverged in the {phase} phase at step {step}: {what}. "
+        "Lower the learning rate or the weights' scale, use bounded activations (hardsigmoid), "
+        "or switch the solver to mode='async'.")
