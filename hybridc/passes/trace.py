@@ -187,4 +187,7 @@ def trace_model(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> T
                 "  Rewrite the construct named above with tensor ops (e.g. torch.where instead of `if` on a "
                 "tensor value), or split it into a separate module."
             ) from None
+    # values that never reach the output (dead branches) are not part of the model's function
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
     return TracedGraph(gm=gm, method=method)

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import torch
 import torch.fx as fx
+import torch.utils._pytree as pytree
 from torch import nn
 
 from hybridc.errors import PlanMismatchError
@@ -98,6 +99,9 @@ class FFEBM(nn.Module):
         self._inputs = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
         out_node = next(n for n in gm.graph.nodes if n.op == "output")
         self._output_template = out_node.args[0]
+        # torch.export graphs return a flat tuple that their codegen unflattens into the model's structure
+        info = getattr(gm.graph._codegen, "pytree_info", None)
+        self._out_spec = getattr(info, "out_spec", None)
 
     @property
     def analog_blocks(self) -> dict[str, DHNBlock]:
@@ -124,7 +128,10 @@ class FFEBM(nn.Module):
             ins, outs = self._io[name]
             values = block(*[env[i] for i in ins])
             env.update(zip(outs, values))
-        return fx.node.map_arg(self._output_template, lambda n: env[n.name])
+        out = fx.node.map_arg(self._output_template, lambda n: env[n.name])
+        if self._out_spec is not None:
+            out = pytree.tree_unflatten(list(out), self._out_spec)
+        return out
 
     def equilibrium_residuals(self) -> dict[str, float]:
         """Last free phase's max|Δs| per analog block (host sync: call once per epoch, not per step)."""

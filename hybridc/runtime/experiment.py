@@ -1,0 +1,209 @@
+"""The experiment configuration of `hybridc train`: one pydantic model for the YAML/JSON file, the CLI flags
+and the `config.json` of a run directory.
+
+Precedence: built-in defaults < experiment file (`--config exp.yaml`) < command-line flags. Unknown keys are
+rejected (a typo in an experiment file must not silently train something else). The resolved config is
+written to the run directory and is what `--resume` checks a continuation against.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from hybridc.errors import HybridcError
+
+Algorithm = Literal["ep", "id", "bptt", "bp"]
+
+#: Hidden widths of the embedded default model (an MLP fitted to the dataset's input and classes).
+DEFAULT_HIDDEN: tuple[int, ...] = (256, 256)
+
+#: Fields that may differ between a run and its `--resume`: where things live and how they are shown,
+#: never what is computed (`epochs` may grow when the learning-rate schedule does not depend on it).
+RESUMABLE_FIELDS = frozenset({"data_dir", "download", "device", "progress", "log_every", "epochs"})
+
+
+class ConfigError(HybridcError):
+    """An experiment file or a combination of training options is invalid."""
+
+
+class ExperimentConfig(BaseModel):
+    """Everything that defines a training run. Every field has a CLI flag of the same name (dashes for
+    underscores); `hybridc train` with no arguments trains the embedded default below."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # ---- model and partition ----------------------------------------------------------------------
+    model: str | None = Field(
+        None, description="zoo name or path/model.py[:factory]; None = the embedded default MLP "
+                          f"(hidden {'-'.join(map(str, DEFAULT_HIDDEN))}, fitted to the dataset)")
+    model_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of a zoo model's factory (e.g. sizes, width); "
+                                          "input shape and class count are filled from the dataset when absent")
+    plan: str | None = Field(None, description="a plan JSON to compile exactly (instead of partition settings)")
+    max_block_size: int = Field(2, ge=1, description="most weight layers per analog block")
+    norm: Literal["split", "entry", "drop"] | None = None
+    layer_norm: Literal["split", "entry", "drop"] | None = None
+    pool: Literal["digital", "absorb"] | None = None
+    attention: Literal["digital", "analog"] | None = None
+    activation: Literal["hardsigmoid", "keep"] | None = None
+    hardsigmoid_slope: float | None = Field(None, gt=0)
+    non_monotone: Literal["substitute", "refuse"] | None = None
+    init: Literal["keep", "goe"] = Field("keep", description="analog weights: the model's own init or GOE")
+    goe_variance: float = Field(5e-5, gt=0, description="GOE variance (init=goe)")
+
+    # ---- gradient and solver ----------------------------------------------------------------------
+    algorithm: Algorithm = Field("ep", description="ep/id/bptt through analog blocks, or bp: the original "
+                                                   "feedforward model by backprop (the baseline)")
+    beta: float = Field(0.05, gt=0, description="EP nudging strength (dimensionless, δ normalised)")
+    t1: int = Field(20, ge=1, description="free-phase relaxation steps")
+    t2: int = Field(5, ge=1, description="nudged-phase relaxation steps (and BPTT unroll)")
+    solver_mode: Literal["sync", "async"] = Field("sync", description="synchronous or even/odd updates")
+
+    # ---- data -------------------------------------------------------------------------------------
+    data: str = Field("digits", description="digits, fashion-mnist, mnist, kmnist, cifar10, cifar100, imagenet32")
+    data_dir: str | None = Field(None, description="where the dataset files are (default: standard places)")
+    download: bool = Field(True, description="download missing files where a network exists")
+    augment: Literal["auto", "none", "crop-flip"] = Field(
+        "auto", description="auto = random crop + flip for 32x32 data, none otherwise")
+    train_subset: int | None = Field(None, ge=1, description="use only the first N training samples")
+    test_subset: int | None = Field(None, ge=1, description="use only the first N test samples")
+
+    # ---- optimisation -----------------------------------------------------------------------------
+    epochs: int = Field(15, ge=1)
+    batch_size: int = Field(64, ge=1, description="global batch (split across DDP processes)")
+    test_batch_size: int = Field(500, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    weight_decay: float = Field(0.0, ge=0, description="decoupled from biases/norms: only ≥2-D weights")
+    schedule: Literal["cosine", "none"] = "cosine"
+
+    # ---- execution --------------------------------------------------------------------------------
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["none", "bf16"] = Field("none", description="bf16 autocast of digital blocks")
+    compile: bool = Field(False, description="torch.compile digital blocks and the analog step map")
+    seed: int = 0
+    log_every: int = Field(20, ge=1, description="batches between host reads of running loss/accuracy")
+    progress: bool = Field(True, description="rich progress bars")
+
+    @field_validator("data")
+    @classmethod
+    def _known_data(cls, v: str) -> str:
+        from hybridc.data import canonical_name
+
+        try:
+            return canonical_name(v)
+        except HybridcError as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExperimentConfig:
+        if self.plan is not None and self.algorithm == "bp":
+            raise ValueError("plan is meaningless with algorithm=bp (the original model is trained)")
+        return self
+
+    # ---- helpers ----------------------------------------------------------------------------------
+    def policies(self) -> dict[str, Any]:
+        """Partition policies that were set (the rest take the partitioner's defaults)."""
+        keys = ("norm", "layer_norm", "pool", "attention", "activation", "hardsigmoid_slope", "non_monotone")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+    def model_label(self) -> str:
+        """A short name of the model for titles and run-directory names."""
+        if self.model is None:
+            return "mlp-default"
+        return Path(self.model.split(":")[0]).stem if ("/" in self.model or self.model.endswith(".py")) \
+            else self.model
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+
+def _format_errors(exc: ValidationError, where: str) -> str:
+    lines = []
+    for e in exc.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = f"unknown key (valid keys: {', '.join(ExperimentConfig.model_fields)})"
+        lines.append(f"{loc}: {msg}")
+    return f"invalid experiment settings ({where}):\n  - " + "\n  - ".join(lines)
+
+
+def validate_config(fields: dict[str, Any], where: str = "options") -> ExperimentConfig:
+    """Build an ExperimentConfig, turning pydantic's errors into one ConfigError naming each bad key."""
+    try:
+        return ExperimentConfig(**fields)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, where)) from None
+
+
+def read_experiment_file(path: str | Path) -> dict[str, Any]:
+    """Read the raw mapping of a YAML (.yaml/.yml) or JSON experiment file (validated later, after flags)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"experiment file {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError: both mean "not parseable"
+        raise ConfigError(f"experiment file {path} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: "
+                          f"{exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"experiment file {path} must hold a mapping of settings, not {type(data).__name__}")
+    return data
+
+
+def resolve_config(file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Defaults < experiment file < overrides (flags; None values mean "not given")."""
+    fields: dict[str, Any] = {}
+    where = "defaults"
+    if file is not None:
+        fields.update(read_experiment_file(file))
+        where = str(file)
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if given:
+        where += " + command-line flags"
+    fields.update(given)
+    return validate_config(fields, where)
+
+
+def check_resume_compatible(saved: ExperimentConfig, requested: dict[str, Any]) -> ExperimentConfig:
+    """The config of a resumed run: the saved one, with only RESUMABLE_FIELDS taken from `requested`.
+
+    Any other requested value that differs from the saved run is an error naming the keys: a resumed run
+    that silently trained with other settings would not be the continuation it claims to be.
+    """
+    problems = []
+    updates: dict[str, Any] = {}
+    saved_dump = saved.model_dump()
+    probe = validate_config(saved_dump | requested, "resume flags")
+    for key, value in requested.items():
+        new = getattr(probe, key)
+        if new == saved_dump.get(key):
+            continue
+        if key in RESUMABLE_FIELDS:
+            updates[key] = new
+        else:
+            problems.append(f"{key}: run has {saved_dump.get(key)!r}, requested {new!r}")
+    if "epochs" in updates:
+        if saved.schedule == "cosine":
+            problems.append(f"epochs: the cosine schedule of this run was laid out for {saved.epochs} epochs; "
+                            "it cannot be extended (train with --schedule none to extend runs)")
+        elif updates["epochs"] < saved.epochs:
+            problems.append(f"epochs: cannot shrink a run from {saved.epochs} to {updates['epochs']} epochs")
+    if problems:
+        raise ConfigError("--resume: the requested settings differ from the run's:\n  - " + "\n  - ".join(problems)
+                          + "\n  Drop these flags to continue the run as it was configured.")
+    return validate_config(saved_dump | updates, "resume")

@@ -1,0 +1,126 @@
+"""Per-epoch metrics of a training run: `metrics.jsonl` (one JSON object per epoch), the loss/accuracy
+curves as PNG, and the final summary table.
+
+The metrics file is rewritten atomically after each epoch (it is small), so it always ends with a complete
+line and, on `--resume`, can be cut back to the checkpoint's epoch: a crash between writing metrics and
+writing the checkpoint never leaves a duplicated or missing epoch.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from hybridc.runtime.files import atomic_write, atomic_write_text
+
+METRICS_NAME = "metrics.jsonl"
+CURVES_NAME = "curves.png"
+
+#: Keys that measure time, not learning: they legitimately differ between a run and its resumed twin.
+TIMING_KEYS = frozenset({"epoch_time_s", "samples_per_s", "eval_time_s", "wall_time_s"})
+
+
+class MetricsLog:
+    """The list of per-epoch records of one run, mirrored to `<run_dir>/metrics.jsonl`."""
+
+    def __init__(self, path: Path | None, records: Sequence[dict[str, Any]] = ()):
+        self.path = Path(path) if path is not None else None
+        self.records: list[dict[str, Any]] = list(records)
+
+    @classmethod
+    def load(cls, path: Path, upto_epoch: int | None = None) -> MetricsLog:
+        """Read an existing file, keeping only epochs ≤ `upto_epoch` (the checkpoint's) when given."""
+        records: list[dict[str, Any]] = []
+        if path.is_file():
+            for i, line in enumerate(path.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    from hybridc.runtime.checkpoint import CheckpointError
+
+                    raise CheckpointError(f"{path}:{i} is not valid JSON; the metrics file is damaged") from None
+                if upto_epoch is None or rec.get("epoch", 0) <= upto_epoch:
+                    records.append(rec)
+        return cls(path, records)
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        if self.path is not None:
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+
+    def best(self, key: str = "test_acc") -> dict[str, Any] | None:
+        recs = [r for r in self.records if r.get(key) is not None]
+        return max(recs, key=lambda r: r[key]) if recs else None
+
+
+def strip_timings(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records without the timing fields (to compare a resumed run with an uninterrupted one)."""
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
+def plot_curves(records: Sequence[dict[str, Any]], path: Path, title: str = "") -> None:
+    """Train/test loss and accuracy per epoch, two panels, written atomically as PNG (Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    if not records:
+        return
+    epochs = [r["epoch"] for r in records]
+    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label, style in (("train_loss", "train", "-o"), ("test_loss", "test", "-s")):
+        ax_l.plot(epochs, [r.get(key) for r in records], style, label=label, markersize=3)
+    for key, label, style in (("train_acc", "train", "-o"), ("test_acc", "test", "-s")):
+        ax_a.plot(epochs, [100 * r[key] if r.get(key) is not None else None for r in records], style,
+                  label=label, markersize=3)
+    ax_l.set_xlabel("epoch")
+    ax_l.set_ylabel("cross-entropy loss")
+    ax_l.set_yscale("log")
+    ax_a.set_xlabel("epoch")
+    ax_a.set_ylabel("accuracy (%)")
+    for ax in (ax_l, ax_a):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+def epoch_table(records: Sequence[dict[str, Any]], title: str = "") -> Table:
+    """Per-epoch rows: losses, accuracies, time, throughput, equilibrium residuals."""
+    t = Table(title=title or None, title_justify="left")
+    for col in ("epoch", "train loss", "train acc", "test loss", "test acc", "time (s)", "samples/s",
+                "residual (max|Δs|)"):
+        t.add_column(col, justify="right")
+    for r in records:
+        res = r.get("residual") or {}
+        res_txt = ", ".join(f"{k} {v:.1e}" for k, v in res.items()) or "-"
+        t.add_row(str(r["epoch"]), f"{r['train_loss']:.4f}", f"{100 * r['train_acc']:.2f}%",
+                  f"{r['test_loss']:.4f}", f"{100 * r['test_acc']:.2f}%", f"{r['epoch_time_s']:.1f}",
+                  f"{r['samples_per_s']:.0f}", res_txt)
+    return t
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    """The final two-column summary of a run (what was trained, how well, how fast, where it is)."""
+    t = Table(title="summary", title_justify="left", show_header=False)
+    t.add_column("key", style="bold")
+    t.add_column("value")
+    for key, value in summary.items():
+        if isinstance(value, float):
+            text = f"{value:.4g}"
+        elif isinstance(value, dict):
+            text = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
+        else:
+            text = str(value)
+        t.add_row(key.replace("_", " "), text)
+    return t

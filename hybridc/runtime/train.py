@@ -1,0 +1,685 @@
+"""The training runtime behind `hybridc train`: data -> model -> compile -> epochs -> run directory.
+
+One `Trainer` runs an `ExperimentConfig`:
+
+* builds the model (zoo models are fitted to the dataset's input shape and class count), compiles it into an
+  ff-EBM (EP, ID or BPTT through the analog blocks), or keeps the original for `algorithm="bp"`;
+* trains with Adam/SGD and a cosine or constant learning rate, on the device the whole dataset lives on;
+* keeps the host out of the loop: loss sums, correct counts and each analog block's equilibrium residual
+  (`block.last_residual`, a device tensor) accumulate in device tensors that are read every `log_every`
+  batches and at epoch end, so the loop itself adds no host sync per batch (see `_accumulate`);
+* writes the run directory on the main process only: `config.json`, `plan.json`, `metrics.jsonl`,
+  `checkpoint.pt` (atomic, every epoch and on Ctrl-C), `curves.png`, `summary.json`;
+* resumes from a run directory to exactly the metrics an uninterrupted run would have produced
+  (model/optimizer/scheduler/RNG states plus the data stream's position, even mid-epoch);
+* runs data-parallel under torchrun (see `hybridc.runtime.distributed`).
+
+Precision: `amp="bf16"` autocasts digital blocks only. Analog blocks run in float32 with autocast off: the
+relaxation's fixed point and EP's finite difference [Φ(s^{+β}) − Φ(s^{−β})]/2β would be swamped by bf16's
+8-bit mantissa.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hybridc.errors import HybridcError
+from hybridc.runtime import distributed as D
+from hybridc.runtime.checkpoint import (
+    CHECKPOINT_NAME,
+    CheckpointError,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from hybridc.runtime.experiment import (
+    DEFAULT_HIDDEN,
+    ConfigError,
+    ExperimentConfig,
+    check_resume_compatible,
+    validate_config,
+)
+from hybridc.runtime.files import atomic_write_text
+from hybridc.runtime.metrics import CURVES_NAME, METRICS_NAME, MetricsLog, plot_curves, summary_table
+
+CONFIG_NAME = "config.json"
+PLAN_NAME = "plan.json"
+SUMMARY_NAME = "summary.json"
+
+BatchHook = Callable[[int, int], None]
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: its directory (main process), per-epoch records and the summary."""
+
+    run_dir: Path | None
+    records: list[dict[str, Any]]
+    summary: dict[str, Any]
+    interrupted: bool = False
+    config: ExperimentConfig | None = None
+
+
+# ------------------------------------------------------------------------------------------------ model
+def _fit_zoo_kwargs(name: str, kwargs: dict[str, Any], shape: tuple[int, ...], classes: int,
+                    default_model: bool) -> dict[str, Any]:
+    """Fill a zoo factory's data-dependent arguments (input shape, channels, image size, classes) from the
+    dataset, leaving any the user gave alone."""
+    out = dict(kwargs)
+    c, h, w = shape
+    if name == "mlp":
+        n_in = c * h * w
+        hidden = list(DEFAULT_HIDDEN) if default_model else [1024, 1024]
+        out.setdefault("sizes", [n_in, *hidden, classes])
+        out.setdefault("in_shape", list(shape))
+        sizes = list(out["sizes"])
+        if sizes[0] != n_in or sizes[-1] != classes:
+            raise ConfigError(f"model_kwargs.sizes {sizes} do not fit the data: the first size must be "
+                              f"{n_in} (= {c}x{h}x{w}) and the last {classes} (classes)")
+    elif name in ("vgg-paper", "vgg-paper-12"):
+        out.setdefault("in_channels", c)
+        out.setdefault("num_classes", classes)
+        out.setdefault("image_size", h)
+    elif name == "resnet18":
+        out.setdefault("in_channels", c)
+        out.setdefault("num_classes", classes)
+    elif name == "vit":
+        out.setdefault("in_channels", c)
+        out.setdefault("num_classes", classes)
+        out.setdefault("image_size", h)
+    elif name == "transformer":
+        out.setdefault("num_classes", classes)
+        out.setdefault("tokens", c * h)
+        out.setdefault("features", w)
+    return out
+
+
+def build_model(cfg: ExperimentConfig, shape: tuple[int, ...], classes: int
+                ) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """The original (uncompiled) model and an example batch, checked to output `classes` logits."""
+    from hybridc.load import load_model
+    from hybridc.models import ZOO
+
+    name = cfg.model or "mlp"
+    if name in ZOO:
+        kwargs = _fit_zoo_kwargs(name, cfg.model_kwargs, shape, classes, cfg.model is None)
+        lm = load_model(name, tuple(shape), **kwargs)
+    else:
+        if cfg.model_kwargs:
+            raise ConfigError("model_kwargs apply to zoo models only; a model file builds itself")
+        lm = load_model(name, tuple(shape))
+    model = lm.model
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        try:
+            out = model(*lm.example_inputs)
+        except Exception as exc:
+            raise ConfigError(f"model {name} cannot run on {cfg.data} samples of shape {tuple(shape)}: "
+                              f"{type(exc).__name__}: {exc}") from None
+    model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != classes:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"model {name} outputs {got} for a batch of 2, but {cfg.data} needs logits of shape "
+                          f"(batch, {classes})")
+    return model, lm.example_inputs
+
+
+def compile_model(cfg: ExperimentConfig, model: nn.Module, example: tuple[torch.Tensor, ...],
+                  plan: Any = None) -> nn.Module:
+    """The trainable module: the compiled ff-EBM, or the original model itself for `bp`."""
+    if cfg.algorithm == "bp":
+        return model
+    from hybridc.api import compile as hc_compile
+
+    # One divergence check per phase (at its end) instead of every 5 steps: fewer host syncs per batch.
+    solver = {"t1": cfg.t1, "t2": cfg.t2, "mode": cfg.solver_mode, "check_every": max(cfg.t1, cfg.t2)}
+    common: dict[str, Any] = {"gradient": cfg.algorithm, "solver": solver, "init": cfg.init, "beta": cfg.beta,
+                              "goe_variance": cfg.goe_variance}
+    if plan is not None:
+        return hc_compile(model, example, plan=plan, **common)
+    return hc_compile(model, example, max_block_size=cfg.max_block_size, **common, **cfg.policies())
+
+
+def analog_blocks(module: nn.Module) -> dict[str, nn.Module]:
+    """The analog blocks of a compiled model (empty for a plain model)."""
+    return dict(getattr(module, "analog_blocks", {}) or {})
+
+
+def _fp32_forward(forward: Callable[..., Any], device_type: str) -> Callable[..., Any]:
+    @functools.wraps(forward)
+    def run(*inputs: torch.Tensor) -> Any:
+        with torch.autocast(device_type, enabled=False):
+            return forward(*[x.float() if x.is_floating_point() else x for x in inputs])
+
+    return run
+
+
+def apply_amp_boundaries(module: nn.Module, device_type: str) -> None:
+    """Make analog blocks run in float32 with autocast off (their inputs cast up, differentiably), so that
+    autocast applies to digital blocks only. Set on the instance: state_dict keys are unchanged."""
+    for blk in analog_blocks(module).values():
+        blk.forward = _fp32_forward(blk.forward, device_type)
+
+
+def apply_torch_compile(module: nn.Module, algorithm: str) -> list[str]:
+    """torch.compile the digital blocks' forward and the analog blocks' relaxation step (instance attributes,
+    so parameters and state_dict are untouched). Returns what was compiled."""
+    done: list[str] = []
+    if algorithm == "bp":
+        module.forward = torch.compile(module.forward)
+        return ["model"]
+    blocks = getattr(module, "blocks", {})
+    for name, blk in blocks.items():
+        if name in analog_blocks(module):
+            blk.step_map = torch.compile(blk.step_map, dynamic=True)
+        else:
+            blk.forward = torch.compile(blk.forward, dynamic=True)
+        done.append(name)
+    return done
+
+
+# ------------------------------------------------------------------------------------------ optimisation
+def make_optimizer(cfg: ExperimentConfig, module: nn.Module) -> torch.optim.Optimizer:
+    """Adam or SGD; weight decay only on weights (≥2-D), never on biases or norm scales."""
+    decay = [p for p in module.parameters() if p.requires_grad and p.dim() >= 2]
+    other = [p for p in module.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    if cfg.optimizer == "adam":
+        opt_cls = torch.optim.AdamW if cfg.weight_decay > 0 else torch.optim.Adam
+        return opt_cls(groups, lr=cfg.lr)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def make_scheduler(cfg: ExperimentConfig, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-epoch schedule: cosine annealing to 0 over `epochs`, or constant."""
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _epoch: 1.0)
+
+
+# --------------------------------------------------------------------------------------------- interrupts
+class StopFlag:
+    """Ctrl-C (SIGINT) and SIGTERM request a stop at the next batch boundary instead of killing the step:
+    the trainer then saves a consistent checkpoint. A second Ctrl-C raises KeyboardInterrupt at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopFlag]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signal handlers can only be set from the main thread; KeyboardInterrupt still works
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        try:
+            yield self
+        finally:
+            for sig, prev in self._previous.items():
+                signal.signal(sig, prev)
+
+
+# ------------------------------------------------------------------------------------------------ trainer
+def default_run_dir(cfg: ExperimentConfig) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stamp}-{cfg.model_label()}-{cfg.data}-{cfg.algorithm}"
+
+
+@dataclass
+class _Accum:
+    """Running sums of one epoch, as device tensors (float64: exact across checkpoint round trips)."""
+
+    loss: torch.Tensor
+    correct: torch.Tensor
+    residual: dict[str, torch.Tensor]
+    samples: int = 0
+    batches: int = 0
+    elapsed: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def zeros(cls, device: torch.device, blocks: list[str]) -> _Accum:
+        z = functools.partial(torch.zeros, (), dtype=torch.float64, device=device)
+        return cls(loss=z(), correct=z(), residual={k: z() for k in blocks})
+
+    def read(self) -> list[float]:
+        """All sums in one host transfer (one sync)."""
+        return torch.stack([self.loss, self.correct, *self.residual.values()]).tolist()
+
+    def to_state(self) -> dict[str, Any]:
+        vals = self.read()
+        return {"loss": vals[0], "correct": vals[1], "residual": dict(zip(self.residual, vals[2:])),
+                "samples": self.samples, "batches": self.batches, "elapsed": self.elapsed}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: torch.device, blocks: list[str]) -> _Accum:
+        acc = cls.zeros(device, blocks)
+        acc.loss.fill_(state["loss"])
+        acc.correct.fill_(state["correct"])
+        for k, v in state["residual"].items():
+            if k in acc.residual:
+                acc.residual[k].fill_(v)
+        acc.samples, acc.batches, acc.elapsed = int(state["samples"]), int(state["batches"]), float(state["elapsed"])
+        return acc
+
+
+class Trainer:
+    """Runs one experiment (see the module docstring). Use `train()` unless you need the pieces."""
+
+    def __init__(self, cfg: ExperimentConfig, out: str | Path | None = None, resume: str | Path | None = None,
+                 resume_overrides: dict[str, Any] | None = None, console: Any = None,
+                 on_batch_end: BatchHook | None = None):
+        self.ctx, self.device = D.init_distributed(cfg.device)
+        self.on_batch_end = on_batch_end
+        self.console = console
+        self.ckpt: dict[str, Any] | None = None
+        if resume is not None:
+            if out is not None and Path(out).resolve() != Path(resume).resolve():
+                raise ConfigError("give --resume RUN_DIR alone: the resumed run continues in RUN_DIR "
+                                  "(--out cannot point elsewhere)")
+            self.run_dir: Path | None = Path(resume)
+            cfg = self._load_resume(self.run_dir, resume_overrides or {})
+        else:
+            self.run_dir = Path(out) if out is not None else default_run_dir(cfg)
+            self._check_fresh_dir(self.run_dir)
+        self.cfg = cfg
+        if not self.ctx.is_main:
+            self.run_dir_writable = False
+        else:
+            self.run_dir_writable = True
+
+    # ---- run directory ----------------------------------------------------------------------------
+    @staticmethod
+    def _check_fresh_dir(path: Path) -> None:
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"--out {path} exists and is not a directory")
+        if path.is_dir() and ((path / CHECKPOINT_NAME).exists() or (path / CONFIG_NAME).exists()):
+            raise ConfigError(f"--out {path} already holds a run; continue it with `--resume {path}` or "
+                              "choose another --out")
+
+    def _load_resume(self, run_dir: Path, overrides: dict[str, Any]) -> ExperimentConfig:
+        if not run_dir.is_dir():
+            raise CheckpointError(f"--resume {run_dir}: no such run directory")
+        cfg_path = run_dir / CONFIG_NAME
+        if not cfg_path.is_file():
+            raise CheckpointError(f"--resume {run_dir}: {CONFIG_NAME} is missing; is this a hybridc run directory?")
+        try:
+            saved = validate_config(json.loads(cfg_path.read_text()), str(cfg_path))
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{cfg_path} is not valid JSON ({exc})") from None
+        cfg = check_resume_compatible(saved, overrides)
+        self.ckpt = load_checkpoint(run_dir / CHECKPOINT_NAME)
+        if self.ckpt["config"] != saved.model_dump(mode="json"):
+            raise CheckpointError(f"{run_dir}: the checkpoint belongs to a different config than {CONFIG_NAME} "
+                                  "(files from two runs mixed?)")
+        return cfg
+
+    def _write(self, name: str, text: str) -> None:
+        if self.run_dir_writable and self.run_dir is not None:
+            atomic_write_text(self.run_dir / name, text)
+
+    def _print(self, *args: Any) -> None:
+        if self.ctx.is_main and self.console is not None:
+            self.console.print(*args)
+
+    # ---- setup ------------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        from hybridc.data import load_dataset
+
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        # The main process loads (and, if needed, downloads) first; the others then read the files.
+        if self.ctx.enabled and not self.ctx.is_main:
+            torch.distributed.barrier()
+        train_ds = load_dataset(cfg.data, cfg.data_dir, "train", download=cfg.download)
+        test_ds = load_dataset(cfg.data, cfg.data_dir, "test", download=cfg.download)
+        if self.ctx.enabled and self.ctx.is_main:
+            torch.distributed.barrier()
+        if cfg.train_subset:
+            train_ds.x, train_ds.y = train_ds.x[:cfg.train_subset], train_ds.y[:cfg.train_subset]
+        if cfg.test_subset:
+            test_ds.x, test_ds.y = test_ds.x[:cfg.test_subset], test_ds.y[:cfg.test_subset]
+        self.info = train_ds.info
+        shape = train_ds.input_shape
+        augment = cfg.augment
+        if augment == "auto":
+            augment = "crop-flip" if shape[1:] == (32, 32) else "none"
+        self.augment = augment
+        self.train_loader = train_ds.loader(cfg.batch_size, shuffle=True, seed=cfg.seed, device=self.device,
+                                            augment=augment)
+        self.test_loader = test_ds.loader(cfg.test_batch_size, shuffle=False, device=self.device)
+
+        model, example = build_model(cfg, shape, train_ds.num_classes)
+        plan = None
+        if self.ckpt is not None and cfg.algorithm != "bp":
+            from hybridc.plan import Plan
+
+            plan_path = self.run_dir / PLAN_NAME
+            if not plan_path.is_file():
+                raise CheckpointError(f"--resume {self.run_dir}: {PLAN_NAME} is missing")
+            plan = Plan.load(plan_path)
+        elif cfg.plan is not None:
+            from hybridc.plan import Plan
+
+            if not Path(cfg.plan).is_file():
+                raise ConfigError(f"plan file {cfg.plan} does not exist")
+            plan = Plan.load(cfg.plan)
+        self.module = compile_model(cfg, model, example, plan).to(self.device)
+        self.module.train()
+        self.plan = getattr(self.module, "plan", None)
+        self.block_names = list(analog_blocks(self.module))
+        if cfg.amp == "bf16":
+            apply_amp_boundaries(self.module, self.device.type)
+        self.compiled_parts = apply_torch_compile(self.module, cfg.algorithm) if cfg.compile else []
+        self.model = D.wrap_ddp(self.module, self.ctx, self.device)
+        self.opt = make_optimizer(cfg, self.module)
+        self.sched = make_scheduler(cfg, self.opt)
+        self.log = MetricsLog(self.run_dir / METRICS_NAME if self.ctx.is_main else None)
+        self.start_epoch, self.partial = 0, None
+        if self.ckpt is not None:
+            self._restore(self.ckpt)
+        elif self.ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._write(CONFIG_NAME, cfg.to_json() + "\n")
+            if self.plan is not None:
+                self._write(PLAN_NAME, self.plan.to_json() + "\n")
+
+    def _restore(self, ck: dict[str, Any]) -> None:
+        try:
+            self.module.load_state_dict(ck["model"])
+            self.opt.load_state_dict(ck["optimizer"])
+            self.sched.load_state_dict(ck["scheduler"])
+            self.train_loader.load_state_dict(ck["loader"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"checkpoint in {self.run_dir} does not fit this run's model/optimizer: "
+                                  f"{str(exc).splitlines()[0]}") from None
+        set_rng_state(ck["rng"])
+        self.start_epoch = int(ck["epoch"])
+        self.partial = ck["partial"]
+        if self.ctx.is_main:
+            self.log = MetricsLog.load(self.run_dir / METRICS_NAME, upto_epoch=self.start_epoch)
+        else:
+            self.log = MetricsLog(None, MetricsLog.load(self.run_dir / METRICS_NAME, self.start_epoch).records)
+
+    # ---- checkpoints ------------------------------------------------------------------------------
+    def _save(self, epoch: int, batch: int, partial: dict[str, Any] | None) -> None:
+        """Checkpoint at (epoch, batch): `epoch` epochs finished plus `batch` batches of the next."""
+        if not self.run_dir_writable:
+            return
+        loader = self.train_loader.state_dict() | {"epoch": epoch, "batch": batch}
+        save_checkpoint(self.run_dir / CHECKPOINT_NAME, {
+            "config": self.cfg.model_dump(mode="json"),
+            "model": self.module.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "rng": rng_state(),
+            "loader": loader,
+            "epoch": epoch,
+            "batch": batch,
+            "partial": partial,
+            "world_size": self.ctx.world_size,
+        })
+
+    # ---- one epoch --------------------------------------------------------------------------------
+    def _step(self, xb: torch.Tensor, yb: torch.Tensor, acc: _Accum) -> None:
+        cfg = self.cfg
+        x, y = D.shard(xb, self.ctx), D.shard(yb, self.ctx)
+        amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.amp == "bf16" \
+            else contextlib.nullcontext()
+        with amp:
+            out = self.model(x)
+        loss_sum = F.cross_entropy(out.float(), y, reduction="sum")
+        loss = loss_sum * D.loss_scale(xb.shape[0], self.ctx)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self._in_step = True
+        self.opt.step()
+        self._in_step = False
+        self._accumulate(acc, loss_sum.detach(), (out.detach().argmax(1) == y).sum(), y.shape[0])
+
+    def _accumulate(self, acc: _Accum, loss_sum: torch.Tensor, correct: torch.Tensor, n: int) -> None:
+        """Add one batch to the device-side sums: no `.item()`, no host sync."""
+        acc.loss += loss_sum
+        acc.correct += correct
+        for k, blk in analog_blocks(self.module).items():
+            if blk.last_residual is not None:
+                acc.residual[k] += blk.last_residual.detach().to(torch.float64)
+        acc.samples += n
+        acc.batches += 1
+
+    def _evaluate(self) -> tuple[float, float]:
+        """Test loss and accuracy (summed over processes' shards; one host sync at the end)."""
+        self.model.eval()
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        self.test_loader.set_epoch(0)
+        amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.amp == "bf16" \
+            else contextlib.nullcontext()
+        with torch.no_grad(), amp:
+            for xb, yb in self.test_loader:
+                x, y = D.shard(xb, self.ctx), D.shard(yb, self.ctx)
+                out = self.module(x).float()
+                sums[0] += F.cross_entropy(out, y, reduction="sum")
+                sums[1] += (out.argmax(1) == y).sum()
+                sums[2] += y.shape[0]
+        D.all_reduce_sum(sums, self.ctx)
+        loss, correct, n = sums.tolist()
+        self.model.train()
+        return loss / max(n, 1), correct / max(n, 1)
+
+    # ---- main loop --------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        """Train to `cfg.epochs`, checkpointing every epoch; a Ctrl-C stops after the current batch."""
+        self._setup()
+        cfg = self.cfg
+        n_batches = len(self.train_loader)
+        self._in_step = False
+        stop = StopFlag()
+        interrupted = False
+        t_run = time.perf_counter()
+        if self.start_epoch >= cfg.epochs:
+            self._print(f"[yellow]run already finished {self.start_epoch} epochs; nothing to train "
+                        "(extend it with --epochs N when it uses --schedule none)[/]")
+        self._print(self._header())
+        progress = self._progress()
+        with stop.installed(), progress or contextlib.nullcontext():
+            ep_task = progress.add_task("epochs", total=cfg.epochs, completed=self.start_epoch, loss="",
+                                        acc="", speed="") if progress else None
+            b_task = progress.add_task("batches", total=n_batches, loss="", acc="", speed="") if progress \
+                else None
+            for epoch in range(self.start_epoch, cfg.epochs):
+                if self.partial is not None:
+                    acc = _Accum.from_state(self.partial, self.device, self.block_names)
+                    self.partial = None
+                else:
+                    acc = _Accum.zeros(self.device, self.block_names)
+                    self.train_loader.set_epoch(epoch)
+                if progress:
+                    progress.reset(b_task, total=n_batches, completed=acc.batches,
+                                   description=f"epoch {epoch + 1}/{cfg.epochs}")
+                t0 = time.perf_counter() - acc.elapsed
+                try:
+                    for xb, yb in self.train_loader:
+                        self._step(xb, yb, acc)
+                        if self.on_batch_end is not None:
+                            self.on_batch_end(epoch, acc.batches)
+                        at_log = acc.batches % cfg.log_every == 0
+                        if at_log and progress:
+                            self._show(progress, b_task, acc, time.perf_counter() - t0)
+                        elif progress:
+                            progress.advance(b_task)
+                        # One process: the flag is a Python bool (free). DDP: agree at log points.
+                        want_stop = stop.requested if not self.ctx.enabled else (
+                            at_log and D.any_flag(stop.requested, self.device, self.ctx))
+                        if want_stop and acc.batches < n_batches:
+                            raise KeyboardInterrupt
+                except KeyboardInterrupt:
+                    interrupted = True
+                    if self._in_step:
+                        self._print("[red]interrupted inside an optimizer step: parameters may be half "
+                                    f"updated, so no checkpoint was written; the last one in {self.run_dir} "
+                                    "is intact[/]")
+                    else:
+                        acc.elapsed = time.perf_counter() - t0
+                        self._save(epoch, acc.batches, acc.to_state())
+                        self._print(f"[yellow]interrupted at epoch {epoch + 1}, batch {acc.batches}/{n_batches}: "
+                                    f"checkpoint saved; continue with `hybridc train --resume {self.run_dir}`[/]")
+                    break
+                record = self._finish_epoch(epoch, acc, time.perf_counter() - t0)
+                if progress:
+                    progress.update(ep_task, completed=epoch + 1, loss=f"{record['test_loss']:.4f}",
+                                    acc=f"{100 * record['test_acc']:.2f}%", speed="")
+        wall = time.perf_counter() - t_run
+        summary = self._summary(wall, interrupted)
+        if self.ctx.is_main and not interrupted:
+            self._write(SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
+            self._print(summary_table(summary))
+        D.shutdown(self.ctx)
+        return TrainResult(self.run_dir if self.ctx.is_main else None, list(self.log.records), summary,
+                           interrupted, cfg)
+
+    def _finish_epoch(self, epoch: int, acc: _Accum, train_time: float) -> dict[str, Any]:
+        self.sched.step()
+        vals = torch.stack([acc.loss, acc.correct, *acc.residual.values(),
+                            torch.tensor(float(acc.samples), dtype=torch.float64, device=self.device)])
+        D.all_reduce_sum(vals, self.ctx)
+        vals_l = vals.tolist()
+        loss_sum, correct, *res, samples = vals_l
+        world = self.ctx.world_size
+        t_eval = time.perf_counter()
+        test_loss, test_acc = self._evaluate()
+        eval_time = time.perf_counter() - t_eval
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / max(samples, 1),
+            "train_acc": correct / max(samples, 1),
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "lr": self.opt.param_groups[0]["lr"],
+            # residuals summed over processes and batches: mean over both
+            "residual": {k: r / max(acc.batches * world, 1) for k, r in zip(self.block_names, res)},
+            "epoch_time_s": train_time,
+            "samples_per_s": samples / max(train_time, 1e-9),
+            "eval_time_s": eval_time,
+        }
+        if not all(math.isfinite(record[k]) for k in ("train_loss", "test_loss")):
+            raise HybridcError(f"training diverged at epoch {epoch + 1} (loss is NaN/Inf); lower --lr or "
+                               "--beta, or use --init keep")
+        self._save(epoch + 1, 0, None)
+        self.log.append(record)
+        if self.ctx.is_main and self.run_dir is not None:
+            plot_curves(self.log.records, self.run_dir / CURVES_NAME,
+                        f"{self.cfg.model_label()} on {self.cfg.data} ({self.cfg.algorithm})")
+        self._print(self._epoch_line(record))
+        return record
+
+    # ---- display ----------------------------------------------------------------------------------
+    def _progress(self) -> Any:
+        if not (self.cfg.progress and self.ctx.is_main and self.console is not None
+                and self.console.is_terminal):
+            return None
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        return Progress(TextColumn("{task.description:>14}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("loss {task.fields[loss]}"), TextColumn("acc {task.fields[acc]}"),
+                        TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                        TimeRemainingColumn(), console=self.console)
+
+    def _show(self, progress: Any, task: Any, acc: _Accum, elapsed: float) -> None:
+        loss, correct, *_ = acc.read()  # the one host read every `log_every` batches
+        progress.update(task, advance=1, loss=f"{loss / max(acc.samples, 1):.4f}",
+                        acc=f"{100 * correct / max(acc.samples, 1):.2f}%",
+                        speed=f"{acc.samples * self.ctx.world_size / max(elapsed, 1e-9):,.0f} samples/s")
+
+    def _header(self) -> str:
+        cfg = self.cfg
+        parts = [f"[bold]hybridc train[/] {cfg.model_label()} on {self.info.title if hasattr(self, 'info') else cfg.data}",
+                 f"algorithm {cfg.algorithm}"]
+        if cfg.algorithm != "bp":
+            parts.append(f"{len(self.block_names)} analog block(s), max_block_size {cfg.max_block_size}, "
+                         f"β {cfg.beta:g}, T1 {cfg.t1}, T2 {cfg.t2}, {cfg.solver_mode}, init {cfg.init}")
+        parts.append(f"{cfg.epochs} epochs × {len(self.train_loader)} batches of {cfg.batch_size}, {cfg.optimizer} "
+                     f"lr {cfg.lr:g} ({cfg.schedule}), device {self.device}"
+                     + (f" × {self.ctx.world_size} processes" if self.ctx.enabled else ""))
+        if self.start_epoch or self.partial:
+            parts.append(f"resuming {self.run_dir} at epoch {self.start_epoch + 1}"
+                         + (f", batch {self.partial['batches']}" if self.partial else ""))
+        else:
+            parts.append(f"run directory {self.run_dir}")
+        return "\n".join(parts)
+
+    def _epoch_line(self, r: dict[str, Any]) -> str:
+        res = ", ".join(f"{k} {v:.1e}" for k, v in r["residual"].items())
+        return (f"epoch {r['epoch']:>3}/{self.cfg.epochs}  train loss {r['train_loss']:.4f} acc "
+                f"{100 * r['train_acc']:6.2f}%  test loss {r['test_loss']:.4f} acc {100 * r['test_acc']:6.2f}%  "
+                f"{r['epoch_time_s']:.1f}s {r['samples_per_s']:,.0f} samples/s"
+                + (f"  residual {res}" if res else ""))
+
+    def _summary(self, wall: float, interrupted: bool) -> dict[str, Any]:
+        recs = self.log.records
+        last = recs[-1] if recs else {}
+        best = self.log.best()
+        n_analog = sum(p.numel() for b in analog_blocks(self.module).values() for p in b.parameters())
+        n_all = sum(p.numel() for p in self.module.parameters())
+        times = [r["epoch_time_s"] for r in recs]
+        return {
+            "model": self.cfg.model_label(),
+            "data": self.cfg.data,
+            "algorithm": self.cfg.algorithm,
+            "analog_blocks": len(self.block_names),
+            "params_analog": n_analog,
+            "params_digital": n_all - n_analog,
+            "epochs_done": len(recs),
+            "final_test_acc": last.get("test_acc"),
+            "best_test_acc": best["test_acc"] if best else None,
+            "best_epoch": best["epoch"] if best else None,
+            "final_train_acc": last.get("train_acc"),
+            "final_test_loss": last.get("test_loss"),
+            "mean_epoch_time_s": sum(times) / len(times) if times else None,
+            "samples_per_s": last.get("samples_per_s"),
+            "wall_time_s": wall,
+            "device": str(self.device),
+            "processes": self.ctx.world_size,
+            "interrupted": interrupted,
+            "run_dir": str(self.run_dir),
+        }
+
+
+def train(cfg: ExperimentConfig | None = None, out: str | Path | None = None, resume: str | Path | None = None,
+          resume_overrides: dict[str, Any] | None = None, console: Any = None,
+          on_batch_end: BatchHook | None = None) -> TrainResult:
+    """Train `cfg` (default: the embedded default experiment) into run directory `out`, or continue the run
+    in `resume` (with `resume_overrides`: flags given at resume time, checked against the saved config)."""
+    if cfg is None:
+        cfg = ExperimentConfig()
+    return Trainer(cfg, out, resume, resume_overrides, console, on_batch_end).run()

@@ -1,0 +1,26 @@
+"""Shared fixtures: small zoo variants keep the default suite fast on 2 CPU cores."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hybridc.load import load_model
+
+#: zoo models at test size: same architecture, fewer channels
+SMALL = {
+    "mlp": {"sizes": (784, 48, 48, 10)},
+    "vgg-paper": {"width": 0.0625},
+    "resnet18": {"base": 4},
+    "transformer": {"d_model": 16, "nhead": 2, "dim_feedforward": 32},
+    "vit": {"dim": 16, "heads": 2},
+}
+
+
+def small_zoo(name: str):  # noqa: ANN201
+    return load_model(name, **SMALL.get(name, {}))
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
