@@ -94,7 +94,7 @@ def test_divergence_names_block_and_step() -> None:
         ff(torch.randn(2, 8))
     msg = str(exc.value)
     assert "analog0" in msg and "free phase" in msg and "step" in msg
-    step = int(msg.split("step ")[1].split(":")[0])
+    step = int(msg.split("at step ")[1].split(" ")[0])
     assert 1 <= step <= 200
 
 

@@ -89,12 +89,16 @@ def relax(step: StepFn, states: States, steps: int, cfg: SolverConfig, block: st
         new = step(states)
         if anderson is not None:
             new = _unflatten(anderson(_flatten(states), _flatten(new)), new)
-        residual = _max_change(new, states)
-        bad = _bad(new, cfg.divergence_limit)
-        first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, t), first_bad)
+        check = t % cfg.check_every == 0 or t == budget
+        if check:
+            # device-side bookkeeping only on check steps; the host reads it below (one sync per check in
+            # tolerance mode, one per phase in fixed-step mode)
+            residual = _max_change(new, states)
+            bad = _bad(new, cfg.divergence_limit)
+            first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, t), first_bad)
         states = new
         taken = t
-        if t % cfg.check_every == 0 or t == budget:
+        if check and (cfg.tol is not None or t == budget):
             if bool(first_bad >= 0):
                 _raise_diverged(block, phase, int(first_bad), states, cfg)
             if cfg.tol is not None and float(residual) < cfg.tol:
@@ -106,6 +110,7 @@ def _raise_diverged(block: str, phase: str, step: int, states: States, cfg: Solv
     finite = all(bool(torch.isfinite(s).all()) for s in states)
     what = f"|s| exceeded {cfg.divergence_limit:g}" if finite else "NaN/Inf appeared"
     raise EquilibriumDivergedError(
-        f"analog block {block!r} diverged in the {phase} phase at step {step}: {what}. "
+        f"analog block {block!r} diverged in the {phase} phase at step {step} "
+        f"(checked every {cfg.check_every} steps): {what}. "
         "Lower the learning rate or the weights' scale, use bounded activations (hardsigmoid), "
         "or switch the solver to mode='async'.")
