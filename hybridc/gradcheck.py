@@ -173,7 +173,7 @@ def _original_names(compiled: FFEBM, model: nn.Module) -> dict[str, str]:
         else:
             # export graphs name get_attr parameters with underscores; match by suffix
             match = [o for o in original if o.replace(".", "_") == cand.replace(".", "_")]
-            out[n] = match[0] if match else cand
+            out[n] = match[0] if match else f"{parts[1]}.{cand}"  # a block's own parameter (e.g. drn)
     return out
 
 

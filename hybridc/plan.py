@@ -36,6 +36,7 @@ class PartitionConfig(_Strict):
     non_monotone: NonMonotonePolicy = Field(
         "substitute", description="GELU/SiLU/... under `keep`: substitute ReLU or keep the op digital")
     eb_kind: EBKind = Field("dhn", description="energy-based block kind for analog blocks")
+    drn_gamma: float = Field(1.0, gt=0, description="drn input voltage gain γ (sources γ·[x, −x])")
 
 
 class TensorRef(_Strict):
@@ -78,6 +79,7 @@ class Block(_Strict):
     identity_nodes: list[str] = Field(default_factory=list,
                                       description="nodes replaced by identity (removed norms, dropout)")
     eb_kind: EBKind | None = None
+    eb_params: dict[str, float] = Field(default_factory=dict, description="kind-specific settings (drn: gamma)")
     inputs: list[TensorRef] = Field(default_factory=list)
     outputs: list[TensorRef] = Field(default_factory=list)
     params: int = 0

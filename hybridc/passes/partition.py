@@ -373,6 +373,8 @@ def partition_graph(traced: TracedGraph, cfg: PartitionConfig, example_shapes: l
                       params=_param_count(gm, nodes))
         if block.kind == "analog":
             block.eb_kind = cfg.eb_kind
+            if cfg.eb_kind == "drn":
+                block.eb_params = {"gamma": cfg.drn_gamma}
             block.weight_layers = [_weight_name(n) for n in nodes if p.info[n].kind == "weight"]
             node_set = set(nodes)
             pooled = {n: next(iter(n.users)) for n in nodes

@@ -19,6 +19,8 @@ from hybridc.passes.trace import TracedGraph
 from hybridc.plan import Plan
 from hybridc.runtime.settings import GradientConfig, SolverConfig
 from hybridc.targets.dhn import DHNBlock
+from hybridc.targets.drn import DRNBlock
+from hybridc.targets.energy_block import EnergyBlock
 
 
 def validate_plan(plan: Plan, traced: TracedGraph) -> None:
@@ -91,9 +93,14 @@ class FFEBM(nn.Module):
                     raise PlanMismatchError(f"{b.name}: outputs {missing} are not neurons of the block; "
                                             "every value an analog block hands on must be a neuron")
                 lowered = lower_synapses(gm, b, in_names)
-                block = DHNBlock(b.name, lowered.gm, len(in_names), neuron_names,
-                                 [nr.activation for nr in b.neurons], [nr.shape for nr in b.neurons],
-                                 [o.name for o in outs], solver.model_copy(), gradient.model_copy())
+                if b.eb_kind == "drn":
+                    block = DRNBlock(b.name, lowered.gm, len(in_names), neuron_names,
+                                     [nr.shape for nr in b.neurons], [o.name for o in outs],
+                                     solver.model_copy(), gradient.model_copy(), **b.eb_params)
+                else:
+                    block = DHNBlock(b.name, lowered.gm, len(in_names), neuron_names,
+                                     [nr.activation for nr in b.neurons], [nr.shape for nr in b.neurons],
+                                     [o.name for o in outs], solver.model_copy(), gradient.model_copy())
                 self.blocks[b.name] = block
                 self._io[b.name] = (in_names, [o.name for o in outs])
         self._inputs = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
@@ -104,8 +111,8 @@ class FFEBM(nn.Module):
         self._out_spec = getattr(info, "out_spec", None)
 
     @property
-    def analog_blocks(self) -> dict[str, DHNBlock]:
-        return {k: v for k, v in self.blocks.items() if isinstance(v, DHNBlock)}
+    def analog_blocks(self) -> dict[str, EnergyBlock]:
+        return {k: v for k, v in self.blocks.items() if isinstance(v, EnergyBlock)}
 
     def set_gradient(self, mode: Literal["ep", "id", "bptt"] | None = None, **settings: Any) -> FFEBM:
         """Switch every analog block's gradient rule (e.g. `set_gradient("id")`, `set_gradient(beta=0.01)`)."""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from hybridc.targets.dhn import DHNBlock
+    from hybridc.targets.energy_block import EnergyBlock as DHNBlock
 
 
 def _params(block: DHNBlock) -> list[torch.nn.Parameter]:

@@ -12,13 +12,12 @@ from collections.abc import Sequence
 
 import torch
 import torch.fx as fx
-from torch import nn
 
 from hybridc.errors import UnsupportedOpError
 from hybridc.plan import ActivationSpec
 from hybridc.runtime.settings import GradientConfig, SolverConfig
 from hybridc.targets.activations import Activation, make_activation
-from hybridc.targets.solver import relax
+from hybridc.targets.energy_block import EnergyBlock
 
 States = list[torch.Tensor]
 
@@ -49,23 +48,19 @@ def _neuron_depths(gm: fx.GraphModule, n_inputs: int) -> list[int]:
     return depth
 
 
-class DHNBlock(nn.Module):
+class DHNBlock(EnergyBlock):
     """An analog block as a Deep Hopfield network over its synapse graph."""
+
+    kind = "dhn"
 
     def __init__(self, name: str, synapses: fx.GraphModule, n_inputs: int, neuron_names: list[str],
                  activations: list[ActivationSpec], neuron_shapes: list[list[int] | None],
                  output_names: list[str], solver: SolverConfig, gradient: GradientConfig):
-        super().__init__()
-        self.name = name
+        super().__init__(name, neuron_names, neuron_shapes, output_names, solver, gradient)
         self.synapses = synapses
         self.n_inputs = n_inputs
-        self.neuron_names = neuron_names
         self.activation_specs = activations
         self.sigmas: list[Activation] = [make_activation(a) for a in activations]
-        self.neuron_shapes = [list(s[1:]) if s else None for s in neuron_shapes]
-        self.output_idx = [neuron_names.index(o) for o in output_names]
-        self.solver = solver
-        self.gradient = gradient
         depths = _neuron_depths(synapses, n_inputs)
         self.parity = [d % 2 for d in depths]
         self.fast = None
@@ -80,9 +75,6 @@ class DHNBlock(nn.Module):
                 self.fast_reason = str(exc)
                 if solver.fast_path == "on":
                     raise
-        #: mean max|Δs| of the last free phase (device tensor; read it for metrics, no sync here)
-        self.last_residual: torch.Tensor | None = None
-        self.last_steps = 0
 
     # ---- the fixed-point map ----------------------------------------------------------------------
     def phi_grad(self, inputs: Sequence[torch.Tensor], states: States, differentiable: bool = False
@@ -122,32 +114,6 @@ class DHNBlock(nn.Module):
         if nudge is not None and nudge[j] is not None:
             g = g - nudge[j]
         return self.sigmas[j](g)
-
-    # ---- relaxation -------------------------------------------------------------------------------
-    def initial_states(self, inputs: Sequence[torch.Tensor]) -> States:
-        ref = inputs[0]
-        batch = ref.shape[0]
-        if any(s is None for s in self.neuron_shapes):
-            raise UnsupportedOpError(f"analog block {self.name}: neuron shapes unknown; re-run partition")
-        return [torch.zeros(batch, *shape, dtype=ref.dtype, device=ref.device) for shape in self.neuron_shapes]
-
-    def relax(self, inputs: Sequence[torch.Tensor], states: States, steps: int, phase: str,
-              nudge: States | None = None) -> States:
-        with torch.no_grad():
-            out, residual, taken = relax(lambda s: self.step_map(inputs, s, nudge), states, steps,
-                                         self.solver, self.name, phase)
-        if phase == "free":
-            self.last_residual = residual
-            self.last_steps = taken
-        return out
-
-    def free_phase(self, inputs: Sequence[torch.Tensor]) -> States:
-        return self.relax(inputs, self.initial_states(inputs), self.solver.t1, "free")
-
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        from hybridc.runtime.gradients import run_block
-
-        return run_block(self, inputs)
 
     def extra_repr(self) -> str:
         acts = ", ".join(f"{n}:{a}" for n, a in zip(self.neuron_names, self.activation_specs))

@@ -1,0 +1,74 @@
+"""What every energy-based (analog) block kind shares: relaxation phases, state bookkeeping, and the
+autograd entry point. A kind (DHN, DRN) supplies the fixed-point map and the energy.
+
+Contract used by `hybridc.runtime.gradients`:
+- `step_map(inputs, states, nudge=None, differentiable=False)`: one relaxation step; the free equilibrium
+  is its fixed point; `nudge[j]` (for output neurons) adds ⟨nudge_j, s_j⟩ to the energy;
+- `phi_per_sample(inputs, states)`: Φ = −(the θ- and x-dependent part of the energy), per sample, so that
+  EP's ∂L/∂θ ≈ −[∂_θΦ(s^{+β}) − ∂_θΦ(s^{−β})]/(2β) holds for every kind;
+- `initial_states(inputs)`, `output_idx`, `solver`, `gradient`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from hybridc.errors import UnsupportedOpError
+from hybridc.runtime.settings import GradientConfig, SolverConfig
+from hybridc.targets.solver import relax
+
+States = list[torch.Tensor]
+
+
+class EnergyBlock(nn.Module):
+    """Base class of analog blocks: neurons relaxing to an equilibrium of an energy."""
+
+    kind = "energy"
+
+    def __init__(self, name: str, neuron_names: list[str], neuron_shapes: list[list[int] | None],
+                 output_names: list[str], solver: SolverConfig, gradient: GradientConfig):
+        super().__init__()
+        self.name = name
+        self.neuron_names = neuron_names
+        self.neuron_shapes = [list(s[1:]) if s else None for s in neuron_shapes]
+        self.output_idx = [neuron_names.index(o) for o in output_names]
+        self.solver = solver
+        self.gradient = gradient
+        #: max|Δs| at the end of the last free phase (device tensor: read it per epoch, not per step)
+        self.last_residual: torch.Tensor | None = None
+        self.last_steps = 0
+
+    def step_map(self, inputs: Sequence[torch.Tensor], states: States, nudge: States | None = None,
+                 differentiable: bool = False) -> States:
+        raise NotImplementedError
+
+    def phi_per_sample(self, inputs: Sequence[torch.Tensor], states: States) -> torch.Tensor:
+        raise NotImplementedError
+
+    def initial_states(self, inputs: Sequence[torch.Tensor]) -> States:
+        ref = inputs[0]
+        batch = ref.shape[0]
+        if any(s is None for s in self.neuron_shapes):
+            raise UnsupportedOpError(f"analog block {self.name}: neuron shapes unknown; re-run partition")
+        return [torch.zeros(batch, *shape, dtype=ref.dtype, device=ref.device) for shape in self.neuron_shapes]
+
+    def relax(self, inputs: Sequence[torch.Tensor], states: States, steps: int, phase: str,
+              nudge: States | None = None) -> States:
+        with torch.no_grad():
+            out, residual, taken = relax(lambda s: self.step_map(inputs, s, nudge), states, steps,
+                                         self.solver, self.name, phase)
+        if phase == "free":
+            self.last_residual = residual
+            self.last_steps = taken
+        return out
+
+    def free_phase(self, inputs: Sequence[torch.Tensor]) -> States:
+        return self.relax(inputs, self.initial_states(inputs), self.solver.t1, "free")
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        from hybridc.runtime.gradients import run_block
+
+        return run_block(self, inputs)
