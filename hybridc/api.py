@@ -10,7 +10,7 @@ from torch import nn
 from hybridc.errors import PartitionError
 from hybridc.passes.partition import partition_graph
 from hybridc.passes.trace import TracedGraph, trace_model
-from hybridc.plan import PartitionConfig, Plan
+from hybridc.plan import AnalogSpec, PartitionConfig, Plan
 from hybridc.runtime.ffebm import FFEBM, validate_plan
 from hybridc.runtime.settings import GradientConfig, SolverConfig
 from hybridc.targets.init import goe_init
@@ -59,13 +59,14 @@ def partition(model: nn.Module, example_inputs: Any, max_block_size: int | None 
 def compile(model: nn.Module, example_inputs: Any, plan: Plan | None = None,
             max_block_size: int | None = None, gradient: str = "ep", solver: dict | SolverConfig | None = None,
             init: str = "keep", beta: float | None = None, goe_variance: float = 5e-5,
-            **policies: Any) -> FFEBM:
+            analog: dict | AnalogSpec | None = None, **policies: Any) -> FFEBM:
     """Compile `model` into a trainable ff-EBM (an nn.Module).
 
     `plan`: a Plan to build exactly (validated against the model); else one is made with
     `max_block_size` and `policies` (see `partition`). `gradient`: "ep", "id" or "bptt".
     `solver`: SolverConfig fields (t1, t2, mode, tol, anderson, ...). `init`: "keep" (the model's own
-    weights) or "goe" (the paper's GOE init of analog weights, variance `goe_variance`).
+    weights) or "goe" (the paper's GOE init of analog weights, variance `goe_variance`). `analog`: device
+    effects (AnalogSpec fields) written into the plan for every analog block.
     The compiled module owns deep copies of the model's layers: training it never changes `model`.
     """
     from pydantic import ValidationError
@@ -80,6 +81,9 @@ def compile(model: nn.Module, example_inputs: Any, plan: Plan | None = None,
         if max_block_size is not None or policies:
             raise PartitionError("give either a plan or partition settings (max_block_size, policies), not both")
         validate_plan(plan, traced)
+    if analog is not None:
+        plan = plan.model_copy(deep=True)
+        plan.analog = analog if isinstance(analog, AnalogSpec) else AnalogSpec(**analog)
     try:
         solver_cfg = solver if isinstance(solver, SolverConfig) else SolverConfig(**(solver or {}))
         grad_fields: dict[str, Any] = {"mode": gradient}

@@ -39,6 +39,29 @@ class PartitionConfig(_Strict):
     drn_gamma: float = Field(1.0, gt=0, description="drn input voltage gain γ (sources γ·[x, −x])")
 
 
+class AnalogSpec(_Strict):
+    """Device non-idealities of analog blocks (all off by default). Weight effects act on the programmed
+    (effective) weights with straight-through gradients, so training sees the device and updates the ideal
+    weights; read noise acts on every relaxation step; DAC/ADC quantise values entering/leaving a block."""
+
+    program_noise: float = Field(0.0, ge=0, description="std of weight programming noise, relative to the "
+                                 "range (or the tensor's max |w|); resampled whenever the weights change")
+    weight_range: float | None = Field(None, gt=0, description="|w| ≤ range (conductance range); none = unbounded")
+    weight_levels: int | None = Field(None, ge=2, description="programmable levels across the range")
+    read_noise: float = Field(0.0, ge=0, description="std of Gaussian noise added to every neuron update")
+    dac_bits: int | None = Field(None, ge=1, le=32, description="bits of block inputs (digital → analog)")
+    adc_bits: int | None = Field(None, ge=1, le=32, description="bits of block outputs (analog → digital)")
+    io_range: float | None = Field(None, gt=0, description="DAC/ADC full scale ±range; none = per-batch max |x|")
+
+    @property
+    def weights_affected(self) -> bool:
+        return bool(self.program_noise or self.weight_range or self.weight_levels)
+
+    @property
+    def any(self) -> bool:
+        return self.weights_affected or bool(self.read_noise or self.dac_bits or self.adc_bits)
+
+
 class TensorRef(_Strict):
     """A value crossing a block boundary: the fx node that produces it and its example shape."""
 
@@ -80,6 +103,7 @@ class Block(_Strict):
                                       description="nodes replaced by identity (removed norms, dropout)")
     eb_kind: EBKind | None = None
     eb_params: dict[str, float] = Field(default_factory=dict, description="kind-specific settings (drn: gamma)")
+    analog: AnalogSpec | None = Field(None, description="device effects for this block (overrides the plan's)")
     inputs: list[TensorRef] = Field(default_factory=list)
     outputs: list[TensorRef] = Field(default_factory=list)
     params: int = 0
@@ -111,6 +135,7 @@ class Plan(_Strict):
     graph_outputs: list[str]
     blocks: list[Block]
     decisions: list[Decision] = Field(default_factory=list)
+    analog: AnalogSpec = Field(default_factory=AnalogSpec, description="device effects of every analog block")
 
     @field_validator("version")
     @classmethod

@@ -18,6 +18,7 @@ from hybridc.passes.partition import graph_hash
 from hybridc.passes.trace import TracedGraph
 from hybridc.plan import Plan
 from hybridc.runtime.settings import GradientConfig, SolverConfig
+from hybridc.targets.device import apply_device_effects
 from hybridc.targets.dhn import DHNBlock
 from hybridc.targets.drn import DRNBlock
 from hybridc.targets.energy_block import EnergyBlock
@@ -101,6 +102,7 @@ class FFEBM(nn.Module):
                     block = DHNBlock(b.name, lowered.gm, len(in_names), neuron_names,
                                      [nr.activation for nr in b.neurons], [nr.shape for nr in b.neurons],
                                      [o.name for o in outs], solver.model_copy(), gradient.model_copy())
+                apply_device_effects(block, b.analog or plan.analog)
                 self.blocks[b.name] = block
                 self._io[b.name] = (in_names, [o.name for o in outs])
         self._inputs = [n.name for n in gm.graph.nodes if n.op == "placeholder"]

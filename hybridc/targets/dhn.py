@@ -103,17 +103,18 @@ class DHNBlock(EnergyBlock):
         """One relaxation step (synchronous, or even layers then odd layers)."""
         if self.solver.mode == "sync" or differentiable:
             g = self.phi_grad(inputs, states, differentiable)
-            return [self._update(j, g[j], nudge) for j in range(len(states))]
+            return [self._update(j, g[j], nudge, differentiable) for j in range(len(states))]
         new = list(states)
         for parity in (0, 1):
             g = self.phi_grad(inputs, new)
             new = [self._update(j, g[j], nudge) if self.parity[j] == parity else new[j] for j in range(len(new))]
         return new
 
-    def _update(self, j: int, g: torch.Tensor, nudge: States | None) -> torch.Tensor:
+    def _update(self, j: int, g: torch.Tensor, nudge: States | None, differentiable: bool = False
+                ) -> torch.Tensor:
         if nudge is not None and nudge[j] is not None:
             g = g - nudge[j]
-        return self.sigmas[j](g)
+        return self.sigmas[j](self.read_noise(g, differentiable))
 
     def extra_repr(self) -> str:
         acts = ", ".join(f"{n}:{a}" for n, a in zip(self.neuron_names, self.activation_specs))

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import torch
 import torch.fx as fx
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from hybridc.errors import UnsupportedOpError
@@ -36,7 +37,7 @@ def _project_after_step(optimizer: torch.optim.Optimizer, args: object, kwargs: 
     """Keep every DRN's conductances ≥ 0 after any optimizer step (they are physical conductances)."""
     params = {id(p) for g in optimizer.param_groups for p in g["params"]}
     for block in list(_LIVE):
-        if any(id(g) in params for g in block.conductances):
+        if any(id(g) in params for g in block.raw_conductances()):
             block.project_()
 
 
@@ -123,10 +124,20 @@ class DRNBlock(EnergyBlock):
         _LIVE.add(self)
         _install_hook()
 
+    def raw_conductances(self) -> list[nn.Parameter]:
+        """The conductance parameters themselves (under a device-effect parametrization, the originals)."""
+        out = []
+        for i in range(len(self.conductances)):
+            if parametrize.is_parametrized(self.conductances, str(i)):
+                out.append(self.conductances.parametrizations[str(i)].original)
+            else:
+                out.append(self.conductances._parameters[str(i)])
+        return out
+
     @torch.no_grad()
     def project_(self) -> None:
         """Clamp conductances to ≥ 0."""
-        for g in self.conductances:
+        for g in self.raw_conductances():
             g.clamp_(min=0.0)
 
     def _bounds(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,7 +166,7 @@ class DRNBlock(EnergyBlock):
                     den = den + g_out.sum(0)
                 if nudge is not None and nudge[k - 1] is not None:
                     num = num - nudge[k - 1]
-                new = num / den.clamp_min(1e-12)
+                new = self.read_noise(num / den.clamp_min(1e-12), differentiable)
                 if k < n_layers:
                     lo, hi = self._bounds(k - 1)
                     new = torch.maximum(torch.minimum(new, hi), lo)

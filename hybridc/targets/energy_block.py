@@ -15,9 +15,12 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from hybridc.errors import UnsupportedOpError
+from hybridc.plan import AnalogSpec
 from hybridc.runtime.settings import GradientConfig, SolverConfig
+from hybridc.targets.device import quantize_ste
 from hybridc.targets.solver import relax
 
 States = list[torch.Tensor]
@@ -40,6 +43,13 @@ class EnergyBlock(nn.Module):
         #: max|Δs| at the end of the last free phase (device tensor: read it per epoch, not per step)
         self.last_residual: torch.Tensor | None = None
         self.last_steps = 0
+        self.analog: AnalogSpec = AnalogSpec()
+
+    def read_noise(self, value: torch.Tensor, differentiable: bool) -> torch.Tensor:
+        """Add the device's read noise to a neuron update (not inside ID/BPTT's differentiable maps)."""
+        if self.analog.read_noise and not differentiable:
+            return value + self.analog.read_noise * torch.randn_like(value)
+        return value
 
     def step_map(self, inputs: Sequence[torch.Tensor], states: States, nudge: States | None = None,
                  differentiable: bool = False) -> States:
@@ -57,7 +67,7 @@ class EnergyBlock(nn.Module):
 
     def relax(self, inputs: Sequence[torch.Tensor], states: States, steps: int, phase: str,
               nudge: States | None = None) -> States:
-        with torch.no_grad():
+        with torch.no_grad(), parametrize.cached():
             out, residual, taken = relax(lambda s: self.step_map(inputs, s, nudge), states, steps,
                                          self.solver, self.name, phase)
         if phase == "free":
@@ -71,4 +81,10 @@ class EnergyBlock(nn.Module):
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         from hybridc.runtime.gradients import run_block
 
-        return run_block(self, inputs)
+        spec = self.analog
+        if spec.dac_bits:
+            inputs = tuple(quantize_ste(x, spec.dac_bits, spec.io_range) for x in inputs)
+        outputs = run_block(self, inputs)
+        if spec.adc_bits:
+            outputs = tuple(quantize_ste(y, spec.adc_bits, spec.io_range) for y in outputs)
+        return outputs
