@@ -170,3 +170,24 @@ def test_batch_size_differs_from_example() -> None:
     lm = small_zoo("transformer")
     ff = compile(lm.model, lm.example_inputs, max_block_size=2).eval()
     assert ff(torch.randn(7, 1, 28, 28)).shape == (7, 10)
+
+
+def test_solver_variants_reach_the_same_equilibrium() -> None:
+    """sync, even/odd async and Anderson-accelerated iterations have the same fixed point; tolerance mode
+    stops early; Anderson needs fewer steps than plain iteration on a slowly contracting block."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
+    x = torch.rand(8, 16, dtype=torch.float64)
+    outs, steps = {}, {}
+    for name, solver in {"sync": {}, "async": {"mode": "async"}, "anderson": {"anderson": 5}}.items():
+        torch.manual_seed(1)  # the same GOE weights for every variant
+        ff = compile(model, x.float(), max_block_size=3, init="goe", goe_variance=0.02,
+                     solver={"tol": 1e-12, "max_steps": 4000, "check_every": 10, **solver}).double()
+        with torch.no_grad():
+            outs[name] = ff(x)
+        block = next(iter(ff.analog_blocks.values()))
+        steps[name] = block.last_steps
+        assert float(block.last_residual) < 1e-12
+    assert torch.allclose(outs["sync"], outs["async"], atol=1e-9)
+    assert torch.allclose(outs["sync"], outs["anderson"], atol=1e-9)
+    assert steps["anderson"] < steps["sync"] < 4000

@@ -35,8 +35,15 @@ class _Anderson:
         self.m, self.beta, self.lam = m, beta, lam
         self.xs: list[torch.Tensor] = []
         self.fs: list[torch.Tensor] = []
+        self.best: torch.Tensor | None = None
 
     def __call__(self, x: torch.Tensor, fx: torch.Tensor) -> torch.Tensor:
+        res = (fx - x).norm(dim=1)
+        if self.best is None:
+            self.best = res
+        # safeguard: a sample whose residual did not improve takes a plain step and restarts its history
+        improving = res <= self.best
+        self.best = torch.minimum(self.best, res)
         self.xs.append(x)
         self.fs.append(fx)
         if len(self.xs) > self.m:
@@ -56,7 +63,14 @@ class _Anderson:
         alpha = w / w.sum(1, keepdim=True)  # (B, k, 1)
         mixed_f = (alpha * F).sum(1)
         mixed_x = (alpha * X).sum(1)
-        return self.beta * mixed_f + (1 - self.beta) * mixed_x
+        mixed = self.beta * mixed_f + (1 - self.beta) * mixed_x
+        keep = improving.unsqueeze(1)
+        if not bool(keep.all()):
+            # forget the history of stalled samples: their past iterates now equal the current one
+            for i in range(len(self.xs)):
+                self.xs[i] = torch.where(keep, self.xs[i], x)
+                self.fs[i] = torch.where(keep, self.fs[i], fx)
+        return torch.where(keep, mixed, fx)
 
 
 def _flatten(states: States) -> torch.Tensor:
@@ -86,14 +100,14 @@ def relax(step: StepFn, states: States, steps: int, cfg: SolverConfig, block: st
     anderson = _Anderson(cfg.anderson, cfg.anderson_beta) if cfg.anderson > 0 else None
     taken = 0
     for t in range(1, budget + 1):
-        new = step(states)
-        if anderson is not None:
-            new = _unflatten(anderson(_flatten(states), _flatten(new)), new)
+        mapped = step(states)
+        new = mapped if anderson is None else _unflatten(anderson(_flatten(states), _flatten(mapped)), mapped)
         check = t % cfg.check_every == 0 or t == budget
         if check:
             # device-side bookkeeping only on check steps; the host reads it below (one sync per check in
-            # tolerance mode, one per phase in fixed-step mode)
-            residual = _max_change(new, states)
+            # tolerance mode, one per phase in fixed-step mode). The residual is the fixed-point residual
+            # max|T(s) − s| (with Anderson, of the iterate the map was applied to).
+            residual = _max_change(mapped, states)
             bad = _bad(new, cfg.divergence_limit)
             first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, t), first_bad)
         states = new
