@@ -191,3 +191,16 @@ def test_solver_variants_reach_the_same_equilibrium() -> None:
     assert torch.allclose(outs["sync"], outs["async"], atol=1e-9)
     assert torch.allclose(outs["sync"], outs["anderson"], atol=1e-9)
     assert steps["anderson"] < steps["sync"] < 4000
+
+
+def test_bf16_autocast_keeps_analog_blocks_in_float32() -> None:
+    lm = small_zoo("vgg-paper")
+    ff = compile(lm.model, lm.example_inputs, max_block_size=3, init="goe").train()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ff(x)
+        loss = F.cross_entropy(out.float(), torch.arange(4))
+    loss.backward()
+    grads = [p.grad for p in ff.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert all(p.dtype == torch.float32 for p in ff.parameters())

@@ -82,6 +82,13 @@ class EnergyBlock(nn.Module):
         from hybridc.runtime.gradients import run_block
 
         spec = self.analog
+        device_type = inputs[0].device.type
+        if torch.is_autocast_enabled(device_type):
+            # mixed precision is for the digital blocks: an analog block relaxes in its parameters' dtype
+            # (EP's finite differences of nudged states need more than bf16's 8 bits of mantissa)
+            dtype = next((p.dtype for p in self.parameters()), torch.float32)
+            with torch.autocast(device_type, enabled=False):
+                return self.forward(*(x.to(dtype) if x.is_floating_point() else x for x in inputs))
         if spec.dac_bits:
             inputs = tuple(quantize_ste(x, spec.dac_bits, spec.io_range) for x in inputs)
         outputs = run_block(self, inputs)
