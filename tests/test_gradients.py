@@ -71,7 +71,7 @@ def test_fast_path_equals_generic(name: str, n: int) -> None:
     with torch.no_grad():
         ff(torch.randn(3, *lm.example_inputs[0].shape[1:], dtype=torch.float64))
     h.remove()
-    inputs = captured["inputs"]
+    inputs = block.prepare(captured["inputs"])
     states = [torch.rand(3, *s, dtype=torch.float64) for s in block.neuron_shapes]
     assert block.fast is not None, block.fast_reason
     fast = block.phi_grad(inputs, states)

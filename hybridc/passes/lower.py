@@ -135,3 +135,75 @@ def lower_synapses(gm: fx.GraphModule, block: Block, inputs: list[str]) -> Lower
 
 def _safe(name: str) -> str:
     return name if name.isidentifier() else "v_" + "".join(c if c.isalnum() else "_" for c in name)
+
+
+def split_synapses(syn: fx.GraphModule, n_inputs: int) -> tuple[fx.GraphModule, fx.GraphModule, int]:
+    """Split a synapse graph into a prefix that depends on the block inputs only (computed once per
+    relaxation phase) and a core `(cut values..., states...) -> pre-activations` (computed every step).
+
+    E.g. for u_1 = W_1 x + b_1 the product W_1 x is the same at every step of a phase: the core reads it.
+    Returns (prefix, core, number of cut values).
+    """
+    graph = syn.graph
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    inputs, states = placeholders[:n_inputs], placeholders[n_inputs:]
+    out_node = next(n for n in graph.nodes if n.op == "output")
+    state_dep: set[fx.Node] = set(states)
+    input_dep: set[fx.Node] = set(inputs)
+    for n in graph.nodes:
+        if n.op in ("placeholder", "output"):
+            continue
+        if any(a in state_dep for a in n.all_input_nodes):
+            state_dep.add(n)
+        elif any(a in input_dep for a in n.all_input_nodes):
+            input_dep.add(n)
+
+    core = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    cut: list[fx.Node] = []
+
+    def lookup(node: fx.Node) -> fx.Node:
+        if node in env:
+            return env[node]
+        if node in input_dep and node not in state_dep:
+            cut.append(node)
+            env[node] = core.placeholder(f"cut_{len(cut) - 1}")
+            return env[node]
+        env[node] = core.node_copy(node, lookup)  # parameters and shape queries: recomputed in the core
+        return env[node]
+
+    state_ph = {s: core.placeholder(s.name) for s in states}
+    env.update(state_ph)
+    for n in graph.nodes:
+        if n in state_dep and n.op != "placeholder":
+            env[n] = core.node_copy(n, lookup)
+    core.output(tuple(lookup(a) for a in out_node.args[0]))
+    # placeholders must come first, in the order (cut..., states...)
+    ordered = fx.Graph()
+    remap: dict[fx.Node, fx.Node] = {}
+    cut_ph = [env[c] for c in cut]
+    for ph in cut_ph + [state_ph[s] for s in states]:
+        remap[ph] = ordered.placeholder(ph.name)
+    for n in core.nodes:
+        if n.op != "placeholder":
+            remap[n] = ordered.node_copy(n, lambda a: remap[a])
+    core_gm = fx.GraphModule(syn, ordered, f"{type(syn).__name__}_core")
+
+    prefix = fx.Graph()
+    penv: dict[fx.Node, fx.Node] = {}
+
+    def plookup(node: fx.Node) -> fx.Node:
+        if node not in penv:  # a parameter expression or shape query: copied where needed
+            penv[node] = prefix.node_copy(node, plookup)
+        return penv[node]
+
+    for x in inputs:
+        penv[x] = prefix.placeholder(x.name)
+    for n in graph.nodes:
+        if n in input_dep and n.op != "placeholder" and n not in penv:
+            penv[n] = prefix.node_copy(n, plookup)
+    prefix.output(tuple(penv[c] for c in cut))
+    prefix_gm = fx.GraphModule(syn, prefix, f"{type(syn).__name__}_prefix")
+    prefix_gm.graph.eliminate_dead_code()
+    prefix_gm.recompile()
+    return prefix_gm, core_gm, len(cut)

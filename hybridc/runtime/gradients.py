@@ -42,8 +42,9 @@ def run_block(block: DHNBlock, inputs: Sequence[torch.Tensor]) -> tuple[torch.Te
 def _bptt(block: DHNBlock, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     states = [s.detach() for s in block.free_phase(inputs)]
     steps = block.gradient.bptt_steps or block.solver.t2
+    prepared = block.prepare(inputs)
     for _ in range(steps):
-        states = block.step_map(inputs, states, differentiable=True)
+        states = block.step_prepared(prepared, states, differentiable=True)
     return tuple(states[i] for i in block.output_idx)
 
 

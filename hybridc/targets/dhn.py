@@ -14,6 +14,7 @@ import torch
 import torch.fx as fx
 
 from hybridc.errors import UnsupportedOpError
+from hybridc.passes.lower import split_synapses
 from hybridc.plan import ActivationSpec
 from hybridc.runtime.settings import GradientConfig, SolverConfig
 from hybridc.targets.activations import Activation, make_activation
@@ -63,13 +64,15 @@ class DHNBlock(EnergyBlock):
         self.sigmas: list[Activation] = [make_activation(a) for a in activations]
         depths = _neuron_depths(synapses, n_inputs)
         self.parity = [d % 2 for d in depths]
+        # the input-only part of the synapses (e.g. W_1 x) is computed once per phase, not every step
+        self.prefix, self.core, self.n_cut = split_synapses(synapses, n_inputs)
         self.fast = None
         self.fast_reason = "fast path disabled"
         if solver.fast_path != "off":
             try:
                 from hybridc.targets.adjoint import AdjointProgram
 
-                self.fast = AdjointProgram(synapses, n_inputs)
+                self.fast = AdjointProgram(self.core, self.n_cut)
                 self.fast_reason = ""
             except UnsupportedOpError as exc:
                 self.fast_reason = str(exc)
@@ -77,9 +80,13 @@ class DHNBlock(EnergyBlock):
                     raise
 
     # ---- the fixed-point map ----------------------------------------------------------------------
+    def prepare(self, inputs: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
+        return self.prefix(*inputs)
+
     def phi_grad(self, inputs: Sequence[torch.Tensor], states: States, differentiable: bool = False
                  ) -> States:
-        """∂Φ/∂s for every neuron. `differentiable`: build an autograd graph through it (id/bptt)."""
+        """∂Φ/∂s for every neuron, from the prepared (cut) inputs. `differentiable`: build an autograd graph
+        through it (id/bptt)."""
         if self.fast is not None:
             return list(self.fast.phi_grad(inputs, states))
         with torch.enable_grad():
@@ -88,7 +95,7 @@ class DHNBlock(EnergyBlock):
             else:
                 s = [t.detach().requires_grad_(True) for t in states]
                 inputs = [x.detach() for x in inputs]
-            u = self.synapses(*inputs, *s)
+            u = self.core(*inputs, *s)
             phi = sum((si * ui).sum() for si, ui in zip(s, u))
             grads = torch.autograd.grad(phi, s, create_graph=differentiable)
         return list(grads)
@@ -98,9 +105,10 @@ class DHNBlock(EnergyBlock):
         u = self.synapses(*inputs, *states)
         return sum((si * ui).reshape(si.shape[0], -1).sum(1) for si, ui in zip(states, u))
 
-    def step_map(self, inputs: Sequence[torch.Tensor], states: States, nudge: States | None = None,
-                 differentiable: bool = False) -> States:
+    def step_prepared(self, prepared: Sequence[torch.Tensor], states: States, nudge: States | None = None,
+                      differentiable: bool = False) -> States:
         """One relaxation step (synchronous, or even layers then odd layers)."""
+        inputs = prepared
         if self.solver.mode == "sync" or differentiable:
             g = self.phi_grad(inputs, states, differentiable)
             return [self._update(j, g[j], nudge, differentiable) for j in range(len(states))]

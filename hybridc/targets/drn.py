@@ -148,10 +148,13 @@ class DRNBlock(EnergyBlock):
             x = x.flatten(1)
         return self.gamma * torch.cat([x, -x], -1)
 
-    def step_map(self, inputs: Sequence[torch.Tensor], states: States, nudge: States | None = None,
-                 differentiable: bool = False) -> States:
+    def prepare(self, inputs: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
+        return [self._sources(inputs[0])]
+
+    def step_prepared(self, prepared: Sequence[torch.Tensor], states: States, nudge: States | None = None,
+                      differentiable: bool = False) -> States:
         """One exact block-coordinate-descent sweep: odd layers, then even layers (closed form each)."""
-        v = [self._sources(inputs[0])] + list(states)
+        v = [prepared[0]] + list(states)
         n_layers = len(v) - 1
         for parity in (1, 0):
             for k in range(1, n_layers + 1):

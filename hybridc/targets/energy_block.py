@@ -51,9 +51,19 @@ class EnergyBlock(nn.Module):
             return value + self.analog.read_noise * torch.randn_like(value)
         return value
 
+    def prepare(self, inputs: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
+        """What a relaxation phase needs from the inputs, computed once per phase (not per step)."""
+        return inputs
+
+    def step_prepared(self, prepared: Sequence[torch.Tensor], states: States, nudge: States | None = None,
+                      differentiable: bool = False) -> States:
+        """One relaxation step from `prepare(inputs)`."""
+        raise NotImplementedError
+
     def step_map(self, inputs: Sequence[torch.Tensor], states: States, nudge: States | None = None,
                  differentiable: bool = False) -> States:
-        raise NotImplementedError
+        """One relaxation step (the fixed-point map T, nudged by `nudge` on output neurons)."""
+        return self.step_prepared(self.prepare(inputs), states, nudge, differentiable)
 
     def phi_per_sample(self, inputs: Sequence[torch.Tensor], states: States) -> torch.Tensor:
         raise NotImplementedError
@@ -68,7 +78,8 @@ class EnergyBlock(nn.Module):
     def relax(self, inputs: Sequence[torch.Tensor], states: States, steps: int, phase: str,
               nudge: States | None = None) -> States:
         with torch.no_grad(), parametrize.cached():
-            out, residual, taken = relax(lambda s: self.step_map(inputs, s, nudge), states, steps,
+            prepared = self.prepare(inputs)
+            out, residual, taken = relax(lambda s: self.step_prepared(prepared, s, nudge), states, steps,
                                          self.solver, self.name, phase)
         if phase == "free":
             self.last_residual = residual
