@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from torch import nn
 
 from hybridc.api import _as_tuple, compile
+from hybridc.errors import HybridcError
 from hybridc.runtime.ffebm import FFEBM
 
 
@@ -82,7 +83,7 @@ def _targets(out: Any, generator: torch.Generator) -> torch.Tensor:
     out = out[0] if isinstance(out, (tuple, list)) else out
     if out.dim() == 2:
         return torch.randint(0, out.shape[1], (out.shape[0],), generator=generator)
-    return torch.randn(out.shape, generator=generator, dtype=out.dtype)
+    return torch.randn(out.shape, generator=generator, dtype=out.dtype)  # CPU generator; moved by the caller
 
 
 def _grads(model: nn.Module, inputs: tuple[torch.Tensor, ...], target: torch.Tensor) -> tuple[dict, float]:
@@ -95,12 +96,16 @@ def _grads(model: nn.Module, inputs: tuple[torch.Tensor, ...], target: torch.Ten
 
 def gradcheck(model: nn.Module, example_inputs: Any, max_block_size: int = 2, beta: float | None = None,
               dtype: torch.dtype = torch.float64, batch: int = 4, seed: int = 0, bptt_steps: int = 200,
-              solver: dict | None = None, init: str = "keep", **policies: Any) -> GradcheckReport:
+              solver: dict | None = None, init: str = "keep", device: str | torch.device = "cpu",
+              **policies: Any) -> GradcheckReport:
     """Compare EP, ID and BPTT gradients of `model` compiled at `max_block_size` on a random batch.
 
     `init="keep"` (default) checks the model's own weights; "goe" the paper's init. Note that with GOE's
     small variance most hard-sigmoid pre-activations sit next to the kink at 0, where any finite β
     biases EP; expect to need a smaller β there."""
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise HybridcError("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = copy.deepcopy(model).to(dtype).eval()
@@ -113,8 +118,10 @@ def gradcheck(model: nn.Module, example_inputs: Any, max_block_size: int = 2, be
     compiled: FFEBM = compile(model, tuple(t.to(dtype) if t.is_floating_point() else t for t in ex),
                               max_block_size=max_block_size, beta=beta,
                               solver={**tight, **(solver or {})}, init=init, **policies)
-    compiled = compiled.to(dtype).eval()
-    target = _targets(compiled(*inputs), gen)
+    compiled = compiled.to(device=device, dtype=dtype).eval()
+    model = model.to(device)
+    inputs = tuple(t.to(device) for t in inputs)
+    target = _targets(compiled(*inputs), gen).to(device)
 
     ep, loss = _grads(compiled, inputs, target)
     compiled.set_gradient("id")
