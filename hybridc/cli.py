@@ -162,6 +162,7 @@ def gradcheck(
     batch: Annotated[int, typer.Option(help="random batch size", min=1)] = 4,
     bptt_steps: Annotated[int, typer.Option(help="steps unrolled for the BPTT reference", min=1)] = 200,
     seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     fmt: Annotated[GFmt, typer.Option("--format", "-f")] = GFmt.table,
     plot: Annotated[Path | None, typer.Option(help="save a per-layer bar chart (PNG)")] = None,
 ) -> None:
@@ -182,7 +183,7 @@ def gradcheck(
     lm = load_model(model, input_shape)
     report = do_gradcheck(lm.model, lm.example_inputs, max_block_size=max_block_size or 2, beta=beta,
                           dtype=getattr(torch, dtype.value), batch=batch, seed=seed, bptt_steps=bptt_steps,
-                          init=init, **pol)
+                          init=init, device=device, **pol)
     if fmt == GFmt.json:
         sys.stdout.write(json.dumps(report.public_json(), indent=2) + "\n")
     else:
@@ -200,6 +201,11 @@ def gradcheck(
     if plot is not None:
         plot_report(report, str(plot))
         err_console.print(f"wrote {plot}")
+
+
+from hybridc.cli_train import register as _register_train; _register_train(app)  # noqa: E402, E702, I001
+from hybridc.cli_report import register as _register_report; _register_report(app)  # noqa: E402, E702, I001
+from hybridc.cli_export import register as _register_export; _register_export(app)  # noqa: E402, E702, I001
 
 
 def main() -> None:

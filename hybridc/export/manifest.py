@@ -146,10 +146,12 @@ BlockInfo = Annotated[DigitalBlockInfo | AnalogBlockInfo, Field(discriminator="k
 
 
 class FullModelInfo(_Strict):
-    """The whole ff-EBM as one ONNX model, each analog relaxation unrolled for its steps."""
+    """The whole ff-EBM as one ONNX model, each analog relaxation run for its steps from zero states."""
 
     onnx: str
-    unrolled_steps: dict[str, int] = Field(description="analog block -> relaxation steps unrolled")
+    relaxation: Literal["unroll", "loop"] = Field(
+        "unroll", description="unroll: T copies of the step (loop-free graph); loop: one ONNX Loop per block")
+    steps: dict[str, int] = Field(description="analog block -> relaxation steps")
     inputs: list[str]
     outputs: list[str]
 
@@ -233,11 +235,13 @@ class Manifest(_Strict):
 
 
 def structure_to_json(template: Any) -> Any:
-    """An fx output template (nodes in tuples/lists/dicts) as JSON: node -> its name."""
+    """An fx output template (nodes, or their names, in tuples/lists/dicts) as JSON: node -> its name."""
     import torch.fx as fx
 
     if isinstance(template, fx.Node):
         return template.name
+    if isinstance(template, str):
+        return template
     if isinstance(template, (tuple, list)):
         return [structure_to_json(t) for t in template]
     if isinstance(template, dict):

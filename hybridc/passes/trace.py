@@ -124,6 +124,8 @@ def _export_trace(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) ->
         owner = ""
         if stack:
             owner = list(stack.values())[-1][0]
+        # keep what the passes read; drop export's fake tensors so compiled models can be deep-copied
+        node.meta = {k: v for k, v in node.meta.items() if k in ("nn_module_stack", "stack_trace")}
         node.meta["hybridc_module"] = owner
     graph.lint()
     gm.recompile()

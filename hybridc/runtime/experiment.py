@@ -44,7 +44,8 @@ class ExperimentConfig(BaseModel):
         default_factory=dict, description="keyword arguments of a zoo model's factory (e.g. sizes, width); "
                                           "input shape and class count are filled from the dataset when absent")
     plan: str | None = Field(None, description="a plan JSON to compile exactly (instead of partition settings)")
-    max_block_size: int = Field(2, ge=1, description="most weight layers per analog block")
+    max_block_size: int | None = Field(None, ge=1, description="most weight layers per analog block "
+                                                              "(None: the partitioner's default, 2)")
     norm: Literal["split", "entry", "drop"] | None = None
     layer_norm: Literal["split", "entry", "drop"] | None = None
     pool: Literal["digital", "absorb"] | None = None
@@ -52,6 +53,9 @@ class ExperimentConfig(BaseModel):
     activation: Literal["hardsigmoid", "keep"] | None = None
     hardsigmoid_slope: float | None = Field(None, gt=0)
     non_monotone: Literal["substitute", "refuse"] | None = None
+    eb_kind: Literal["dhn", "drn"] | None = Field(None, description="analog block kind [dhn]")
+    analog: dict[str, Any] = Field(default_factory=dict, description="device effects of every analog block "
+                                   "(AnalogSpec fields: program_noise, weight_range, read_noise, ...)")
     init: Literal["keep", "goe"] = Field("keep", description="analog weights: the model's own init or GOE")
     goe_variance: float = Field(5e-5, gt=0, description="GOE variance (init=goe)")
 
@@ -104,20 +108,26 @@ class ExperimentConfig(BaseModel):
     def _consistent(self) -> ExperimentConfig:
         if self.plan is not None and self.algorithm == "bp":
             raise ValueError("plan is meaningless with algorithm=bp (the original model is trained)")
+        if self.plan is not None and (self.policies() or self.max_block_size is not None):
+            raise ValueError("give either a plan or partition settings (max_block_size, norm, pool, ...), "
+                             "not both: the plan already fixes the partition")
         return self
 
     # ---- helpers ----------------------------------------------------------------------------------
     def policies(self) -> dict[str, Any]:
         """Partition policies that were set (the rest take the partitioner's defaults)."""
-        keys = ("norm", "layer_norm", "pool", "attention", "activation", "hardsigmoid_slope", "non_monotone")
+        keys = ("norm", "layer_norm", "pool", "attention", "activation", "hardsigmoid_slope", "non_monotone",
+                "eb_kind")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
     def model_label(self) -> str:
         """A short name of the model for titles and run-directory names."""
         if self.model is None:
             return "mlp-default"
-        return Path(self.model.split(":")[0]).stem if ("/" in self.model or self.model.endswith(".py")) \
-            else self.model
+        path, _, factory = self.model.partition(":")
+        if "/" in path or path.endswith(".py"):
+            return Path(path).stem + (f"-{factory}" if factory else "")
+        return self.model
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
@@ -189,7 +199,7 @@ def check_resume_compatible(saved: ExperimentConfig, requested: dict[str, Any]) 
     updates: dict[str, Any] = {}
     saved_dump = saved.model_dump()
     probe = validate_config(saved_dump | requested, "resume flags")
-    for key, value in requested.items():
+    for key in requested:
         new = getattr(probe, key)
         if new == saved_dump.get(key):
             continue

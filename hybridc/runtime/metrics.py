@@ -116,11 +116,20 @@ def summary_table(summary: dict[str, Any]) -> Table:
     t.add_column("key", style="bold")
     t.add_column("value")
     for key, value in summary.items():
-        if isinstance(value, float):
+        if value is None:
+            text = "-"
+        elif isinstance(value, float) and key.endswith("_acc"):
+            text = f"{100 * value:.2f} %"
+        elif isinstance(value, float) and key.endswith("_s") and key != "samples_per_s":
+            text = f"{value:.1f} s"
+        elif isinstance(value, float):
             text = f"{value:.4g}"
+        elif isinstance(value, int) and not isinstance(value, bool):
+            text = f"{value:,}"
         elif isinstance(value, dict):
             text = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
         else:
             text = str(value)
-        t.add_row(key.replace("_", " "), text)
+        label = key.replace("_s", "").replace("_", " ") if key.endswith("_time_s") else key.replace("_", " ")
+        t.add_row(label, text)
     return t

@@ -14,9 +14,9 @@ One `Trainer` runs an `ExperimentConfig`:
   (model/optimizer/scheduler/RNG states plus the data stream's position, even mid-epoch);
 * runs data-parallel under torchrun (see `hybridc.runtime.distributed`).
 
-Precision: `amp="bf16"` autocasts digital blocks only. Analog blocks run in float32 with autocast off: the
-relaxation's fixed point and EP's finite difference [Φ(s^{+β}) − Φ(s^{−β})]/2β would be swamped by bf16's
-8-bit mantissa.
+Precision: `amp="bf16"` autocasts the forward pass; analog blocks turn autocast off for themselves and relax
+in their parameters' dtype (`EnergyBlock.forward`): EP's finite difference [Φ(s^{+β}) − Φ(s^{−β})]/2β would
+be swamped by bf16's 8-bit mantissa.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def compile_model(cfg: ExperimentConfig, model: nn.Module, example: tuple[torch.
     # One divergence check per phase (at its end) instead of every 5 steps: fewer host syncs per batch.
     solver = {"t1": cfg.t1, "t2": cfg.t2, "mode": cfg.solver_mode, "check_every": max(cfg.t1, cfg.t2)}
     common: dict[str, Any] = {"gradient": cfg.algorithm, "solver": solver, "init": cfg.init, "beta": cfg.beta,
-                              "goe_variance": cfg.goe_variance}
+                              "goe_variance": cfg.goe_variance, "analog": cfg.analog or None}
     if plan is not None:
         return hc_compile(model, example, plan=plan, **common)
     return hc_compile(model, example, max_block_size=cfg.max_block_size, **common, **cfg.policies())
@@ -160,22 +160,6 @@ def compile_model(cfg: ExperimentConfig, model: nn.Module, example: tuple[torch.
 def analog_blocks(module: nn.Module) -> dict[str, nn.Module]:
     """The analog blocks of a compiled model (empty for a plain model)."""
     return dict(getattr(module, "analog_blocks", {}) or {})
-
-
-def _fp32_forward(forward: Callable[..., Any], device_type: str) -> Callable[..., Any]:
-    @functools.wraps(forward)
-    def run(*inputs: torch.Tensor) -> Any:
-        with torch.autocast(device_type, enabled=False):
-            return forward(*[x.float() if x.is_floating_point() else x for x in inputs])
-
-    return run
-
-
-def apply_amp_boundaries(module: nn.Module, device_type: str) -> None:
-    """Make analog blocks run in float32 with autocast off (their inputs cast up, differentiably), so that
-    autocast applies to digital blocks only. Set on the instance: state_dict keys are unchanged."""
-    for blk in analog_blocks(module).values():
-        blk.forward = _fp32_forward(blk.forward, device_type)
 
 
 def apply_torch_compile(module: nn.Module, algorithm: str) -> list[str]:
@@ -218,16 +202,22 @@ def make_scheduler(cfg: ExperimentConfig, opt: torch.optim.Optimizer) -> torch.o
 # --------------------------------------------------------------------------------------------- interrupts
 class StopFlag:
     """Ctrl-C (SIGINT) and SIGTERM request a stop at the next batch boundary instead of killing the step:
-    the trainer then saves a consistent checkpoint. A second Ctrl-C raises KeyboardInterrupt at once."""
+    the trainer then saves a consistent checkpoint. A second Ctrl-C raises KeyboardInterrupt at once, unless
+    it follows the first within `debounce_s` (torchrun forwards the terminal's SIGINT to workers that already
+    received it from the terminal: that is one Ctrl-C, not two)."""
 
-    def __init__(self) -> None:
+    def __init__(self, debounce_s: float = 2.0) -> None:
         self.requested = False
+        self.debounce_s = debounce_s
+        self._first = 0.0
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, _frame: Any) -> None:
-        if self.requested and signum == signal.SIGINT:
+        now = time.monotonic()
+        if self.requested and signum == signal.SIGINT and now - self._first > self.debounce_s:
             raise KeyboardInterrupt
-        self.requested = True
+        if not self.requested:
+            self.requested, self._first = True, now
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[StopFlag]:
@@ -293,7 +283,6 @@ class Trainer:
     def __init__(self, cfg: ExperimentConfig, out: str | Path | None = None, resume: str | Path | None = None,
                  resume_overrides: dict[str, Any] | None = None, console: Any = None,
                  on_batch_end: BatchHook | None = None):
-        self.ctx, self.device = D.init_distributed(cfg.device)
         self.on_batch_end = on_batch_end
         self.console = console
         self.ckpt: dict[str, Any] | None = None
@@ -307,17 +296,17 @@ class Trainer:
             self.run_dir = Path(out) if out is not None else default_run_dir(cfg)
             self._check_fresh_dir(self.run_dir)
         self.cfg = cfg
-        if not self.ctx.is_main:
-            self.run_dir_writable = False
-        else:
-            self.run_dir_writable = True
+        self.ctx, self.device = D.init_distributed(cfg.device)
+        self.run_dir_writable = self.ctx.is_main  # only the main process writes the run directory
+        self._in_step = False
 
     # ---- run directory ----------------------------------------------------------------------------
     @staticmethod
     def _check_fresh_dir(path: Path) -> None:
         if path.exists() and not path.is_dir():
             raise ConfigError(f"--out {path} exists and is not a directory")
-        if path.is_dir() and ((path / CHECKPOINT_NAME).exists() or (path / CONFIG_NAME).exists()):
+        # A directory whose run never finished an epoch (no checkpoint) is simply started again.
+        if path.is_dir() and (path / CHECKPOINT_NAME).exists():
             raise ConfigError(f"--out {path} already holds a run; continue it with `--resume {path}` or "
                               "choose another --out")
 
@@ -392,8 +381,6 @@ class Trainer:
         self.module.train()
         self.plan = getattr(self.module, "plan", None)
         self.block_names = list(analog_blocks(self.module))
-        if cfg.amp == "bf16":
-            apply_amp_boundaries(self.module, self.device.type)
         self.compiled_parts = apply_torch_compile(self.module, cfg.algorithm) if cfg.compile else []
         self.model = D.wrap_ddp(self.module, self.ctx, self.device)
         self.opt = make_optimizer(cfg, self.module)
@@ -456,20 +443,21 @@ class Trainer:
         loss = loss_sum * D.loss_scale(xb.shape[0], self.ctx)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        # From here to the end the step is being committed: a hard interrupt inside leaves no checkpoint.
         self._in_step = True
-        self.opt.step()
-        self._in_step = False
         self._accumulate(acc, loss_sum.detach(), (out.detach().argmax(1) == y).sum(), y.shape[0])
+        self.opt.step()
+        acc.batches += 1
+        self._in_step = False
 
     def _accumulate(self, acc: _Accum, loss_sum: torch.Tensor, correct: torch.Tensor, n: int) -> None:
-        """Add one batch to the device-side sums: no `.item()`, no host sync."""
+        """Add one batch to the device-side sums: in-place device ops, no `.item()`, no host sync."""
         acc.loss += loss_sum
         acc.correct += correct
         for k, blk in analog_blocks(self.module).items():
             if blk.last_residual is not None:
                 acc.residual[k] += blk.last_residual.detach().to(torch.float64)
         acc.samples += n
-        acc.batches += 1
 
     def _evaluate(self) -> tuple[float, float]:
         """Test loss and accuracy (summed over processes' shards; one host sync at the end)."""
@@ -548,10 +536,15 @@ class Trainer:
                         self._print(f"[yellow]interrupted at epoch {epoch + 1}, batch {acc.batches}/{n_batches}: "
                                     f"checkpoint saved; continue with `hybridc train --resume {self.run_dir}`[/]")
                     break
-                record = self._finish_epoch(epoch, acc, time.perf_counter() - t0)
+                record = self._finish_epoch(epoch, acc, t0)
                 if progress:
                     progress.update(ep_task, completed=epoch + 1, loss=f"{record['test_loss']:.4f}",
                                     acc=f"{100 * record['test_acc']:.2f}%", speed="")
+                if epoch + 1 < cfg.epochs and D.any_flag(stop.requested, self.device, self.ctx):
+                    interrupted = True  # the end-of-epoch checkpoint is already written
+                    self._print(f"[yellow]interrupted after epoch {epoch + 1}: checkpoint saved; continue with "
+                                f"`hybridc train --resume {self.run_dir}`[/]")
+                    break
         wall = time.perf_counter() - t_run
         summary = self._summary(wall, interrupted)
         if self.ctx.is_main and not interrupted:
@@ -561,12 +554,14 @@ class Trainer:
         return TrainResult(self.run_dir if self.ctx.is_main else None, list(self.log.records), summary,
                            interrupted, cfg)
 
-    def _finish_epoch(self, epoch: int, acc: _Accum, train_time: float) -> dict[str, Any]:
-        self.sched.step()
+    def _finish_epoch(self, epoch: int, acc: _Accum, t0: float) -> dict[str, Any]:
+        """Close an epoch started at time `t0`: read the sums, evaluate, log, checkpoint, plot."""
         vals = torch.stack([acc.loss, acc.correct, *acc.residual.values(),
                             torch.tensor(float(acc.samples), dtype=torch.float64, device=self.device)])
         D.all_reduce_sum(vals, self.ctx)
-        vals_l = vals.tolist()
+        vals_l = vals.tolist()  # the epoch's one host read; it also waits for queued GPU work, so time after
+        train_time = time.perf_counter() - t0
+        self.sched.step()
         loss_sum, correct, *res, samples = vals_l
         world = self.ctx.world_size
         t_eval = time.perf_counter()
@@ -588,11 +583,16 @@ class Trainer:
         if not all(math.isfinite(record[k]) for k in ("train_loss", "test_loss")):
             raise HybridcError(f"training diverged at epoch {epoch + 1} (loss is NaN/Inf); lower --lr or "
                                "--beta, or use --init keep")
-        self._save(epoch + 1, 0, None)
+        # Metrics before the checkpoint: after a crash between the two, resume cuts the metrics back to the
+        # checkpoint's epoch and redoes it (the other order would lose the epoch's line).
         self.log.append(record)
+        self._save(epoch + 1, 0, None)
         if self.ctx.is_main and self.run_dir is not None:
-            plot_curves(self.log.records, self.run_dir / CURVES_NAME,
-                        f"{self.cfg.model_label()} on {self.cfg.data} ({self.cfg.algorithm})")
+            try:
+                plot_curves(self.log.records, self.run_dir / CURVES_NAME,
+                            f"{self.cfg.model_label()} on {self.cfg.data} ({self.cfg.algorithm})")
+            except Exception as exc:  # a plotting problem must never cost a training run
+                self._print(f"[yellow]warning: could not draw {CURVES_NAME}: {type(exc).__name__}: {exc}[/]")
         self._print(self._epoch_line(record))
         return record
 
@@ -623,10 +623,11 @@ class Trainer:
 
     def _header(self) -> str:
         cfg = self.cfg
-        parts = [f"[bold]hybridc train[/] {cfg.model_label()} on {self.info.title if hasattr(self, 'info') else cfg.data}",
+        parts = [f"[bold]hybridc train[/] {cfg.model_label()} on {self.info.title}",
                  f"algorithm {cfg.algorithm}"]
         if cfg.algorithm != "bp":
-            parts.append(f"{len(self.block_names)} analog block(s), max_block_size {cfg.max_block_size}, "
+            parts.append(f"{len(self.block_names)} analog block(s), max_block_size "
+                         f"{self.plan.config.max_block_size if self.plan else '-'}, "
                          f"β {cfg.beta:g}, T1 {cfg.t1}, T2 {cfg.t2}, {cfg.solver_mode}, init {cfg.init}")
         parts.append(f"{cfg.epochs} epochs × {len(self.train_loader)} batches of {cfg.batch_size}, {cfg.optimizer} "
                      f"lr {cfg.lr:g} ({cfg.schedule}), device {self.device}"

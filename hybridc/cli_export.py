@@ -1,0 +1,246 @@
+"""`hybridc export` and `hybridc verify`, registered on the main typer app by `register(app)`.
+
+    hybridc export MODEL|RUN_DIR -o DIR [--max-block-size N | --plan plan.json] [policy flags] [--full]
+    hybridc verify DIR [--tol 1e-4] [--format table|json]
+
+`export` writes per-block ONNX files, analog weights (safetensors) and energy specifications, reference
+samples and manifest.json (see `hybridc.export.exporter`), checks every file in onnxruntime before
+publishing the directory (unless --no-check), and exits 1 when a check exceeds the tolerance.
+`verify` re-runs those checks on an export directory; exit 1 beyond the tolerance, 2 for a broken directory.
+"""
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from hybridc.errors import HybridcError
+
+
+class _Norm(str, Enum):
+    split = "split"
+    entry = "entry"
+    drop = "drop"
+
+
+class _Pool(str, Enum):
+    digital = "digital"
+    absorb = "absorb"
+
+
+class _Attn(str, Enum):
+    digital = "digital"
+    analog = "analog"
+
+
+class _Act(str, Enum):
+    hardsigmoid = "hardsigmoid"
+    keep = "keep"
+
+
+class _NonMono(str, Enum):
+    substitute = "substitute"
+    refuse = "refuse"
+
+
+class _EBKind(str, Enum):
+    dhn = "dhn"
+    drn = "drn"
+
+
+class _Init(str, Enum):
+    keep = "keep"
+    goe = "goe"
+
+
+class _Mode(str, Enum):
+    sync = "sync"
+    asynchronous = "async"
+
+
+class _Relax(str, Enum):
+    unroll = "unroll"
+    loop = "loop"
+
+
+class _Fmt(str, Enum):
+    table = "table"
+    json = "json"
+
+
+def _console() -> Console:
+    return Console(width=None if sys.stdout.isatty() else 160)
+
+
+def _parse_model_kwargs(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise HybridcError(f"--model-kwargs must be a JSON object (e.g. '{{\"base\": 8}}'): {exc}") from None
+    if not isinstance(value, dict):
+        raise HybridcError("--model-kwargs must be a JSON object, e.g. '{\"base\": 8}'")
+    return value
+
+
+def export_command(
+    target: Annotated[str, typer.Argument(metavar="MODEL|RUN_DIR",
+                                          help="zoo name, path/model.py[:factory], or a training run directory "
+                                               "(with plan.json and checkpoint.pt)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="export directory (replaced atomically)")],
+    max_block_size: Annotated[int | None, typer.Option("--max-block-size", "-n",
+                                                       help="most weight layers per analog block [2]")] = None,
+    plan: Annotated[Path | None, typer.Option("--plan", help="compile exactly this plan JSON")] = None,
+    input_shape: Annotated[str | None, typer.Option("--input-shape", help="per-sample input shape, e.g. 3,32,32")
+                           ] = None,
+    model_kwargs: Annotated[str | None, typer.Option("--model-kwargs",
+                                                     help="zoo factory arguments as JSON, e.g. '{\"base\": 8}'")
+                            ] = None,
+    norm: Annotated[_Norm | None, typer.Option(help="batch/group norms inside a chain [entry]")] = None,
+    layer_norm: Annotated[_Norm | None, typer.Option("--layer-norm", help="LayerNorm inside a chain [split]")
+                          ] = None,
+    pool: Annotated[_Pool | None, typer.Option(help="linear pooling inside a chain [absorb]")] = None,
+    attention: Annotated[_Attn | None, typer.Option(help="attention modules [digital]")] = None,
+    activation: Annotated[_Act | None, typer.Option(help="neuron activation [hardsigmoid]")] = None,
+    hardsigmoid_slope: Annotated[float | None, typer.Option("--hardsigmoid-slope",
+                                                            help="a in clamp(a·u,0,1) [0.5]")] = None,
+    non_monotone: Annotated[_NonMono | None, typer.Option("--non-monotone")] = None,
+    eb_kind: Annotated[_EBKind | None, typer.Option("--eb-kind", help="energy-based block kind [dhn]")] = None,
+    init: Annotated[_Init, typer.Option(help="analog weights: the model's own (keep) or GOE")] = _Init.keep,
+    t1: Annotated[int | None, typer.Option(help="solver free-phase steps of the compiled model [20]", min=1)
+                  ] = None,
+    solver_mode: Annotated[_Mode | None, typer.Option("--solver-mode", help="sync or async relaxation [sync]")
+                           ] = None,
+    steps: Annotated[int | None, typer.Option(help="relaxation steps every analog block runs in the export "
+                                                   "[each block's t1; tolerance solvers need this]", min=1)] = None,
+    full: Annotated[bool, typer.Option("--full", help="also export the whole model as one ONNX file "
+                                                      "(model.onnx) for inference")] = False,
+    relaxation: Annotated[_Relax, typer.Option(help="--full: each relaxation unrolled (loop-free graph) or as "
+                                                    "an ONNX Loop (compact for many steps)")] = _Relax.unroll,
+    checkpoint: Annotated[Path | None, typer.Option(help="RUN_DIR: this checkpoint instead of checkpoint.pt")
+                          ] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset (>= 17)", min=17)] = 18,
+    batch: Annotated[int, typer.Option(help="samples in the stored reference batch", min=1)] = 3,
+    seed: Annotated[int, typer.Option(help="seed of the model's init (MODEL) and of the samples")] = 0,
+    tol: Annotated[float, typer.Option(help="max abs error the check accepts (float32)")] = 1e-4,
+    check: Annotated[bool, typer.Option("--check/--no-check", help="verify in onnxruntime before publishing")
+                     ] = True,
+    force: Annotated[bool, typer.Option("--force", help="replace a non-empty directory that is not an export")
+                     ] = False,
+) -> None:
+    """Export MODEL (or a training RUN_DIR's trained model) as a hybrid graph: one ONNX file per digital
+    block, each analog block's weights (safetensors) and energy specification, manifest.json, and with
+    --full one ONNX model of the whole ff-EBM for inference."""
+    import torch
+
+    from hybridc.export.exporter import export_ffebm
+    from hybridc.export.manifest import ExportError, SourceInfo
+    from hybridc.export.run_dir import is_run_dir, load_run
+    from hybridc.export.verify import report_table
+
+    vals = {"norm": norm, "layer_norm": layer_norm, "pool": pool, "attention": attention,
+            "activation": activation, "hardsigmoid_slope": hardsigmoid_slope, "non_monotone": non_monotone,
+            "eb_kind": eb_kind}
+    policies = {k: (v.value if isinstance(v, Enum) else v) for k, v in vals.items() if v is not None}
+    console = _console()
+    if is_run_dir(target):
+        given = [flag for flag, v in (("--max-block-size", max_block_size), ("--plan", plan),
+                                      ("--input-shape", input_shape), ("--model-kwargs", model_kwargs),
+                                      ("--t1", t1), ("--solver-mode", solver_mode)) if v is not None]
+        given += [f"--{k.replace('_', '-')}" for k in policies] + (["--init"] if init != _Init.keep else [])
+        if given:
+            raise ExportError(f"{target} is a run directory: it is exported as trained, with its own plan and "
+                              f"settings; drop {', '.join(given)} (use --steps to change the relaxation steps)")
+        run = load_run(target, checkpoint)
+        ff, source = run.ff, run.source
+    else:
+        if (Path(target) / "manifest.json").is_file():
+            raise ExportError(f"{target} is an export directory; export a MODEL or a training RUN_DIR "
+                              "(`hybridc verify` checks an export)")
+        if Path(target).is_dir():
+            raise ExportError(f"{target} is a directory without plan.json: neither a model file nor a run "
+                              "directory")
+        if checkpoint is not None:
+            raise ExportError("--checkpoint applies to a RUN_DIR only")
+        from hybridc.api import compile as hc_compile
+        from hybridc.api import make_config
+        from hybridc.load import load_model
+        from hybridc.plan import Plan
+
+        kwargs = _parse_model_kwargs(model_kwargs)
+        if plan is None:
+            make_config(max_block_size, **policies)  # validate flags before loading anything
+        the_plan = None
+        if plan is not None:
+            try:
+                the_plan = Plan.load(plan)
+            except FileNotFoundError:
+                raise ExportError(f"plan {plan} does not exist") from None
+            except Exception as exc:
+                raise ExportError(f"{plan} is not a valid plan: {str(exc).splitlines()[0]}") from None
+        torch.manual_seed(seed)
+        batch_kw: dict[str, Any] = {}
+        if the_plan is not None and the_plan.model.example_shapes:  # the plan's example shapes, unless given
+            shape0 = the_plan.model.example_shapes[0]
+            batch_kw = {"batch": shape0[0]}
+            input_shape = input_shape or ",".join(map(str, shape0[1:]))
+        lm = load_model(target, input_shape, **batch_kw, **kwargs)
+        solver = {k: v for k, v in (("t1", t1), ("mode", solver_mode.value if solver_mode else None))
+                  if v is not None}
+        ff = hc_compile(lm.model, lm.example_inputs, plan=the_plan, max_block_size=max_block_size, solver=solver,
+                        init=init.value, **policies)
+        source = SourceInfo(kind="model", spec=target, model_kwargs=kwargs, model_class=type(lm.model).__name__)
+
+    result = export_ffebm(ff, output, source=source, full=full, relaxation=relaxation.value, steps=steps, opset=opset, batch=batch, seed=seed,
+                          force=force, check=check, tol=tol)
+    m = result.manifest
+    n_dig = sum(b.kind == "digital" for b in m.blocks)
+    n_ana = len(m.blocks) - n_dig
+    what = [f"{n_dig} digital block(s) (.onnx)", f"{n_ana} analog block(s) (.safetensors + .step.onnx)"]
+    if m.full is not None:
+        what.append(f"{m.full.onnx} (whole model)")
+    console.print(f"wrote {result.directory}: " + ", ".join(what) + ", manifest.json, plan.json, samples.npz",
+                  highlight=False)
+    for w in m.warnings:
+        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    if result.report is not None:
+        console.print(report_table(result.report))
+        if not result.report.ok:
+            names = ", ".join(f"{r.name} ({r.kind})" for r in result.report.failures)
+            console.print(f"[bold red]check failed:[/] {names} exceed {tol:g}", highlight=False)
+            raise typer.Exit(1)
+
+
+def verify_command(
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="an export directory (hybridc export -o DIR)")],
+    tol: Annotated[float, typer.Option(help="max abs error accepted (float32)")] = 1e-4,
+    fmt: Annotated[_Fmt, typer.Option("--format", "-f", help="table or json")] = _Fmt.table,
+) -> None:
+    """Run every exported file in onnxruntime against the torch model's reference samples: the max abs error
+    per block and end to end. Exit 1 when any exceeds --tol."""
+    from hybridc.export.verify import report_json, report_table, verify_export
+
+    report = verify_export(directory, tol=tol)
+    if fmt == _Fmt.json:
+        sys.stdout.write(report_json(report) + "\n")
+    else:
+        console = _console()
+        console.print(report_table(report))
+        if report.ok:
+            console.print(f"[green]ok:[/] every check within {tol:g}", highlight=False)
+        else:
+            names = ", ".join(f"{r.name} ({r.kind})" for r in report.failures)
+            console.print(f"[bold red]FAILED:[/] {names} exceed {tol:g}", highlight=False)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `export` and `verify` commands to the `hybridc` typer app."""
+    app.command("export")(export_command)
+    app.command("verify")(verify_command)

@@ -1,0 +1,460 @@
+"""Export a compiled ff-EBM into a directory: per-block ONNX files, analog weights and energy
+specifications, reference samples, the plan, optionally the whole model as one ONNX file, and the manifest.
+
+Layout of DIR::
+
+    manifest.json               what everything is (hybridc.export.manifest.Manifest)
+    plan.json                   the plan the model was compiled with
+    samples.npz                 reference values from the torch model: graph inputs and every block output
+    blocks/<digital>.onnx       forward(inputs...) -> outputs
+    blocks/<analog>.step.onnx   one step of T: (inputs..., states...) -> next states
+    blocks/<analog>.safetensors synapse weights, named as in the manifest's synapse paths
+    model.onnx                  (--full) the whole ff-EBM, relaxations unrolled
+
+The directory is written into a temporary sibling and swapped in only when complete: an existing export
+is replaced whole or left as it was, never half-overwritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import datetime
+import hashlib
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+
+from hybridc.errors import HybridcError, UnsupportedOpError
+from hybridc.export.energy import (
+    describe_neurons,
+    describe_synapses,
+    save_weights,
+    state_input_name,
+    state_output_name,
+)
+from hybridc.export.full import RELAXATIONS, FullModel, StepModule, ensure_fast_path, export_solver
+from hybridc.export.manifest import (
+    MANIFEST_NAME,
+    AnalogBlockInfo,
+    DigitalBlockInfo,
+    ExportError,
+    FileInfo,
+    FullModelInfo,
+    Manifest,
+    SamplesInfo,
+    SolverInfo,
+    SourceInfo,
+    TensorInfo,
+    structure_names,
+    structure_to_json,
+)
+from hybridc.export.onnx_blocks import DEFAULT_OPSET, dim_spec, export_digital_block, export_onnx
+from hybridc.runtime.settings import SolverConfig
+from hybridc.targets.dhn import DHNBlock
+
+if TYPE_CHECKING:
+    from hybridc.export.verify import VerifyReport
+    from hybridc.runtime.ffebm import FFEBM
+
+#: relative paths inside an export directory
+PLAN_FILE = "plan.json"
+SAMPLES_FILE = "samples.npz"
+FULL_FILE = "model.onnx"
+BLOCK_DIR = "blocks"
+
+
+@dataclass
+class ExportResult:
+    """Where an export went, what it holds, and (when checked) how it verified."""
+
+    directory: Path
+    manifest: Manifest
+    report: VerifyReport | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _device_effects(block: nn.Module) -> str:
+    """The device non-idealities an analog block simulates ('' when ideal): random draws (programming and
+    read noise) and per-batch quantisation have no faithful deterministic ONNX equivalent here."""
+    from torch.nn.utils import parametrize
+
+    spec = getattr(block, "analog", None)
+    found = []
+    if spec is not None and getattr(spec, "any", False):
+        found = [k for k, v in spec.model_dump().items() if v not in (None, 0, 0.0)]
+    if any(parametrize.is_parametrized(m) for m in block.modules()) and not found:
+        found = ["parametrized weights"]
+    return ", ".join(found)
+
+
+def _hybridc_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hybridc")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _random_inputs(ff: FFEBM, batch: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """Graph inputs of `batch` samples shaped like the plan's example inputs (batch axis first)."""
+    refs = {r.node: r for r in ff.plan.graph_inputs}
+    out = []
+    for name in ff._inputs:
+        ref = refs.get(name)
+        if ref is None or not ref.shape:
+            raise ExportError(f"the plan records no shape for graph input {name!r}; re-create the plan")
+        shape = (batch, *ref.shape[1:])
+        dtype = getattr(torch, (ref.dtype or "torch.float32").replace("torch.", ""), torch.float32)
+        if dtype.is_floating_point:
+            out.append(torch.randn(shape, generator=gen).to(torch.float32))
+        elif dtype == torch.bool:
+            out.append(torch.randint(0, 2, shape, generator=gen).bool())
+        else:
+            out.append(torch.randint(0, 2, shape, generator=gen).to(dtype))
+    return out
+
+
+def _run_env(ff: FFEBM, inputs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every graph input and block output of one forward pass (eval mode, no grad), by tensor name."""
+    env: dict[str, Any] = dict(zip(ff._inputs, inputs))
+    batch = inputs[0].shape[0] if inputs else 0
+    with torch.no_grad():
+        for name, block in ff.blocks.items():
+            ins, outs = ff._io[name]
+            try:
+                values = block(*[env[i] for i in ins])
+            except HybridcError:
+                raise
+            except Exception as exc:
+                raise ExportError(
+                    f"block {name} fails on a batch of {batch} samples ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}): export needs a model that runs at any batch "
+                    "size (a reshape to a literal batch size breaks that)") from None
+            for o, v in zip(outs, values):
+                if not isinstance(v, torch.Tensor):
+                    raise ExportError(f"block {name} hands on {o!r}, a {type(v).__name__}, not a tensor: "
+                                      "only tensors can cross block boundaries in an export")
+                env[o] = v
+    return env
+
+
+def _output_structure(ff: FFEBM) -> Any:
+    names = fx.node.map_arg(ff._output_template, lambda n: n.name)
+    spec = getattr(ff, "_out_spec", None)
+    if spec is not None:
+        import torch.utils._pytree as pytree
+
+        names = pytree.tree_unflatten(list(names), spec)
+    return structure_to_json(names)
+
+
+def _flat_outputs(structure: Any, env: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    return [env[n] for n in structure_names(structure)]
+
+
+def _max_abs(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return max((float((x.double() - y.double()).abs().max()) if x.numel() else 0.0 for x, y in zip(a, b)),
+               default=0.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# atomic publication of a directory
+# --------------------------------------------------------------------------------------------------
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unavailable."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
+def _normalize_permissions(root: Path) -> None:
+    """Ordinary permissions (umask applied) for the export: temporary files and directories are created
+    private (0600/0700), which would otherwise survive into the published directory."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(root, 0o777 & ~mask)
+    for path in root.rglob("*"):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def check_destination(out: Path, force: bool) -> None:
+    """Refuse to replace anything that is not a previous export unless `force`."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file() and not force:
+        raise ExportError(f"refusing to replace {out}: it is not empty and not a hybridc export directory "
+                          f"(no {MANIFEST_NAME}); choose another --output or pass --force")
+
+
+def publish(staging: Path, out: Path) -> None:
+    """Move the complete `staging` directory to `out`, replacing a previous `out` in one step."""
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    if _exchange(staging, out):
+        shutil.rmtree(staging, ignore_errors=True)  # now holds the previous export
+        return
+    backup = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+    os.replace(out, backup)
+    try:
+        os.replace(staging, out)
+    except BaseException:
+        os.replace(backup, out)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# the export
+# --------------------------------------------------------------------------------------------------
+
+
+def export_ffebm(ff: FFEBM, out: str | Path, *, source: SourceInfo | None = None, full: bool = False,
+                 relaxation: str = "unroll", steps: int | None = None, opset: int = DEFAULT_OPSET, batch: int = 3, seed: int = 0,
+                 force: bool = False, check: bool = True, tol: float = 1e-4) -> ExportResult:
+    """Export the compiled ff-EBM `ff` into directory `out` (see the module docstring for the layout).
+
+    `full`: also write model.onnx, the whole model, every analog relaxation unrolled (`relaxation="unroll"`,
+    loop-free) or as an ONNX Loop (`"loop"`: T steps cost one copy of the step, for long relaxations). `steps`: the
+    relaxation steps every analog block runs in the export (default: each block's solver t1; a tolerance
+    solver is exported as fixed steps, see `hybridc.export.full.export_solver`). `batch`/`seed`: the
+    reference samples stored for `hybridc verify`. `check`: verify the files in onnxruntime before
+    publishing them (a file that does not load or run aborts the export; numeric results are returned in
+    `report`). Digital blocks are exported in eval mode (batchnorm running statistics, no dropout), float32.
+    """
+    if opset < 17:
+        raise ExportError(f"opset {opset} is too old: hybridc exports opset 17 or newer")
+    if batch < 1:
+        raise ExportError("batch must be at least 1")
+    if relaxation not in RELAXATIONS:
+        raise ExportError(f"relaxation must be one of {', '.join(RELAXATIONS)}, not {relaxation!r}")
+    out = Path(out)
+    check_destination(out, force)
+    for name, block in ff.blocks.items():
+        if not isinstance(block, (DHNBlock, fx.GraphModule)):
+            kind = getattr(block, "kind", type(block).__name__)
+            raise UnsupportedOpError(f"analog block {name} is a {kind} block ({type(block).__name__}); export "
+                                     "handles digital blocks and DHN analog blocks (eb_kind dhn)")
+        effects = _device_effects(block)
+        if effects:
+            raise UnsupportedOpError(
+                f"analog block {name} simulates device effects ({effects}); export writes the nominal "
+                "deterministic model only: compile from a plan without device effects (plan `analog` settings "
+                "off) to export it")
+    with export_view(ff, steps) as view:
+        return _export(ff, out, view, source=source, full=full, relaxation=relaxation, opset=opset, batch=batch,
+                       seed=seed, check=check, tol=tol)
+
+
+@dataclass
+class ExportView:
+    """What `export_view` changed: per analog block the compiled solver, and a note where the exported
+    fixed-step solver differs from it."""
+
+    originals: dict[str, SolverConfig]
+    notes: dict[str, str]
+
+
+@contextlib.contextmanager
+def export_view(ff: FFEBM, steps: int | None = None) -> Iterator[ExportView]:
+    """Put `ff` in its export state for the duration of the block, then restore it exactly:
+    eval mode, float32 parameters and buffers, fixed-step solvers, autograd-free ∂Φ/∂s in every analog
+    block. (The compiled module is modified in place and restored: a deep copy is not possible for
+    graphs captured by torch.export, whose fx nodes carry fake tensors.)"""
+    training = {m: m.training for m in ff.modules()}
+    analog = ff.analog_blocks
+    saved_solver = {n: b.solver for n, b in analog.items()}
+    saved_fast = {n: b.fast for n, b in analog.items() if isinstance(b, DHNBlock)}
+    saved_data: list[tuple[torch.Tensor, torch.Tensor]] = []
+    try:
+        ff.eval()
+        for t in [*ff.parameters(), *ff.buffers()]:
+            if t.is_floating_point() and t.dtype != torch.float32:
+                saved_data.append((t, t.data))
+                t.data = t.data.to(torch.float32)
+        fixed = {n: export_solver(b.solver, steps) for n, b in analog.items()}
+        view = ExportView(originals=dict(saved_solver), notes={n: note for n, (_, note) in fixed.items() if note})
+        for n, b in analog.items():
+            b.solver = fixed[n][0]
+            ensure_fast_path(b)
+        yield view
+    finally:
+        for t, data in saved_data:
+            t.data = data
+        for n, b in analog.items():
+            b.solver = saved_solver[n]
+            if n in saved_fast:
+                b.fast = saved_fast[n]
+        for m, mode in training.items():
+            m.training = mode
+
+
+def _export(model: FFEBM, out: Path, view: ExportView, *, source: SourceInfo | None, full: bool,
+            relaxation: str, opset: int, batch: int, seed: int, check: bool, tol: float) -> ExportResult:
+    plan = model.plan
+    analog = model.analog_blocks
+    gen = torch.Generator().manual_seed(seed)
+    trace_batch = 2 if batch != 2 else 3
+    sample_inputs = _random_inputs(model, batch, gen)
+    trace_inputs = _random_inputs(model, trace_batch, gen)
+    structure = _output_structure(model)
+    outputs = structure_names(structure)
+
+    warnings = [f"{name}: {note}" for name, note in view.notes.items()]
+    checks: dict[str, float] = {}
+    env_s = _run_env(model, sample_inputs)
+    env_t = _run_env(model, trace_inputs)
+    changed = {n: s for n, s in view.originals.items() if s.tol is not None or s.anderson}
+    if changed:  # how far the fixed-step export is from what the compiled solver computes
+        fixed = {n: analog[n].solver for n in changed}
+        try:
+            for n, solver in changed.items():
+                analog[n].solver = solver
+            reference = _flat_outputs(structure, _run_env(model, sample_inputs))
+        finally:
+            for n, solver in fixed.items():
+                analog[n].solver = solver
+        dev = _max_abs(reference, _flat_outputs(structure, env_s))
+        checks["fixed_steps_vs_compiled_solver_max_abs"] = dev
+        if dev > tol:
+            warnings.append(f"the exported fixed-step relaxation differs from the compiled solver's result by "
+                            f"{dev:.2e} (max abs): raise --steps for a converged equilibrium")
+
+    tensors: dict[str, TensorInfo] = {}
+    producers = {n: "input" for n in model._inputs}
+    for name in model.blocks:
+        producers.update({o: name for o in model._io[name][1]})
+    for name, value in env_s.items():
+        tensors[name] = TensorInfo(
+            shape=dim_spec(tuple(env_t[name].shape), tuple(value.shape), trace_batch, batch, f"tensor {name}"),
+            dtype=str(value.dtype).replace("torch.", ""), producer=producers[name])
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        (staging / BLOCK_DIR).mkdir()
+        blocks: list[DigitalBlockInfo | AnalogBlockInfo] = []
+        for name, block in model.blocks.items():
+            ins, outs = model._io[name]
+            pblock = plan.block(name)
+            if isinstance(block, DHNBlock):
+                blocks.append(_export_analog(block, name, ins, outs, env_t, tensors, staging, opset,
+                                             view.originals[name], view.notes.get(name), pblock.weight_layers))
+            else:
+                rel = f"{BLOCK_DIR}/{name}.onnx"
+                export_digital_block(block, name, [env_t[i] for i in ins], list(ins), list(outs),
+                                     [tensors[i].shape for i in ins], staging / rel, opset)
+                blocks.append(DigitalBlockInfo(name=name, inputs=list(ins), outputs=list(outs), onnx=rel,
+                                               nodes=len(pblock.nodes)))
+        full_info = None
+        if full:
+            full_steps = {name: blk.solver.t1 for name, blk in analog.items()}
+            module = FullModel(model.blocks, model._io, model._inputs, outputs, full_steps, relaxation)
+            if relaxation == "loop":
+                module.prepare_loops(env_t)
+            export_onnx(module, trace_inputs, staging / FULL_FILE, list(model._inputs), outputs,
+                        [tensors[i].shape for i in model._inputs], "the full model (--full)", opset)
+            full_info = FullModelInfo(onnx=FULL_FILE, relaxation=relaxation, steps=full_steps,
+                                      inputs=list(model._inputs), outputs=outputs)
+        plan.save(staging / PLAN_FILE)
+        np.savez(staging / SAMPLES_FILE, **{k: v.detach().cpu().numpy() for k, v in env_s.items()})
+
+        files = []
+        for path in sorted(p for p in staging.rglob("*") if p.is_file()):
+            rel = path.relative_to(staging).as_posix()
+            kind = {".onnx": "onnx", ".safetensors": "safetensors", ".npz": "samples"}.get(path.suffix, "plan")
+            files.append(FileInfo(path=rel, kind=kind, sha256=_sha256(path), bytes=path.stat().st_size))
+        manifest = Manifest(
+            hybridc_version=_hybridc_version(), torch_version=torch.__version__,
+            created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            opset=opset, source=source or SourceInfo(kind="python", model_class=plan.model.model_class),
+            plan=PLAN_FILE, graph_inputs=list(model._inputs), graph_outputs=outputs,
+            output_structure=structure, tensors=tensors, blocks=blocks, full=full_info,
+            samples=SamplesInfo(file=SAMPLES_FILE, batch=batch, seed=seed, tensors=sorted(env_s)),
+            files=files, warnings=warnings, checks=checks)
+        manifest.save(staging / MANIFEST_NAME)
+
+        _normalize_permissions(staging)
+        report = None
+        if check:
+            from hybridc.export.verify import verify_export
+
+            report = verify_export(staging, tol=tol)
+            report.directory = out
+        publish(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ExportResult(directory=out, manifest=manifest, report=report)
+
+
+def _export_analog(block: DHNBlock, name: str, ins: list[str], outs: list[str], env: dict[str, torch.Tensor],
+                   tensors: dict[str, TensorInfo], staging: Path, opset: int, original: Any, note: str | None,
+                   weight_layers: list[str]) -> AnalogBlockInfo:
+    weights_rel = f"{BLOCK_DIR}/{name}.safetensors"
+    step_rel = f"{BLOCK_DIR}/{name}.step.onnx"
+    save_weights(block, staging / weights_rel)
+    inputs = [env[i] for i in ins]
+    gen = torch.Generator().manual_seed(0)
+    states = [torch.rand(s.shape, generator=gen) for s in block.initial_states(inputs)]
+    state_specs = [["batch", *shape] for shape in block.neuron_shapes]
+    export_onnx(StepModule(block), [*inputs, *states], staging / step_rel,
+                [*ins, *(state_input_name(n) for n in block.neuron_names)],
+                [state_output_name(n) for n in block.neuron_names],
+                [*(tensors[i].shape for i in ins), *state_specs], f"analog block {name} (relaxation step)", opset)
+    return AnalogBlockInfo(
+        name=name, inputs=list(ins), outputs=list(outs), weights=weights_rel, step_onnx=step_rel,
+        neurons=describe_neurons(block), synapses=describe_synapses(block, ins),
+        solver=SolverInfo(mode=block.solver.mode, steps=block.solver.t1, original=original.model_dump(),
+                          note=note),
+        weight_layers=list(weight_layers))
+
+
+def export_model(model: nn.Module, example_inputs: Any, out: str | Path, *, plan: Any = None,
+                 max_block_size: int | None = None, solver: dict | None = None, init: str = "keep",
+                 source: SourceInfo | None = None, policies: dict[str, Any] | None = None,
+                 **export_kwargs: Any) -> ExportResult:
+    """Compile `model` (with `plan`, or `max_block_size` and partition `policies`) and export it."""
+    from hybridc.api import compile as hc_compile
+
+    ff = hc_compile(model, example_inputs, plan=plan, max_block_size=max_block_size, solver=solver, init=init,
+                    **(policies or {}))
+    src = source or SourceInfo(kind="python", model_class=type(model).__name__)
+    return export_ffebm(ff, out, source=src, **export_kwargs)
+
+
+__all__ = ["ExportResult", "check_destination", "export_ffebm", "export_model", "publish"]

@@ -1,0 +1,191 @@
+"""Analog blocks' relaxation as exportable modules, and the whole ff-EBM as one ONNX model.
+
+An analog block's forward is a relaxation: from zero states, `steps` applications of the fixed-point map
+T(s)_j = σ_j(∂Φ/∂s_j) (synchronous, or even layers then odd layers). ∂Φ/∂s = u + (top-down adjoint terms)
+is computed with explicit transposed ops (`hybridc.targets.adjoint.AdjointProgram`: conv -> transposed
+conv, max-pool -> scatter into the arg-max, ...), never autograd, so torch.export captures it as plain ops.
+
+- `StepModule`: one application of T, `(inputs..., states...) -> next states` (the per-block step file).
+- `FullModel`: every block in execution order, each analog block unrolled for its fixed step count
+  (a loop-free graph: onnxruntime alone reproduces the model's predictions).
+
+The solver must be in fixed-step mode: a tolerance criterion or Anderson mixing is data-dependent control
+flow that an unrolled graph cannot express; `prepare_for_export` turns such settings into fixed steps
+(see its docstring) and says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from hybridc.errors import UnsupportedOpError
+from hybridc.runtime.settings import SolverConfig
+from hybridc.targets.dhn import DHNBlock
+
+
+def ensure_fast_path(block: DHNBlock) -> None:
+    """Give `block` (in its export state) the autograd-free ∂Φ/∂s; UnsupportedOpError naming the op if
+    impossible. The program runs on what the block's step reads: its per-step `core` graph (fed by the
+    once-per-phase `prefix`) where it has one, else the whole synapse graph."""
+    if block.fast is not None:
+        return
+    from hybridc.targets.adjoint import AdjointProgram
+
+    gm, n_in = (block.core, block.n_cut) if hasattr(block, "core") else (block.synapses, block.n_inputs)
+    try:
+        block.fast = AdjointProgram(gm, n_in)
+    except UnsupportedOpError as exc:
+        raise UnsupportedOpError(
+            f"analog block {block.name}: its relaxation cannot be exported: ∂Φ/∂s needs the transpose of "
+            f"every synapse op, and {exc}") from None
+
+
+def _prepare(block: DHNBlock, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """What every step of a phase reads (the block's once-per-phase prefix), or the inputs themselves."""
+    if hasattr(block, "prepare") and hasattr(block, "step_prepared"):
+        return list(block.prepare(list(inputs)))
+    return list(inputs)
+
+
+def _step(block: DHNBlock, prepared: Sequence[torch.Tensor], states: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    if hasattr(block, "prepare") and hasattr(block, "step_prepared"):
+        return list(block.step_prepared(list(prepared), list(states)))
+    return list(block.step_map(list(prepared), list(states)))
+
+
+def export_solver(solver: SolverConfig, steps: int | None) -> tuple[SolverConfig, str | None]:
+    """The fixed-step solver an export runs, and a note when it differs from `solver`.
+
+    Fixed steps: `steps` if given, else the solver's free-phase steps t1. A tolerance (`tol`) is dropped:
+    the exported relaxation always runs exactly that many steps (give `steps`, e.g. the block's typical
+    step count, for a converged equilibrium). Anderson mixing is dropped: plain fixed-point iteration.
+    """
+    n = steps or solver.t1
+    notes = []
+    if steps is not None and steps != solver.t1:
+        notes.append(f"steps set to {steps} (solver t1 = {solver.t1})")
+    if solver.tol is not None:
+        notes.append(f"tolerance mode (tol={solver.tol:g}, max_steps={solver.max_steps}) exported as "
+                     f"{n} fixed steps")
+    if solver.anderson:
+        notes.append(f"Anderson mixing (m={solver.anderson}) dropped: plain fixed-point iteration")
+    fixed = SolverConfig(**(solver.model_dump() | {"t1": n, "tol": None, "anderson": 0}))
+    return fixed, "; ".join(notes) or None
+
+
+class StepModule(nn.Module):
+    """One step of an analog block's fixed-point map: `(inputs..., states...) -> next states`."""
+
+    def __init__(self, block: DHNBlock):
+        super().__init__()
+        self.block = block
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        n = self.block.n_inputs
+        return tuple(self.block.step_map(list(args[:n]), list(args[n:])))
+
+
+class _PreparedStep(nn.Module):
+    """One step from the prepared inputs: `(prepared..., states...) -> next states` (a loop body)."""
+
+    def __init__(self, block: DHNBlock, n_prepared: int):
+        super().__init__()
+        self.block = block
+        self.n = n_prepared
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(_step(self.block, args[:self.n], args[self.n:]))
+
+
+def relax_unrolled(block: DHNBlock, inputs: Sequence[torch.Tensor], steps: int) -> list[torch.Tensor]:
+    """The free phase as a loop-free computation: `steps` applications of T from zero states (the
+    input-only part of the synapses computed once, as the block itself does)."""
+    prepared = _prepare(block, inputs)
+    states = block.initial_states(list(inputs))
+    for _ in range(steps):
+        states = _step(block, prepared, states)
+    return states
+
+
+def loop_body(block: DHNBlock, inputs: Sequence[torch.Tensor]) -> nn.Module:
+    """One step from prepared inputs captured as a flat ATen graph (torch.export, on real example inputs,
+    before the model around it is traced): while_loop traces its body strictly, and the adjoint program's
+    Python bookkeeping is not traceable that way."""
+    with torch.no_grad():
+        prepared = _prepare(block, inputs)
+        init = block.initial_states(list(inputs))
+        dims = tuple({0: torch.export.Dim.AUTO} for _ in [*prepared, *init])
+        return torch.export.export(_PreparedStep(block, len(prepared)), (*prepared, *init),
+                                   dynamic_shapes=(dims,), strict=False).module()
+
+
+def relax_loop(block: DHNBlock, inputs: Sequence[torch.Tensor], steps: int, body_module: nn.Module
+               ) -> list[torch.Tensor]:
+    """The free phase as one `while_loop` over T (exported as an ONNX Loop: the graph holds T once);
+    `body_module` from `loop_body`."""
+    from torch._higher_order_ops.while_loop import while_loop
+
+    prepared = _prepare(block, inputs)
+
+    def cond(i: torch.Tensor, *states: torch.Tensor) -> torch.Tensor:
+        return i < steps
+
+    def body(i: torch.Tensor, *states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        new = body_module(*prepared, *states)
+        return (i + 1, *(t.clone() for t in new))  # loop outputs must not alias loop inputs
+
+    init = block.initial_states(list(inputs))
+    counter = torch.zeros((), dtype=torch.int64, device=init[0].device)
+    out = while_loop(cond, body, (counter, *init))
+    return list(out[1:])
+
+
+RELAXATIONS = ("unroll", "loop")
+
+
+class FullModel(nn.Module):
+    """The whole ff-EBM: `(graph inputs...) -> distinct output tensors`, each analog relaxation unrolled
+    (`relaxation="unroll"`: a loop-free graph, T copies of the step) or as a loop ("loop": ONNX Loop)."""
+
+    def __init__(self, blocks: nn.ModuleDict, io: dict[str, tuple[list[str], list[str]]],
+                 inputs: Sequence[str], outputs: Sequence[str], steps: dict[str, int],
+                 relaxation: str = "unroll"):
+        super().__init__()
+        if relaxation not in RELAXATIONS:
+            raise ValueError(f"relaxation must be one of {RELAXATIONS}, not {relaxation!r}")
+        self.blocks = blocks
+        self.io = dict(io)
+        self.input_names = list(inputs)
+        self.output_names = list(outputs)
+        self.steps = dict(steps)
+        self.relaxation = relaxation
+        # plain dict, not submodules: exported-program modules refuse train()/eval(); their weights are
+        # captured as constants of the model around them
+        self.bodies: dict[str, nn.Module] = {}
+
+    def prepare_loops(self, env: dict[str, torch.Tensor]) -> None:
+        """Capture every analog block's loop body from example values (`env`: tensor name -> value); call
+        before exporting a `relaxation="loop"` model."""
+        for name, block in self.blocks.items():
+            if isinstance(block, DHNBlock):
+                self.bodies[name] = loop_body(block, [env[i] for i in self.io[name][0]])
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        env: dict[str, Any] = dict(zip(self.input_names, args))
+        for name, block in self.blocks.items():
+            ins, outs = self.io[name]
+            xs = [env[i] for i in ins]
+            if isinstance(block, DHNBlock):
+                if self.relaxation == "loop":
+                    states = relax_loop(block, xs, self.steps[name], self.bodies[name])
+                else:
+                    states = relax_unrolled(block, xs, self.steps[name])
+                values: Sequence[torch.Tensor] = [states[i] for i in block.output_idx]
+            else:
+                values = block(*xs)
+            env.update(zip(outs, values))
+        return tuple(env[o] for o in self.output_names)
