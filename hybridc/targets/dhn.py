@@ -65,14 +65,16 @@ class DHNBlock(EnergyBlock):
         depths = _neuron_depths(synapses, n_inputs)
         self.parity = [d % 2 for d in depths]
         # the input-only part of the synapses (e.g. W_1 x) is computed once per phase, not every step
-        self.prefix, self.core, self.n_cut = split_synapses(synapses, n_inputs)
+        prefix, core, self.n_cut = split_synapses(synapses, n_inputs)
+        # a plain tuple: prefix and core share the synapses' layers, which must appear once in state_dict
+        self._split = (prefix, core)
         self.fast = None
         self.fast_reason = "fast path disabled"
         if solver.fast_path != "off":
             try:
                 from hybridc.targets.adjoint import AdjointProgram
 
-                self.fast = AdjointProgram(self.core, self.n_cut)
+                self.fast = AdjointProgram(core, self.n_cut)
                 self.fast_reason = ""
             except UnsupportedOpError as exc:
                 self.fast_reason = str(exc)
@@ -81,7 +83,7 @@ class DHNBlock(EnergyBlock):
 
     # ---- the fixed-point map ----------------------------------------------------------------------
     def prepare(self, inputs: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
-        return self.prefix(*inputs)
+        return self._split[0](*inputs)
 
     def phi_grad(self, inputs: Sequence[torch.Tensor], states: States, differentiable: bool = False
                  ) -> States:
@@ -95,7 +97,7 @@ class DHNBlock(EnergyBlock):
             else:
                 s = [t.detach().requires_grad_(True) for t in states]
                 inputs = [x.detach() for x in inputs]
-            u = self.core(*inputs, *s)
+            u = self._split[1](*inputs, *s)
             phi = sum((si * ui).sum() for si, ui in zip(s, u))
             grads = torch.autograd.grad(phi, s, create_graph=differentiable)
         return list(grads)
