@@ -119,7 +119,7 @@ def train_command(
                                                        help="most weight layers per analog block [2]")] = None,
     algorithm: Annotated[_Alg | None, typer.Option(
         "--algorithm", help="ep, id, bptt through analog blocks; bp = the original model by backprop [ep]")] = None,
-    epochs: Annotated[int | None, typer.Option(help="[15]")] = None,
+    epochs: Annotated[int | None, typer.Option(help="[10]")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="global batch [64]")] = None,
     lr: Annotated[float | None, typer.Option(help="learning rate [1e-3]")] = None,
     optimizer: Annotated[_Opt | None, typer.Option(help="[adam]")] = None,

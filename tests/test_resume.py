@@ -61,6 +61,9 @@ def test_one_epoch_plus_resume_for_one_equals_two_epochs(tmp_path: Path) -> None
     assert len(one.records) == 1
     more = train(resume=tmp_path / "one", resume_overrides={"epochs": 2})
     assert strip_timings(more.records) == strip_timings(full.records)
+    assert json.loads((tmp_path / "one" / "config.json").read_text())["epochs"] == 2
+    again = train(resume=tmp_path / "one")  # the extended run resumes as such (nothing left to do)
+    assert len(again.records) == 2 and not again.interrupted
     # the cosine schedule is laid out for the configured epochs: extending it is refused
     train(cfg(epochs=1), out=tmp_path / "cos")
     with pytest.raises(ConfigError, match="cosine schedule"):

@@ -13,7 +13,7 @@ import torch
 
 from hybridc.plan import Plan
 from hybridc.runtime.checkpoint import load_checkpoint
-from hybridc.runtime.experiment import ConfigError, ExperimentConfig, resolve_config
+from hybridc.runtime.experiment import ConfigError, ExperimentConfig, resolve_config, validate_config
 from hybridc.runtime.train import build_model, compile_model, train
 
 #: a fast experiment: digits subset, small MLP, few relaxation steps
@@ -116,7 +116,7 @@ def test_train_compiles_exactly_a_given_plan(tmp_path: Path) -> None:
     assert Plan.load(res.run_dir / "plan.json") == plan
     assert res.summary["analog_blocks"] == 1
     with pytest.raises(ConfigError, match="either a plan or partition settings"):
-        tiny(plan=str(tmp_path / "p.json"), max_block_size=2)
+        validate_config(TINY | {"plan": str(tmp_path / "p.json"), "max_block_size": 2})
 
 
 @pytest.mark.slow
@@ -128,8 +128,9 @@ def test_torch_compile_path_trains(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("algorithm", ["id", "bptt"])
 def test_other_gradient_modes_train(tmp_path: Path, algorithm: str) -> None:
-    res = train(tiny(algorithm=algorithm, epochs=1, train_subset=64), out=tmp_path / algorithm)
-    assert len(res.records) == 1 and res.records[0]["train_loss"] == res.records[0]["train_loss"]
+    # one batch: ID solves its adjoint to 1e-10 with a host check per iteration (slow by design)
+    res = train(tiny(algorithm=algorithm, epochs=1, train_subset=16, test_subset=16), out=tmp_path / algorithm)
+    assert len(res.records) == 1 and 0 < res.records[0]["train_loss"] < 10
 
 
 def test_amp_bf16_keeps_analog_blocks_in_float32(tmp_path: Path) -> None:

@@ -50,6 +50,7 @@ from hybridc.runtime.checkpoint import (
 )
 from hybridc.runtime.experiment import (
     DEFAULT_HIDDEN,
+    RESUMABLE_FIELDS,
     ConfigError,
     ExperimentConfig,
     check_resume_compatible,
@@ -322,7 +323,10 @@ class Trainer:
             raise CheckpointError(f"{cfg_path} is not valid JSON ({exc})") from None
         cfg = check_resume_compatible(saved, overrides)
         self.ckpt = load_checkpoint(run_dir / CHECKPOINT_NAME)
-        if self.ckpt["config"] != saved.model_dump(mode="json"):
+        def semantic(d: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in d.items() if k not in RESUMABLE_FIELDS}
+
+        if semantic(self.ckpt["config"]) != semantic(saved.model_dump(mode="json")):
             raise CheckpointError(f"{run_dir}: the checkpoint belongs to a different config than {CONFIG_NAME} "
                                   "(files from two runs mixed?)")
         return cfg
@@ -389,6 +393,7 @@ class Trainer:
         self.start_epoch, self.partial = 0, None
         if self.ckpt is not None:
             self._restore(self.ckpt)
+            self._write(CONFIG_NAME, cfg.to_json() + "\n")  # resumable fields (epochs, device...) may have changed
         elif self.ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._write(CONFIG_NAME, cfg.to_json() + "\n")
@@ -626,8 +631,9 @@ class Trainer:
         parts = [f"[bold]hybridc train[/] {cfg.model_label()} on {self.info.title}",
                  f"algorithm {cfg.algorithm}"]
         if cfg.algorithm != "bp":
-            parts.append(f"{len(self.block_names)} analog block(s), max_block_size "
-                         f"{self.plan.config.max_block_size if self.plan else '-'}, "
+            pc = self.plan.config if self.plan is not None else None
+            parts.append(f"{len(self.block_names)} analog block(s), max_block_size {pc.max_block_size if pc else '-'}, "
+                         f"{pc.activation if pc else '-'} slope {pc.hardsigmoid_slope if pc else '-'}, "
                          f"β {cfg.beta:g}, T1 {cfg.t1}, T2 {cfg.t2}, {cfg.solver_mode}, init {cfg.init}")
         parts.append(f"{cfg.epochs} epochs × {len(self.train_loader)} batches of {cfg.batch_size}, {cfg.optimizer} "
                      f"lr {cfg.lr:g} ({cfg.schedule}), device {self.device}"
