@@ -62,7 +62,14 @@ def _shape(c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return c.reshape(-1, *([1] * (like.dim() - 1)))
 
 
-class _EPFunction(torch.autograd.Function):
+class _EquilibriumFunction(torch.autograd.Function):
+    """Forward: the free phase. Backward: `block`'s gradient rule at the free equilibrium, from the
+    incoming gradients of the output neurons. Subclasses name the rule."""
+
+    @staticmethod
+    def rule(block, inputs, s_star, deltas, need_in, need_p):  # noqa: ANN001, ANN205
+        raise NotImplementedError
+
     @staticmethod
     def forward(ctx, block: DHNBlock, n_in: int, *tensors: torch.Tensor):  # noqa: ANN001
         inputs = [t.detach() for t in tensors[:n_in]]
@@ -72,15 +79,14 @@ class _EPFunction(torch.autograd.Function):
         ctx.save_for_backward(*inputs, *states)
         return tuple(states[i].clone() for i in block.output_idx)
 
-    @staticmethod
-    def backward(ctx, *grad_outputs: torch.Tensor):  # noqa: ANN001
+    @classmethod
+    def backward(cls, ctx, *grad_outputs: torch.Tensor):  # noqa: ANN001
         block: DHNBlock = ctx.block
         saved = ctx.saved_tensors
         inputs, s_star = list(saved[:ctx.n_in]), list(saved[ctx.n_in:])
         need_in = list(ctx.needs_input_grad[2:2 + ctx.n_in])
         need_p = list(ctx.needs_input_grad[2 + ctx.n_in:])
-        in_grads, p_grads = ep_gradients(block, inputs, s_star, _deltas(block, grad_outputs, s_star),
-                                         need_in, need_p)
+        in_grads, p_grads = cls.rule(block, inputs, s_star, _deltas(block, grad_outputs, s_star), need_in, need_p)
         return (None, None, *in_grads, *p_grads)
 
 
@@ -136,28 +142,6 @@ def _zero_if_none(g: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(like) if g is None else g
 
 
-class _IDFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, block: DHNBlock, n_in: int, *tensors: torch.Tensor):  # noqa: ANN001
-        inputs = [t.detach() for t in tensors[:n_in]]
-        states = block.free_phase(inputs)
-        ctx.block = block
-        ctx.n_in = n_in
-        ctx.save_for_backward(*inputs, *states)
-        return tuple(states[i].clone() for i in block.output_idx)
-
-    @staticmethod
-    def backward(ctx, *grad_outputs: torch.Tensor):  # noqa: ANN001
-        block: DHNBlock = ctx.block
-        saved = ctx.saved_tensors
-        inputs, s_star = list(saved[:ctx.n_in]), list(saved[ctx.n_in:])
-        need_in = list(ctx.needs_input_grad[2:2 + ctx.n_in])
-        need_p = list(ctx.needs_input_grad[2 + ctx.n_in:])
-        in_grads, p_grads = id_gradients(block, inputs, s_star, _deltas(block, grad_outputs, s_star),
-                                         need_in, need_p)
-        return (None, None, *in_grads, *p_grads)
-
-
 def id_gradients(block: DHNBlock, inputs: list[torch.Tensor], s_star: list[torch.Tensor],
                  deltas: list[torch.Tensor | None], need_in: list[bool], need_p: list[bool]
                  ) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
@@ -187,3 +171,11 @@ def id_gradients(block: DHNBlock, inputs: list[torch.Tensor], s_star: list[torch
     p_grads = [_zero_if_none(next(it2), p) if n else None for p, n in zip(params, need_p)]
     in_grads = [_zero_if_none(next(it2), x) if n else None for x, n in zip(xs, need_in)]
     return in_grads, p_grads
+
+
+class _EPFunction(_EquilibriumFunction):
+    rule = staticmethod(ep_gradients)
+
+
+class _IDFunction(_EquilibriumFunction):
+    rule = staticmethod(id_gradients)
