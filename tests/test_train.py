@@ -98,6 +98,19 @@ def test_ep_run_directory_contents(tmp_path: Path) -> None:
     assert not list(run.glob(".*.tmp")), "temporary files left behind"
 
 
+def test_progress_bars_and_epoch_lines(tmp_path: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=200, color_system=None)
+    train(tiny(epochs=1, train_subset=64, progress=True, log_every=2), out=tmp_path / "p", console=console)
+    text = buf.getvalue()
+    for needle in ("epoch 1/1", "batches", "samples/s", "ETA", "loss", "acc", "summary", "final test acc"):
+        assert needle in text, needle
+
+
 def test_bp_baseline_trains_the_original_model(tmp_path: Path) -> None:
     res = train(tiny(algorithm="bp", epochs=3), out=tmp_path / "bp")
     assert not (tmp_path / "bp" / "plan.json").exists()
