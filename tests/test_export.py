@@ -485,3 +485,20 @@ def test_more_zoo_exports_full(tmp_path: Path, name: str, n: int, relaxation: st
     res = export_ffebm(ff, tmp_path / "out", full=True, relaxation=relaxation)
     assert res.report.ok
     assert res.report.rows[-1].kind == "full"
+
+
+@pytest.mark.parametrize("name", ["functional_mlp", "preact_resnet", "mlp_mixer", "scratch_encoder",
+                                  "shape_control_flow"])
+def test_unseen_models_export_and_verify(tmp_path: Path, name: str) -> None:
+    """Models written in other PyTorch styles (raw parameters, pre-activation residuals, token mixing,
+    nn.MultiheadAttention encoders, shape control flow captured by torch.export) export and verify."""
+    from hybridc.export import export_model, verify_export
+
+    from .fixtures.unseen_models import UNSEEN
+
+    cls, shape = UNSEEN[name]
+    torch.manual_seed(0)
+    model = cls().eval()
+    export_model(model, torch.randn(2, *shape), tmp_path / name, max_block_size=2, full=True)
+    report = verify_export(tmp_path / name)
+    assert report.rows and report.ok, report.failures
