@@ -2,7 +2,8 @@
 backprop (`--algorithm bp`) as the baseline. Registered on the main typer app by `register(app)`.
 
 With no arguments it trains the embedded default: an MLP (64-256-256-10) whose two hidden layers form one
-analog block, by EP, on scikit-learn's bundled 8x8 digits (no download), in about a minute on 2 CPU cores.
+analog block, by EP, on scikit-learn's bundled 8x8 digits (no download): 20 epochs, ~97 % test accuracy in
+about 15 s on 2 idle CPU cores.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def train_command(
                                                        help="most weight layers per analog block [2]")] = None,
     algorithm: Annotated[_Alg | None, typer.Option(
         "--algorithm", help="ep, id, bptt through analog blocks; bp = the original model by backprop [ep]")] = None,
-    epochs: Annotated[int | None, typer.Option(help="[10]")] = None,
+    epochs: Annotated[int | None, typer.Option(help="[20]")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="global batch [64]")] = None,
     lr: Annotated[float | None, typer.Option(help="learning rate [1e-3]")] = None,
     optimizer: Annotated[_Opt | None, typer.Option(help="[adam]")] = None,

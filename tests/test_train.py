@@ -111,6 +111,30 @@ def test_progress_bars_and_epoch_lines(tmp_path: Path) -> None:
         assert needle in text, needle
 
 
+def test_cifar_files_vgg_with_crop_flip(tmp_path: Path) -> None:
+    """A 32x32 dataset from files in the real on-disk format, a zoo VGG fitted to it (BatchNorm in digital
+    blocks), on-device random crop + flip chosen automatically."""
+    import pickle
+
+    import numpy as np
+
+    from hybridc.runtime.train import Trainer
+
+    folder = tmp_path / "cifar10" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        obj = {b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"labels": [0, 1, 2, 3]}
+        (folder / name).write_bytes(pickle.dumps(obj))
+    cfg = ExperimentConfig(model="vgg-paper", model_kwargs={"width": 0.0625}, data="cifar10",
+                           data_dir=str(tmp_path), download=False, epochs=1, batch_size=10, t1=4, t2=2,
+                           progress=False)
+    trainer = Trainer(cfg, out=tmp_path / "run")
+    res = trainer.run()
+    assert trainer.augment == "crop-flip" and trainer.train_loader.num_samples == 20
+    assert len(res.records) == 1 and res.summary["params_digital"] > 0 and res.summary["analog_blocks"] >= 2
+
+
 def test_bp_baseline_trains_the_original_model(tmp_path: Path) -> None:
     res = train(tiny(algorithm="bp", epochs=3), out=tmp_path / "bp")
     assert not (tmp_path / "bp" / "plan.json").exists()

@@ -77,7 +77,7 @@ class ExperimentConfig(BaseModel):
     test_subset: int | None = Field(None, ge=1, description="use only the first N test samples")
 
     # ---- optimisation -----------------------------------------------------------------------------
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(20, ge=1)
     batch_size: int = Field(64, ge=1, description="global batch (split across DDP processes)")
     test_batch_size: int = Field(500, ge=1)
     lr: float = Field(1e-3, gt=0)

@@ -493,10 +493,10 @@ class Trainer:
         stop = StopFlag()
         interrupted = False
         t_run = time.perf_counter()
+        self._print(self._header())
         if self.start_epoch >= cfg.epochs:
             self._print(f"[yellow]run already finished {self.start_epoch} epochs; nothing to train "
                         "(extend it with --epochs N when it uses --schedule none)[/]")
-        self._print(self._header())
         progress = self._progress()
         with stop.installed(), progress or contextlib.nullcontext():
             ep_task = progress.add_task("epochs", total=cfg.epochs, completed=self.start_epoch, loss="",
@@ -638,7 +638,9 @@ class Trainer:
         parts.append(f"{cfg.epochs} epochs × {len(self.train_loader)} batches of {cfg.batch_size}, {cfg.optimizer} "
                      f"lr {cfg.lr:g} ({cfg.schedule}), device {self.device}"
                      + (f" × {self.ctx.world_size} processes" if self.ctx.enabled else ""))
-        if self.start_epoch or self.partial:
+        if self.start_epoch >= cfg.epochs:
+            parts.append(f"run directory {self.run_dir} (complete)")
+        elif self.start_epoch or self.partial:
             parts.append(f"resuming {self.run_dir} at epoch {self.start_epoch + 1}"
                          + (f", batch {self.partial['batches']}" if self.partial else ""))
         else:
