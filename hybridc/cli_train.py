@@ -89,6 +89,12 @@ class _SolverMode(str, Enum):
     async_ = "async"
 
 
+class _AnalogOpt(str, Enum):
+    sgd = "sgd"
+    analog_sgd = "analog-sgd"
+    tiki_taka = "tiki-taka"
+
+
 class _Augment(str, Enum):
     auto = "auto"
     none = "none"
@@ -141,8 +147,18 @@ def train_command(
                                                             "[0.5]")] = None,
     non_monotone: Annotated[_NonMono | None, typer.Option("--non-monotone")] = None,
     eb_kind: Annotated[_EBKind | None, typer.Option("--eb-kind", help="analog block kind [dhn]")] = None,
+    drn_gamma: Annotated[float | None, typer.Option("--drn-gamma", help="drn input voltage gain γ [1]")] = None,
     analog: Annotated[str | None, typer.Option("--analog", help="device effects as JSON (AnalogSpec fields), "
                                                "e.g. '{\"read_noise\": 0.01}'")] = None,
+    analog_optimizer: Annotated[_AnalogOpt | None, typer.Option(
+        "--analog-optimizer", help="optimizer of the analog weights: sgd (ideal device), analog-sgd, tiki-taka "
+                                   "(soft-bounds device, bound --analog-tau) [same as --optimizer]")] = None,
+    analog_lr: Annotated[float | None, typer.Option("--analog-lr", help="its learning rate [--lr]")] = None,
+    analog_tau: Annotated[float | None, typer.Option("--analog-tau", help="device bound τ [1.0]")] = None,
+    transfer_lr: Annotated[float | None, typer.Option("--transfer-lr", help="Tiki-Taka transfer rate "
+                                                      "[--analog-lr]")] = None,
+    transfer_every: Annotated[int | None, typer.Option("--transfer-every", help="Tiki-Taka transfer "
+                                                       "period in steps [1]")] = None,
     plan: Annotated[Path | None, typer.Option(help="compile exactly this plan JSON (from hybridc partition)")] = None,
     model_kwargs: Annotated[str | None, typer.Option("--model-kwargs", help="zoo factory arguments as JSON, "
                                                      "e.g. '{\"width\": 0.25}'")] = None,
@@ -174,7 +190,10 @@ def train_command(
         "t1": t1, "t2": t2, "solver_mode": solver_mode, "init": init, "goe_variance": goe_variance,
         "norm": norm, "layer_norm": layer_norm, "pool": pool, "attention": attention, "activation": activation,
         "hardsigmoid_slope": hardsigmoid_slope, "non_monotone": non_monotone, "eb_kind": eb_kind,
+        "drn_gamma": drn_gamma,
         "analog": _parse_json_object(analog, "--analog", '{"read_noise": 0.01}'),
+        "analog_optimizer": analog_optimizer, "analog_lr": analog_lr, "analog_tau": analog_tau,
+        "transfer_lr": transfer_lr, "transfer_every": transfer_every,
         "plan": str(plan) if plan else None, "model_kwargs": _parse_json_object(model_kwargs, "--model-kwargs", '{"width": 0.25}'),
         "augment": augment, "train_subset": train_subset, "test_subset": test_subset,
         "test_batch_size": test_batch_size, "device": device, "amp": amp, "compile": compile_, "seed": seed,

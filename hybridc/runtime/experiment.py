@@ -54,6 +54,7 @@ class ExperimentConfig(BaseModel):
     hardsigmoid_slope: float | None = Field(None, gt=0)
     non_monotone: Literal["substitute", "refuse"] | None = None
     eb_kind: Literal["dhn", "drn"] | None = Field(None, description="analog block kind [dhn]")
+    drn_gamma: float | None = Field(None, gt=0, description="drn input voltage gain γ (sources γ·[x, −x]) [1]")
     analog: dict[str, Any] = Field(default_factory=dict, description="device effects of every analog block "
                                    "(AnalogSpec fields: program_noise, weight_range, read_noise, ...)")
     init: Literal["keep", "goe"] = Field("keep", description="analog weights: the model's own init or GOE")
@@ -85,6 +86,14 @@ class ExperimentConfig(BaseModel):
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     weight_decay: float = Field(0.0, ge=0, description="decoupled from biases/norms: only ≥2-D weights")
     schedule: Literal["cosine", "none"] = "cosine"
+    analog_optimizer: Literal["sgd", "analog-sgd", "tiki-taka"] | None = Field(
+        None, description="optimizer of the analog weights (≥2-D parameters of analog blocks; with algorithm=bp "
+                          "the Linear/Conv weights): sgd = ideal device, analog-sgd/tiki-taka = soft-bounds "
+                          "device with bound analog_tau; None = the same optimizer as everything else")
+    analog_lr: float | None = Field(None, gt=0, description="learning rate of the analog optimizer [lr]")
+    analog_tau: float = Field(1.0, gt=0, description="soft-bounds device bound τ (weights live in [−τ, τ])")
+    transfer_lr: float | None = Field(None, gt=0, description="Tiki-Taka transfer rate β from P to W [analog_lr]")
+    transfer_every: int = Field(1, ge=1, description="Tiki-Taka transfer period (optimizer steps)")
 
     # ---- execution --------------------------------------------------------------------------------
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -108,6 +117,12 @@ class ExperimentConfig(BaseModel):
     def _consistent(self) -> ExperimentConfig:
         if self.plan is not None and self.algorithm == "bp":
             raise ValueError("plan is meaningless with algorithm=bp (the original model is trained)")
+        analog_opt_only = {"analog_lr": self.analog_lr, "transfer_lr": self.transfer_lr}
+        stray = [k for k, v in analog_opt_only.items() if v is not None and self.analog_optimizer is None]
+        if stray:
+            raise ValueError(f"{', '.join(stray)} only apply with analog_optimizer (sgd, analog-sgd or tiki-taka)")
+        if self.transfer_lr is not None and self.analog_optimizer != "tiki-taka":
+            raise ValueError("transfer_lr only applies to analog_optimizer=tiki-taka")
         if self.plan is not None and (self.policies() or self.max_block_size is not None):
             raise ValueError("give either a plan or partition settings (max_block_size, norm, pool, ...), "
                              "not both: the plan already fixes the partition")
@@ -117,7 +132,7 @@ class ExperimentConfig(BaseModel):
     def policies(self) -> dict[str, Any]:
         """Partition policies that were set (the rest take the partitioner's defaults)."""
         keys = ("norm", "layer_norm", "pool", "attention", "activation", "hardsigmoid_slope", "non_monotone",
-                "eb_kind")
+                "eb_kind", "drn_gamma")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
     def model_label(self) -> str:

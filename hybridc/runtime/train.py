@@ -58,6 +58,7 @@ from hybridc.runtime.experiment import (
 )
 from hybridc.runtime.files import atomic_write_text
 from hybridc.runtime.metrics import CURVES_NAME, METRICS_NAME, MetricsLog, plot_curves, summary_table
+from hybridc.runtime.optimizers import make_optimizer, make_scheduler
 
 CONFIG_NAME = "config.json"
 PLAN_NAME = "plan.json"
@@ -178,26 +179,6 @@ def apply_torch_compile(module: nn.Module, algorithm: str) -> list[str]:
             blk.forward = torch.compile(blk.forward, dynamic=True)
         done.append(name)
     return done
-
-
-# ------------------------------------------------------------------------------------------ optimisation
-def make_optimizer(cfg: ExperimentConfig, module: nn.Module) -> torch.optim.Optimizer:
-    """Adam or SGD; weight decay only on weights (≥2-D), never on biases or norm scales."""
-    decay = [p for p in module.parameters() if p.requires_grad and p.dim() >= 2]
-    other = [p for p in module.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
-    if cfg.optimizer == "adam":
-        opt_cls = torch.optim.AdamW if cfg.weight_decay > 0 else torch.optim.Adam
-        return opt_cls(groups, lr=cfg.lr)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-
-
-def make_scheduler(cfg: ExperimentConfig, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-epoch schedule: cosine annealing to 0 over `epochs`, or constant."""
-    if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _epoch: 1.0)
 
 
 # --------------------------------------------------------------------------------------------- interrupts
@@ -638,6 +619,13 @@ class Trainer:
         parts.append(f"{cfg.epochs} epochs × {len(self.train_loader)} batches of {cfg.batch_size}, {cfg.optimizer} "
                      f"lr {cfg.lr:g} ({cfg.schedule}), device {self.device}"
                      + (f" × {self.ctx.world_size} processes" if self.ctx.enabled else ""))
+        if cfg.analog_optimizer is not None:
+            n = sum(p.numel() for p in self.opt.optimizers[-1].param_groups[0]["params"])
+            parts.append(f"analog weights ({n:,} parameters): {cfg.analog_optimizer} lr "
+                         f"{cfg.analog_lr if cfg.analog_lr is not None else cfg.lr:g}"
+                         + (f", τ {cfg.analog_tau:g}" if cfg.analog_optimizer != "sgd" else "")
+                         + (f", transfer lr {cfg.transfer_lr if cfg.transfer_lr is not None else '= lr'} every "
+                            f"{cfg.transfer_every}" if cfg.analog_optimizer == "tiki-taka" else ""))
         if self.start_epoch >= cfg.epochs:
             parts.append(f"run directory {self.run_dir} (complete)")
         elif self.start_epoch or self.partial:
