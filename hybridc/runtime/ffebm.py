@@ -4,6 +4,8 @@ blocks as fx GraphModules, analog blocks as energy-based modules with their own 
 from __future__ import annotations
 
 import copy
+import re
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
@@ -16,7 +18,7 @@ from hybridc.passes.classify import free_nodes
 from hybridc.passes.lower import block_io, lower_digital, lower_synapses
 from hybridc.passes.partition import graph_hash
 from hybridc.passes.trace import TracedGraph
-from hybridc.plan import Plan
+from hybridc.plan import AnalogSpec, Plan
 from hybridc.runtime.settings import GradientConfig, SolverConfig
 from hybridc.targets.device import apply_device_effects
 from hybridc.targets.dhn import DHNBlock
@@ -129,6 +131,42 @@ class FFEBM(nn.Module):
             blk.solver = SolverConfig(**(blk.solver.model_dump() | settings))
         return self
 
+    def set_analog(self, spec: AnalogSpec | dict | None, seed: int | None = None) -> FFEBM:
+        """Replace the device effects of every analog block by `spec` (AnalogSpec or its fields; None or {} =
+        ideal devices), e.g. to evaluate a trained model under programming noise or fewer weight levels.
+
+        Earlier weight parametrizations are removed first, so the ideal weights stay the parameters (the same
+        Parameter objects: an optimizer built before keeps training them). `plan.analog` becomes `spec` and
+        per-block overrides are cleared (the module's plan is copied first: a plan object given to `compile`
+        is not changed). `seed`: draw programming noise from private generators seeded from it (reproducible
+        whatever else consumes the global RNG); None = the global RNG. Read noise always uses the global RNG.
+        """
+        if spec is None:
+            spec = AnalogSpec()
+        elif not isinstance(spec, AnalogSpec):
+            spec = AnalogSpec(**spec)
+        for i, blk in enumerate(self.analog_blocks.values()):
+            apply_device_effects(blk, spec, seed=None if seed is None else seed + 1009 * i)
+        plan = self.plan.model_copy(deep=True)
+        plan.analog = spec
+        for b in plan.analog_blocks:
+            b.analog = None
+        self.plan = plan
+        return self
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """As nn.Module's, but a state dict saved with other device effects loads too: weight keys with and
+        without a device parametrization (`w` / `parametrizations.w.original`) are matched to this module's."""
+        own = set(self.state_dict().keys())
+        mapped: dict[str, Any] = {}
+        for key, value in state_dict.items():
+            if key not in own:
+                alt = _toggle_parametrized_key(key)
+                if alt in own and alt not in state_dict:
+                    key = alt
+            mapped[key] = value
+        return super().load_state_dict(mapped, strict=strict, assign=assign)
+
     def forward(self, *args: torch.Tensor) -> Any:
         if len(args) != len(self._inputs):
             raise TypeError(f"expected {len(self._inputs)} input(s) ({', '.join(self._inputs)}), got {len(args)}")
@@ -145,6 +183,18 @@ class FFEBM(nn.Module):
     def equilibrium_residuals(self) -> dict[str, float]:
         """Last free phase's max|Δs| per analog block (host sync: call once per epoch, not per step)."""
         return {k: float(v.last_residual) for k, v in self.analog_blocks.items() if v.last_residual is not None}
+
+
+_PARAMETRIZED_KEY = re.compile(r"^(?:(.*)\.)?parametrizations\.([^.]+)\.original$")
+
+
+def _toggle_parametrized_key(key: str) -> str:
+    """`a.weight` <-> `a.parametrizations.weight.original` (state-dict keys of a plain/parametrized tensor)."""
+    m = _PARAMETRIZED_KEY.match(key)
+    if m:
+        return f"{m.group(1)}.{m.group(2)}" if m.group(1) else m.group(2)
+    prefix, _, name = key.rpartition(".")
+    return f"{prefix}.parametrizations.{name}.original" if prefix else f"parametrizations.{name}.original"
 
 
 def original_names(compiled: FFEBM, traced: TracedGraph) -> dict[str, str]:
