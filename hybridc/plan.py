@@ -49,8 +49,8 @@ class AnalogSpec(_Strict):
     weight_range: float | None = Field(None, gt=0, description="|w| ≤ range (conductance range); none = unbounded")
     weight_levels: int | None = Field(None, ge=2, description="programmable levels across the range")
     read_noise: float = Field(0.0, ge=0, description="std of Gaussian noise added to every neuron update")
-    dac_bits: int | None = Field(None, ge=1, le=32, description="bits of block inputs (digital → analog)")
-    adc_bits: int | None = Field(None, ge=1, le=32, description="bits of block outputs (analog → digital)")
+    dac_bits: int | None = Field(None, ge=2, le=32, description="bits of block inputs (digital → analog)")
+    adc_bits: int | None = Field(None, ge=2, le=32, description="bits of block outputs (analog → digital)")
     io_range: float | None = Field(None, gt=0, description="DAC/ADC full scale ±range; none = per-batch max |x|")
 
     @property

@@ -96,3 +96,28 @@ def test_plan_records_drn_kind() -> None:
     plan = partition(_mlp(8, 8, 2), torch.rand(2, 8), max_block_size=2, eb_kind="drn", drn_gamma=3.0)
     (block,) = plan.analog_blocks
     assert block.eb_kind == "drn" and block.eb_params == {"gamma": 3.0}
+
+
+def test_float32_ep_gradients_survive_a_large_input_gain() -> None:
+    """EP's conductance gradient is a difference of ±β phases whose ½ g (v_i − v_j)² terms are large at a
+    realistic input gain γ; in float32 the squared terms must not drown the difference in rounding noise."""
+    torch.manual_seed(0)
+    model = _mlp(512, 256, 10)
+    x = torch.randn(64, 512)
+    y = torch.randint(0, 10, (64,))
+    grads = {}
+    for dtype, mode in ((torch.float64, "id"), (torch.float32, "ep")):
+        ff = compile(model.to(dtype), x[:2].to(dtype), max_block_size=2, eb_kind="drn", drn_gamma=100.0,
+                     solver={"t1": 8, "t2": 8}, beta=0.5, gradient=mode).to(dtype)
+        F.cross_entropy(ff(x.to(dtype)), y).backward()
+        grads[mode] = [p.grad.double() for p in ff.parameters()]
+    for ep, ref in zip(grads["ep"], grads["id"]):
+        assert F.cosine_similarity(ep.flatten(), ref.flatten(), dim=0) > 0.999
+
+
+def test_gamma_is_an_experiment_setting() -> None:
+    from hybridc.runtime.experiment import ExperimentConfig
+
+    cfg = ExperimentConfig(eb_kind="drn", drn_gamma=50.0)
+    assert cfg.policies()["drn_gamma"] == 50.0
+    assert "drn_gamma" not in ExperimentConfig().policies()

@@ -17,12 +17,13 @@ from hybridc.plan import AnalogSpec
 
 
 def quantize_ste(x: torch.Tensor, bits: int, full_scale: float | None) -> torch.Tensor:
-    """Uniform symmetric quantisation to 2^bits levels over ±full_scale (per-tensor max |x| if None),
-    with a straight-through gradient."""
+    """Signed mid-tread quantisation over ±full_scale (per-tensor max |x| if None), with a straight-through
+    gradient: the 2^bits − 1 levels k·r/(2^(bits−1) − 1) of a signed converter (two's complement less its
+    most negative code), so 0 — an image background, a silent neuron — is converted exactly."""
     r = torch.as_tensor(full_scale, dtype=x.dtype, device=x.device) if full_scale else x.detach().abs().amax()
     r = r.clamp_min(torch.finfo(x.dtype).tiny)
-    step = 2 * r / (2**bits - 1)
-    q = torch.round((x.clamp(-r, r) + r) / step) * step - r
+    step = r / (2 ** (bits - 1) - 1)
+    q = torch.round(x.clamp(-r, r) / step) * step
     return q.detach() + (x - x.detach())
 
 
