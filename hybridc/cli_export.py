@@ -18,48 +18,21 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from hybridc.cli_options import (
+    ActOpt,
+    AttnOpt,
+    EBOpt,
+    Init,
+    InputShape,
+    LNOpt,
+    MaxBlock,
+    NonMonoOpt,
+    NormOpt,
+    PoolOpt,
+    SlopeOpt,
+    SolverModeOpt,
+)
 from hybridc.errors import HybridcError
-
-
-class _Norm(str, Enum):
-    split = "split"
-    entry = "entry"
-    drop = "drop"
-
-
-class _Pool(str, Enum):
-    digital = "digital"
-    absorb = "absorb"
-
-
-class _Attn(str, Enum):
-    digital = "digital"
-    analog = "analog"
-
-
-class _Act(str, Enum):
-    hardsigmoid = "hardsigmoid"
-    keep = "keep"
-
-
-class _NonMono(str, Enum):
-    substitute = "substitute"
-    refuse = "refuse"
-
-
-class _EBKind(str, Enum):
-    dhn = "dhn"
-    drn = "drn"
-
-
-class _Init(str, Enum):
-    keep = "keep"
-    goe = "goe"
-
-
-class _Mode(str, Enum):
-    sync = "sync"
-    asynchronous = "async"
 
 
 class _Relax(str, Enum):
@@ -93,29 +66,24 @@ def export_command(
                                           help="zoo name, path/model.py[:factory], or a training run directory "
                                                "(with plan.json and checkpoint.pt)")],
     output: Annotated[Path, typer.Option("--output", "-o", help="export directory (replaced atomically)")],
-    max_block_size: Annotated[int | None, typer.Option("--max-block-size", "-n",
-                                                       help="most weight layers per analog block [2]")] = None,
+    max_block_size: MaxBlock = None,
     plan: Annotated[Path | None, typer.Option("--plan", help="compile exactly this plan JSON")] = None,
-    input_shape: Annotated[str | None, typer.Option("--input-shape", help="per-sample input shape, e.g. 3,32,32")
-                           ] = None,
+    input_shape: InputShape = None,
     model_kwargs: Annotated[str | None, typer.Option("--model-kwargs",
                                                      help="zoo factory arguments as JSON, e.g. '{\"base\": 8}'")
                             ] = None,
-    norm: Annotated[_Norm | None, typer.Option(help="batch/group norms inside a chain [entry]")] = None,
-    layer_norm: Annotated[_Norm | None, typer.Option("--layer-norm", help="LayerNorm inside a chain [split]")
-                          ] = None,
-    pool: Annotated[_Pool | None, typer.Option(help="linear pooling inside a chain [absorb]")] = None,
-    attention: Annotated[_Attn | None, typer.Option(help="attention modules [digital]")] = None,
-    activation: Annotated[_Act | None, typer.Option(help="neuron activation [hardsigmoid]")] = None,
-    hardsigmoid_slope: Annotated[float | None, typer.Option("--hardsigmoid-slope",
-                                                            help="a in clamp(a·u,0,1) [0.5]")] = None,
-    non_monotone: Annotated[_NonMono | None, typer.Option("--non-monotone")] = None,
-    eb_kind: Annotated[_EBKind | None, typer.Option("--eb-kind", help="energy-based block kind [dhn]")] = None,
-    init: Annotated[_Init, typer.Option(help="analog weights: the model's own (keep) or GOE")] = _Init.keep,
+    norm: NormOpt = None,
+    layer_norm: LNOpt = None,
+    pool: PoolOpt = None,
+    attention: AttnOpt = None,
+    activation: ActOpt = None,
+    hardsigmoid_slope: SlopeOpt = None,
+    non_monotone: NonMonoOpt = None,
+    eb_kind: EBOpt = None,
+    init: Annotated[Init, typer.Option(help="analog weights: the model's own (keep) or GOE")] = Init.keep,
     t1: Annotated[int | None, typer.Option(help="solver free-phase steps of the compiled model [20]", min=1)
                   ] = None,
-    solver_mode: Annotated[_Mode | None, typer.Option("--solver-mode", help="sync or async relaxation [sync]")
-                           ] = None,
+    solver_mode: SolverModeOpt = None,
     steps: Annotated[int | None, typer.Option(help="relaxation steps every analog block runs in the export "
                                                    "[each block's t1; tolerance solvers need this]", min=1)] = None,
     full: Annotated[bool, typer.Option("--full", help="also export the whole model as one ONNX file "
@@ -152,7 +120,7 @@ def export_command(
         given = [flag for flag, v in (("--max-block-size", max_block_size), ("--plan", plan),
                                       ("--input-shape", input_shape), ("--model-kwargs", model_kwargs),
                                       ("--t1", t1), ("--solver-mode", solver_mode)) if v is not None]
-        given += [f"--{k.replace('_', '-')}" for k in policies] + (["--init"] if init != _Init.keep else [])
+        given += [f"--{k.replace('_', '-')}" for k in policies] + (["--init"] if init != Init.keep else [])
         if given:
             raise ExportError(f"{target} is a run directory: it is exported as trained, with its own plan and "
                               f"settings; drop {', '.join(given)} (use --steps to change the relaxation steps)")

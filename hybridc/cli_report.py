@@ -29,7 +29,8 @@ def register(app: typer.Typer) -> None:
     """Add the `report` command to the `hybridc` typer app (reusing `partition`'s option declarations)."""
     # imported here, not at module level: hybridc.cli imports this module at its end (and no
     # `from __future__ import annotations` in this file: typer must see these annotations as objects)
-    from hybridc.cli import (
+    from hybridc.cli import _emit, _policies, console
+    from hybridc.cli_options import (
         ActOpt,
         AttnOpt,
         EBOpt,
@@ -41,9 +42,6 @@ def register(app: typer.Typer) -> None:
         NormOpt,
         PoolOpt,
         SlopeOpt,
-        _emit,
-        _policies,
-        console,
     )
 
     @app.command("report")

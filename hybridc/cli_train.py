@@ -17,6 +17,19 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from hybridc.cli_options import (
+    ActOpt,
+    AttnOpt,
+    EBOpt,
+    Init,
+    LNOpt,
+    MaxBlock,
+    NonMonoOpt,
+    NormOpt,
+    PoolOpt,
+    SlopeOpt,
+    SolverModeOpt,
+)
 from hybridc.errors import HybridcError
 
 
@@ -46,47 +59,6 @@ class _Dev(str, Enum):
 class _Amp(str, Enum):
     none = "none"
     bf16 = "bf16"
-
-
-class _Norm(str, Enum):
-    split = "split"
-    entry = "entry"
-    drop = "drop"
-
-
-class _Pool(str, Enum):
-    digital = "digital"
-    absorb = "absorb"
-
-
-class _Attn(str, Enum):
-    digital = "digital"
-    analog = "analog"
-
-
-class _Act(str, Enum):
-    hardsigmoid = "hardsigmoid"
-    keep = "keep"
-
-
-class _NonMono(str, Enum):
-    substitute = "substitute"
-    refuse = "refuse"
-
-
-class _EBKind(str, Enum):
-    dhn = "dhn"
-    drn = "drn"
-
-
-class _Init(str, Enum):
-    keep = "keep"
-    goe = "goe"
-
-
-class _SolverMode(str, Enum):
-    sync = "sync"
-    async_ = "async"
 
 
 class _AnalogOpt(str, Enum):
@@ -122,8 +94,7 @@ def train_command(
              "fitted to the data")] = None,
     data: Annotated[str | None, typer.Option("--data", help=_DATA_HELP)] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="directory with the dataset files")] = None,
-    max_block_size: Annotated[int | None, typer.Option("--max-block-size", "-n",
-                                                       help="most weight layers per analog block [2]")] = None,
+    max_block_size: MaxBlock = None,
     algorithm: Annotated[_Alg | None, typer.Option(
         "--algorithm", help="ep, id, bptt through analog blocks; bp = the original model by backprop [ep]")] = None,
     epochs: Annotated[int | None, typer.Option(help="[20]")] = None,
@@ -135,18 +106,17 @@ def train_command(
     beta: Annotated[float | None, typer.Option(help="EP nudging strength, δ normalised [0.05]")] = None,
     t1: Annotated[int | None, typer.Option("--t1", help="free-phase steps [20]")] = None,
     t2: Annotated[int | None, typer.Option("--t2", help="nudged-phase steps [5]")] = None,
-    solver_mode: Annotated[_SolverMode | None, typer.Option("--solver-mode", help="sync or async [sync]")] = None,
-    init: Annotated[_Init | None, typer.Option(help="analog weights: keep (model's init) or goe [keep]")] = None,
+    solver_mode: SolverModeOpt = None,
+    init: Annotated[Init | None, typer.Option(help="analog weights: keep (model's init) or goe [keep]")] = None,
     goe_variance: Annotated[float | None, typer.Option("--goe-variance", help="[5e-5]")] = None,
-    norm: Annotated[_Norm | None, typer.Option(help="batch/group norms inside a chain [entry]")] = None,
-    layer_norm: Annotated[_Norm | None, typer.Option("--layer-norm", help="LayerNorm inside a chain [split]")] = None,
-    pool: Annotated[_Pool | None, typer.Option(help="linear pooling inside a chain [absorb]")] = None,
-    attention: Annotated[_Attn | None, typer.Option(help="attention modules [digital]")] = None,
-    activation: Annotated[_Act | None, typer.Option(help="neuron activation [hardsigmoid]")] = None,
-    hardsigmoid_slope: Annotated[float | None, typer.Option("--hardsigmoid-slope", help="a in clamp(a·u,0,1) "
-                                                            "[0.5]")] = None,
-    non_monotone: Annotated[_NonMono | None, typer.Option("--non-monotone")] = None,
-    eb_kind: Annotated[_EBKind | None, typer.Option("--eb-kind", help="analog block kind [dhn]")] = None,
+    norm: NormOpt = None,
+    layer_norm: LNOpt = None,
+    pool: PoolOpt = None,
+    attention: AttnOpt = None,
+    activation: ActOpt = None,
+    hardsigmoid_slope: SlopeOpt = None,
+    non_monotone: NonMonoOpt = None,
+    eb_kind: EBOpt = None,
     drn_gamma: Annotated[float | None, typer.Option("--drn-gamma", help="drn input voltage gain γ [1]")] = None,
     analog: Annotated[str | None, typer.Option("--analog", help="device effects as JSON (AnalogSpec fields), "
                                                "e.g. '{\"read_noise\": 0.01}'")] = None,

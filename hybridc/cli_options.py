@@ -1,0 +1,67 @@
+"""Choices and options shared by the `hybridc` commands (partition, gradcheck, train, export, report): one
+declaration each, so every command spells and documents a flag the same way."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated
+
+import typer
+
+
+class Norm(str, Enum):
+    split = "split"
+    entry = "entry"
+    drop = "drop"
+
+
+class Pool(str, Enum):
+    digital = "digital"
+    absorb = "absorb"
+
+
+class Attention(str, Enum):
+    digital = "digital"
+    analog = "analog"
+
+
+class Act(str, Enum):
+    hardsigmoid = "hardsigmoid"
+    keep = "keep"
+
+
+class NonMono(str, Enum):
+    substitute = "substitute"
+    refuse = "refuse"
+
+
+class EBKind(str, Enum):
+    dhn = "dhn"
+    drn = "drn"
+
+
+class Init(str, Enum):
+    keep = "keep"
+    goe = "goe"
+
+
+class SolverMode(str, Enum):
+    sync = "sync"
+    asynchronous = "async"
+
+
+ModelArg = Annotated[str, typer.Argument(help="zoo name (mlp, vgg-paper, vgg-paper-12, resnet18, transformer, "
+                                              "vit), path/model.py or path/model.py:factory")]
+MaxBlock = Annotated[int | None, typer.Option("--max-block-size", "-n",
+                                                 help="most weight layers per analog block [default: 2]")]
+InputShape = Annotated[str | None, typer.Option("--input-shape", help="per-sample input shape, e.g. 3,32,32")]
+NormOpt = Annotated[Norm | None, typer.Option("--norm", help="batch/group norms inside a chain [entry]")]
+LNOpt = Annotated[Norm | None, typer.Option("--layer-norm", help="LayerNorm/RMSNorm inside a chain [split]")]
+PoolOpt = Annotated[Pool | None, typer.Option("--pool", help="linear pooling inside a chain [absorb]")]
+AttnOpt = Annotated[Attention | None, typer.Option("--attention", help="attention modules [digital]")]
+ActOpt = Annotated[Act | None, typer.Option("--activation", help="neuron activation [hardsigmoid]")]
+SlopeOpt = Annotated[float | None, typer.Option("--hardsigmoid-slope", help="a in clamp(a·u,0,1) [0.5]")]
+NonMonoOpt = Annotated[NonMono | None, typer.Option("--non-monotone",
+                                                       help="GELU/SiLU under keep: substitute relu or keep digital")]
+EBOpt = Annotated[EBKind | None, typer.Option("--eb-kind", help="energy-based block kind [dhn]")]
+SolverModeOpt = Annotated[SolverMode | None, typer.Option("--solver-mode", help="sync or async relaxation [sync]")]
