@@ -9,7 +9,8 @@ Rows (each a full `hybridc train` run, its run directory under --out):
 * vit-bp    the same ViT by backprop
 
 Targets: mlp-ep ≥ 88 % test and within 1.5 points of mlp-bp; conv-ep ≥ 90 %; vit-ep within 2 points of vit-bp.
-Rows run in separate invocations are put in one table with `--merge earlier.json`.
+Rows run in separate invocations are put in one table with `--merge earlier.json`; a row whose run directory
+under --out already has a checkpoint is resumed (an interrupted benchmark continues where it stopped).
 
     python benchmarks/accuracy.py                 # everything, 5 epochs (long on a CPU: see --parts)
     python benchmarks/accuracy.py --quick         # smoke run: 1 epoch on 2,000 samples
@@ -138,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in wanted:
         cfg = ExperimentConfig(**rows[name])
         console.rule(f"{name}")
-        res = train(cfg, out=args.out / name, console=console)
+        run_dir = args.out / name
+        if (run_dir / "checkpoint.pt").is_file():  # an interrupted (or finished) row continues where it was
+            res = train(resume=run_dir, console=console)
+        else:
+            res = train(cfg, out=run_dir, console=console)
         s = res.summary
         times = sorted(r["epoch_time_s"] for r in res.records)
         results[name] = {"final_test_acc": s["final_test_acc"], "best_test_acc": s["best_test_acc"],

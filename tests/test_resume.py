@@ -119,3 +119,22 @@ def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ckmod.save_checkpoint(path, state | {"config": {"a": 2}})
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_run_written_by_an_older_version_resumes(tmp_path: Path) -> None:
+    """A run directory from before a config field (and optimizer sets) existed continues: missing fields take
+    their defaults on both sides of the config check, a bare optimizer/scheduler state loads into a set."""
+    full = train(cfg(schedule="none", epochs=2), out=tmp_path / "full")
+    train(cfg(schedule="none", epochs=1), out=tmp_path / "old")
+    newer = ("analog_optimizer", "analog_lr", "analog_tau", "transfer_lr", "transfer_every")
+    cfg_path = tmp_path / "old" / "config.json"
+    saved = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps({k: v for k, v in saved.items() if k not in newer}))
+    ck_path = tmp_path / "old" / "checkpoint.pt"
+    ck = load_checkpoint(ck_path)
+    ck["config"] = {k: v for k, v in ck["config"].items() if k not in newer}
+    ck["optimizer"] = ck["optimizer"]["optimizers"][0]
+    ck["scheduler"] = ck["scheduler"]["schedulers"][0]
+    torch.save(ck, ck_path)
+    resumed = train(resume=tmp_path / "old", resume_overrides={"epochs": 2})
+    assert strip_timings(resumed.records) == strip_timings(full.records)

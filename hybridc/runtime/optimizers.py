@@ -80,7 +80,8 @@ class OptimizerSet:
         return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        states = state["optimizers"]
+        # a checkpoint written before optimizer sets existed holds one optimizer's state dict
+        states = state["optimizers"] if "optimizers" in state else [state]
         if len(states) != len(self.optimizers):
             raise ValueError(f"the checkpoint has {len(states)} optimizer(s), this run {len(self.optimizers)}")
         for opt, st in zip(self.optimizers, states):
@@ -101,7 +102,8 @@ class SchedulerSet:
         return {"schedulers": [s.state_dict() for s in self.schedulers]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for s, st in zip(self.schedulers, state["schedulers"], strict=True):
+        states = state["schedulers"] if "schedulers" in state else [state]
+        for s, st in zip(self.schedulers, states, strict=True):
             s.load_state_dict(st)
 
 

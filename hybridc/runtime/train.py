@@ -307,7 +307,11 @@ class Trainer:
         def semantic(d: dict[str, Any]) -> dict[str, Any]:
             return {k: v for k, v in d.items() if k not in RESUMABLE_FIELDS}
 
-        if semantic(self.ckpt["config"]) != semantic(saved.model_dump(mode="json")):
+        try:  # validated, so that a run written before a field existed compares with its default
+            ck_cfg = validate_config(self.ckpt["config"], f"{run_dir / CHECKPOINT_NAME} (its config)")
+        except ConfigError:
+            ck_cfg = None
+        if ck_cfg is None or semantic(ck_cfg.model_dump(mode="json")) != semantic(saved.model_dump(mode="json")):
             raise CheckpointError(f"{run_dir}: the checkpoint belongs to a different config than {CONFIG_NAME} "
                                   "(files from two runs mixed?)")
         return cfg
