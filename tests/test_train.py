@@ -240,3 +240,23 @@ def test_cli_errors_are_one_line_exit_2(tmp_path: Path, monkeypatch: pytest.Monk
         err = capsys.readouterr().err
         assert exc.value.code == 2, (args, err)
         assert needle in err and "Traceback" not in err, err
+
+
+def test_unconverged_free_phase_is_reported_once_per_block(tmp_path: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    def run(t1: int, name: str) -> tuple[str, list]:
+        buf = io.StringIO()
+        res = train(tiny(epochs=2, t1=t1, train_subset=64), out=tmp_path / name,
+                    console=Console(file=buf, width=300, color_system=None))
+        return buf.getvalue(), res.records
+
+    text, records = run(1, "short")  # one step from the initial state: far from the fixed point
+    assert max(records[0]["residual"].values()) > 0.1
+    assert text.count("away from a fixed point") == sum(
+        1 for k in records[0]["residual"] if max(r["residual"][k] for r in records) > 0.1)
+    assert "Raise --t1" in text
+    text, records = run(30, "long")
+    assert max(records[-1]["residual"].values()) < 0.1 and "away from a fixed point" not in text

@@ -61,6 +61,8 @@ from hybridc.runtime.metrics import CURVES_NAME, METRICS_NAME, MetricsLog, plot_
 from hybridc.runtime.optimizers import make_optimizer, make_scheduler
 
 CONFIG_NAME = "config.json"
+#: mean last-step max|Δs| of a free phase above which the trainer warns that a block is not at equilibrium
+UNCONVERGED_RESIDUAL = 0.1
 PLAN_NAME = "plan.json"
 SUMMARY_NAME = "summary.json"
 
@@ -376,6 +378,7 @@ class Trainer:
         self.sched = make_scheduler(cfg, self.opt)
         self.log = MetricsLog(self.run_dir / METRICS_NAME if self.ctx.is_main else None)
         self.start_epoch, self.partial = 0, None
+        self._warned: set[str] = set()
         if self.ckpt is not None:
             self._restore(self.ckpt)
             self._write(CONFIG_NAME, cfg.to_json() + "\n")  # resumable fields (epochs, device...) may have changed
@@ -584,7 +587,18 @@ class Trainer:
             except Exception as exc:  # a plotting problem must never cost a training run
                 self._print(f"[yellow]warning: could not draw {CURVES_NAME}: {type(exc).__name__}: {exc}[/]")
         self._print(self._epoch_line(record))
+        self._warn_unconverged(record["residual"])
         return record
+
+    def _warn_unconverged(self, residual: dict[str, float]) -> None:
+        """Say so, once per block, when a free phase ends far from its fixed point: EP's gradient assumes an
+        equilibrium, so the run may still learn but its gradients are no longer the ones EP promises."""
+        for name, r in residual.items():
+            if r > UNCONVERGED_RESIDUAL and name not in self._warned:
+                self._warned.add(name)
+                self._print(f"[yellow]warning: {name}'s free phase ends {r:.2g} away from a fixed point (mean "
+                            f"max|Δs| of its last step, T1={self.cfg.t1}): EP gradients are estimated off "
+                            "equilibrium. Raise --t1, try --solver-mode async, or lower --hardsigmoid-slope.[/]")
 
     # ---- display ----------------------------------------------------------------------------------
     def _progress(self) -> Any:
