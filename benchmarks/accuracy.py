@@ -81,7 +81,7 @@ def experiments(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         common |= {"epochs": 1, "train_subset": 2000, "test_subset": 1000}
     ep: dict[str, Any] = {"algorithm": "ep", "max_block_size": 2, "beta": args.beta, "t1": args.t1,
                           "t2": args.t2, "solver_mode": args.solver_mode, "init": args.init,
-                          "hardsigmoid_slope": args.slope}
+                          "hardsigmoid_slope": args.slope, "feedback_gain": args.feedback_gain}
     return {
         "mlp-ep": common | ep | {"model": "mlp"},
         "mlp-bp": common | {"model": "mlp", "algorithm": "bp", "lr": args.bp_lr},
@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--t2", type=int, default=5)
     p.add_argument("--slope", type=float, default=0.25, help="hard-sigmoid slope (0.25: tuned, see the module docstring)")
     p.add_argument("--init", choices=["keep", "goe"], default="keep")
+    p.add_argument("--feedback-gain", type=float, default=None,
+                   help="bound the feedback gain of multi-layer blocks (train --feedback-gain) [off]")
     p.add_argument("--solver-mode", choices=["sync", "async"], default="sync")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")

@@ -107,6 +107,9 @@ def train_command(
     t1: Annotated[int | None, typer.Option("--t1", help="free-phase steps [20]")] = None,
     t2: Annotated[int | None, typer.Option("--t2", help="nudged-phase steps [5]")] = None,
     solver_mode: SolverModeOpt = None,
+    feedback_gain: Annotated[float | None, typer.Option(
+        "--feedback-gain", help="bound slope·σ_max(W)² of layers feeding back in multi-layer blocks after each "
+                                "step (e.g. 0.9: relaxations stay contractive) [off]")] = None,
     init: Annotated[Init | None, typer.Option(help="analog weights: keep (model's init) or goe [keep]")] = None,
     goe_variance: Annotated[float | None, typer.Option("--goe-variance", help="[5e-5]")] = None,
     norm: NormOpt = None,
@@ -157,7 +160,7 @@ def train_command(
         "model": model, "data": data, "data_dir": str(data_dir) if data_dir else None,
         "max_block_size": max_block_size, "algorithm": algorithm, "epochs": epochs, "batch_size": batch_size,
         "lr": lr, "optimizer": optimizer, "weight_decay": weight_decay, "schedule": schedule, "beta": beta,
-        "t1": t1, "t2": t2, "solver_mode": solver_mode, "init": init, "goe_variance": goe_variance,
+        "t1": t1, "t2": t2, "solver_mode": solver_mode, "feedback_gain": feedback_gain, "init": init, "goe_variance": goe_variance,
         "norm": norm, "layer_norm": layer_norm, "pool": pool, "attention": attention, "activation": activation,
         "hardsigmoid_slope": hardsigmoid_slope, "non_monotone": non_monotone, "eb_kind": eb_kind,
         "drn_gamma": drn_gamma,

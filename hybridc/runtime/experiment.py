@@ -67,6 +67,10 @@ class ExperimentConfig(BaseModel):
     t1: int = Field(20, ge=1, description="free-phase relaxation steps")
     t2: int = Field(5, ge=1, description="nudged-phase relaxation steps (and BPTT unroll)")
     solver_mode: Literal["sync", "async"] = Field("sync", description="synchronous or even/odd updates")
+    feedback_gain: float | None = Field(
+        None, gt=0, description="keep multi-layer Hopfield blocks contractive: after each optimizer step rescale "
+                                "their state-reading layers so that slope·σ_max(W)² ≤ feedback_gain (e.g. 0.9); "
+                                "None = unconstrained")
 
     # ---- data -------------------------------------------------------------------------------------
     data: str = Field("digits", description="digits, fashion-mnist, mnist, kmnist, cifar10, cifar100, imagenet32")

@@ -376,6 +376,11 @@ class Trainer:
         self.model = D.wrap_ddp(self.module, self.ctx, self.device)
         self.opt = make_optimizer(cfg, self.module)
         self.sched = make_scheduler(cfg, self.opt)
+        self.guard = None
+        if cfg.feedback_gain is not None and cfg.algorithm != "bp":
+            from hybridc.targets.contraction import FeedbackGuard
+
+            self.guard = FeedbackGuard(self.module, cfg.feedback_gain)
         self.log = MetricsLog(self.run_dir / METRICS_NAME if self.ctx.is_main else None)
         self.start_epoch, self.partial = 0, None
         self._warned: set[str] = set()
@@ -440,6 +445,8 @@ class Trainer:
         self._in_step = True
         self._accumulate(acc, loss_sum.detach(), (out.detach().argmax(1) == y).sum(), y.shape[0])
         self.opt.step()
+        if self.guard is not None:
+            self.guard.project_()
         acc.batches += 1
         self._in_step = False
 
@@ -633,7 +640,8 @@ class Trainer:
             pc = self.plan.config if self.plan is not None else None
             parts.append(f"{len(self.block_names)} analog block(s), max_block_size {pc.max_block_size if pc else '-'}, "
                          f"{pc.activation if pc else '-'} slope {pc.hardsigmoid_slope if pc else '-'}, "
-                         f"β {cfg.beta:g}, T1 {cfg.t1}, T2 {cfg.t2}, {cfg.solver_mode}, init {cfg.init}")
+                         f"β {cfg.beta:g}, T1 {cfg.t1}, T2 {cfg.t2}, {cfg.solver_mode}, init {cfg.init}"
+                         + (f", feedback gain ≤ {cfg.feedback_gain:g}" if cfg.feedback_gain is not None else ""))
         parts.append(f"{cfg.epochs} epochs × {len(self.train_loader)} batches of {cfg.batch_size}, {cfg.optimizer} "
                      f"lr {cfg.lr:g} ({cfg.schedule}), device {self.device}"
                      + (f" × {self.ctx.world_size} processes" if self.ctx.enabled else ""))
