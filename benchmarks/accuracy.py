@@ -96,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from hybridc.runtime.experiment import ExperimentConfig
-    from hybridc.runtime.train import train
+    from hybridc.runtime.benchmark_rows import run_rows
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -135,25 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [r for r in wanted if r not in rows]
     if unknown:
         p.error(f"unknown part(s) {unknown}; choose from {', '.join(rows)}")
-    results: dict[str, dict[str, Any]] = {}
-    for earlier in args.merge:
-        results |= json.loads(earlier.read_text())
-    for name in wanted:
-        cfg = ExperimentConfig(**rows[name])
-        console.rule(f"{name}")
-        run_dir = args.out / name
-        if (run_dir / "checkpoint.pt").is_file():  # an interrupted (or finished) row continues where it was
-            res = train(resume=run_dir, console=console)
-        else:
-            res = train(cfg, out=run_dir, console=console)
-        s = res.summary
-        times = sorted(r["epoch_time_s"] for r in res.records)
-        results[name] = {"final_test_acc": s["final_test_acc"], "best_test_acc": s["best_test_acc"],
-                         "epochs": s["epochs_done"], "median_epoch_time_s": times[len(times) // 2],
-                         "epoch_times_s": [r["epoch_time_s"] for r in res.records],
-                         "samples_per_s": s["samples_per_s"], "wall_time_s": s["wall_time_s"],
-                         "threads": torch.get_num_threads(), "device": str(s.get("device", "")),
-                         "config": cfg.model_dump(mode="json")}
+    results = run_rows(rows, wanted, args.out, console, args.merge)
 
     table = Table(title=f"Fashion-MNIST accuracy{' (quick smoke run)' if args.quick else ''}", title_justify="left")
     for col in ("run", "algorithm", "epochs", "test acc (final)", "best", "target", "median epoch (s)", "samples/s",

@@ -80,8 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from hybridc.runtime.experiment import ExperimentConfig
-    from hybridc.runtime.train import train
+    from hybridc.runtime.benchmark_rows import run_rows
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -115,22 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [r for r in wanted if r not in rows]
     if unknown:
         p.error(f"unknown part(s) {unknown}; choose from {', '.join(rows)}")
-    results: dict[str, dict[str, Any]] = {}
-    for earlier in args.merge:
-        results |= json.loads(earlier.read_text())
-    for name in wanted:
-        cfg = ExperimentConfig(**rows[name])
-        console.rule(name)
-        res = train(cfg, out=args.out / name, console=console)
-        s = res.summary
-        times = sorted(r["epoch_time_s"] for r in res.records)
-        results[name] = {"final_test_acc": s["final_test_acc"], "best_test_acc": s["best_test_acc"],
-                         "epochs": s["epochs_done"], "median_epoch_time_s": times[len(times) // 2],
-                         "epoch_times_s": [r["epoch_time_s"] for r in res.records],
-                         "test_acc_per_epoch": [r["test_acc"] for r in res.records],
-                         "samples_per_s": s["samples_per_s"], "wall_time_s": s["wall_time_s"],
-                         "threads": torch.get_num_threads(), "quick": args.quick,
-                         "config": cfg.model_dump(mode="json")}
+    results = run_rows(rows, wanted, args.out, console, args.merge)
 
     table = Table(title=f"DRN-1H on Fashion-MNIST, EP ({'quick smoke run' if args.quick else 'full'}, "
                         f"{torch.get_num_threads()} CPU threads" + (", CUDA" if torch.cuda.is_available() else "")
