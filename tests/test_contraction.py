@@ -12,7 +12,7 @@ from torch import nn
 
 from hybridc.api import compile
 from hybridc.models.mlp import MLP
-from hybridc.runtime.experiment import ExperimentConfig
+from hybridc.runtime.experiment import EMBEDDED_FEEDBACK_GAIN, ExperimentConfig
 from hybridc.runtime.train import train
 from hybridc.targets.contraction import FeedbackGuard, feedback_layers, spectral_norm
 
@@ -21,13 +21,13 @@ def test_power_iteration_matches_the_exact_operator_norm() -> None:
     torch.manual_seed(0)
     lin = nn.Linear(20, 30).double()
     exact = float(torch.linalg.matrix_norm(lin.weight.detach(), 2))
-    assert abs(spectral_norm(lin, (20,), iters=200) - exact) <= 1e-6 * exact
+    assert abs(float(spectral_norm(lin, (20,), iters=200)) - exact) <= 1e-6 * exact
     conv = nn.Conv2d(2, 3, 3, padding=1).double()
     shape = (2, 5, 5)
     dense = torch.autograd.functional.jacobian(lambda u: conv._conv_forward(u, conv.weight, None),
                                                torch.zeros(1, *shape, dtype=torch.float64)).reshape(75, 50)
     exact = float(torch.linalg.matrix_norm(dense, 2))
-    assert abs(spectral_norm(conv, shape, iters=300) - exact) <= 1e-4 * exact
+    assert abs(float(spectral_norm(conv, shape, iters=300)) - exact) <= 1e-4 * exact
 
 
 def _mlp_ffebm() -> tuple[nn.Module, torch.Tensor]:
@@ -49,8 +49,9 @@ def test_guard_bounds_only_the_feedback_layers() -> None:
     guard = FeedbackGuard(ff, gain=0.9)
     assert [layer for _, layer, _ in guard.layers] == [w2]  # the single-layer head block has no loop
     ff(x)  # the guard learns each layer's input shape from a forward pass
-    gains = guard.project_()
-    assert gains["analog1"] > 1.0
+    assert guard.gains()["analog1"] > 1.0
+    guard.project_()
+    assert guard.gains()["analog1"] <= 0.9 * (1 + 1e-3)
     slope = 0.5
     sigma = float(torch.linalg.matrix_norm(w2.weight, 2))
     assert slope * sigma**2 <= 0.9 * (1 + 1e-3)
@@ -82,4 +83,13 @@ def test_training_with_a_feedback_gain(tmp_path: Path) -> None:
     w2 = [v for k, v in state.items() if k.endswith("weight") and tuple(v.shape) == (32, 32)]
     assert len(w2) == 1 and 0.5 * float(torch.linalg.matrix_norm(w2[0], 2)) ** 2 <= 0.5 * 1.01
     with pytest.raises(ValueError, match="feedback_gain"):
-        ExperimentConfig(feedback_gain=0)
+        ExperimentConfig(feedback_gain=-0.5)
+
+
+def test_embedded_default_is_guarded_unless_told_otherwise() -> None:
+    assert ExperimentConfig().feedback_gain == EMBEDDED_FEEDBACK_GAIN
+    assert ExperimentConfig(model="mlp").feedback_gain is None
+    assert ExperimentConfig(feedback_gain=None).feedback_gain is None
+    assert ExperimentConfig(feedback_gain=0).feedback_gain == 0  # 0 = off
+    saved = ExperimentConfig()
+    assert ExperimentConfig(**saved.model_dump()).feedback_gain == EMBEDDED_FEEDBACK_GAIN

@@ -20,6 +20,8 @@ Algorithm = Literal["ep", "id", "bptt", "bp"]
 
 #: Hidden widths of the embedded default model (an MLP fitted to the dataset's input and classes).
 DEFAULT_HIDDEN: tuple[int, ...] = (256, 256)
+#: Feedback-gain bound of the embedded default (see `feedback_gain`).
+EMBEDDED_FEEDBACK_GAIN = 0.9
 
 #: Fields that may differ between a run and its `--resume`: where things live and how they are shown,
 #: never what is computed (`epochs` may grow when the learning-rate schedule does not depend on it).
@@ -68,9 +70,10 @@ class ExperimentConfig(BaseModel):
     t2: int = Field(5, ge=1, description="nudged-phase relaxation steps (and BPTT unroll)")
     solver_mode: Literal["sync", "async"] = Field("sync", description="synchronous or even/odd updates")
     feedback_gain: float | None = Field(
-        None, gt=0, description="keep multi-layer Hopfield blocks contractive: after each optimizer step rescale "
+        None, ge=0, description="keep multi-layer Hopfield blocks contractive: after each optimizer step rescale "
                                 "their state-reading layers so that slope·σ_max(W)² ≤ feedback_gain (e.g. 0.9); "
-                                "None = unconstrained")
+                                "None or 0 = unconstrained; the embedded default model uses "
+                                f"{EMBEDDED_FEEDBACK_GAIN} unless set")
 
     # ---- data -------------------------------------------------------------------------------------
     data: str = Field("digits", description="digits, fashion-mnist, mnist, kmnist, cifar10, cifar100, imagenet32")
@@ -116,6 +119,15 @@ class ExperimentConfig(BaseModel):
             return canonical_name(v)
         except HybridcError as exc:
             raise ValueError(str(exc)) from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _embedded_default_is_contractive(cls, data: Any) -> Any:
+        """The embedded default (no model given) trains at equilibrium: its hidden↔output loop is kept
+        contractive (unguarded, its 2-layer block ends ~0.15 away from a fixed point after T1 steps)."""
+        if isinstance(data, dict) and data.get("model") is None and "feedback_gain" not in data:
+            return {**data, "feedback_gain": EMBEDDED_FEEDBACK_GAIN}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:

@@ -377,7 +377,7 @@ class Trainer:
         self.opt = make_optimizer(cfg, self.module)
         self.sched = make_scheduler(cfg, self.opt)
         self.guard = None
-        if cfg.feedback_gain is not None and cfg.algorithm != "bp":
+        if cfg.feedback_gain and cfg.algorithm != "bp":
             from hybridc.targets.contraction import FeedbackGuard
 
             self.guard = FeedbackGuard(self.module, cfg.feedback_gain)
@@ -641,7 +641,7 @@ class Trainer:
             parts.append(f"{len(self.block_names)} analog block(s), max_block_size {pc.max_block_size if pc else '-'}, "
                          f"{pc.activation if pc else '-'} slope {pc.hardsigmoid_slope if pc else '-'}, "
                          f"β {cfg.beta:g}, T1 {cfg.t1}, T2 {cfg.t2}, {cfg.solver_mode}, init {cfg.init}"
-                         + (f", feedback gain ≤ {cfg.feedback_gain:g}" if cfg.feedback_gain is not None else ""))
+                         + (f", feedback gain ≤ {cfg.feedback_gain:g}" if cfg.feedback_gain else ""))
         parts.append(f"{cfg.epochs} epochs × {len(self.train_loader)} batches of {cfg.batch_size}, {cfg.optimizer} "
                      f"lr {cfg.lr:g} ({cfg.schedule}), device {self.device}"
                      + (f" × {self.ctx.world_size} processes" if self.ctx.enabled else ""))

@@ -64,23 +64,24 @@ def _operator(mod: nn.Module, w: torch.Tensor):  # noqa: ANN202
 
 
 @torch.no_grad()
-def spectral_norm(mod: nn.Module, in_shape: tuple[int, ...], iters: int = 30) -> float:
+def spectral_norm(mod: nn.Module, in_shape: tuple[int, ...], iters: int = 30) -> torch.Tensor:
     """σ_max of the layer's linear map (no bias) on inputs of per-sample shape `in_shape`, by power
-    iteration from a fixed start (a lower estimate that tightens with `iters`)."""
+    iteration from a fixed start (a lower estimate that tightens with `iters`). A 0-d tensor on the weight's
+    device: no host synchronisation, so it can run after every optimizer step."""
     w = _weight(mod).detach()
     op = _operator(mod, w)
     gen = torch.Generator(device="cpu").manual_seed(0)
     u = torch.randn((1, *in_shape), generator=gen, dtype=torch.float64).to(dtype=w.dtype, device=w.device)
     u = u / u.norm()
-    sigma = 0.0
+    sigma = u.new_zeros(())
     for _ in range(iters):
         with torch.enable_grad():
             x = u.detach().requires_grad_(True)
             y = op(x)
-            sigma = float(y.norm())
-            (v,) = torch.autograd.grad(y, x, y / max(sigma, 1e-30))  # Aᵀ (A u / ‖A u‖)
+            sigma = y.norm()
+            (v,) = torch.autograd.grad(y, x, y / sigma.clamp_min(1e-30))  # Aᵀ (A u / ‖A u‖)
         u = v / v.norm().clamp_min(1e-30)
-    return sigma
+    return sigma.detach()
 
 
 class FeedbackGuard:
@@ -105,15 +106,22 @@ class FeedbackGuard:
             self.in_shapes[id(mod)] = tuple(args[0].shape[1:])
 
     @torch.no_grad()
-    def project_(self) -> dict[str, float]:
-        """Rescale layers above their bound; returns each layer's a·σ² before the projection (by block)."""
-        gains: dict[str, float] = {}
-        for name, layer, bound in self.layers:
+    def project_(self) -> None:
+        """Rescale every guarded layer whose σ_max exceeds its bound (device ops only, no host sync)."""
+        for _, layer, bound in self.layers:
             shape = self.in_shapes.get(id(layer))
             if shape is None:  # not run yet: nothing to measure against
                 continue
             sigma = spectral_norm(layer, shape, self.iters)
-            gains[name] = max(gains.get(name, 0.0), self.gain * (sigma / bound) ** 2)
-            if sigma > bound:
-                _weight(layer).mul_(bound / sigma)
-        return gains
+            _weight(layer).mul_((bound / sigma.clamp_min(1e-30)).clamp(max=1.0))
+
+    def gains(self) -> dict[str, float]:
+        """Each guarded block's current feedback gain slope·σ_max(W)² (largest over its layers); reads the
+        values to the host, so for diagnostics and tests, not the training loop."""
+        out: dict[str, float] = {}
+        for name, layer, bound in self.layers:
+            shape = self.in_shapes.get(id(layer))
+            if shape is not None:
+                sigma = float(spectral_norm(layer, shape, self.iters))
+                out[name] = max(out.get(name, 0.0), self.gain * (sigma / bound) ** 2)
+        return out
