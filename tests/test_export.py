@@ -243,10 +243,10 @@ def test_verify_detects_changed_files_and_wrong_numbers(exports: dict, tmp_path:
     out = m.graph_outputs[0]
     samples[out] = samples[out] + 1e-2
     np.savez(d / m.samples.file, **samples)
-    from hybridc.export.exporter import _sha256
+    from hybridc.runtime.files import sha256_file
 
     f = m.file(m.samples.file)
-    f.sha256, f.bytes = _sha256(d / m.samples.file), (d / m.samples.file).stat().st_size
+    f.sha256, f.bytes = sha256_file(d / m.samples.file), (d / m.samples.file).stat().st_size
     m.save(d / "manifest.json")
     report = verify_export(d)
     assert not report.ok
@@ -272,7 +272,7 @@ def test_verify_detects_changed_files_and_wrong_numbers(exports: dict, tmp_path:
     weights[key] = weights[key] + 1.0
     save_file(weights, str(d / blk.weights))
     f = m.file(blk.weights)
-    f.sha256, f.bytes = _sha256(d / blk.weights), (d / blk.weights).stat().st_size
+    f.sha256, f.bytes = sha256_file(d / blk.weights), (d / blk.weights).stat().st_size
     m.save(d / "manifest.json")
     with pytest.raises(ExportError, match=f"tensor {key} differs"):
         verify_export(d)

@@ -21,7 +21,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import datetime
-import hashlib
 import os
 import shutil
 import tempfile
@@ -61,6 +60,7 @@ from hybridc.export.manifest import (
     structure_to_json,
 )
 from hybridc.export.onnx_blocks import DEFAULT_OPSET, dim_spec, export_digital_block, export_onnx
+from hybridc.runtime.files import sha256_file
 from hybridc.runtime.settings import SolverConfig
 from hybridc.targets.dhn import DHNBlock
 
@@ -87,14 +87,6 @@ class ExportResult:
 # --------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _device_effects(block: nn.Module) -> str:
@@ -397,7 +389,7 @@ def _export(model: FFEBM, out: Path, view: ExportView, *, source: SourceInfo | N
         for path in sorted(p for p in staging.rglob("*") if p.is_file()):
             rel = path.relative_to(staging).as_posix()
             kind = {".onnx": "onnx", ".safetensors": "safetensors", ".npz": "samples"}.get(path.suffix, "plan")
-            files.append(FileInfo(path=rel, kind=kind, sha256=_sha256(path), bytes=path.stat().st_size))
+            files.append(FileInfo(path=rel, kind=kind, sha256=sha256_file(path), bytes=path.stat().st_size))
         manifest = Manifest(
             hybridc_version=_hybridc_version(), torch_version=torch.__version__,
             created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

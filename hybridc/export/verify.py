@@ -16,7 +16,6 @@ Every file's SHA-256 is checked against the manifest first: a changed or missing
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from hybridc.export.manifest import AnalogBlockInfo, DigitalBlockInfo, ExportError, Manifest
+from hybridc.runtime.files import sha256_file
 
 DEFAULT_TOL = 1e-4
 
@@ -61,21 +61,13 @@ class VerifyReport:
                 "rows": [asdict(r) for r in self.rows]}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _check_files(directory: Path, manifest: Manifest) -> None:
     problems = []
     for f in manifest.files:
         path = directory / f.path
         if not path.is_file():
             problems.append(f"{f.path} is missing")
-        elif _sha256(path) != f.sha256:
+        elif sha256_file(path) != f.sha256:
             problems.append(f"{f.path} changed since export (SHA-256 differs from the manifest)")
     referenced = {manifest.plan, manifest.samples.file}
     for b in manifest.blocks:

@@ -1,7 +1,9 @@
-"""Atomic file writes: a crash or Ctrl-C never leaves a half-written plan, checkpoint or metric file."""
+"""File helpers: atomic writes (a crash or Ctrl-C never leaves a half-written plan, checkpoint or metric file)
+and content digests (export manifests record them, `hybridc verify` checks them)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -30,3 +32,12 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda p: p.write_text(text))
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
