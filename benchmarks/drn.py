@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from hybridc.runtime.benchmark_rows import run_rows
+    from hybridc.runtime.benchmark_rows import run_rows, select_rows
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -110,10 +110,10 @@ def main(argv: list[str] | None = None) -> int:
 
     console = Console(width=None if sys.stdout.isatty() else 160)
     rows = experiments(args)
-    wanted = [r.strip() for r in args.parts.split(",") if r.strip()]
-    unknown = [r for r in wanted if r not in rows]
-    if unknown:
-        p.error(f"unknown part(s) {unknown}; choose from {', '.join(rows)}")
+    try:
+        wanted = select_rows(args.parts, rows)
+    except ValueError as exc:
+        p.error(str(exc))
     results = run_rows(rows, wanted, args.out, console, args.merge)
 
     table = Table(title=f"DRN-1H on Fashion-MNIST, EP ({'quick smoke run' if args.quick else 'full'}, "

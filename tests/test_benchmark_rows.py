@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hybridc.runtime.benchmark_rows import run_rows
+import pytest
+
+from hybridc.runtime.benchmark_rows import run_rows, select_rows
 
 TINY = {"train_subset": 96, "test_subset": 48, "batch_size": 16, "epochs": 1, "t1": 6, "t2": 3,
         "model_kwargs": {"sizes": [64, 32, 32, 10]}, "progress": False, "lr": 1e-2}
@@ -25,3 +27,6 @@ def test_rows_run_resume_and_merge(tmp_path: Path) -> None:
     merged = run_rows(rows, [], tmp_path, merge=[saved])
     assert merged == json.loads(saved.read_text())
     assert again["bp"]["config"]["algorithm"] == "bp"
+    assert select_rows(" bp, ep ", rows) == ["bp", "ep"]
+    with pytest.raises(ValueError, match=r"unknown part\(s\) \['dhn'\]; choose from ep, bp"):
+        select_rows("ep,dhn", rows)

@@ -19,6 +19,15 @@ from hybridc.runtime.experiment import ExperimentConfig
 from hybridc.runtime.train import train
 
 
+def select_rows(parts: str, rows: dict[str, Any]) -> list[str]:
+    """The row names of a comma-separated `--parts` value, in order; an unknown name is a ValueError."""
+    wanted = [r.strip() for r in parts.split(",") if r.strip()]
+    unknown = [r for r in wanted if r not in rows]
+    if unknown:
+        raise ValueError(f"unknown part(s) {unknown}; choose from {', '.join(rows)}")
+    return wanted
+
+
 def run_rows(rows: dict[str, dict[str, Any]], wanted: Iterable[str], out: Path, console: Any = None,
              merge: Iterable[Path] = ()) -> dict[str, dict[str, Any]]:
     """Train the `wanted` rows (ExperimentConfig fields by name) under `out/<name>`; earlier results from the
