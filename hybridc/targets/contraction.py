@@ -93,17 +93,20 @@ class FeedbackGuard:
         self.gain, self.iters = gain, iters
         self.layers: list[tuple[str, nn.Module, float]] = []  # (block name, layer, bound on σ_max)
         self.in_shapes: dict[int, tuple[int, ...]] = {}
+        self._hooks: dict[int, torch.utils.hooks.RemovableHandle] = {}
         for name, blk in getattr(module, "analog_blocks", {}).items():
             if getattr(blk, "kind", None) != "dhn" or len(getattr(blk, "neuron_names", [])) < 2:
                 continue  # single-layer blocks have no feedback loop
             bound = math.sqrt(gain / hidden_slope(blk))
             for layer in feedback_layers(blk):
                 self.layers.append((name, layer, bound))
-                layer.register_forward_pre_hook(self._record_shape)
+                self._hooks[id(layer)] = layer.register_forward_pre_hook(self._record_shape)
 
     def _record_shape(self, mod: nn.Module, args: tuple) -> None:
-        if id(mod) not in self.in_shapes and args and isinstance(args[0], torch.Tensor):
+        """Learn a layer's per-sample input shape from its first call, then leave the forward path."""
+        if args and isinstance(args[0], torch.Tensor):
             self.in_shapes[id(mod)] = tuple(args[0].shape[1:])
+            self._hooks.pop(id(mod)).remove()
 
     @torch.no_grad()
     def project_(self) -> None:
