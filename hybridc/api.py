@@ -17,14 +17,27 @@ from hybridc.targets.init import goe_init
 
 
 def _as_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
+    """The positional arguments of an example (a tensor is one); a dict of keyword arguments stays whole."""
     if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, dict):
         return (example_inputs,)
     return tuple(example_inputs)
 
 
 def trace(model: nn.Module, example_inputs: Any) -> TracedGraph:
-    """Capture `model`'s graph (torch.fx, falling back to torch.export) with shapes recorded."""
-    return trace_model(model, _as_tuple(example_inputs))
+    """Capture `model`'s graph (torch.fx, falling back to torch.export) with shapes recorded.
+
+    `example_inputs`: a tensor, a tuple of positional arguments, or a dict of keyword arguments (HF style
+    `{"input_ids": ids, "attention_mask": mask}`). Tensors become graph inputs; None and Python constants
+    (`attn_mask=None`, `is_causal=False`) and the defaults of arguments not given are folded into the graph:
+    the compiled model is called like the original, with those constants unchanged."""
+    return trace_model(model, example_inputs)
+
+
+def _example_shapes(traced: TracedGraph) -> list[list[int]]:
+    """Shapes of the graph inputs of the example call, in placeholder order."""
+    return [list(n.meta.get("hybridc_shape") or []) for n in traced.gm.graph.nodes if n.op == "placeholder"]
 
 
 def make_config(max_block_size: int | None = None, **policies: Any) -> PartitionConfig:
@@ -49,9 +62,8 @@ def partition(model: nn.Module, example_inputs: Any, max_block_size: int | None 
     activation=hardsigmoid|keep, hardsigmoid_slope=float, non_monotone=substitute|refuse, eb_kind=dhn|drn.
     """
     cfg = make_config(max_block_size, **policies)
-    inputs = _as_tuple(example_inputs)
-    traced = trace(model, inputs)
-    plan = partition_graph(traced, cfg, [list(t.shape) for t in inputs])
+    traced = trace(model, example_inputs)
+    plan = partition_graph(traced, cfg, _example_shapes(traced))
     plan.model.model_class = type(model).__name__
     return plan
 
@@ -59,7 +71,8 @@ def partition(model: nn.Module, example_inputs: Any, max_block_size: int | None 
 def compile(model: nn.Module, example_inputs: Any, plan: Plan | None = None,
             max_block_size: int | None = None, gradient: str = "ep", solver: dict | SolverConfig | None = None,
             init: str = "keep", beta: float | None = None, goe_variance: float = 5e-5,
-            analog: dict | AnalogSpec | None = None, **policies: Any) -> FFEBM:
+            analog: dict | AnalogSpec | None = None, constrain: bool = True, feedback_gain: float | None = None,
+            **policies: Any) -> FFEBM:
     """Compile `model` into a trainable ff-EBM (an nn.Module).
 
     `plan`: a Plan to build exactly (validated against the model); else one is made with
@@ -68,14 +81,17 @@ def compile(model: nn.Module, example_inputs: Any, plan: Plan | None = None,
     weights) or "goe" (the paper's GOE init of analog weights, variance `goe_variance`). `analog`: device
     effects (AnalogSpec fields) written into the plan for every analog block.
     The compiled module owns deep copies of the model's layers: training it never changes `model`.
+    `constrain` (on by default): equilibrium by construction (`hybridc.targets.contraction`): every
+    multi-layer DHN block's feedback gain is bounded by `feedback_gain` (None = DEFAULT_FEEDBACK_GAIN, 0 =
+    off), here and after every optimizer step; rescaled layers are recorded in `plan.decisions` (the compiled
+    forward then differs from `model`'s; single-layer blocks stay exact). DRN conductances are kept ≥ 0.
     """
     from pydantic import ValidationError
 
-    inputs = _as_tuple(example_inputs)
-    traced = trace(model, inputs)
+    traced = trace(model, example_inputs)
     if plan is None:
         cfg = make_config(max_block_size, **policies)
-        plan = partition_graph(traced, cfg, [list(t.shape) for t in inputs])
+        plan = partition_graph(traced, cfg, _example_shapes(traced))
         plan.model.model_class = type(model).__name__
     else:
         if max_block_size is not None or policies:
@@ -98,5 +114,11 @@ def compile(model: nn.Module, example_inputs: Any, plan: Plan | None = None,
         goe_init(compiled, goe_variance)
     elif init != "keep":
         raise PartitionError(f"init must be 'keep' or 'goe', not {init!r}")
+    if constrain:
+        from hybridc.targets.contraction import DEFAULT_FEEDBACK_GAIN, constrain_model
+
+        if feedback_gain is not None and feedback_gain < 0:
+            raise PartitionError(f"feedback_gain must be ≥ 0 (0 = off), got {feedback_gain}")
+        constrain_model(compiled, DEFAULT_FEEDBACK_GAIN if feedback_gain is None else feedback_gain)
     compiled.train(model.training)
     return compiled

@@ -11,15 +11,24 @@ import contextlib
 import copy
 import io
 import logging
+import operator
 import traceback
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.fx as fx
 from torch import nn
 
 from hybridc.errors import TraceError
+from hybridc.passes.functionalize import (
+    drop_assertions,
+    functionalize_inplace,
+    mutating_nodes,
+    remove_dead_code,
+)
+from hybridc.passes.pytree_io import InputSpec, OutputSpec, example_call, flat_forward_class, input_spec
 
 #: Modules kept as single call_module nodes by the fx tracer; everything else is traced through, so that the
 #: Linear layers inside user blocks (and inside stock containers) become visible to the partitioner.
@@ -39,12 +48,66 @@ LEAF_MODULE_TYPES: tuple[type[nn.Module], ...] = (
 )
 
 
+#: Methods a stock forward dispatches through: a subclass overriding one computes something else.
+_FORWARD_HELPERS = ("forward", "_conv_forward")
+
+
+def stock_class(m: nn.Module) -> type[nn.Module] | None:
+    """The `LEAF_MODULE_TYPES` class whose computation `m` performs unchanged, else None.
+
+    Classification goes by what a module computes, not by what it inherits: timm's
+    `BatchNormAct2d(nn.BatchNorm2d)` applies an activation after the norm and `Conv2dSame(nn.Conv2d)`
+    pads before convolving, so they are not the stock ops. A subclass counts as its base only if it keeps
+    the base's `forward` (and `_conv_forward`) - e.g. one that only changes `__init__` or initialisation,
+    or torch's parametrized classes. Others are traced into (their functional ops are classified).
+    """
+    cls = type(m)
+    for base in cls.__mro__:
+        if base in LEAF_MODULE_TYPES:
+            if all(getattr(cls, name, None) is getattr(base, name, None) for name in _FORWARD_HELPERS):
+                return base
+            return None
+    return None
+
+
+def is_stock_leaf(m: nn.Module) -> bool:
+    """Is `m` kept as one call_module node by the tracer (a stock op of `LEAF_MODULE_TYPES`)?"""
+    return stock_class(m) is not None
+
+
 @dataclass
 class TracedGraph:
-    """A captured graph and how it was captured ("fx" or "export")."""
+    """A captured graph and how it was captured ("fx" or "export").
+
+    The graph takes the example call's tensors as placeholders (in `inputs.names` order) and returns a flat
+    tuple of tensors; `inputs`/`outputs` say how the model is called and what structure it returns around
+    them (None: a graph made elsewhere, called with its placeholders and returning its own output)."""
 
     gm: fx.GraphModule
     method: str
+    inputs: InputSpec | None = None
+    outputs: OutputSpec | None = None
+    #: notes on what tracing changed (in-place ops rewritten, assertions dropped), for the plan's decisions
+    notes: list[str] = field(default_factory=list)
+
+
+class _MutationAwareProxy(fx.Proxy):
+    """An fx Proxy that records `h += 1` as `operator.iadd` (fx's own falls back to `h = h + 1`, which
+    loses the mutation seen by an alias `y = h` taken before); `functionalize_inplace` rewrites it."""
+
+
+def _inplace_dunder(op: Any) -> Any:
+    def method(self: fx.Proxy, other: Any) -> fx.Proxy:
+        return self.tracer.create_proxy("call_function", op, (self, other), {})
+    return method
+
+
+for _dunder, _op in (("__iadd__", operator.iadd), ("__isub__", operator.isub), ("__imul__", operator.imul),
+                     ("__itruediv__", operator.itruediv), ("__ifloordiv__", operator.ifloordiv),
+                     ("__imod__", operator.imod), ("__ipow__", operator.ipow), ("__imatmul__", operator.imatmul),
+                     ("__iand__", operator.iand), ("__ior__", operator.ior), ("__ixor__", operator.ixor),
+                     ("__ilshift__", operator.ilshift), ("__irshift__", operator.irshift)):
+    setattr(_MutationAwareProxy, _dunder, _inplace_dunder(_op))
 
 
 class _OwnershipTracer(fx.Tracer):
@@ -53,9 +116,16 @@ class _OwnershipTracer(fx.Tracer):
     def __init__(self) -> None:
         super().__init__()
         self._owner_stack: list[str] = [""]
+        self.record_stack_traces = True  # error messages name the model's own line
+        # buffers read by traced-through code are get_attr nodes (not constants captured at trace time), so
+        # that an in-place write into one is seen (and refused) instead of happening once, during tracing
+        self.proxy_buffer_attributes = True
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _MutationAwareProxy(node, self)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, LEAF_MODULE_TYPES)
+        return is_stock_leaf(m)
 
     def call_module(self, m, forward, args, kwargs):  # noqa: ANN001 - fx signature
         name = self.path_of_module(m)
@@ -108,11 +178,43 @@ def _quiet_torch_logs():
         logger.setLevel(level)
 
 
-def _export_trace(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> fx.GraphModule:
+def _dynamic_shapes(tensors: list[torch.Tensor], every_token_dim: bool) -> tuple[Any, ...]:
+    """Dims torch.export may keep symbolic: the batch dimension of every input, and (`every_token_dim`)
+    every dimension of integer or bool inputs - token ids and masks, whose sequence length varies."""
+    auto = torch.export.Dim.AUTO
+    dims: list[Any] = []
+    for t in tensors:
+        if t.dim() == 0:
+            dims.append(None)
+        elif every_token_dim and not (t.is_floating_point() or t.is_complex()):
+            dims.append(dict.fromkeys(range(t.dim()), auto))
+        else:
+            dims.append({0: auto})
+    return tuple(dims)
+
+
+def _has_token_inputs(tensors: list[torch.Tensor]) -> bool:
+    return any(t.dim() > 1 and not (t.is_floating_point() or t.is_complex()) for t in tensors)
+
+
+def _export_trace(model: nn.Module, example_inputs: list[torch.Tensor]) -> fx.GraphModule:
+    """torch.export (non-strict) with the batch dimension symbolic, so the compiled model runs on any batch
+    size, and the sequence dimensions of token inputs too where the model allows it (else a retry with the
+    batch dimension only). In-place ops are functionalized by torch (`run_decompositions({})`, which keeps
+    every op but rewrites mutations, views of mutated tensors included)."""
     with _quiet_torch_logs():
-        # the batch dimension stays symbolic, so the compiled model runs on any batch size
-        dims = tuple({0: torch.export.Dim.AUTO} if t.dim() > 0 else None for t in example_inputs)
-        ep = torch.export.export(model, example_inputs, strict=False, dynamic_shapes=dims)
+        attempts = [True, False] if _has_token_inputs(example_inputs) else [False]
+        for i, every_token_dim in enumerate(attempts):
+            try:
+                ep = torch.export.export(model, tuple(example_inputs), strict=False,
+                                         dynamic_shapes=_dynamic_shapes(example_inputs, every_token_dim))
+                break
+            except Exception:
+                if i == len(attempts) - 1:
+                    raise
+        if any(n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload)
+               and n.target._schema.is_mutable for n in ep.graph.nodes):
+            ep = ep.run_decompositions({})
         gm = ep.module()
     graph = gm.graph
     for node in list(graph.nodes):
@@ -134,7 +236,7 @@ def _export_trace(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) ->
     return gm
 
 
-def _propagate_shapes(gm: fx.GraphModule, example_inputs: tuple[torch.Tensor, ...]) -> None:
+def _propagate_shapes(gm: fx.GraphModule, example_inputs: list[torch.Tensor]) -> None:
     """Record the shape and dtype of every node by running the graph once (no grad; the model is in eval
     mode already, and an exported graph has its mode baked in)."""
     env: dict[fx.Node, object] = {}
@@ -154,42 +256,137 @@ def _propagate_shapes(gm: fx.GraphModule, example_inputs: tuple[torch.Tensor, ..
         _Recorder(gm).run(*example_inputs)
 
 
-def trace_model(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> TracedGraph:
-    """Trace `model` (a deep copy, in eval mode) into a GraphModule; one clear TraceError if impossible."""
+def _describe_call(tensors: list[torch.Tensor], names: list[str]) -> str:
+    return ", ".join(f"{n}: {tuple(t.shape)} {str(t.dtype).replace('torch.', '')}" for n, t in zip(names, tensors))
+
+
+def _source_of(model: nn.Module) -> str:
+    """`file:line` of the model's forward, or ''."""
+    import inspect
+
+    try:
+        fn = type(model).forward
+        return f"{inspect.getsourcefile(fn)}:{inspect.getsourcelines(fn)[1]}"
+    except (OSError, TypeError):
+        return ""
+
+
+def _check_output(output: Any, model: nn.Module) -> None:
+    """Refuse outputs that hold objects other than tensors, containers and plain constants (a KV cache,
+    a module, ...), naming the field and what to do."""
+    from hybridc.passes.pytree_io import Leaf, _Record, flatten_output
+
+    _, template = flatten_output(output)
+
+    def walk(t: Any, path: str) -> None:
+        if isinstance(t, (Leaf, type(None), bool, int, float, str, torch.dtype, torch.device)):
+            return
+        if isinstance(t, _Record):
+            for k, v in t.fields:
+                walk(v, f"{path}.{k}")
+        elif isinstance(t, (tuple, list)):
+            for i, v in enumerate(t):
+                walk(v, f"{path}[{i}]")
+        elif isinstance(t, dict):
+            for k, v in t.items():
+                walk(v, f"{path}[{k!r}]")
+        else:
+            name = type(t).__name__
+            where = _source_of(model)
+            loc = f" ({type(model).__name__}.forward at {where})" if where else ""
+            advice = ("a key/value cache of incremental decoding: pass `use_cache=False` in the example call "
+                      "or set `model.config.use_cache = False` before compiling"
+                      if "cache" in name.lower() else
+                      "return tensors (in tuples, lists, dicts or dataclasses) only")
+            raise TraceError(f"the output of {type(model).__name__}{loc} holds a {type(t).__module__}.{name} at "
+                             f"`output{path}`, which is not a tensor: {advice}")
+
+    walk(template, "")
+
+
+def trace_model(model: nn.Module, example_inputs: Any) -> TracedGraph:
+    """Trace `model` (a deep copy, in eval mode) into a GraphModule; one clear TraceError if impossible.
+
+    `example_inputs`: a tensor, a tuple of positional arguments, or a dict of keyword arguments. Tensors
+    become graph inputs; None, Python constants and every default not given are folded into the graph
+    (`hybridc.passes.pytree_io`). The graph is made pure (`hybridc.passes.functionalize`): in-place ops are
+    rewritten out of place and assertions on the example's shapes are dropped.
+    """
     model = copy.deepcopy(model).eval()
+    args, kwargs = example_call(example_inputs)
+    spec, tensors = input_spec(model, args, kwargs)
     try:
         with torch.no_grad():
-            model(*example_inputs)
+            c_args, c_kwargs = spec.call([t.clone() for t in tensors])
+            output = model(*c_args, **c_kwargs)
     except Exception as exc:
-        shapes = ", ".join(f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}" for t in example_inputs)
         where = _user_frame(exc)
         raise TraceError(
-            f"{type(model).__name__} does not run on the example input ({shapes})"
+            f"{type(model).__name__} does not run on the example input ({_describe_call(tensors, spec.names)})"
             f"{' at ' + where if where else ''}: {_first_line(exc)}. Check --input-shape (per-sample "
             "shape, no batch dimension) and the model's dtype.") from None
+    _check_output(output, model)
+    holder: dict[str, Any] = {}
+    model.__class__ = flat_forward_class(model, spec, holder)
+    pure_error: TraceError | None = None
     try:
         gm = _fx_trace(model)
         method = "fx"
         try:
-            _propagate_shapes(gm, example_inputs)
+            _propagate_shapes(gm, [t.clone() for t in tensors])
         except Exception as exc:  # fx traced a graph that does not run: prefer export's view of it.
             raise RuntimeError(f"fx graph failed to run: {exc}") from exc
+        try:
+            notes = _make_pure(gm, tensors)
+        except TraceError as exc:  # e.g. a mutation through a view: torch.export functionalizes those
+            pure_error = exc
+            raise
     except Exception as fx_exc:
         try:
-            gm = _export_trace(model, example_inputs)
+            gm = _export_trace(model, tensors)
             method = "export"
-            _propagate_shapes(gm, example_inputs)
+            _propagate_shapes(gm, [t.clone() for t in tensors])
+            notes = _make_pure(gm, tensors)
         except Exception as ex_exc:
-            where = _user_frame(fx_exc) or _user_frame(ex_exc)
-            loc = f" at {where}" if where else ""
-            raise TraceError(
-                f"cannot capture the graph of {type(model).__name__}{loc}.\n"
-                f"  torch.fx.symbolic_trace: {_first_line(fx_exc)}\n"
-                f"  torch.export (non-strict): {_first_line(ex_exc)}\n"
-                "  Rewrite the construct named above with tensor ops (e.g. torch.where instead of `if` on a "
-                "tensor value), or split it into a separate module."
-            ) from None
-    # values that never reach the output (dead branches) are not part of the model's function
-    gm.graph.eliminate_dead_code()
-    gm.recompile()
-    return TracedGraph(gm=gm, method=method)
+            if pure_error is not None:
+                raise pure_error from None
+            if isinstance(ex_exc, TraceError):
+                raise
+            raise _capture_error(model, fx_exc, ex_exc) from None
+    outputs = OutputSpec(template=holder["template"], n_tensors=len(next(
+        n for n in gm.graph.nodes if n.op == "output").args[0]))
+    return TracedGraph(gm=gm, method=method, inputs=spec, outputs=outputs, notes=notes)
+
+
+def _make_pure(gm: fx.GraphModule, tensors: list[torch.Tensor]) -> list[str]:
+    """Functionalize in-place ops, drop assertions and everything that does not reach the output; then
+    check that nothing writes into a tensor any more (a node nobody reads must not carry an effect)."""
+    rewritten = functionalize_inplace(gm)
+    dropped = drop_assertions(gm)
+    remove_dead_code(gm)
+    left = mutating_nodes(gm)
+    if left:
+        from hybridc.passes.functionalize import where
+
+        raise TraceError(f"{where(left[0])}: `{left[0].target}` writes into a tensor in place and could not be "
+                         "rewritten out of place; write it as `y = f(x)`")
+    _propagate_shapes(gm, [t.clone() for t in tensors])
+    notes = []
+    if rewritten:
+        notes.append(f"in-place ops rewritten out of place: {', '.join(rewritten)}")
+    if dropped:
+        notes.append(f"assertions on the example's shapes dropped: {', '.join(dropped)}")
+    return notes
+
+
+def _capture_error(model: nn.Module, fx_exc: BaseException, ex_exc: BaseException) -> TraceError:
+    """One clear error for a model neither tracer captures."""
+    where = _user_frame(fx_exc) or _user_frame(ex_exc)
+    loc = f" at {where}" if where else ""
+    return TraceError(
+        f"cannot capture the graph of {type(model).__name__}{loc}.\n"
+        f"  torch.fx.symbolic_trace: {_first_line(fx_exc)}\n"
+        f"  torch.export (non-strict): {_first_line(ex_exc)}\n"
+        "  Rewrite the construct named above with tensor ops (e.g. torch.where instead of `if` on a "
+        "tensor value), or split it into a separate module."
+    )

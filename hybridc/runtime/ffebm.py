@@ -107,12 +107,18 @@ class FFEBM(nn.Module):
                 apply_device_effects(block, b.analog or plan.analog)
                 self.blocks[b.name] = block
                 self._io[b.name] = (in_names, [o.name for o in outs])
+        _check_coverage(plan, gm, free)
         self._inputs = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
         out_node = next(n for n in gm.graph.nodes if n.op == "output")
         self._output_template = out_node.args[0]
-        # torch.export graphs return a flat tuple that their codegen unflattens into the model's structure
+        # how the original model is called and what it returns around the graph's flat tensors
+        self._input_spec = traced.inputs
+        self._output_spec = traced.outputs
+        # a graph made by torch.export without an OutputSpec returns a flat tuple its codegen unflattens
         info = getattr(gm.graph._codegen, "pytree_info", None)
-        self._out_spec = getattr(info, "out_spec", None)
+        self._out_spec = getattr(info, "out_spec", None) if traced.outputs is None else None
+        #: DHN feedback-gain bound set by `hybridc.targets.contraction.constrain_model` (None = unconstrained)
+        self.feedback_gain: float | None = None
 
     @property
     def analog_blocks(self) -> dict[str, EnergyBlock]:
@@ -167,22 +173,68 @@ class FFEBM(nn.Module):
             mapped[key] = value
         return super().load_state_dict(mapped, strict=strict, assign=assign)
 
-    def forward(self, *args: torch.Tensor) -> Any:
-        if len(args) != len(self._inputs):
-            raise TypeError(f"expected {len(self._inputs)} input(s) ({', '.join(self._inputs)}), got {len(args)}")
-        env: dict[str, torch.Tensor] = dict(zip(self._inputs, args))
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Called like the original model's forward (the same positional and keyword arguments); returns
+        the same structure (tuples, dicts, dataclass outputs such as transformers' ModelOutput)."""
+        spec = getattr(self, "_input_spec", None)
+        if spec is not None:
+            tensors = spec.tensors(args, kwargs)
+        elif kwargs:
+            raise TypeError(f"this compiled model takes its inputs positionally ({', '.join(self._inputs)})")
+        else:
+            tensors = list(args)
+        if len(tensors) != len(self._inputs):
+            raise TypeError(f"expected {len(self._inputs)} input(s) ({', '.join(self._inputs)}), "
+                            f"got {len(tensors)}")
+        env: dict[str, torch.Tensor] = dict(zip(self._inputs, tensors))
         for name, block in self.blocks.items():
             ins, outs = self._io[name]
             values = block(*[env[i] for i in ins])
             env.update(zip(outs, values))
         out = fx.node.map_arg(self._output_template, lambda n: env[n.name])
+        out_spec = getattr(self, "_output_spec", None)
+        if out_spec is not None:
+            return out_spec.unflatten(list(out))
         if self._out_spec is not None:
             out = pytree.tree_unflatten(list(out), self._out_spec)
-        return out
+        return _plain(out)
+
+    def constrain_(self, only: set[int] | None = None) -> FFEBM:
+        """Project every analog block back into the set where its relaxation provably converges (DHN: feedback
+        gain ρ ≤ `feedback_gain`, DRN: conductances ≥ 0; see `hybridc.targets.contraction`). Runs at compile
+        time and, by a global optimizer post-step hook, after every step of any torch.optim optimizer holding
+        the parameters (`only`: ids of the parameters that optimizer holds). Device ops only, no host sync."""
+        for blk in self.analog_blocks.values():
+            if only is None or any(id(p) in only for p in blk.parameters()):
+                blk.constrain_()
+        return self
 
     def equilibrium_residuals(self) -> dict[str, float]:
         """Last free phase's max|Δs| per analog block (host sync: call once per epoch, not per step)."""
         return {k: float(v.last_residual) for k, v in self.analog_blocks.items() if v.last_residual is not None}
+
+
+def _plain(out: Any) -> Any:
+    """fx's immutable containers as the plain ones a model returns."""
+    if isinstance(out, dict):
+        return {k: _plain(v) for k, v in out.items()}
+    if isinstance(out, list):
+        return [_plain(v) for v in out]
+    if isinstance(out, tuple) and not hasattr(out, "_fields"):
+        return tuple(_plain(v) for v in out)
+    return out
+
+
+def _check_coverage(plan: Plan, gm: fx.GraphModule, free: set[fx.Node]) -> None:
+    """Every node that carries data to the output must be computed by some block (free nodes - parameter
+    expressions, shape queries - are recomputed by each block that reads them); a node in no block would
+    be silently dropped from the compiled model."""
+    members = {n for b in plan.blocks for n in b.nodes}
+    missing = [n.name for n in gm.graph.nodes
+               if n.op not in ("placeholder", "output", "get_attr") and n not in free and n.name not in members]
+    if missing:
+        raise PlanMismatchError(f"nodes {missing[:8]} compute values of the model but are in no block of the "
+                                "plan; re-create the plan with `hybridc partition`")
 
 
 _PARAMETRIZED_KEY = re.compile(r"^(?:(.*)\.)?parametrizations\.([^.]+)\.original$")
@@ -204,4 +256,5 @@ def original_names(compiled: FFEBM, traced: TracedGraph) -> dict[str, str]:
 
 
 def copy_traced(traced: TracedGraph) -> TracedGraph:
-    return TracedGraph(gm=copy.deepcopy(traced.gm), method=traced.method)
+    return TracedGraph(gm=copy.deepcopy(traced.gm), method=traced.method, inputs=traced.inputs,
+                       outputs=traced.outputs, notes=list(traced.notes))
