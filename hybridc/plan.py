@@ -91,6 +91,9 @@ class Neuron(_Strict):
     activation: ActivationSpec
     preactivation: Literal["input", "self"] = "self"
     shape: list[int] | None = None
+    source: str | None = Field(None, description="composite activation (an element-wise function written out "
+                               "with several ops, e.g. GELU with tanh): the node whose value is the "
+                               "pre-activation; None: the activation node's own input")
 
 
 class Block(_Strict):

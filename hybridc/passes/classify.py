@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
+from hybridc.passes.composite import find_composites
 from hybridc.passes.ops import (
     ACTIVATIONS,
     LINEAR_POOLS,
@@ -20,7 +21,9 @@ from hybridc.passes.ops import (
     op_key,
 )
 
-KINDS = ("free", "weight", "activation", "linear", "norm", "pool", "digital")
+#: `part`: an interior node of a composite activation (an element-wise function of one value written out
+#: with several ops, e.g. GELU as 0.5·x·(1 + tanh(...))); it is computed with the composite's last node.
+KINDS = ("free", "weight", "activation", "part", "linear", "norm", "pool", "digital")
 
 
 @dataclass
@@ -31,6 +34,8 @@ class NodeInfo:
     key: str
     reason: str = ""  # why a node is digital
     attention: str = ""  # non-empty: the node belongs to this attention module/region
+    source: fx.Node | None = None  # a composite activation's pre-activation (its single data source)
+    composite: str = ""  # a composite activation: what it was recognised as, for the plan's decisions
 
 
 def _is_tensor(node: fx.Node) -> bool:
@@ -82,19 +87,20 @@ def _attention_regions(gm: fx.GraphModule, keys: dict[fx.Node, str], data: set[f
     module stack) plus, for attention written from scratch, its core (softmax/SDPA and activation x
     activation products) and the projections linked to the core through pure shape ops."""
     region: dict[fx.Node, str] = {}
-    mha_owners: set[str] = set()
+    mha_owners: list[str] = []  # a list in graph order, not a set: the plan must not depend on hashing
     for node in gm.graph.nodes:
         stack = node.meta.get("nn_module_stack") or {}
-        for path, typ in stack.values():
-            if "MultiheadAttention" in str(typ):
-                mha_owners.add(path)
+        owners = [path for path, typ in stack.values() if "MultiheadAttention" in str(typ)]
         if keys.get(node) == "attention":
-            mha_owners.add(str(node.target) if node.op == "call_module" else node.meta.get("hybridc_module", ""))
+            owners.append(str(node.target) if node.op == "call_module" else node.meta.get("hybridc_module", ""))
+        mha_owners.extend(m for m in owners if m and m not in mha_owners)
     for node in gm.graph.nodes:
         owner = node.meta.get("hybridc_module", "")
-        for m in mha_owners:
-            if m and (owner == m or owner.startswith(m + ".")):
+        # the outermost attention module that owns the node
+        for m in sorted(mha_owners, key=len):
+            if owner == m or owner.startswith(m + "."):
                 region[node] = m
+                break
     core = [n for n in gm.graph.nodes if n in data and (
         keys.get(n) == "sdpa"
         or (keys.get(n) in ("matmul", "einsum") and n not in weights))]
@@ -111,7 +117,8 @@ def _attention_regions(gm: fx.GraphModule, keys: dict[fx.Node, str], data: set[f
             seen.add(n)
             if n in weights:
                 region.setdefault(n, name)
-            elif keys.get(n) in PURE_SHAPE_OPS or keys.get(n) in ("mul", "div", "softmax", "getitem"):
+            elif keys.get(n) in _PROJECTION_PATH or keys.get(n) in ("mul", "div", "softmax", "getitem"):
+                # a projection may be normalised before the core (LeViT's Linear + BatchNorm1d)
                 region.setdefault(n, name)
                 stack.extend(n.all_input_nodes)
         # output projection: walk forward through pure shape ops to the first weight
@@ -128,6 +135,10 @@ def _attention_regions(gm: fx.GraphModule, keys: dict[fx.Node, str], data: set[f
                 region.setdefault(n, name)
                 stack.extend(n.users)
     return region
+
+
+#: What a projection may pass through on its way into an attention core: shape ops and a norm.
+_PROJECTION_PATH = PURE_SHAPE_OPS | {"batch_norm", "layer_norm", "rms_norm", "group_norm"}
 
 
 def classify(gm: fx.GraphModule) -> dict[fx.Node, NodeInfo]:
@@ -159,6 +170,19 @@ def classify(gm: fx.GraphModule) -> dict[fx.Node, NodeInfo]:
             info[node] = NodeInfo("linear", key)
         else:
             info[node] = NodeInfo("digital", key, _digital_reason(key, node, data))
+    for node in gm.graph.nodes:
+        # torch.export's batch norm / max pool return (values, ...) tuples: item 0 is part of that op
+        if (keys[node] == "getitem" and node in info and isinstance(node.args[0], fx.Node)
+                and node.args[1] == 0 and info.get(node.args[0]) is not None
+                and info[node.args[0]].kind in ("norm", "pool")):
+            producer = info[node.args[0]]
+            info[node] = NodeInfo(producer.kind, producer.key)
+    for comp in find_composites(gm, keys, data, weights):
+        sink = info[comp.sink]
+        sink.kind, sink.key, sink.reason = "activation", comp.key, ""
+        sink.source, sink.composite = comp.source, comp.description
+        for n in comp.parts:
+            info[n] = NodeInfo("part", keys[n], source=comp.source)
     for node, owner in _attention_regions(gm, keys, data, weights).items():
         if node in info and info[node].kind != "free":
             info[node].attention = owner

@@ -116,7 +116,9 @@ def lower_synapses(gm: fx.GraphModule, block: Block, inputs: list[str]) -> Lower
         if node.name not in members or node in cp.env:
             continue
         if node.name in neurons:
-            if neurons[node.name].preactivation == "input":
+            if neurons[node.name].source:  # a composite activation: its pre-activation is its source
+                pre[node.name] = cp.lookup(cp.by_name[neurons[node.name].source])
+            elif neurons[node.name].preactivation == "input":
                 pre[node.name] = cp.lookup(_data_arg(node))
             else:
                 pre[node.name] = (cp.lookup(_data_arg(node)) if node.name in identity

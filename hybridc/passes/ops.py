@@ -66,6 +66,12 @@ _ALIASES = {
     "_unsafe_view": "view", "view_copy": "view", "_reshape_alias": "view", "reshape": "view", "view": "view",
     "alias": "identity", "detach": "identity", "contiguous": "identity", "clone": "identity",
     "type_as": "identity", "lift_fresh_copy": "identity",
+    # casts and templated reshapes: linear in their data operand (`x.view_as(y)` reads only y's shape)
+    "to": "identity", "float": "identity", "double": "identity", "half": "identity", "bfloat16": "identity",
+    "_to_copy": "identity", "reshape_as": "view", "view_as": "view", "expand_as": "expand",
+    "broadcast_to": "expand", "ravel": "view", "movedim": "permute", "moveaxis": "permute",
+    "swapaxes": "transpose", "swapdims": "transpose",
+    "pad": "pad", "constant_pad_nd": "pad",
     "matmul": "matmul", "mm": "matmul", "bmm": "matmul", "addmm": "addmm", "einsum": "einsum",
     "dim": "meta", "size": "meta", "sym_size": "meta", "numel": "meta",
 }
@@ -88,8 +94,10 @@ PURE_SHAPE_OPS = frozenset({"flatten", "unflatten", "view", "permute", "transpos
 #: Ops that are linear (or affine with a parameter/constant operand) in their data operand.
 SHAPE_OPS = frozenset({
     "flatten", "unflatten", "view", "permute", "transpose", "t", "squeeze", "unsqueeze", "identity",
-    "dropout", "expand", "cat", "add", "sub", "neg", "mul", "div", "rsub", "pos",
+    "dropout", "expand", "cat", "add", "sub", "neg", "mul", "div", "rsub", "pos", "pad",
 })
+#: Tensor methods whose second operand is a template read only for its shape/dtype (`x.view_as(y)`).
+TEMPLATE_METHODS = frozenset({"view_as", "reshape_as", "expand_as", "type_as"})
 WEIGHT_OPS = frozenset({"linear", "conv", "conv_transpose", "matmul", "addmm"})
 
 
@@ -100,11 +108,23 @@ def module_of(node: fx.Node, gm: fx.GraphModule) -> nn.Module | None:
     return gm.get_submodule(str(node.target))
 
 
+def value_inputs(node: fx.Node) -> list[fx.Node]:
+    """The inputs whose values flow into `node`'s value: all of them except a template operand read only
+    for its shape (`x.reshape_as(y)` depends on y's shape, not on y's values)."""
+    target = node.target
+    name = target._overloadpacket.__name__ if isinstance(target, torch._ops.OpOverload) else target
+    if node.op in ("call_method", "call_function") and name in TEMPLATE_METHODS and node.args:
+        first = node.args[0]
+        return [first] if isinstance(first, fx.Node) else []
+    return list(node.all_input_nodes)
+
+
 def op_key(node: fx.Node, gm: fx.GraphModule) -> str:
     """Normalised name of what `node` computes ("linear", "relu", "add", "batch_norm", ...)."""
     if node.op in ("placeholder", "output", "get_attr"):
         return node.op
     if node.op == "call_module":
+        # the tracer keeps only stock modules as leaves (trace.stock_class): the class says what they compute
         mod = module_of(node, gm)
         for types, key in _MODULE_KEYS:
             if isinstance(mod, types):

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import math
+import operator
 
 import networkx as nx
+import torch
 import torch.fx as fx
 
 from hybridc.errors import PartitionError
 from hybridc.passes.classify import NodeInfo, classify
+from hybridc.passes.composite import UNKNOWN_COMPOSITE
 from hybridc.passes.lower import block_io
-from hybridc.passes.ops import NON_MONOTONE_ACTIVATIONS, TOKEN_NORMS, activation_params
+from hybridc.passes.ops import NON_MONOTONE_ACTIVATIONS, TOKEN_NORMS, activation_params, value_inputs
 from hybridc.passes.trace import TracedGraph
 from hybridc.plan import (
     ActivationSpec,
@@ -43,10 +46,11 @@ def _eligible(info: NodeInfo, cfg: PartitionConfig) -> tuple[bool, str]:
     if info.kind == "weight":
         return True, ""
     if info.kind == "activation":
-        if info.key in NON_MONOTONE_ACTIVATIONS and cfg.activation == "keep" and cfg.non_monotone == "refuse":
-            return False, f"{info.key} is not monotone and cannot be an energy's activation (non_monotone=refuse)"
+        if _not_monotone(info) and cfg.activation == "keep" and cfg.non_monotone == "refuse":
+            return False, (f"{_act_name(info)} is not monotone and cannot be an energy's activation "
+                           "(non_monotone=refuse)")
         return True, ""
-    if info.kind == "linear":
+    if info.kind in ("linear", "part"):
         return True, ""
     if info.kind == "norm":
         policy, field = (cfg.layer_norm, "layer_norm") if info.key in TOKEN_NORMS else (cfg.norm, "norm")
@@ -58,6 +62,57 @@ def _eligible(info: NodeInfo, cfg: PartitionConfig) -> tuple[bool, str]:
             return False, "pooling (pool policy digital)"
         return True, ""
     return False, info.reason or "digital op"
+
+
+def _not_monotone(info: NodeInfo) -> bool:
+    """An activation without an energy form as it is: non-monotone, or a composite matching none known."""
+    return info.key in NON_MONOTONE_ACTIVATIONS or info.key == UNKNOWN_COMPOSITE
+
+
+def _act_name(info: NodeInfo) -> str:
+    return f"composite activation ({info.composite})" if info.composite else info.key
+
+
+def _tensor_at(gm: fx.GraphModule, path: str) -> object:
+    obj: object = gm
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def _tied_to_digital(gm: fx.GraphModule, nodes: list[fx.Node], info: dict[fx.Node, NodeInfo],
+                     free: set[fx.Node]) -> dict[fx.Node, str]:
+    """Weight layers whose weight tensor is also read by a node that is not a weight layer (HF's `lm_head`
+    tied to the token embedding): one tensor cannot be both an analog conductance array and a digital
+    lookup table, so such a layer stays digital. Returns {weight node: reason}."""
+    readers: dict[int, list[fx.Node]] = {}
+    for n in nodes:
+        tensors: list[object] = []
+        if n.op == "call_module":
+            tensors = list(gm.get_submodule(str(n.target)).parameters())
+        elif n not in free:
+            tensors = [_tensor_at(gm, p) for a in n.all_input_nodes if a in free or a.op == "get_attr"
+                       for p in [_parameter_path(a)] if p is not None]
+        for t in tensors:
+            if isinstance(t, torch.Tensor) and n not in readers.setdefault(id(t), []):
+                readers[id(t)].append(n)
+    out: dict[fx.Node, str] = {}
+    for n in nodes:
+        if info[n].kind != "weight":
+            continue
+        if n.op == "call_module":
+            w = getattr(gm.get_submodule(str(n.target)), "weight", None)
+        else:
+            operand = _parameter_operand(n, info[n], free)
+            path = _parameter_path(operand) if operand is not None else None
+            w = _tensor_at(gm, path) if path else None
+        if not isinstance(w, torch.Tensor):
+            continue
+        others = [r for r in readers.get(id(w), []) if r is not n and info[r].kind != "weight"]
+        if others:
+            out[n] = (f"its weight is tied to {others[0].name} ({info[others[0]].key}), which is digital: one tensor "
+                      "cannot be both an analog conductance array and a digital table")
+    return out
 
 
 def _uniform_groups(items: list[fx.Node], max_size: int) -> list[list[fx.Node]]:
@@ -89,6 +144,10 @@ class _Partitioner:
             ok, why = _eligible(self.info[n], cfg)
             self.eligible[n] = ok
             self.reason[n] = why
+        for w, why in _tied_to_digital(self.gm, self.nodes, self.info, self.free).items():
+            if self.eligible.get(w):
+                self.eligible[w] = False
+                self.reason[w] = why
 
     # ---- chains -------------------------------------------------------------------------------------
     def chains(self) -> list[list[fx.Node]]:
@@ -115,7 +174,8 @@ class _Partitioner:
             if self.info[n].kind == "weight":
                 found.add(n)
             else:
-                stack.extend(n.all_input_nodes if upstream else n.users)
+                # a template operand (`h.reshape_as(x)` reads x's shape only) links no weights
+                stack.extend(value_inputs(n) if upstream else (u for u in n.users if n in value_inputs(u)))
         return found
 
     def assign(self, groups: list[list[fx.Node]]) -> dict[fx.Node, int]:
@@ -139,9 +199,11 @@ class _Partitioner:
 
     # ---- blocks -------------------------------------------------------------------------------------
     def _contracted(self, member: dict[fx.Node, int]) -> nx.DiGraph:
+        """Analog groups contracted to one vertex each, digital nodes as they are. Vertices and edges are
+        inserted in graph order (never from a set), so `find_cycle` finds the same cycle in every process."""
         g = nx.DiGraph()
         key = {n: (("a", member[n]) if n in member else ("n", n.name)) for n in self.nodes if n not in self.free}
-        g.add_nodes_from(set(key.values()))
+        g.add_nodes_from(dict.fromkeys(key.values()))
         for n in key:
             for a in self._data_inputs(n):
                 if a in key and key[a] != key[n]:
@@ -163,25 +225,92 @@ class _Partitioner:
         return out
 
     def make_groups(self) -> tuple[list[list[fx.Node]], dict[fx.Node, int], list[Decision]]:
-        groups: list[list[fx.Node]] = []
-        for ws in self.chains():
-            groups.extend(_uniform_groups(ws, self.cfg.max_block_size))
+        """Chains cut into groups, then split until the contracted block graph is acyclic.
+
+        A cycle leaves an analog group through a digital node and comes back into it; it always passes a
+        group of >= 2 weight layers (a one-layer group holds its weight only, and the graph itself is a DAG),
+        so splitting the largest group on the cycle (the earliest among equals) makes progress. Should a
+        cycle hold only one-layer groups, its first weight stays digital (recorded) instead of failing."""
         decisions: list[Decision] = []
         while True:
-            member = self.assign(groups)
-            cg = self._contracted(member)
-            try:
-                cycle = nx.find_cycle(cg)
-            except nx.NetworkXNoCycle:
+            groups: list[list[fx.Node]] = []
+            for ws in self.chains():
+                groups.extend(_uniform_groups(ws, self.cfg.max_block_size))
+            groups, member, ok = self._split_cycles(groups, decisions)
+            if ok:
+                self._absorb_batch_restoring_tails(member)
                 return groups, member, decisions
-            bad = next(k[1] for edge in cycle for k in edge[:2] if k[0] == "a")
+
+    def _absorb_batch_restoring_tails(self, member: dict[fx.Node, int]) -> None:
+        """A neuron's state is per sample, so an analog block's output must lead with the batch dimension.
+        HF's Conv1D computes `addmm(b, x.view(-1, n), W).view(B, T, m)`: the weight's output folds batch and
+        tokens. Such an output takes the reshape after it into the block (no new block edges: the reshape
+        reads only values of the block, some for their shape), so the neuron is the (B, T, m) value."""
+        batch = next((n.meta["hybridc_shape"][0] for n in self.gm.graph.nodes
+                      if n.op == "placeholder" and n.meta.get("hybridc_shape")), None)
+        if batch is None:
+            return
+        for n in self.nodes:
+            g = member.get(n)
+            if g is None:
+                continue
+            while True:
+                shape = n.meta.get("hybridc_shape") or []
+                users = list(n.users)
+                if not shape or shape[0] == batch or len(users) != 1:
+                    break
+                (u,) = users
+                if (u in member or not self.eligible.get(u) or self.info[u].kind != "linear"
+                        or self.info[u].key not in ("view", "flatten", "unflatten")
+                        or any(member.get(a) != g for a in self._data_inputs(u))):
+                    break
+                member[u] = g
+                n = u
+
+    def _split_cycles(self, groups: list[list[fx.Node]], decisions: list[Decision]
+                      ) -> tuple[list[list[fx.Node]], dict[fx.Node, int], bool]:
+        """Split groups until the block graph is acyclic (True), or make one weight digital (False: the
+        chains must be recomputed)."""
+        while True:
+            member = self.assign(groups)
+            try:
+                cycle = nx.find_cycle(self._contracted(member))
+            except nx.NetworkXNoCycle:
+                return groups, member, True
+            on_cycle = list(dict.fromkeys(k[1] for edge in cycle for k in edge[:2] if k[0] == "a"))
+            bad = max(on_cycle, key=lambda gi: (len(groups[gi]), -self.order[groups[gi][0]]))
             ws = groups[bad]
             if len(ws) < 2:
-                raise PartitionError(f"cannot make the block graph acyclic around {ws[0].name}")
-            half = len(ws) // 2
-            groups[bad:bad + 1] = [ws[:half], ws[half:]]
-            decisions.append(Decision(node=ws[half].name, action="split",
+                w = min((groups[gi][0] for gi in on_cycle), key=self.order.__getitem__)
+                self.eligible[w] = False
+                self.reason[w] = "kept digital so that the block graph stays acyclic (no block on the cycle can be split)"
+                decisions.append(Decision(node=w.name, action="kept_digital", reason=self.reason[w]))
+                return groups, member, False
+            cut = self._cut_point(ws, bad, cycle, member)
+            groups[bad:bad + 1] = [ws[:cut], ws[cut:]]
+            decisions.append(Decision(node=ws[cut].name, action="split",
                                       reason="cut here so that the block graph stays acyclic"))
+
+    def _cut_point(self, ws: list[fx.Node], gi: int, cycle: list[tuple], member: dict[fx.Node, int]) -> int:
+        """Where to split group `gi` (weights `ws`) to break `cycle`: before the first weight downstream of
+        the member through which the cycle re-enters the group (so the part the cycle leaves from and the
+        part it comes back to become two blocks); the middle when that does not separate the weights."""
+        me = ("a", gi)
+        preds = [u for u, v, *_ in cycle if v == me and u != me]
+        entries = [n for n in self.nodes if member.get(n) == gi and any(
+            (("a", member[a]) if a in member else ("n", a.name)) in preds for a in self._data_inputs(n))]
+        if entries:
+            below: set[fx.Node] = set()
+            stack = [entries[0]]
+            while stack:
+                n = stack.pop()
+                if n not in below:
+                    below.add(n)
+                    stack.extend(n.users)
+            cut = next((i for i, w in enumerate(ws) if w in below), len(ws))
+            if 0 < cut < len(ws):
+                return cut
+        return len(ws) // 2
 
     def digital_groups(self, member: dict[fx.Node, int], n_analog: int) -> dict[fx.Node, tuple[int, int]]:
         """Digital nodes grouped by (analog depth, connected component): keeps the block graph a DAG."""
@@ -240,31 +369,73 @@ class _Partitioner:
 
 def _activation_spec(node: fx.Node, info: NodeInfo, gm: fx.GraphModule, cfg: PartitionConfig
                      ) -> tuple[ActivationSpec, Decision | None]:
+    name = _act_name(info)
     if cfg.activation == "hardsigmoid":
         spec = ActivationSpec(kind="hardsigmoid", params={"slope": cfg.hardsigmoid_slope})
         return spec, Decision(node=node.name, action="substituted",
-                              reason=f"{info.key} -> {spec} (activation policy hardsigmoid)")
-    if info.key in NON_MONOTONE_ACTIVATIONS:
+                              reason=f"{name} -> {spec} (activation policy hardsigmoid)")
+    if _not_monotone(info):
         spec = ActivationSpec(kind="relu")
         return spec, Decision(node=node.name, action="substituted",
-                              reason=f"{info.key} is not monotone, so it cannot be an energy's activation; "
+                              reason=f"{name} is not monotone, so it cannot be an energy's activation; "
                                      "substituted relu (activation policy keep)")
     kind = "torch_hardsigmoid" if info.key == "hardsigmoid" else info.key
-    return ActivationSpec(kind=kind, params=activation_params(node, gm)), None
+    params = {} if info.composite else activation_params(node, gm)
+    decision = None
+    if info.composite:
+        decision = Decision(node=node.name, action="substituted",
+                            reason=f"{name} -> {info.key} (one neuron; activation policy keep)")
+    return ActivationSpec(kind=kind, params=params), decision
 
 
-def _weight_name(node: fx.Node) -> str:
+def _parameter_operand(node: fx.Node, info: NodeInfo, free: set[fx.Node]) -> fx.Node | None:
+    """The operand of a functional weight op that carries its parameter: `weight` of linear/conv, the
+    non-data factor of matmul/addmm (HF Conv1D: `addmm(bias, x, weight)`)."""
+    if info.key in ("linear", "conv", "conv_transpose"):
+        w = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+        return w if isinstance(w, fx.Node) else None
+    if info.key in ("matmul", "addmm"):
+        operands = list(node.args[1:3]) if info.key == "addmm" else list(node.args[:2])
+        for a in operands:
+            if isinstance(a, fx.Node) and (a in free or a.op == "get_attr"):
+                return a
+    return None
+
+
+def _parameter_path(start: fx.Node) -> str | None:
+    """The get_attr target a free parameter expression reads (`w.t()` -> "fc.weight"), first operand first."""
+    stack, seen = [start], set()
+    while stack:
+        x = stack.pop(0)
+        if x in seen:
+            continue
+        seen.add(x)
+        if x.op == "get_attr":
+            return str(x.target)
+        stack.extend(x.all_input_nodes)
+    return None
+
+
+def _weight_name(node: fx.Node, info: NodeInfo, free: set[fx.Node]) -> str:
+    """The layer's name in `weight_layers`: the module path, or the parameter's owner for functional ops."""
     if node.op == "call_module":
         return str(node.target)
-    for a in node.all_input_nodes[1:] if node.args and isinstance(node.args[0], fx.Node) else node.all_input_nodes:
-        stack = [a]
-        while stack:
-            x = stack.pop()
-            if x.op == "get_attr":
-                t = str(x.target)
-                return t[: -len(".weight")] if t.endswith(".weight") else t
-            stack.extend(x.all_input_nodes)
-    return node.name
+    operand = _parameter_operand(node, info, free)
+    path = _parameter_path(operand) if operand is not None else None
+    if path is None:
+        return node.name
+    return path[: -len(".weight")] if path.endswith(".weight") else path
+
+
+def _zero_scale(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Does this norm multiply by an all-zero affine weight (timm's zero-init last BN of a residual branch)?"""
+    if node.op == "call_module":
+        w = getattr(gm.get_submodule(str(node.target)), "weight", None)
+    else:
+        paths = [_parameter_path(a) for a in node.all_input_nodes if a.op == "get_attr"]
+        found = [_tensor_at(gm, q) for q in paths if q and q.rsplit(".", 1)[-1] in ("weight", "gamma")]
+        w = found[0] if found else None
+    return isinstance(w, torch.Tensor) and w.numel() > 0 and not bool(w.detach().ne(0).any())
 
 
 def _ref(node: fx.Node) -> TensorRef:
@@ -344,17 +515,22 @@ def partition_graph(traced: TracedGraph, cfg: PartitionConfig, example_shapes: l
         policy = cfg.layer_norm if info.key in TOKEN_NORMS else cfg.norm
         if info.kind == "norm" and p.eligible.get(n) and (analog or policy == "drop"):
             identity[k].append(n.name)
+            if n.target is operator.getitem:  # item 0 of an exported norm's tuple: removed with the norm
+                continue
+            zero = (": its scale is zero (a zero-init residual branch), so the branch no longer starts at zero"
+                    if _zero_scale(gm, n) else "")
             decisions.append(Decision(node=n.name, action="removed", block=names[k],
                                       reason=f"{info.key} removed (policy {policy}"
-                                             f"{', inside an analog block' if analog else ''})"))
+                                             f"{', inside an analog block' if analog else ''}){zero}"))
         elif info.kind == "linear" and info.key == "dropout" and analog:
             identity[k].append(n.name)
             decisions.append(Decision(node=n.name, action="removed", block=names[k],
                                       reason="dropout inside an analog block is the identity"))
-        elif info.kind == "pool" and analog and not (
+        elif info.kind == "pool" and analog and n.target is not operator.getitem and not (
                 info.key == "max_pool" and len(n.all_input_nodes) >= 1
                 and p.info.get(n.all_input_nodes[0]) is not None
-                and p.info[n.all_input_nodes[0]].kind == "activation" and len(n.all_input_nodes[0].users) == 1
+                and p.info[n.all_input_nodes[0]].kind == "activation"
+                and p.info[n.all_input_nodes[0]].source is None and len(n.all_input_nodes[0].users) == 1
                 and block_key.get(n.all_input_nodes[0]) == k):
             decisions.append(Decision(node=n.name, action="absorbed", block=names[k],
                                       reason=f"{info.key} absorbed into a synapse (pool policy absorb)"))
@@ -375,10 +551,11 @@ def partition_graph(traced: TracedGraph, cfg: PartitionConfig, example_shapes: l
             block.eb_kind = cfg.eb_kind
             if cfg.eb_kind == "drn":
                 block.eb_params = {"gamma": cfg.drn_gamma}
-            block.weight_layers = [_weight_name(n) for n in nodes if p.info[n].kind == "weight"]
+            block.weight_layers = [_weight_name(n, p.info[n], p.free) for n in nodes if p.info[n].kind == "weight"]
             node_set = set(nodes)
             pooled = {n: next(iter(n.users)) for n in nodes
-                      if p.info[n].kind == "activation" and len(n.users) == 1
+                      if p.info[n].kind == "activation" and p.info[n].source is None and len(n.users) == 1
+                      and "hybridc_shape" in next(iter(n.users)).meta
                       and next(iter(n.users)) in node_set and p.info[next(iter(n.users))].key == "max_pool"}
             pool_of = {v: k for k, v in pooled.items()}
             for n in nodes:
@@ -405,7 +582,8 @@ def partition_graph(traced: TracedGraph, cfg: PartitionConfig, example_shapes: l
                         dec.block = block.name
                         decisions.append(dec)
                     block.neurons.append(Neuron(node=n.name, activation=spec, preactivation="input",
-                                                shape=n.meta.get("hybridc_shape")))
+                                                shape=n.meta.get("hybridc_shape"),
+                                                source=info.source.name if info.source is not None else None))
                 elif n in outs:
                     block.neurons.append(Neuron(node=n.name, activation=ActivationSpec(kind="identity"),
                                                 preactivation="self", shape=n.meta.get("hybridc_shape")))

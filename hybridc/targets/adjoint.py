@@ -154,6 +154,7 @@ class Rule:
     exclusive: tuple[str, ...] = ()
     check: CheckFn | None = None
     tuple_out: bool = False  # the op returns (values, indices) whatever its arguments say
+    meta_args: tuple[str, ...] = ()  # read only for their shape/dtype (``x.view_as(y)``): may be data
 
 
 def _arg(module: nn.Module | None, a: Mapping[str, Any], name: str, default: Any = None) -> Any:
@@ -297,6 +298,11 @@ def _getitem_adjoint(rec: _Record, grad: Tensor, need: frozenset) -> dict[str, A
 def _select_adjoint(rec: _Record, grad: Tensor, need: frozenset) -> dict[str, Any]:
     x = rec.a["input"]
     return {"input": torch.select_scatter(grad.new_zeros(x.shape), grad, rec.a["dim"], rec.a["index"])}
+
+
+def _pad_adjoint(rec: _Record, grad: Tensor, need: frozenset) -> dict[str, Any]:
+    """Constant padding adds constants around x: its transpose crops them off (negative padding)."""
+    return {"input": F.pad(grad, [-int(p) for p in rec.a["pad"]])}
 
 
 def _slice_adjoint(rec: _Record, grad: Tensor, need: frozenset) -> dict[str, Any]:
@@ -485,6 +491,13 @@ def _adaptive_avgpool_adjoint(rec: _Record, grad: Tensor, need: frozenset, nd: i
 # ---- analysis-time checks ------------------------------------------------------------------------
 
 
+def _check_pad(step: _Step, prog: AdjointProgram) -> str | None:
+    mode = step.binding.get("mode", "constant")
+    if mode != "constant":
+        return f"pad mode={mode!r} is not supported (only 'constant')"
+    return None
+
+
 def _check_conv(step: _Step, prog: AdjointProgram) -> str | None:
     mode = getattr(step.module, "padding_mode", "zeros")
     if mode != "zeros":
@@ -571,8 +584,12 @@ _register(
     torch.dropout,
     _aten("dropout.default"),
 )
+#: Size/index arguments are integers, so they are never affine data even when computed from an input's
+#: shape (torch.export spells `x.view(x.size(0), -1)` with `sym_size` values that the block's prefix computes).
+_SIZE_ARGS = ("args", "kwargs", "size", "shape", "sizes", "dim", "index", "start", "end", "step", "length")
+
 _register(
-    Rule(_reshape_adjoint),
+    Rule(_reshape_adjoint, meta_args=_SIZE_ARGS),
     _SHAPE_ARGS,
     nn.Flatten,
     nn.Unflatten,
@@ -582,9 +599,7 @@ _register(
     torch.squeeze,
     torch.unsqueeze,
     torch.ravel,
-    *_methods(
-        "view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as", "ravel"
-    ),
+    *_methods("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "ravel"),
     _aten("view.default"),
     _aten("reshape.default"),
     _aten("_unsafe_view.default"),
@@ -596,11 +611,24 @@ _register(
     _aten("unsqueeze.default"),
 )
 _register(
-    Rule(_expand_adjoint),
+    Rule(_expand_adjoint, meta_args=_SIZE_ARGS),
     _SHAPE_ARGS,
     torch.broadcast_to,
-    *_methods("expand", "expand_as", "broadcast_to"),
+    *_methods("expand", "broadcast_to"),
     _aten("expand.default"),
+)
+# `x.view_as(y)`: y is a template read for its shape (or dtype) only, so it may depend on states
+_register(Rule(_reshape_adjoint, meta_args=("other",)), "input, other", *_methods("view_as", "reshape_as"),
+          _aten("view_as.default"), _aten("reshape_as.default"))
+_register(Rule(_expand_adjoint, meta_args=("other",)), "input, other", *_methods("expand_as"),
+          _aten("expand_as.default"))
+_register(Rule(_cast_adjoint, meta_args=("other",)), "input, other", *_methods("type_as"), _aten("type_as.default"))
+_register(
+    Rule(_pad_adjoint, check=_check_pad, meta_args=("pad",)),
+    "input, pad, mode='constant', value=None",
+    F.pad,
+    _aten("pad.default"),
+    _aten("constant_pad_nd.default"),
 )
 _register(
     Rule(_cast_adjoint),
@@ -632,15 +660,15 @@ _register(Rule(_tensor_attr_adjoint, check=_check_tensor_attr), "input, name", g
 _register(
     Rule(_getitem_adjoint, forward=_getitem_forward, check=_check_getitem), "input, index", operator.getitem
 )
-_register(Rule(_select_adjoint), "input, dim, index", torch.select, *_methods("select"), _aten("select.int"))
+_register(Rule(_select_adjoint, meta_args=_SIZE_ARGS), "input, dim, index", torch.select, *_methods("select"), _aten("select.int"))
 _register(
-    Rule(_slice_adjoint),
+    Rule(_slice_adjoint, meta_args=_SIZE_ARGS),
     "input, dim, start, length",
     torch.narrow,
     *_methods("narrow"),
     _aten("narrow.default"),
 )
-_register(Rule(_slice_adjoint), "", _aten("slice.Tensor"))
+_register(Rule(_slice_adjoint, meta_args=_SIZE_ARGS), "", _aten("slice.Tensor"))
 
 _register(
     Rule(partial(_reduce_adjoint, mean=True)),
@@ -995,7 +1023,8 @@ class AdjointProgram:
         except ValueError as exc:
             raise self._unsupported(node, f"unexpected arguments ({exc})") from None
         step.rule = rule
-        data_names = {k for k, v in step.binding.items() if any(n in self._data for n in _nodes_in(v))}
+        data_names = {k for k, v in step.binding.items()
+                      if k not in rule.meta_args and any(n in self._data for n in _nodes_in(v))}
         bad = sorted(data_names - set(rule.data_args))
         if bad:
             raise self._unsupported(
