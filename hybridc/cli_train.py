@@ -108,8 +108,9 @@ def train_command(
     t2: Annotated[int | None, typer.Option("--t2", help="nudged-phase steps [5]")] = None,
     solver_mode: SolverModeOpt = None,
     feedback_gain: Annotated[float | None, typer.Option(
-        "--feedback-gain", help="bound slope·σ_max(W)² of layers feeding back in multi-layer blocks after each "
-                                "step (e.g. 0.9: relaxations stay contractive); 0 = off [off; 0.9 for the embedded default]")] = None,
+        "--feedback-gain", help="equilibrium by construction: bound every multi-layer Hopfield block's feedback "
+                                "gain ρ (its free phase is then a contraction) at compile time and after every "
+                                "step; 0 = off [0.9]")] = None,
     init: Annotated[Init | None, typer.Option(help="analog weights: keep (model's init) or goe [keep]")] = None,
     goe_variance: Annotated[float | None, typer.Option("--goe-variance", help="[5e-5]")] = None,
     norm: NormOpt = None,

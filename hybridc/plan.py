@@ -116,7 +116,7 @@ class Decision(_Strict):
     """A record of something the partitioner changed or kept digital, and why."""
 
     node: str
-    action: Literal["removed", "absorbed", "substituted", "kept_digital", "split"]
+    action: Literal["removed", "absorbed", "substituted", "kept_digital", "split", "rescaled", "unconstrained"]
     reason: str
     block: str | None = None
 

@@ -1,10 +1,12 @@
-"""FeedbackGuard: σ_max by power iteration matches the exact operator norm (Linear and Conv), the projection
-enforces slope·σ_max(W)² ≤ gain on exactly the state-reading layers of multi-layer Hopfield blocks, and a block
-pushed out of contraction relaxes to a fixed point again once guarded."""
+"""The feedback-gain bound of hybridc.targets.contraction: ρ = ‖D_a^½ A D_a^½‖ measured through the block's own
+∂Φ/∂s matches the norm built by hand from the weights, the compile-time calibration brings ρ to the gain
+(also with an identity skip inside the block, which cannot be rescaled), a block whose skips alone give
+ρ_I ≥ 1 is reported instead of being zeroed, and a bounded block relaxes to one fixed point from any start,
+synchronously and even/odd."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import warnings
 
 import pytest
 import torch
@@ -12,9 +14,7 @@ from torch import nn
 
 from hybridc.api import compile
 from hybridc.models.mlp import MLP
-from hybridc.runtime.experiment import EMBEDDED_FEEDBACK_GAIN, ExperimentConfig
-from hybridc.runtime.train import train
-from hybridc.targets.contraction import FeedbackGuard, feedback_layers, spectral_norm
+from hybridc.targets.contraction import feedback_layers, feedback_norms, spectral_norm
 
 
 def test_power_iteration_matches_the_exact_operator_norm() -> None:
@@ -30,66 +30,104 @@ def test_power_iteration_matches_the_exact_operator_norm() -> None:
     assert abs(float(spectral_norm(conv, shape, iters=300)) - exact) <= 1e-4 * exact
 
 
-def _mlp_ffebm() -> tuple[nn.Module, torch.Tensor]:
+def _three_layer_block(scale: float, **kw) -> tuple[nn.Module, nn.Module, torch.Tensor]:  # noqa: ANN003
+    """MLP 12-10-8-6 as one analog block (neurons h1, h2 hard-sigmoid a=0.5, out identity), W2 and W3 ×scale."""
     torch.manual_seed(0)
-    x = torch.rand(16, 1, 8, 8, dtype=torch.float64)
-    ff = compile(MLP((64, 32, 32, 10), in_shape=(1, 8, 8)).double(), x, max_block_size=2,
-                 solver={"t1": 60, "check_every": 60})
-    return ff, x
-
-
-def test_guard_bounds_only_the_feedback_layers() -> None:
-    ff, x = _mlp_ffebm()
-    blk = ff.analog_blocks["analog1"]
-    (w1, w2) = [m for m in blk.modules() if isinstance(m, nn.Linear)]
-    assert feedback_layers(blk) == [w2]  # fc1 reads the block input only: no feedback through it
+    model = MLP((12, 10, 8, 6), in_shape=(12,)).double()
+    lins = [m for m in model.modules() if isinstance(m, nn.Linear)]
     with torch.no_grad():
-        w2.weight.mul_(20.0)
-    before_w1 = w1.weight.clone()
-    guard = FeedbackGuard(ff, gain=0.9)
-    assert [layer for _, layer, _ in guard.layers] == [w2]  # the single-layer head block has no loop
-    ff(x)  # the guard learns each layer's input shape from a forward pass
-    assert guard.gains()["analog1"] > 1.0
-    guard.project_()
-    assert guard.gains()["analog1"] <= 0.9 * (1 + 1e-3)
-    slope = 0.5
-    sigma = float(torch.linalg.matrix_norm(w2.weight, 2))
-    assert slope * sigma**2 <= 0.9 * (1 + 1e-3)
-    assert torch.equal(w1.weight, before_w1)
+        for lin in lins[1:]:
+            lin.weight.mul_(scale)
+    x = torch.rand(5, 12, dtype=torch.float64)
+    return model, compile(model, x, max_block_size=3, solver={"t1": 200, "check_every": 200}, **kw), x
 
 
-def test_guarded_block_relaxes_to_a_fixed_point() -> None:
-    ff, x = _mlp_ffebm()
-    blk = ff.analog_blocks["analog1"]
-    w2 = feedback_layers(blk)[0]
+def _hand_norm(w2: torch.Tensor, w3: torch.Tensor, a: float = 0.5) -> float:
+    """‖D^½ A D^½‖ with A = [[0, W2ᵀ, 0], [W2, 0, W3ᵀ], [0, W3, 0]], slopes (a, a, 1)."""
+    n1, n2, n3 = w2.shape[1], w2.shape[0], w3.shape[0]
+    A = torch.zeros(n1 + n2 + n3, n1 + n2 + n3, dtype=torch.float64)
+    A[n1:n1 + n2, :n1] = w2
+    A[n1 + n2:, n1:n1 + n2] = w3
+    A = A + A.T
+    d = torch.tensor([a] * (n1 + n2) + [1.0] * n3, dtype=torch.float64).sqrt()
+    return float(torch.linalg.matrix_norm(d[:, None] * A * d[None, :], 2))
+
+
+def test_measured_coupling_norm_equals_the_hand_built_one() -> None:
+    _, ff, _ = _three_layer_block(3.0, constrain=False)
+    (blk,) = ff.analog_blocks.values()
+    w2, w3 = [w.detach() for _, w in feedback_layers(blk)]
+    exact = _hand_norm(w2, w3)
+    assert exact > 1.0  # out of contraction before the bound
+    assert abs(feedback_norms(ff, iters=2000)[blk.name] - exact) <= 1e-6 * exact
+
+
+def test_compile_bounds_the_gain_rescales_only_state_reading_layers_and_records_it() -> None:
+    model, ff, x = _three_layer_block(3.0, feedback_gain=0.7)
+    (blk,) = ff.analog_blocks.values()
+    lins = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    w1, w2, w3 = [m.weight for m in blk.modules() if isinstance(m, nn.Linear)]
+    assert torch.equal(w1, lins[0].weight)  # reads the block input only: no feedback through it
+    factor = float(w2[0, 0].detach() / lins[1].weight[0, 0].detach())
+    assert factor < 1 and torch.allclose(w2, factor * lins[1].weight) and torch.allclose(w3, factor * lins[2].weight)
+    assert _hand_norm(w2.detach(), w3.detach()) == pytest.approx(0.7, rel=1e-4)
+    rescaled = [d for d in ff.plan.decisions if d.action == "rescaled"]
+    assert [d.block for d in rescaled] == [blk.name] * 2 and f"×{factor:.4g}" in rescaled[0].reason
+    assert "differs from the original" in rescaled[0].reason
+
+
+class _SkipInside(nn.Module):
+    """h1 = act(fc1 x), h2 = act(fc2 h1 + h1), out = fc3 h2: the residual add's source is a neuron of the block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 4)
+        self.act1, self.act2 = nn.ReLU(), nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act1(self.fc1(x))
+        return self.fc3(self.act2(self.fc2(h) + h))
+
+
+def _skip_block(**kw) -> tuple[nn.Module, torch.Tensor]:  # noqa: ANN003
+    torch.manual_seed(1)
+    model = _SkipInside().double()
     with torch.no_grad():
-        w2.weight.mul_(20.0)
-        ff(x)
-    assert float(blk.last_residual) > 1e-2  # out of contraction: no fixed point within 60 steps
-    guard = FeedbackGuard(ff, gain=0.5)  # two steps shrink a perturbation at least 2×: 0.5^30 after 60
-    ff(x)
-    guard.project_()
-    with torch.no_grad():
-        ff(x)
-    assert float(blk.last_residual) < 1e-6
+        model.fc2.weight.mul_(4.0)
+        model.fc3.weight.mul_(4.0)
+    x = torch.rand(5, 6, dtype=torch.float64)
+    return compile(model, x, max_block_size=3, solver={"t1": 200, "check_every": 200}, **kw), x
 
 
-def test_training_with_a_feedback_gain(tmp_path: Path) -> None:
-    cfg = ExperimentConfig(train_subset=160, test_subset=64, batch_size=16, epochs=1, t1=8, t2=3,
-                           model_kwargs={"sizes": [64, 32, 32, 10]}, progress=False, lr=0.05,
-                           feedback_gain=0.5)
-    train(cfg, out=tmp_path / "r")
-    state = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)["model"]
-    w2 = [v for k, v in state.items() if k.endswith("weight") and tuple(v.shape) == (32, 32)]
-    assert len(w2) == 1 and 0.5 * float(torch.linalg.matrix_norm(w2[0], 2)) ** 2 <= 0.5 * 1.01
-    with pytest.raises(ValueError, match="feedback_gain"):
-        ExperimentConfig(feedback_gain=-0.5)
+def test_identity_skip_inside_a_block_is_measured_and_the_secant_still_reaches_the_gain() -> None:
+    ff, _ = _skip_block(feedback_gain=0.8)
+    (blk,) = ff.analog_blocks.values()
+    assert blk.constraint.rho_skip == pytest.approx(0.5, rel=1e-3)  # √(a·a)·‖I‖ with a = 0.5
+    rho = feedback_norms(ff, iters=3000)[blk.name]
+    assert 0.6 < rho <= 0.8 * (1 + 1e-4)
 
 
-def test_embedded_default_is_guarded_unless_told_otherwise() -> None:
-    assert ExperimentConfig().feedback_gain == EMBEDDED_FEEDBACK_GAIN
-    assert ExperimentConfig(model="mlp").feedback_gain is None
-    assert ExperimentConfig(feedback_gain=None).feedback_gain is None
-    assert ExperimentConfig(feedback_gain=0).feedback_gain == 0  # 0 = off
-    saved = ExperimentConfig()
-    assert ExperimentConfig(**saved.model_dump()).feedback_gain == EMBEDDED_FEEDBACK_GAIN
+def test_a_skip_that_alone_breaks_contraction_is_reported_not_zeroed() -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ff, _ = _skip_block(feedback_gain=0.8, activation="keep")  # ReLU neurons: slope 1, ρ_I = 1
+    (blk,) = ff.analog_blocks.values()
+    assert blk.constraint.target is None
+    assert any("cannot be bounded" in str(w.message) and "ρ_I=1" in str(w.message) for w in caught)
+    unconstrained = [d for d in ff.plan.decisions if d.action == "unconstrained"]
+    assert unconstrained and "ρ_I=1" in unconstrained[0].reason
+    assert not any(d.action == "rescaled" for d in ff.plan.decisions)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_bounded_block_reaches_one_fixed_point_from_any_start(mode: str) -> None:
+    _, ff, x = _three_layer_block(6.0, feedback_gain=0.9)
+    (blk,) = ff.analog_blocks.values()
+    blk.solver = blk.solver.model_copy(update={"mode": mode})
+    ends = []
+    for seed in (0, 1):
+        g = torch.Generator().manual_seed(seed)
+        start = [4 * torch.randn(x.shape[0], *s, generator=g, dtype=torch.float64) for s in blk.neuron_shapes]
+        ends.append(blk.relax([x], start, 400, "free"))
+        assert float(blk.last_residual) < 1e-10
+    assert all(torch.allclose(a, b, atol=1e-9) for a, b in zip(*ends))

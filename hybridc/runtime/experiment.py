@@ -70,10 +70,10 @@ class ExperimentConfig(BaseModel):
     t2: int = Field(5, ge=1, description="nudged-phase relaxation steps (and BPTT unroll)")
     solver_mode: Literal["sync", "async"] = Field("sync", description="synchronous or even/odd updates")
     feedback_gain: float | None = Field(
-        None, ge=0, description="keep multi-layer Hopfield blocks contractive: after each optimizer step rescale "
-                                "their state-reading layers so that slope·σ_max(W)² ≤ feedback_gain (e.g. 0.9); "
-                                "None or 0 = unconstrained; the embedded default model uses "
-                                f"{EMBEDDED_FEEDBACK_GAIN} unless set")
+        None, ge=0, description="equilibrium by construction: bound every multi-layer Hopfield block's feedback "
+                                "gain ρ = ‖D_a^½ A D_a^½‖ at compile time and after every optimizer step "
+                                "(hybridc.targets.contraction); None = the compiler's default "
+                                f"({EMBEDDED_FEEDBACK_GAIN}), 0 = unconstrained")
 
     # ---- data -------------------------------------------------------------------------------------
     data: str = Field("digits", description="digits, fashion-mnist, mnist, kmnist, cifar10, cifar100, imagenet32")

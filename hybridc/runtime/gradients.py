@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from hybridc.targets.solver import check_gradients_finite
+
 if TYPE_CHECKING:
     from hybridc.targets.energy_block import EnergyBlock as DHNBlock
 
@@ -87,6 +89,8 @@ class _EquilibriumFunction(torch.autograd.Function):
         need_in = list(ctx.needs_input_grad[2:2 + ctx.n_in])
         need_p = list(ctx.needs_input_grad[2 + ctx.n_in:])
         in_grads, p_grads = cls.rule(block, inputs, s_star, _deltas(block, grad_outputs, s_star), need_in, need_p)
+        check_gradients_finite(block.name, block.gradient.mode, grad_outputs, [*in_grads, *p_grads],
+                               block.last_residual)
         return (None, None, *in_grads, *p_grads)
 
 

@@ -155,7 +155,10 @@ def compile_model(cfg: ExperimentConfig, model: nn.Module, example: tuple[torch.
     # One divergence check per phase (at its end) instead of every 5 steps: fewer host syncs per batch.
     solver = {"t1": cfg.t1, "t2": cfg.t2, "mode": cfg.solver_mode, "check_every": max(cfg.t1, cfg.t2)}
     common: dict[str, Any] = {"gradient": cfg.algorithm, "solver": solver, "init": cfg.init, "beta": cfg.beta,
-                              "goe_variance": cfg.goe_variance, "analog": cfg.analog or None}
+                              "goe_variance": cfg.goe_variance, "analog": cfg.analog or None,
+                              # equilibrium by construction (None: the compiler's default gain, 0: off); the
+                              # bound is kept after every optimizer step by hybridc.targets.contraction's hook
+                              "feedback_gain": cfg.feedback_gain}
     if plan is not None:
         return hc_compile(model, example, plan=plan, **common)
     return hc_compile(model, example, max_block_size=cfg.max_block_size, **common, **cfg.policies())
@@ -376,11 +379,6 @@ class Trainer:
         self.model = D.wrap_ddp(self.module, self.ctx, self.device)
         self.opt = make_optimizer(cfg, self.module)
         self.sched = make_scheduler(cfg, self.opt)
-        self.guard = None
-        if cfg.feedback_gain and cfg.algorithm != "bp":
-            from hybridc.targets.contraction import FeedbackGuard
-
-            self.guard = FeedbackGuard(self.module, cfg.feedback_gain)
         self.log = MetricsLog(self.run_dir / METRICS_NAME if self.ctx.is_main else None)
         self.start_epoch, self.partial = 0, None
         self._warned: set[str] = set()
@@ -444,9 +442,7 @@ class Trainer:
         # From here to the end the step is being committed: a hard interrupt inside leaves no checkpoint.
         self._in_step = True
         self._accumulate(acc, loss_sum.detach(), (out.detach().argmax(1) == y).sum(), y.shape[0])
-        self.opt.step()
-        if self.guard is not None:
-            self.guard.project_()
+        self.opt.step()  # its post-step hook keeps every analog block within its constraints (FFEBM.constrain_)
         acc.batches += 1
         self._in_step = False
 
@@ -641,7 +637,8 @@ class Trainer:
             parts.append(f"{len(self.block_names)} analog block(s), max_block_size {pc.max_block_size if pc else '-'}, "
                          f"{pc.activation if pc else '-'} slope {pc.hardsigmoid_slope if pc else '-'}, "
                          f"β {cfg.beta:g}, T1 {cfg.t1}, T2 {cfg.t2}, {cfg.solver_mode}, init {cfg.init}"
-                         + (f", feedback gain ≤ {cfg.feedback_gain:g}" if cfg.feedback_gain else ""))
+                         + (f", feedback gain ≤ {self.module.feedback_gain:g}"
+                            if getattr(self.module, "feedback_gain", None) else ", feedback gain unbounded"))
         parts.append(f"{cfg.epochs} epochs × {len(self.train_loader)} batches of {cfg.batch_size}, {cfg.optimizer} "
                      f"lr {cfg.lr:g} ({cfg.schedule}), device {self.device}"
                      + (f" × {self.ctx.world_size} processes" if self.ctx.enabled else ""))

@@ -1,53 +1,139 @@
-"""Keep Deep Hopfield blocks contractive while they learn, so that the free phase reaches a fixed point.
+"""Equilibrium by construction: bound every analog block's feedback gain so that its relaxation converges
+from any start, at compile time and after every optimizer step (one mechanism, `constrain_`, for every kind).
 
-A multi-layer DHN block whose output layer is linear couples its hidden neurons h to its output neurons
-s = W_out h, which feed back W_outᵀ s: two relaxation steps multiply a perturbation of h by up to
-a · ‖W_out‖² (a: the hidden activation's slope). Training can grow ‖W_out‖ until a · ‖W_out‖² > 1; the
-relaxation then oscillates or drifts and the network's function becomes its T1-step transient instead of
-an equilibrium, which is what EP's gradient assumes (measured on the Fashion-MNIST conv benchmark: residual
-0.75 after 20 steps, and accuracy falling from 92 % at T1=20 to 57 % at T1=200).
+Why. EP's gradient is the gradient of the loss at a fixed point. A block compiled from arbitrary weights (a
+Kaiming-initialised ResNet, a trained MLP with large weights) need not have one the relaxation reaches:
+measured on a timm-style ResNet-18 at its default T1, blocks end 0.2-4.5 away from a fixed point, and
+`gradient="id"` then returns NaN. The network's function becomes its T1-step transient instead of an
+equilibrium.
 
-`FeedbackGuard` rescales, after every optimizer step, each layer that reads neuron states (the layers of
-the block's core synapses; layers reading only the block inputs cannot feed back) so that
-a · σ_max(W)² ≤ gain. For a two-layer block (hidden + linear output) that bounds the spectral radius of
-the two-step relaxation map by `gain`: a contraction for gain < 1. For deeper blocks the same per-layer
-bound is applied; it is a heuristic there, not a guarantee. σ_max is estimated by power iteration on the
-layer's own operator (Linear or Conv, bias excluded) from a fixed start: deterministic, no state to
-checkpoint, identical on every DDP process.
+The sufficient condition (DHN blocks). Let the block's synapses be linear in the states (Linear, Conv,
+affine norms, adds, identity skips; pooling absorbed into the synapses is not linear: see below). Then
+u(s) = M s + c(x) and Φ(s) = ⟨s, u(s)⟩ = ½ sᵀA s + ⟨s, c⟩ with A = M + Mᵀ the symmetric coupling of the
+neuron layers: blocks W_ij and W_ijᵀ, identity skips inside the block included. The sync fixed-point map is
+F(s) = σ(A s + c), σ monotone with slopes in [0, a_i] on layer i (`slope_bound`). By the mean-value theorem
+F(s) − F(s') = Λ A (s − s') with Λ diagonal, entries in [0, a_i]. In coordinates z = D_a^{-1/2} s
+(D_a = diag(a_i)):
+
+    z_F − z'_F = (D_a^{-1/2} Λ D_a^{-1/2}) (D_a^{1/2} A D_a^{1/2}) (z − z'),   ‖D_a^{-1/2} Λ D_a^{-1/2}‖ ≤ 1,
+
+so F is Lipschitz in that weighted norm with constant ρ := ‖D_a^{1/2} A D_a^{1/2}‖₂. ρ < 1 makes the sync map
+a contraction: a unique fixed point, reached from any start at rate ρ per step.
+
+Async (even/odd) schedule. σ_j = ∇G_j* with G_j − ‖s_j‖²/(2a_j) convex (for the hard sigmoid
+G_j = ‖s_j‖²/(2a_j) on [0, 1]), so E(s) = Σ G_j(s_j) − ½ sᵀA s − ⟨s, c⟩ has Hessian ⪰ D_a^{-1} − A, and
+ρ < 1 gives D_a^{-1} ∓ A ≻ 0. The first makes E strongly convex (its unique minimiser is F's fixed point).
+Updating any subset P of layers by s_P ← σ_P((A s + c)_P) (one parity of the even/odd sweep; P may even hold
+coupled layers, e.g. a skip between depths 0 and 2) minimises G_P(s_P) − ⟨(A s_old + c)_P, s_P⟩, which is
+D_a^{-1}-strongly convex; with δ = s_new − s_old this gives E(s_new) ≤ E(s_old) − ½ δᵀ(D_a^{-1} + A_PP) δ
+≤ E(s_old) − ½(1 − ρ) ‖δ‖²_{D_a^{-1}}: sufficient decrease of a strongly convex energy, so the async
+iterates converge to the same fixed point.
+
+Measuring ρ, kind-agnostically and without host syncs: power iteration on the symmetric operator
+v ↦ D_a^{1/2} A D_a^{1/2} v, where A v is the block's own ∂Φ/∂s at states v minus ∂Φ/∂s at states 0, both with
+the inputs held at zero (inputs and biases cancel). It uses the block's `phi_grad` (fast transposed path or
+autograd), from a fixed start (deterministic, nothing to checkpoint, identical on every DDP process), so the
+estimate is a lower bound that tightens with the iterations; the gain is chosen with room below 1 for that.
+
+Bounding ρ. The weights that read neuron states (the block's core Linear/Conv layers; layers that read only
+the block's inputs cannot feed back) are all multiplied by one factor t ∈ (0, 1]. Where every state-to-
+pre-activation path holds one such layer, A(t) = t·A_W + A_I, with A_I the identity skips inside the block
+(e.g. a ResNet residual add whose source is a neuron of the same block), which cannot be rescaled. ρ(t) is
+convex with ρ(0) = ρ_I := ‖D_a^{1/2} A_I D_a^{1/2}‖, so the secant t = (gain − ρ_I)/(ρ(1) − ρ_I) guarantees
+ρ(t) ≤ gain. ρ_I is measured once at compile time (weights set to zero, restored exactly). If ρ_I ≥ gain
+the gain cannot be reached by rescaling: the target becomes (1 + ρ_I)/2 when ρ_I < 1 (still a contraction)
+and the block is left unconstrained when ρ_I ≥ 1 (e.g. kept ReLU neurons, slope 1, on both ends of a skip);
+both are recorded in the plan's decisions and warned about (lower the hard-sigmoid slope, or a smaller
+`max_block_size` so residual adds cross block boundaries).
+
+Limits, stated: pooling absorbed into the synapses (`pool=absorb`) makes u piecewise linear in s; ρ is then
+the coupling at the zero state's routing, a heuristic. Device effects that are not linear in the weight
+(quantisation, clipping) are measured through, rescaled through their ideal weights.
+
+DRN blocks: their relaxation is exact block coordinate descent on a convex energy as long as every
+conductance is ≥ 0, so their `constrain_` is that projection.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from hybridc.plan import ActivationSpec
+
+#: Default bound on a DHN block's feedback gain ρ (chosen by benchmarks/equilibrium_guard.py).
+DEFAULT_FEEDBACK_GAIN = 0.9
+#: Power-iteration steps and start vectors of the per-optimizer-step measurement.
+#: Power iteration underestimates ρ by its unconverged part; 50 steps of a batch of 2 cost about 2 % of a
+#: training step's free and nudged phases at batch 128 (measured on the Fashion-MNIST conv block).
+STEP_ITERS, STEP_STARTS = 50, 2
+#: ... and of the one-off compile-time calibration (host syncs allowed there).
+COMPILE_ITERS, COMPILE_STARTS = 100, 4
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
+# Largest slope of each neuron activation (a Lipschitz constant of σ); None = read from params.
+_SLOPES: dict[str, float] = {
+    "identity": 1.0, "relu": 1.0, "relu6": 1.0, "elu": 1.0, "celu": 1.0, "sigmoid": 0.25, "tanh": 1.0,
+    "hardtanh": 1.0, "torch_hardsigmoid": 1.0 / 6.0, "softplus": 1.0, "softsign": 1.0, "logsigmoid": 1.0,
+    "tanhshrink": 1.0, "selu": 1.0507009873554805 * 1.6732632423543772,
+}
 
-def feedback_layers(block: nn.Module) -> list[nn.Module]:
-    """The weight layers of a DHN block that read neuron states (its core synapse graph)."""
+
+def slope_bound(spec: ActivationSpec) -> float:
+    """The largest slope a_i of a neuron activation σ (σ' ∈ [0, a_i] everywhere)."""
+    if spec.kind == "hardsigmoid":
+        return float(spec.params.get("slope", 1.0))
+    if spec.kind == "leaky_relu":
+        return max(1.0, abs(float(spec.params.get("negative_slope", 0.01))))
+    if spec.kind == "elu":  # α·eˣ below 0
+        return max(1.0, float(spec.params.get("alpha", 1.0)))
+    return _SLOPES.get(spec.kind, 1.0)
+
+
+def _trainable(owner: nn.Module, attr: str) -> torch.Tensor:
+    """`owner.attr` as the tensor training updates (the original under a device-effect parametrization)."""
+    if parametrize.is_parametrized(owner, attr):
+        return owner.parametrizations[attr].original
+    return getattr(owner, attr)
+
+
+def feedback_layers(block: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The weights of a DHN block that read neuron states, with their names: those of the weight ops (Linear,
+    Conv, matmul, addmm: modules or functional ops on parameters) of its core synapse graph. Weights of
+    layers that read only the block's inputs are in the prefix: they cannot feed back."""
+    from hybridc.passes.ops import WEIGHT_OPS, op_key
+
     split = getattr(block, "_split", None)
     if split is None:
         return []
     core = split[1]
-    out: list[nn.Module] = []
+    out: list[tuple[str, torch.Tensor]] = []
+
+    def add(name: str, w: torch.Tensor) -> None:
+        if all(w is not t for _, t in out):
+            out.append((name, w))
+
     for node in core.graph.nodes:
-        if node.op == "call_module":
-            mod = core.get_submodule(str(node.target))
-            if isinstance(mod, _LAYERS) and mod not in out:
-                out.append(mod)
+        if node.op == "call_module" and isinstance(core.get_submodule(str(node.target)), _LAYERS):
+            add(str(node.target), _trainable(core.get_submodule(str(node.target)), "weight"))
+        elif node.op == "call_function" and op_key(node, core) in WEIGHT_OPS:
+            for arg in node.all_input_nodes:
+                if arg.op != "get_attr":
+                    continue
+                owner_name, _, attr = str(arg.target).rpartition(".")
+                w = _trainable(core.get_submodule(owner_name) if owner_name else core, attr)
+                if isinstance(w, torch.Tensor) and w.dim() >= 2:
+                    add(str(arg.target).removesuffix(".weight"), w)
     return out
-
-
-def hidden_slope(block: nn.Module) -> float:
-    """The largest slope among the block's nonlinear neurons (1 if every neuron is linear)."""
-    slopes = [float(spec.params.get("slope", 1.0)) for spec in getattr(block, "activation_specs", [])
-              if spec.kind != "identity"]
-    return max(slopes, default=1.0)
 
 
 def _weight(mod: nn.Module) -> torch.Tensor:
@@ -65,9 +151,8 @@ def _operator(mod: nn.Module, w: torch.Tensor):  # noqa: ANN202
 
 @torch.no_grad()
 def spectral_norm(mod: nn.Module, in_shape: tuple[int, ...], iters: int = 30) -> torch.Tensor:
-    """σ_max of the layer's linear map (no bias) on inputs of per-sample shape `in_shape`, by power
-    iteration from a fixed start (a lower estimate that tightens with `iters`). A 0-d tensor on the weight's
-    device: no host synchronisation, so it can run after every optimizer step."""
+    """σ_max of one layer's linear map (no bias) on inputs of per-sample shape `in_shape`, by power iteration
+    from a fixed start (a 0-d device tensor, no host sync). Used for the block-Gershgorin upper bound."""
     w = _weight(mod).detach()
     op = _operator(mod, w)
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -84,47 +169,259 @@ def spectral_norm(mod: nn.Module, in_shape: tuple[int, ...], iters: int = 30) ->
     return sigma.detach()
 
 
-class FeedbackGuard:
-    """Bound the feedback gain a·σ_max(W)² of every DHN block's state-reading layers (see module doc)."""
+class Coupling:
+    """The symmetric operator B = D_a^{1/2} A D_a^{1/2} of a DHN block, applied through the block's own
+    ∂Φ/∂s (see the module docstring), and its norm ρ by power iteration."""
 
-    def __init__(self, module: nn.Module, gain: float, iters: int = 30) -> None:
-        if not 0 < gain:
-            raise ValueError(f"feedback gain must be positive, got {gain}")
-        self.gain, self.iters = gain, iters
-        self.layers: list[tuple[str, nn.Module, float]] = []  # (block name, layer, bound on σ_max)
-        self.in_shapes: dict[int, tuple[int, ...]] = {}
-        self._hooks: dict[int, torch.utils.hooks.RemovableHandle] = {}
-        for name, blk in getattr(module, "analog_blocks", {}).items():
-            if getattr(blk, "kind", None) != "dhn" or len(getattr(blk, "neuron_names", [])) < 2:
-                continue  # single-layer blocks have no feedback loop
-            bound = math.sqrt(gain / hidden_slope(blk))
-            for layer in feedback_layers(blk):
-                self.layers.append((name, layer, bound))
-                self._hooks[id(layer)] = layer.register_forward_pre_hook(self._record_shape)
+    def __init__(self, block: nn.Module, input_shapes: Sequence[Sequence[int]]) -> None:
+        self.block = block
+        self.input_shapes = [tuple(s) for s in input_shapes]
+        self.sqrt_a = [math.sqrt(slope_bound(spec)) for spec in block.activation_specs]
+        self._starts: dict[tuple[Any, ...], list[torch.Tensor]] = {}
 
-    def _record_shape(self, mod: nn.Module, args: tuple) -> None:
-        """Learn a layer's per-sample input shape from its first call, then leave the forward path."""
-        if args and isinstance(args[0], torch.Tensor):
-            self.in_shapes[id(mod)] = tuple(args[0].shape[1:])
-            self._hooks.pop(id(mod)).remove()
+    def _ref(self) -> torch.Tensor:
+        return next(p for p in self.block.parameters())
+
+    def starts(self, k: int) -> list[torch.Tensor]:
+        """k fixed, unit-norm start vectors (per sample over all states), cached per device and dtype."""
+        ref = self._ref()
+        key = (k, ref.device, ref.dtype)
+        if key not in self._starts:
+            gen = torch.Generator(device="cpu").manual_seed(0)
+            vs = [torch.randn((k, *shape), generator=gen, dtype=torch.float64)
+                  for shape in self.block.neuron_shapes]
+            norm = torch.sqrt(sum(v.reshape(k, -1).pow(2).sum(1) for v in vs))
+            self._starts[key] = [(v / norm.reshape(-1, *[1] * (v.dim() - 1))).to(ref.device, ref.dtype)
+                                 for v in vs]
+        return self._starts[key]
+
+    def _probe(self, k: int) -> tuple[Sequence[torch.Tensor], list[torch.Tensor]]:
+        """The prepared zero inputs of a batch of k and ∂Φ/∂s at states 0 (computed once per measurement)."""
+        blk, ref = self.block, self._ref()
+        zeros_in = [torch.zeros((k, *s), dtype=ref.dtype, device=ref.device) for s in self.input_shapes]
+        prepared = blk.prepare(zeros_in)
+        zero_states = [torch.zeros((k, *s), dtype=ref.dtype, device=ref.device) for s in blk.neuron_shapes]
+        return prepared, blk.phi_grad(prepared, zero_states)
+
+    def apply(self, v: list[torch.Tensor], probe: tuple[Sequence[torch.Tensor], list[torch.Tensor]] | None = None
+              ) -> list[torch.Tensor]:
+        """B v for a batch of state vectors v (one per sample)."""
+        prepared, off = probe if probe is not None else self._probe(v[0].shape[0])
+        on = self.block.phi_grad(prepared, [vi * a for vi, a in zip(v, self.sqrt_a)])
+        return [(g1 - g0) * a for g1, g0, a in zip(on, off, self.sqrt_a)]
 
     @torch.no_grad()
-    def project_(self) -> None:
-        """Rescale every guarded layer whose σ_max exceeds its bound (device ops only, no host sync)."""
-        for _, layer, bound in self.layers:
-            shape = self.in_shapes.get(id(layer))
-            if shape is None:  # not run yet: nothing to measure against
-                continue
-            sigma = spectral_norm(layer, shape, self.iters)
-            _weight(layer).mul_((bound / sigma.clamp_min(1e-30)).clamp(max=1.0))
+    def norm(self, iters: int, k: int) -> torch.Tensor:
+        """ρ = ‖B‖₂ estimated from below by `iters` power-iteration steps from k fixed starts (0-d device
+        tensor: no host sync)."""
+        with parametrize.cached():
+            u = self.starts(k)
+            probe = self._probe(k)
+            rho = u[0].new_zeros(())
+            for _ in range(iters):
+                bu = self.apply(u, probe)
+                norms = torch.sqrt(sum(b.reshape(k, -1).pow(2).sum(1) for b in bu))
+                rho = norms.amax()
+                inv = 1.0 / norms.clamp_min(1e-30)
+                u = [b * inv.reshape(-1, *[1] * (b.dim() - 1)) for b in bu]
+        return rho
 
-    def gains(self) -> dict[str, float]:
-        """Each guarded block's current feedback gain slope·σ_max(W)² (largest over its layers); reads the
-        values to the host, so for diagnostics and tests, not the training loop."""
-        out: dict[str, float] = {}
-        for name, layer, bound in self.layers:
-            shape = self.in_shapes.get(id(layer))
-            if shape is not None:
-                sigma = float(spectral_norm(layer, shape, self.iters))
-                out[name] = max(out.get(name, 0.0), self.gain * (sigma / bound) ** 2)
-        return out
+
+class DHNConstraint:
+    """Keeps one DHN block's feedback gain ρ ≤ target by rescaling its state-reading weights (see module doc).
+
+    `calibrate` runs once, at compile time (host syncs allowed): it measures the identity-skip part ρ_I, picks
+    the target, rescales and returns what it did. `apply_` runs after every optimizer step: device ops only.
+    """
+
+    def __init__(self, block: nn.Module, input_shapes: Sequence[Sequence[int]], gain: float) -> None:
+        if not gain > 0:
+            raise ValueError(f"feedback gain must be positive, got {gain}")
+        self.gain = float(gain)
+        self.coupling = Coupling(block, input_shapes)
+        self.layers = feedback_layers(block)
+        self.rho_skip = 0.0
+        self.target: float | None = self.gain
+
+    def _weights(self) -> list[torch.Tensor]:
+        return [w for _, w in self.layers]
+
+    @torch.no_grad()
+    def _skip_norm(self) -> float:
+        """ρ_I: the coupling left with every state-reading weight at zero (restored bit for bit)."""
+        saved = [w.detach().clone() for w in self._weights()]
+        try:
+            for w in self._weights():
+                w.zero_()
+            return float(self.coupling.norm(COMPILE_ITERS // 2, COMPILE_STARTS))
+        finally:
+            for w, s in zip(self._weights(), saved):
+                w.copy_(s)
+
+    @torch.no_grad()
+    def _factor(self, rho: torch.Tensor) -> torch.Tensor:
+        """The secant factor t with ρ(t) ≤ target (1 where ρ is already within it)."""
+        target = self.target
+        t = (target - self.rho_skip) / (rho - self.rho_skip).clamp_min(1e-30)
+        return torch.where(rho > target, t.clamp(0.0, 1.0), torch.ones_like(rho))
+
+    @torch.no_grad()
+    def apply_(self, iters: int = STEP_ITERS, starts: int = STEP_STARTS) -> torch.Tensor:
+        """Measure ρ and rescale the state-reading weights if it exceeds the target; returns the factor."""
+        if self.target is None or not self.layers:
+            return torch.ones(())
+        rho = self.coupling.norm(iters, starts)
+        t = self._factor(rho)
+        for w in self._weights():
+            w.mul_(t.to(w.dtype))
+        return t
+
+    @torch.no_grad()
+    def calibrate(self, rounds: int = 6) -> dict[str, Any]:
+        """Compile-time: measure ρ_I and ρ, set the target, rescale until ρ ≤ target. Returns a record:
+        rho_before, rho_after, rho_skip, target, factor (product over rounds), layers (names)."""
+        rec: dict[str, Any] = {"layers": [n for n, _ in self.layers], "gain": self.gain}
+        if not self.layers:
+            rec.update(rho_before=float(self.coupling.norm(COMPILE_ITERS, COMPILE_STARTS)), rho_skip=None,
+                       target=None, factor=1.0)
+            rec["rho_after"] = rec["rho_before"]
+            self.target = None
+            return rec
+        self.rho_skip = self._skip_norm()
+        if self.rho_skip < 0.95 * self.gain:
+            self.target = self.gain
+        elif self.rho_skip < 1.0:
+            self.target = max(self.gain, 0.5 * (1.0 + self.rho_skip))
+        else:
+            self.target = None
+        rho0 = float(self.coupling.norm(COMPILE_ITERS, COMPILE_STARTS))
+        factor, rho = 1.0, rho0
+        if self.target is not None:
+            for _ in range(rounds):
+                if rho <= self.target * (1 + 1e-4):
+                    break
+                factor *= float(self.apply_(COMPILE_ITERS, COMPILE_STARTS))
+                rho = float(self.coupling.norm(COMPILE_ITERS, COMPILE_STARTS))
+        rec.update(rho_before=rho0, rho_after=rho, rho_skip=self.rho_skip, target=self.target, factor=factor)
+        return rec
+
+
+# ---- the one post-step mechanism for every compiled model ------------------------------------------------
+_LIVE: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+_HOOK: torch.utils.hooks.RemovableHandle | None = None
+
+
+def _constrain_after_step(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+    """After any optimizer step: `constrain_` every live compiled model (FFEBM) that has constraints on, for
+    the blocks whose parameters this optimizer holds. Device ops only: no host synchronisation."""
+    if not _LIVE:
+        return
+    held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    for model in list(_LIVE):
+        model.constrain_(only=held)
+
+
+def register(model: nn.Module) -> None:
+    """Keep `model` (anything with `constrain_(only=...)`) within its constraints after every optimizer step
+    of any torch.optim optimizer holding its parameters (held by weak reference: no leak)."""
+    global _HOOK
+    _LIVE.add(model)
+    if _HOOK is None:
+        _HOOK = register_optimizer_step_post_hook(_constrain_after_step)
+
+
+def unregister(model: nn.Module) -> None:
+    _LIVE.discard(model)
+
+
+# ---- compile time ------------------------------------------------------------------------------------------
+_RECORDED = ("rescaled", "unconstrained")
+
+
+def _shapes(model: nn.Module) -> dict[str, list[int] | None]:
+    """Example shape of every value crossing a block boundary, by node name (from the plan)."""
+    plan = model.plan
+    out: dict[str, list[int] | None] = {r.node: r.shape for r in plan.graph_inputs}
+    for b in plan.blocks:
+        out.update({r.node: r.shape for r in [*b.inputs, *b.outputs]})
+    return out
+
+
+def _why_unbounded(rec: dict[str, Any]) -> str:
+    if not rec["layers"]:
+        return "no weight op of the block reads its neuron states, so there is nothing to rescale"
+    return (f"identity skips inside the block alone give ρ_I={rec['rho_skip']:.3g} ≥ 1; lower hardsigmoid_slope "
+            "or max_block_size (so residual adds cross block boundaries)")
+
+
+def _decisions(block: str, rec: dict[str, Any]) -> list[Any]:
+    """The plan decisions recording what calibration did to one block (none when nothing changed)."""
+    from hybridc.plan import Decision
+
+    if rec["target"] is None:
+        if rec["rho_before"] <= rec["gain"]:
+            return []
+        return [Decision(node=layer, action="unconstrained", block=block, reason=(
+            f"feedback gain ρ={rec['rho_before']:.3g} > {rec['gain']:g} cannot be bounded by rescaling weights: "
+            f"{_why_unbounded(rec)}; the free phase may not reach a fixed point"))
+            for layer in rec["layers"] or [block]]
+    if rec["factor"] >= 1.0:
+        return []
+    note = "" if rec["target"] == rec["gain"] else (
+        f" (the gain {rec['gain']:g} is out of reach: identity skips give ρ_I={rec['rho_skip']:.3g}; target "
+        f"{rec['target']:.3g})")
+    return [Decision(node=layer, action="rescaled", block=block, reason=(
+        f"weight ×{rec['factor']:.4g}: feedback gain ρ={rec['rho_before']:.3g} → {rec['rho_after']:.3g} ≤ "
+        f"{rec['target']:.3g}{note}, so the free phase is a contraction; the compiled forward differs from the "
+        "original model's (init=keep keeps the weights up to this factor)")) for layer in rec["layers"]]
+
+
+def constrain_model(model: nn.Module, gain: float | None) -> list[dict[str, Any]]:
+    """Compile-time half of equilibrium by construction: give every multi-layer DHN block of `model` (an
+    FFEBM) a `DHNConstraint` with bound `gain`, calibrate it (rescaling weights where ρ > gain), record every
+    rescaling in a copy of `model.plan`'s decisions (replacing those of an earlier compile of the same plan),
+    warn about blocks that cannot be bounded, and register `model` for the post-optimizer-step hook.
+    Single-layer blocks have no feedback and are untouched (their compiled forward stays exact). `gain` None
+    or 0: DHN blocks stay unconstrained (DRN blocks keep their conductance projection). Returns one record per calibrated block (see `DHNConstraint.calibrate`)."""
+    import warnings
+
+    from hybridc.targets.dhn import DHNBlock
+
+    plan = model.plan.model_copy(deep=True)
+    plan.decisions = [d for d in plan.decisions if d.action not in _RECORDED]
+    shapes = _shapes(model)
+    records: list[dict[str, Any]] = []
+    for name, blk in model.analog_blocks.items():
+        if not gain or not isinstance(blk, DHNBlock) or len(blk.neuron_names) < 2:
+            continue
+        in_shapes = [shapes.get(n) for n in model._io[name][0]]
+        if any(s is None for s in in_shapes):
+            raise ValueError(f"analog block {name}: the plan records no shape for an input; re-create the plan")
+        blk.constraint = DHNConstraint(blk, [s[1:] for s in in_shapes], gain)
+        rec = blk.constraint.calibrate() | {"block": name}
+        records.append(rec)
+        decisions = _decisions(name, rec)
+        plan.decisions.extend(decisions)
+        if decisions and decisions[0].action == "unconstrained":
+            warnings.warn(f"analog block {name!r}: its feedback gain ρ={rec['rho_before']:.3g} cannot be bounded "
+                          f"by rescaling weights ({_why_unbounded(rec)}): its free phase may not reach a fixed "
+                          "point.", stacklevel=3)
+    model.plan = plan
+    model.feedback_gain = gain or None
+    register(model)
+    return records
+
+
+def feedback_norms(model: nn.Module, iters: int = COMPILE_ITERS, starts: int = COMPILE_STARTS
+                   ) -> dict[str, float]:
+    """ρ = ‖D_a^{1/2} A D_a^{1/2}‖ of every multi-layer DHN block of an FFEBM, constrained or not (reads the
+    values to the host: for diagnostics and tests, not the training loop)."""
+    from hybridc.targets.dhn import DHNBlock
+
+    shapes = _shapes(model)
+    out: dict[str, float] = {}
+    for name, blk in model.analog_blocks.items():
+        if isinstance(blk, DHNBlock) and len(blk.neuron_names) >= 2:
+            coupling = Coupling(blk, [shapes[n][1:] for n in model._io[name][0]])
+            out[name] = float(coupling.norm(iters, starts))
+    return out

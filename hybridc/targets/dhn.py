@@ -68,6 +68,8 @@ class DHNBlock(EnergyBlock):
         prefix, core, self.n_cut = split_synapses(synapses, n_inputs)
         # a plain tuple: prefix and core share the synapses' layers, which must appear once in state_dict
         self._split = (prefix, core)
+        #: the feedback-gain bound (`hybridc.targets.contraction.DHNConstraint`), None = unconstrained
+        self.constraint = None
         self.fast = None
         self.fast_reason = "fast path disabled"
         if solver.fast_path != "off":
@@ -80,6 +82,12 @@ class DHNBlock(EnergyBlock):
                 self.fast_reason = str(exc)
                 if solver.fast_path == "on":
                     raise
+
+    # ---- equilibrium by construction ---------------------------------------------------------------
+    def constrain_(self) -> None:
+        """Keep the feedback gain ρ within its bound (set up by `hybridc.targets.contraction` at compile)."""
+        if self.constraint is not None:
+            self.constraint.apply_()
 
     # ---- the fixed-point map ----------------------------------------------------------------------
     def prepare(self, inputs: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:

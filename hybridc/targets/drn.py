@@ -16,36 +16,16 @@ even layers. EP's conductance gradient follows from ∂E/∂g_ij = ½ (v_i − v
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Sequence
 
 import torch
 import torch.fx as fx
 from torch import nn
 from torch.nn.utils import parametrize
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from hybridc.errors import UnsupportedOpError
 from hybridc.runtime.settings import GradientConfig, SolverConfig
 from hybridc.targets.energy_block import EnergyBlock, States
-
-_LIVE: weakref.WeakSet[DRNBlock] = weakref.WeakSet()
-_HOOK_INSTALLED = False
-
-
-def _project_after_step(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
-    """Keep every DRN's conductances ≥ 0 after any optimizer step (they are physical conductances)."""
-    params = {id(p) for g in optimizer.param_groups for p in g["params"]}
-    for block in list(_LIVE):
-        if any(id(g) in params for g in block.raw_conductances()):
-            block.project_()
-
-
-def _install_hook() -> None:
-    global _HOOK_INSTALLED
-    if not _HOOK_INSTALLED:
-        register_optimizer_step_post_hook(_project_after_step)
-        _HOOK_INSTALLED = True
 
 
 def _linear_weights(synapses: fx.GraphModule) -> list[tuple[str, torch.Tensor, torch.Tensor | None]]:
@@ -121,8 +101,6 @@ class DRNBlock(EnergyBlock):
             self.register_buffer(f"_lo{k}", lo, persistent=False)
             self.register_buffer(f"_hi{k}", hi, persistent=False)
         self.project_()
-        _LIVE.add(self)
-        _install_hook()
 
     def raw_conductances(self) -> list[nn.Parameter]:
         """The conductance parameters themselves (under a device-effect parametrization, the originals)."""
@@ -139,6 +117,11 @@ class DRNBlock(EnergyBlock):
         """Clamp conductances to ≥ 0."""
         for g in self.raw_conductances():
             g.clamp_(min=0.0)
+
+    def constrain_(self) -> None:
+        """A DRN relaxes by exact coordinate descent on a convex energy while its conductances are ≥ 0: its
+        constraint is that projection (run after every optimizer step by `hybridc.targets.contraction`)."""
+        self.project_()
 
     def _bounds(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         return getattr(self, f"_lo{k}"), getattr(self, f"_hi{k}")

@@ -11,7 +11,8 @@ Contract used by `hybridc.runtime.gradients`:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -21,7 +22,7 @@ from hybridc.errors import UnsupportedOpError
 from hybridc.plan import AnalogSpec
 from hybridc.runtime.settings import GradientConfig, SolverConfig
 from hybridc.targets.device import quantize_ste
-from hybridc.targets.solver import relax
+from hybridc.targets.solver import UnconvergedWarning, relax
 
 States = list[torch.Tensor]
 
@@ -44,6 +45,10 @@ class EnergyBlock(nn.Module):
         self.last_residual: torch.Tensor | None = None
         self.last_steps = 0
         self.analog: AnalogSpec = AnalogSpec()
+
+    def constrain_(self) -> None:
+        """Project the block's parameters back into the set where its relaxation provably converges
+        (`hybridc.targets.contraction`); device ops only. A kind without constraints does nothing."""
 
     def read_noise(self, value: torch.Tensor, differentiable: bool) -> torch.Tensor:
         """Add the device's read noise to a neuron update (not inside ID/BPTT's differentiable maps)."""
@@ -68,8 +73,14 @@ class EnergyBlock(nn.Module):
     def phi_per_sample(self, inputs: Sequence[torch.Tensor], states: States) -> torch.Tensor:
         raise NotImplementedError
 
+    #: full initial-state shapes from the inputs, set by the compiled model (`hybridc.runtime.ffebm.StateShapes`)
+    #: where the neurons follow the token length or another batch layout than the first input
+    state_shapes: Callable[[list[torch.Tensor]], list[list[int]]] | None = None
+
     def initial_states(self, inputs: Sequence[torch.Tensor]) -> States:
         ref = inputs[0]
+        if self.state_shapes is not None:
+            return [torch.zeros(s, dtype=ref.dtype, device=ref.device) for s in self.state_shapes(list(inputs))]
         batch = ref.shape[0]
         if any(s is None for s in self.neuron_shapes):
             raise UnsupportedOpError(f"analog block {self.name}: neuron shapes unknown; re-run partition")
@@ -80,11 +91,25 @@ class EnergyBlock(nn.Module):
         with torch.no_grad(), parametrize.cached():
             prepared = self.prepare(inputs)
             out, residual, taken = relax(lambda s: self.step_prepared(prepared, s, nudge), states, steps,
-                                         self.solver, self.name, phase)
+                                         self.solver, self.name, phase,
+                                         self._warn_unconverged if phase == "free" else None)
         if phase == "free":
             self.last_residual = residual
             self.last_steps = taken
         return out
+
+    def _warn_unconverged(self, residual: float, peak: float) -> None:
+        """Warn (once per block) that a free phase ended far from its fixed point."""
+        if getattr(self, "_warned_unconverged", False):
+            return
+        self._warned_unconverged = True
+        steps = f"tolerance {self.solver.tol:g}, {self.solver.max_steps} steps" if self.solver.tol is not None \
+            else f"T1={self.solver.t1}"
+        warnings.warn(
+            f"analog block {self.name!r}: the free phase ends {residual:.3g} away from a fixed point (last step's "
+            f"max|Δs|, max|s| {peak:.3g}, {steps}): its output is a transient and EP/ID gradients are estimated "
+            "off equilibrium. Compile with constrain=True (the default) or a lower feedback_gain, raise t1 or set "
+            "a solver tolerance.", UnconvergedWarning, stacklevel=2)
 
     def free_phase(self, inputs: Sequence[torch.Tensor]) -> States:
         return self.relax(inputs, self.initial_states(inputs), self.solver.t1, "free")

@@ -7,7 +7,7 @@ Convergence and divergence are tracked in device tensors and read on the host on
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -22,10 +22,18 @@ def _max_change(new: States, old: States) -> torch.Tensor:
     return torch.stack([(a - b).abs().amax() for a, b in zip(new, old)]).amax()
 
 
-def _bad(states: States, limit: float) -> torch.Tensor:
-    """A device bool: any state non-finite or beyond the growth limit (NaN compares false: caught too)."""
-    peak = torch.stack([s.abs().amax() for s in states]).amax()
-    return ~(peak <= limit)
+def _peak(states: States) -> torch.Tensor:
+    """max|s| over all states (NaN propagates, so `~(peak <= limit)` catches non-finite states too)."""
+    return torch.stack([s.abs().amax() for s in states]).amax()
+
+
+#: A free phase whose last step still moves some state by more than this fraction of max(1, max|s|) ends
+#: "far from its fixed point": `relax` reports it (the block warns once).
+UNCONVERGED_RELATIVE = 1e-2
+
+
+class UnconvergedWarning(UserWarning):
+    """An analog block's free phase ended far from its fixed point (EP's gradient assumes an equilibrium)."""
 
 
 class _Anderson:
@@ -86,17 +94,20 @@ def _unflatten(flat: torch.Tensor, like: States) -> States:
     return out
 
 
-def relax(step: StepFn, states: States, steps: int, cfg: SolverConfig, block: str, phase: str
-          ) -> tuple[States, torch.Tensor, int]:
+def relax(step: StepFn, states: States, steps: int, cfg: SolverConfig, block: str, phase: str,
+          on_unconverged: Callable[[float, float], None] | None = None) -> tuple[States, torch.Tensor, int]:
     """Iterate `step` from `states`. Returns (states, last max|Δs| as a device scalar, steps taken).
 
     With cfg.tol set, runs until max|Δs| < tol (checked every cfg.check_every steps) or cfg.max_steps;
     otherwise exactly `steps` steps. Raises EquilibriumDivergedError naming the block, phase and step.
+    `on_unconverged(residual, peak)` is called when the last step still moved a state by more than
+    UNCONVERGED_RELATIVE·max(1, max|s|); it costs nothing extra: the values come with the end-of-phase read.
     """
     budget = cfg.max_steps if cfg.tol is not None else steps
     device = states[0].device
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
     residual = torch.full((), float("inf"), dtype=states[0].dtype, device=device)
+    peak = residual
     anderson = _Anderson(cfg.anderson, cfg.anderson_beta) if cfg.anderson > 0 else None
     taken = 0
     for t in range(1, budget + 1):
@@ -108,16 +119,46 @@ def relax(step: StepFn, states: States, steps: int, cfg: SolverConfig, block: st
             # tolerance mode, one per phase in fixed-step mode). The residual is the fixed-point residual
             # max|T(s) − s| (with Anderson, of the iterate the map was applied to).
             residual = _max_change(mapped, states)
-            bad = _bad(new, cfg.divergence_limit)
+            peak = _peak(new)
+            bad = ~(peak <= cfg.divergence_limit)
             first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, t), first_bad)
         states = new
         taken = t
         if check and (cfg.tol is not None or t == budget):
-            if bool(first_bad >= 0):
-                _raise_diverged(block, phase, int(first_bad), states, cfg)
-            if cfg.tol is not None and float(residual) < cfg.tol:
+            bad_step, res, top = torch.stack([first_bad.float(), residual.float(), peak.float()]).tolist()
+            if bad_step >= 0:
+                _raise_diverged(block, phase, int(bad_step), states, cfg)
+            converged = cfg.tol is not None and res < cfg.tol
+            if converged or t == budget:
+                if on_unconverged is not None and not res <= UNCONVERGED_RELATIVE * max(1.0, top):
+                    on_unconverged(res, top)
                 break
     return states, residual, taken
+
+
+def check_gradients_finite(block: str, mode: str, incoming: Sequence[torch.Tensor | None],
+                           outgoing: Sequence[torch.Tensor | None], residual: torch.Tensor | None) -> None:
+    """Raise EquilibriumDivergedError naming `block` when the gradient reaching its outputs (`incoming`) or
+    the gradients it computes (`outgoing`) hold NaN/Inf, before they reach an optimizer (one host read per
+    backward of a block; it lives here with the solver's other documented syncs)."""
+    def finite(ts: Sequence[torch.Tensor | None]) -> torch.Tensor:
+        flags = [torch.isfinite(t).all() for t in ts if t is not None]
+        return torch.stack(flags).all() if flags else torch.ones((), dtype=torch.bool)
+
+    flag_in, flag_out = finite(incoming), finite(outgoing)
+    ok_in, ok_out = torch.stack([flag_in, flag_out.to(flag_in.device)]).tolist()
+    if ok_in and ok_out:
+        return
+    if not ok_in:
+        raise EquilibriumDivergedError(
+            f"analog block {block!r}: the gradient reaching its outputs is NaN/Inf, so its {mode.upper()} "
+            "gradient cannot be computed; look at the loss and the blocks after it (lower the learning rate).")
+    where = "" if residual is None else f" (its last free phase ended {float(residual):.3g} from a fixed point)"
+    raise EquilibriumDivergedError(
+        f"analog block {block!r}: its {mode.upper()} gradient is NaN/Inf{where}; an unconverged or non-"
+        "contractive block has no well-defined equilibrium gradient. Compile with constrain=True (the default; "
+        "`--feedback-gain` > 0) so the block is a contraction, raise T1 or set a solver tolerance, or lower "
+        "the learning rate.")
 
 
 def _raise_diverged(block: str, phase: str, step: int, states: States, cfg: SolverConfig) -> None:
