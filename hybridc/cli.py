@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from enum import Enum
 from pathlib import Path
@@ -24,6 +26,7 @@ from hybridc.cli_options import (
     NormOpt,
     PoolOpt,
     SlopeOpt,
+    check_output_file,
 )
 from hybridc.errors import HybridcError
 
@@ -91,6 +94,7 @@ def partition(
 
     pol = _policies(norm, layer_norm, pool, attention, activation, hardsigmoid_slope, non_monotone, eb_kind)
     make_config(max_block_size, **pol)  # validate flags before loading anything
+    check_output_file(output, "--output")
     lm = load_model(model, input_shape)
     plan = do_partition(lm.model, lm.example_inputs, max_block_size=max_block_size, **pol)
     if fmt == Fmt.json:
@@ -176,12 +180,47 @@ from hybridc.cli_report import register as _register_report; _register_report(ap
 from hybridc.cli_export import register as _register_export; _register_export(app)  # noqa: E402, E702, I001
 
 
+_OOM_MARKERS = ("can't allocate memory", "out of memory", "DefaultCPUAllocator", "not enough memory")
+
+
+def user_error(exc: BaseException) -> str | None:
+    """The message `main` prints after `error: ` for an exception meant for the user, or None for a bug
+    (which keeps its traceback): hybridc's own errors, the operating system refusing a file (permissions,
+    a missing directory, a full disk: the OS's words and the path), and running out of memory."""
+    if isinstance(exc, HybridcError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and any(m in str(exc) for m in _OOM_MARKERS)):
+        return ("out of memory: the requested shapes or batch sizes are too large for this machine "
+                "(smaller --input-shape, --batch or --batch-size)")
+    return None
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    """SIGTERM ends the command like Ctrl-C does: through Python's cleanup (locks released, staging
+    directories removed), exit status 143."""
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    if threading_main():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
-    except HybridcError as exc:
-        err_console.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
+    except Exception as exc:  # noqa: BLE001 - what is not a user error is re-raised (a bug: its traceback)
+        message = user_error(exc)
+        if message is None or os.environ.get("HYBRIDC_TRACEBACK"):
+            raise
+        err_console.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
         sys.exit(2)
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

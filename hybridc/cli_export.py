@@ -92,7 +92,7 @@ def export_command(
                                                     "an ONNX Loop (compact for many steps)")] = _Relax.unroll,
     checkpoint: Annotated[Path | None, typer.Option(help="RUN_DIR: this checkpoint instead of checkpoint.pt")
                           ] = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset (>= 17)", min=17)] = 18,
+    opset: Annotated[int, typer.Option(help="ONNX opset (17 to the newest the installed onnx knows)")] = 18,
     batch: Annotated[int, typer.Option(help="samples in the stored reference batch", min=1)] = 3,
     seed: Annotated[int, typer.Option(help="seed of the model's init (MODEL) and of the samples")] = 0,
     tol: Annotated[float, typer.Option(help="max abs error the check accepts (float32)")] = 1e-4,
@@ -106,10 +106,12 @@ def export_command(
     --full one ONNX model of the whole ff-EBM for inference."""
     import torch
 
-    from hybridc.export.exporter import export_ffebm
+    from hybridc.export.exporter import export_ffebm, validate_export_settings
     from hybridc.export.manifest import ExportError, SourceInfo
     from hybridc.export.run_dir import is_run_dir, load_run
     from hybridc.export.verify import report_table
+
+    validate_export_settings(opset, batch, tol)  # before any work
 
     vals = {"norm": norm, "layer_norm": layer_norm, "pool": pool, "attention": attention,
             "activation": activation, "hardsigmoid_slope": hardsigmoid_slope, "non_monotone": non_monotone,
@@ -138,7 +140,7 @@ def export_command(
         from hybridc.api import compile as hc_compile
         from hybridc.api import make_config
         from hybridc.load import load_model
-        from hybridc.plan import Plan
+        from hybridc.plan import PlanFileError, read_plan
 
         kwargs = _parse_model_kwargs(model_kwargs)
         if plan is None:
@@ -146,11 +148,9 @@ def export_command(
         the_plan = None
         if plan is not None:
             try:
-                the_plan = Plan.load(plan)
-            except FileNotFoundError:
-                raise ExportError(f"plan {plan} does not exist") from None
-            except Exception as exc:
-                raise ExportError(f"{plan} is not a valid plan: {str(exc).splitlines()[0]}") from None
+                the_plan = read_plan(plan)
+            except PlanFileError as exc:
+                raise ExportError(str(exc)) from None
         torch.manual_seed(seed)
         batch_kw: dict[str, Any] = {}
         if the_plan is not None and the_plan.model.example_shapes:  # the plan's example shapes, unless given
@@ -172,15 +172,22 @@ def export_command(
     what = [f"{n_dig} digital block(s) (.onnx)", f"{n_ana} analog block(s) (.safetensors + .step.onnx)"]
     if m.full is not None:
         what.append(f"{m.full.onnx} (whole model)")
-    console.print(f"wrote {result.directory}: " + ", ".join(what) + ", manifest.json, plan.json, samples.npz",
-                  highlight=False)
+    written = ", ".join(what) + ", manifest.json, plan.json, samples.npz"
+    if result.published:
+        console.print(f"wrote {result.directory}: {written}", highlight=False)
+    else:
+        console.print(f"exported {written} into {result.kept} (not published: see the check below)",
+                      highlight=False)
     for w in m.warnings:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
     if result.report is not None:
         console.print(report_table(result.report))
         if not result.report.ok:
             names = ", ".join(f"{r.name} ({r.kind})" for r in result.report.failures)
-            console.print(f"[bold red]check failed:[/] {names} exceed {tol:g}", highlight=False)
+            console.print(f"[bold red]check failed:[/] {names} exceed {tol:g}; nothing was published: "
+                          f"{result.directory} is as it was"
+                          + (f"; the failed export is kept in {result.kept} (with verify-report.json)"
+                             if result.kept else ""), highlight=False)
             raise typer.Exit(1)
 
 
@@ -193,7 +200,7 @@ def verify_command(
     per block and end to end. Exit 1 when any exceeds --tol."""
     from hybridc.export.verify import report_json, report_table, verify_export
 
-    report = verify_export(directory, tol=tol)
+    report = verify_export(directory, tol=tol)  # (checks --tol first)
     if fmt == _Fmt.json:
         sys.stdout.write(report_json(report) + "\n")
     else:

@@ -3,10 +3,14 @@ declaration each, so every command spells and documents a flag the same way."""
 
 from __future__ import annotations
 
+import os
 from enum import Enum
+from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from hybridc.errors import HybridcError
 
 
 class Norm(str, Enum):
@@ -65,3 +69,18 @@ NonMonoOpt = Annotated[NonMono | None, typer.Option("--non-monotone",
                                                        help="GELU/SiLU under keep: substitute relu or keep digital")]
 EBOpt = Annotated[EBKind | None, typer.Option("--eb-kind", help="energy-based block kind [dhn]")]
 SolverModeOpt = Annotated[SolverMode | None, typer.Option("--solver-mode", help="sync or async relaxation [sync]")]
+
+
+def check_output_file(path: Path | None, flag: str) -> None:
+    """Before any work: `path` (an output FILE given with `flag`) can be written: not a directory, in an
+    existing, writable directory. A HybridcError naming the flag otherwise (instead of a traceback after the
+    work was done)."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise HybridcError(f"{flag} {path} is a directory; give a file name (e.g. {path / 'out.json'})")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise HybridcError(f"{flag} {path}: directory {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise HybridcError(f"{flag} {path}: {parent if not path.exists() else path} is not writable")

@@ -42,6 +42,7 @@ def register(app: typer.Typer) -> None:
         NormOpt,
         PoolOpt,
         SlopeOpt,
+        check_output_file,
     )
 
     @app.command("report")
@@ -85,6 +86,7 @@ def register(app: typer.Typer) -> None:
 
         pol = _policies(norm, layer_norm, pool, attention, activation, hardsigmoid_slope, non_monotone, eb_kind)
         make_config(max_block_size, **pol)  # validate flags before loading anything
+        check_output_file(output, "--output")
         tile_rc = parse_tile(tile)
         consts = load_constants(constants, digital_precision.value if digital_precision else None)
         lm = load_model(model, input_shape)

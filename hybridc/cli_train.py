@@ -150,6 +150,8 @@ def train_command(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="run directory [runs/<time>-<model>-...]")] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="continue the run in RUN_DIR")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="experiment file (YAML or JSON)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="train into a non-empty --out that is not a run "
+                                                       "directory (files of the same names are replaced)")] = False,
 ) -> None:
     """Train MODEL compiled into an ff-EBM (EP/ID/BPTT through its analog blocks) or, with --algorithm bp, the
     original model by backprop. Writes config, plan, metrics.jsonl, checkpoints, curves and a summary to the
@@ -180,7 +182,7 @@ def train_command(
         result = train(resume=resume, resume_overrides=overrides, out=out, console=console)
     else:
         cfg = resolve_config(config, flags)
-        result = train(cfg, out=out, console=console)
+        result = train(cfg, out=out, console=console, force=force)
     if result.interrupted:
         raise typer.Exit(130)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from hybridc.errors import ModelLoadError
 from hybridc.models import ZOO, ZOO_INPUT_SHAPES, zoo_names
 
 FACTORY_NAMES = ("model", "build")
+#: most values in one sample of --input-shape (2^26: a 4096x4096 RGBA image; larger is a typo or out of memory)
+MAX_SAMPLE_ELEMENTS = 1 << 26
 
 
 @dataclass
@@ -34,6 +37,9 @@ def parse_shape(text: str) -> tuple[int, ...]:
                              "(e.g. 3,32,32)") from None
     if not shape or any(d <= 0 for d in shape):
         raise ModelLoadError(f"--input-shape {text!r} must list positive sizes (e.g. 3,32,32)")
+    if math.prod(shape) > MAX_SAMPLE_ELEMENTS:
+        raise ModelLoadError(f"--input-shape {text!r} has {math.prod(shape):,} values per sample, more than the "
+                             f"{MAX_SAMPLE_ELEMENTS:,} hybridc accepts (a typo?)")
     return shape
 
 
@@ -47,6 +53,9 @@ def _import_file(path: Path) -> ModuleType:
     sys.path.insert(0, str(path.parent.resolve()))
     try:
         spec.loader.exec_module(module)
+    except SystemExit as exc:  # a script run on import would otherwise end hybridc silently (exit 0)
+        raise ModelLoadError(f"importing {path} called sys.exit({exc.code!r}): a model file must define a model, "
+                             "not run a program (put script code under `if __name__ == \"__main__\":`)") from None
     except Exception as exc:
         raise ModelLoadError(f"importing {path} failed: {type(exc).__name__}: {exc}") from None
     finally:
@@ -90,6 +99,8 @@ def _build_from_file(path: Path, factory: str | None) -> tuple[nn.Module, Module
             fn = classes[0]
     try:
         built = fn()
+    except SystemExit as exc:
+        raise ModelLoadError(f"{where}() called sys.exit({exc.code!r}) instead of returning a model") from None
     except Exception as exc:
         raise ModelLoadError(f"{where}() failed: {type(exc).__name__}: {exc}") from None
     if not isinstance(built, nn.Module):

@@ -7,7 +7,10 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from hybridc.errors import HybridcError
+from hybridc.finite import FiniteFloat
 
 PLAN_VERSION = 1
 
@@ -17,6 +20,10 @@ AttentionPolicy = Literal["digital", "analog"]
 ActivationPolicy = Literal["hardsigmoid", "keep"]
 NonMonotonePolicy = Literal["substitute", "refuse"]
 EBKind = Literal["dhn", "drn"]
+
+
+class PlanFileError(HybridcError):
+    """A plan file is missing, not JSON, or does not validate (each reason listed)."""
 
 
 class _Strict(BaseModel):
@@ -32,11 +39,11 @@ class PartitionConfig(_Strict):
     pool: PoolPolicy = Field("absorb", description="linear pooling inside a chain")
     attention: AttentionPolicy = Field("digital", description="attention modules")
     activation: ActivationPolicy = Field("hardsigmoid", description="neuron activation in analog blocks")
-    hardsigmoid_slope: float = Field(0.5, gt=0, description="a in clamp(a*u, 0, 1)")
+    hardsigmoid_slope: FiniteFloat = Field(0.5, gt=0, le=1e3, description="a in clamp(a*u, 0, 1)")
     non_monotone: NonMonotonePolicy = Field(
         "substitute", description="GELU/SiLU/... under `keep`: substitute ReLU or keep the op digital")
     eb_kind: EBKind = Field("dhn", description="energy-based block kind for analog blocks")
-    drn_gamma: float = Field(1.0, gt=0, description="drn input voltage gain γ (sources γ·[x, −x])")
+    drn_gamma: FiniteFloat = Field(1.0, gt=0, description="drn input voltage gain γ (sources γ·[x, −x])")
 
 
 class AnalogSpec(_Strict):
@@ -44,14 +51,14 @@ class AnalogSpec(_Strict):
     (effective) weights with straight-through gradients, so training sees the device and updates the ideal
     weights; read noise acts on every relaxation step; DAC/ADC quantise values entering/leaving a block."""
 
-    program_noise: float = Field(0.0, ge=0, description="std of weight programming noise, relative to the "
+    program_noise: FiniteFloat = Field(0.0, ge=0, description="std of weight programming noise, relative to the "
                                  "range (or the tensor's max |w|); resampled whenever the weights change")
-    weight_range: float | None = Field(None, gt=0, description="|w| ≤ range (conductance range); none = unbounded")
+    weight_range: FiniteFloat | None = Field(None, gt=0, description="|w| ≤ range (conductance range); none = unbounded")
     weight_levels: int | None = Field(None, ge=2, description="programmable levels across the range")
-    read_noise: float = Field(0.0, ge=0, description="std of Gaussian noise added to every neuron update")
+    read_noise: FiniteFloat = Field(0.0, ge=0, description="std of Gaussian noise added to every neuron update")
     dac_bits: int | None = Field(None, ge=2, le=32, description="bits of block inputs (digital → analog)")
     adc_bits: int | None = Field(None, ge=2, le=32, description="bits of block outputs (analog → digital)")
-    io_range: float | None = Field(None, gt=0, description="DAC/ADC full scale ±range; none = per-batch max |x|")
+    io_range: FiniteFloat | None = Field(None, gt=0, description="DAC/ADC full scale ±range; none = per-batch max |x|")
 
     @property
     def weights_affected(self) -> bool:
@@ -74,7 +81,23 @@ class ActivationSpec(_Strict):
     """A neuron's activation σ: a name and its numeric parameters (e.g. hardsigmoid slope)."""
 
     kind: str
-    params: dict[str, float] = Field(default_factory=dict)
+    params: dict[str, FiniteFloat] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _monotone(self) -> ActivationSpec:
+        """Parameters that would make σ non-monotone (no energy) or degenerate are refused here, so that a
+        hand-edited plan or manifest cannot carry them into training or an export."""
+        p = self.params
+        positive = {"hardsigmoid": ("slope",), "celu": ("alpha",), "softplus": ("beta",)}.get(self.kind, ())
+        for k in positive:
+            if k in p and p[k] <= 0:
+                raise ValueError(f"{self.kind} {k} must be > 0, not {p[k]:g}")
+        for k in {"leaky_relu": ("negative_slope",), "elu": ("alpha",)}.get(self.kind, ()):
+            if k in p and p[k] < 0:
+                raise ValueError(f"{self.kind} {k} must be >= 0 (a monotone activation), not {p[k]:g}")
+        if self.kind == "hardtanh" and p.get("min_val", -1.0) >= p.get("max_val", 1.0):
+            raise ValueError("hardtanh min_val must be below max_val")
+        return self
 
     def __str__(self) -> str:
         if not self.params:
@@ -105,7 +128,7 @@ class Block(_Strict):
     identity_nodes: list[str] = Field(default_factory=list,
                                       description="nodes replaced by identity (removed norms, dropout)")
     eb_kind: EBKind | None = None
-    eb_params: dict[str, float] = Field(default_factory=dict, description="kind-specific settings (drn: gamma)")
+    eb_params: dict[str, FiniteFloat] = Field(default_factory=dict, description="kind-specific settings (drn: gamma)")
     analog: AnalogSpec | None = Field(None, description="device effects for this block (overrides the plan's)")
     inputs: list[TensorRef] = Field(default_factory=list)
     outputs: list[TensorRef] = Field(default_factory=list)
@@ -147,6 +170,26 @@ class Plan(_Strict):
             raise ValueError(f"plan version {v} is not supported (this hybridc reads version {PLAN_VERSION})")
         return v
 
+    @model_validator(mode="after")
+    def _runs_in_order(self) -> Plan:
+        """Blocks run in list order, so each block reads only graph inputs and earlier blocks' outputs: a
+        block reading its own or a later block's output (a cycle, or blocks reordered by a hand edit) can
+        never run, and is refused here with the names instead of failing inside compile or export."""
+        names = [b.name for b in self.blocks]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"block names must be unique (repeated: {', '.join(dup)})")
+        producer = {r.node: i for i, b in enumerate(self.blocks) for r in b.outputs}
+        for i, b in enumerate(self.blocks):
+            for r in b.inputs:
+                j = producer.get(r.node)
+                if j is not None and j >= i:
+                    where = "itself" if j == i else f"the later block {self.blocks[j].name}"
+                    raise ValueError(f"block {b.name} reads {r.node}, an output of {where}: blocks must run in "
+                                     "order (a cycle, or blocks reordered by hand?); re-create the plan with "
+                                     "`hybridc partition`")
+        return self
+
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
 
@@ -175,3 +218,33 @@ class Plan(_Strict):
 
     def schema_json(self) -> str:
         return json.dumps(self.model_json_schema(), indent=2)
+
+
+def _validation_lines(exc: ValidationError) -> list[str]:
+    out = []
+    for e in exc.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "json_invalid":
+            msg = f"not valid JSON ({e.get('ctx', {}).get('error', msg)})"
+        out.append(f"{loc}: {msg}")
+    return out
+
+
+def read_plan(path: str | Path) -> Plan:
+    """`Plan.load` with every problem a PlanFileError naming the file and each reason (up to 10), e.g.
+    `blocks.0.neurons.1.activation: hardsigmoid slope must be > 0`, instead of pydantic's bare count."""
+    path = Path(path)
+    if not path.is_file():
+        raise PlanFileError(f"plan {path} does not exist" if not path.exists() else f"plan {path} is not a file")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PlanFileError(f"cannot read plan {path}: {exc}") from None
+    try:
+        return Plan.from_json(text)
+    except ValidationError as exc:
+        lines = _validation_lines(exc)
+        more = f"\n  ... and {len(lines) - 10} more" if len(lines) > 10 else ""
+        raise PlanFileError(f"{path} is not a valid plan:\n  - " + "\n  - ".join(lines[:10]) + more
+                            + "\n  Re-create it with `hybridc partition MODEL -f json -o FILE`.") from None

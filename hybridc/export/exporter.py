@@ -11,8 +11,12 @@ Layout of DIR::
     blocks/<analog>.safetensors synapse weights, named as in the manifest's synapse paths
     model.onnx                  (--full) the whole ff-EBM, relaxations unrolled
 
-The directory is written into a temporary sibling and swapped in only when complete: an existing export
-is replaced whole or left as it was, never half-overwritten.
+The directory is written into a temporary sibling `.DIR.tmp-<pid>-<random>` and swapped in only when complete
+and, unless `check=False`, only after every check in onnxruntime passed: an existing export is replaced whole
+or left as it was, never half-overwritten and never replaced by a failing one. A failing export is kept aside
+as `DIR.failed-<UTC stamp>` (with `verify-report.json`) for inspection. The staging directory is removed on any
+exit that runs Python's cleanup (errors, Ctrl-C, SIGTERM through the CLI); one left by a killed process
+(kill -9) is recognised by its dead pid and removed by the next export to the same place.
 """
 
 from __future__ import annotations
@@ -21,7 +25,10 @@ import contextlib
 import ctypes
 import ctypes.util
 import datetime
+import json
+import math
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -60,7 +67,8 @@ from hybridc.export.manifest import (
     structure_to_json,
 )
 from hybridc.export.onnx_blocks import DEFAULT_OPSET, dim_spec, export_digital_block, export_onnx
-from hybridc.runtime.files import sha256_file
+from hybridc.runtime.files import atomic_write_text, sha256_file
+from hybridc.runtime.run_lock import pid_alive
 from hybridc.runtime.settings import SolverConfig
 from hybridc.targets.dhn import DHNBlock
 
@@ -73,6 +81,10 @@ PLAN_FILE = "plan.json"
 SAMPLES_FILE = "samples.npz"
 FULL_FILE = "model.onnx"
 BLOCK_DIR = "blocks"
+#: the report written into an export kept aside after a failed check
+FAILED_REPORT = "verify-report.json"
+#: most reference samples stored (they are run through every file by verify)
+MAX_SAMPLE_BATCH = 4096
 
 
 @dataclass
@@ -82,6 +94,9 @@ class ExportResult:
     directory: Path
     manifest: Manifest
     report: VerifyReport | None = None
+    #: False when a check failed: `directory` was left as it was and the export is in `kept`
+    published: bool = True
+    kept: Path | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -212,6 +227,72 @@ def check_destination(out: Path, force: bool) -> None:
                           f"(no {MANIFEST_NAME}); choose another --output or pass --force")
 
 
+def max_opset() -> int:
+    """The newest ONNX opset the exporter writes as asked (newer requests come out as 18, silently)."""
+    import onnx
+
+    return int(onnx.defs.onnx_opset_version())
+
+
+def validate_export_settings(opset: int, batch: int, tol: float) -> None:
+    """ExportError for an opset outside [17, max_opset()], a batch outside [1, MAX_SAMPLE_BATCH], or a
+    tolerance that is not a finite positive number: checked before any work."""
+    top = max_opset()
+    if not 17 <= opset <= top:
+        raise ExportError(f"--opset {opset} is not supported: hybridc exports opsets 17 to {top}")
+    if not 1 <= batch <= MAX_SAMPLE_BATCH:
+        raise ExportError(f"--batch {batch} is out of range: the reference batch holds 1 to {MAX_SAMPLE_BATCH} "
+                          "samples")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol <= 0:
+        raise ExportError(f"--tol must be a finite number > 0 (a max abs error, e.g. 1e-4), not {tol!r}")
+
+
+def check_onnx_opsets(directory: Path, files: list[str], opset: int) -> None:
+    """Every ONNX file's default-domain opset is `opset` (what the manifest claims), else ExportError."""
+    import onnx
+
+    for rel in files:
+        model = onnx.load(str(directory / rel), load_external_data=False)
+        got = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+        if got != opset:
+            raise ExportError(f"{rel} is written in ONNX opset {got}, not the opset {opset} the manifest records")
+
+
+_STAGING = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?:(?P<pid>\d+)-)?[0-9A-Za-z_]+$")
+
+
+def remove_stale_staging(out: Path) -> list[Path]:
+    """Remove `.NAME.tmp-*` / `.NAME.old-*` siblings of `out` left by exports that were killed: those whose
+    pid is no longer running (names without a pid come from older hybridc versions: always stale)."""
+    removed = []
+    if not out.parent.is_dir():
+        return removed
+    for p in out.parent.iterdir():
+        m = _STAGING.match(p.name)
+        if m is None or m.group("name") != out.name or not p.is_dir():
+            continue
+        pid = m.group("pid")
+        if pid is not None and int(pid) != os.getpid() and pid_alive(int(pid)):
+            continue  # another export to the same place is running
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
+
+
+def keep_failed(staging: Path, out: Path, report: VerifyReport) -> Path:
+    """Move a staged export whose check failed to `DIR.failed-<UTC stamp>` with its report; return it."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    kept = out.parent / f"{out.name}.failed-{stamp}"
+    n = 1
+    while kept.exists():
+        n += 1
+        kept = out.parent / f"{out.name}.failed-{stamp}-{n}"
+    atomic_write_text(staging / FAILED_REPORT, json.dumps(report.to_json() | {"directory": str(kept)}, indent=2)
+                      + "\n")
+    os.replace(staging, kept)
+    return kept
+
+
 def publish(staging: Path, out: Path) -> None:
     """Move the complete `staging` directory to `out`, replacing a previous `out` in one step."""
     if not out.exists():
@@ -220,7 +301,7 @@ def publish(staging: Path, out: Path) -> None:
     if _exchange(staging, out):
         shutil.rmtree(staging, ignore_errors=True)  # now holds the previous export
         return
-    backup = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+    backup = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     os.replace(out, backup)
     try:
         os.replace(staging, out)
@@ -246,12 +327,11 @@ def export_ffebm(ff: FFEBM, out: str | Path, *, source: SourceInfo | None = None
     solver is exported as fixed steps, see `hybridc.export.full.export_solver`). `batch`/`seed`: the
     reference samples stored for `hybridc verify`. `check`: verify the files in onnxruntime before
     publishing them (a file that does not load or run aborts the export; numeric results are returned in
-    `report`). Digital blocks are exported in eval mode (batchnorm running statistics, no dropout), float32.
+    `report`; an export beyond `tol` is not published: `out` stays as it was and the export is kept aside, see
+    `ExportResult.kept`). Digital blocks are exported in eval mode (batchnorm running statistics, no dropout),
+    float32.
     """
-    if opset < 17:
-        raise ExportError(f"opset {opset} is too old: hybridc exports opset 17 or newer")
-    if batch < 1:
-        raise ExportError("batch must be at least 1")
+    validate_export_settings(opset, batch, tol)
     if relaxation not in RELAXATIONS:
         raise ExportError(f"relaxation must be one of {', '.join(RELAXATIONS)}, not {relaxation!r}")
     out = Path(out)
@@ -356,7 +436,8 @@ def _export(model: FFEBM, out: Path, view: ExportView, *, source: SourceInfo | N
             dtype=str(value.dtype).replace("torch.", ""), producer=producers[name])
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    remove_stale_staging(out)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
         (staging / BLOCK_DIR).mkdir()
         blocks: list[DigitalBlockInfo | AnalogBlockInfo] = []
@@ -401,11 +482,17 @@ def _export(model: FFEBM, out: Path, view: ExportView, *, source: SourceInfo | N
         manifest.save(staging / MANIFEST_NAME)
 
         _normalize_permissions(staging)
+        if not check:  # (verify checks them too)
+            check_onnx_opsets(staging, [f.path for f in files if f.kind == "onnx"], opset)
         report = None
         if check:
             from hybridc.export.verify import verify_export
 
             report = verify_export(staging, tol=tol)
+            if not report.ok:
+                kept = keep_failed(staging, out, report)
+                report.directory = kept
+                return ExportResult(directory=out, manifest=manifest, report=report, published=False, kept=kept)
             report.directory = out
         publish(staging, out)
     except BaseException:

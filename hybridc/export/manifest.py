@@ -14,10 +14,16 @@ order, and for each block which file holds what:
 
 Tensor shapes list the batch axis as the string "batch" (or "k*batch" for a dimension that is a multiple of
 the batch); every other entry is a fixed size.
+
+The manifest carries its own SHA-256 (`digest`, over its content without that field; `save` seals it, `load`
+checks it), as every other file of the export is covered by the manifest's `files`: a hand-edited manifest
+(say, an activation changed) is refused. `hybridc verify` further checks the neuron, activation and solver
+fields against the step graphs themselves (`hybridc.export.verify_spec`).
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -188,6 +194,8 @@ class Manifest(_Strict):
     warnings: list[str] = Field(default_factory=list)
     checks: dict[str, float] = Field(default_factory=dict,
                                      description="export-time measurements (e.g. fixed-step vs tolerance solver)")
+    digest: str | None = Field(None, description="SHA-256 of this manifest's content without this field "
+                                                 "(set by save, checked by load)")
 
     @field_validator("version")
     @classmethod
@@ -204,9 +212,15 @@ class Manifest(_Strict):
     def from_json(cls, text: str) -> Manifest:
         return cls.model_validate_json(text)
 
+    def content_digest(self) -> str:
+        """SHA-256 of the manifest's JSON without the `digest` field."""
+        return hashlib.sha256(self.model_dump_json(exclude={"digest"}).encode()).hexdigest()
+
     def save(self, path: str | Path) -> None:
+        """Seal (set `digest`) and write atomically."""
         from hybridc.runtime.files import atomic_write_text
 
+        self.digest = self.content_digest()
         atomic_write_text(Path(path), self.to_json() + "\n")
 
     @classmethod
@@ -218,10 +232,16 @@ class Manifest(_Strict):
         if not path.is_file():
             raise ExportError(f"{directory} has no {MANIFEST_NAME}: not a hybridc export directory")
         try:
-            return cls.from_json(path.read_text())
+            manifest = cls.from_json(path.read_text())
         except ValidationError as exc:
             msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
             raise ExportError(f"{path} is not a valid hybridc manifest: {msgs}") from None
+        if manifest.digest is None:
+            raise ExportError(f"{path} carries no digest (written by an older hybridc, or edited): re-export it")
+        if manifest.digest != manifest.content_digest():
+            raise ExportError(f"{path} was changed after export (its content does not match its SHA-256 digest): "
+                              "the manifest describes the hardware-facing model and must not be edited; re-export")
+        return manifest
 
     # ---- queries ----------------------------------------------------------------------------------
     def block(self, name: str) -> DigitalBlockInfo | AnalogBlockInfo:

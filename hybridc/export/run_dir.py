@@ -19,6 +19,10 @@ run did, and builds the embedded default MLP when `model` is null). Without that
 it rejects), the generic fallback is `hybridc.load.load_model(cfg["model"], shape, **cfg["model_kwargs"])`.
 The rebuilt model is then compiled with exactly the run's plan (validated against the model) and the
 checkpoint's state is loaded strictly.
+
+Integrity: a checkpoint written by `hybridc train` carries the digest of its content and the SHA-256 of the
+run's plan.json; both are checked here (a damaged checkpoint or an edited plan is refused, naming the file),
+so an export is always of the weights and the plan the run trained.
 """
 
 from __future__ import annotations
@@ -33,8 +37,10 @@ from torch import nn
 
 from hybridc.errors import HybridcError
 from hybridc.export.manifest import ExportError, SourceInfo
-from hybridc.plan import Plan
+from hybridc.plan import Plan, PlanFileError, read_plan
+from hybridc.runtime.checkpoint import CheckpointError, check_digest, read_torch_file
 from hybridc.runtime.ffebm import FFEBM
+from hybridc.runtime.files import sha256_file
 
 CONFIG_NAMES = ("config.json", "config.yaml", "config.yml")
 PLAN_NAME = "plan.json"
@@ -164,18 +170,25 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> Loade
     if not plan_path.is_file():
         raise ExportError(f"{run_dir} is not a run directory: it has no {PLAN_NAME}")
     try:
-        plan = Plan.load(plan_path)
-    except Exception as exc:
-        raise ExportError(f"{plan_path} is not a valid plan: {str(exc).splitlines()[0]}") from None
+        plan = read_plan(plan_path)
+    except PlanFileError as exc:
+        raise ExportError(str(exc)) from None
     if not plan.model.example_shapes:
         raise ExportError(f"{plan_path} records no example input shapes")
     ckpt_path = Path(checkpoint) if checkpoint is not None else find_checkpoint(run_dir)
     if not ckpt_path.is_file():
         raise ExportError(f"checkpoint {ckpt_path} does not exist")
     try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ExportError(f"cannot read checkpoint {ckpt_path}: {str(exc).splitlines()[0]}") from None
+        ckpt = read_torch_file(ckpt_path)
+        if isinstance(ckpt, dict):
+            check_digest(ckpt, ckpt_path)
+    except CheckpointError as exc:
+        raise ExportError(str(exc)) from None
+    recorded = ckpt.get("plan_sha256") if isinstance(ckpt, dict) else None
+    if recorded is not None and sha256_file(plan_path) != recorded:
+        raise ExportError(f"{plan_path} was changed after the run wrote it (its SHA-256 differs from the one "
+                          f"recorded in {ckpt_path}): the checkpoint's weights belong to the original plan; "
+                          "restore the file")
     cfg = _read_config(run_dir, ckpt if isinstance(ckpt, dict) else {})
     example = tuple(torch.randn(*s) for s in plan.model.example_shapes)
     try:

@@ -11,7 +11,10 @@ therefore needs neither the model's code nor torch: it checks
   blocks' ONNX results (errors accumulate as they would in a deployment);
 - end to end, `model.onnx` (when exported with --full).
 
-Every file's SHA-256 is checked against the manifest first: a changed or missing file is an error.
+Every file's SHA-256 is checked against the manifest first (and the manifest's own digest when it is
+loaded): a changed or missing file is an error. The manifest's description of each analog block (neuron
+shapes, activations, the solver's update order and steps) is then checked against its step graph
+(`hybridc.export.verify_spec`): a manifest that disagrees with the files it describes is an error too.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from hybridc.export.manifest import AnalogBlockInfo, DigitalBlockInfo, ExportError, Manifest
+from hybridc.finite import SettingError, check_float
 from hybridc.runtime.files import sha256_file
 
 DEFAULT_TOL = 1e-4
@@ -78,6 +82,22 @@ def _check_files(directory: Path, manifest: Manifest) -> None:
     problems += [f"{p} is referenced but not listed in the manifest's files" for p in sorted(referenced - listed)]
     if problems:
         raise ExportError(f"export directory {directory} is inconsistent:\n  - " + "\n  - ".join(problems))
+
+
+def _check_description(directory: Path, manifest: Manifest) -> None:
+    """The manifest's opset and analog-block descriptions against the files (ExportError listing each)."""
+    from hybridc.export.exporter import check_onnx_opsets
+    from hybridc.export.verify_spec import check_block_spec
+
+    onnx_files = [f.path for f in manifest.files if f.kind == "onnx"]
+    check_onnx_opsets(directory, onnx_files, manifest.opset)
+    problems = []
+    for b in manifest.blocks:
+        if isinstance(b, AnalogBlockInfo):
+            problems += check_block_spec(directory, manifest, b)
+    if problems:
+        raise ExportError(f"the manifest of {directory} does not describe its step graphs:\n  - "
+                          + "\n  - ".join(problems))
 
 
 def _scale(arrays: list[np.ndarray]) -> float:
@@ -172,9 +192,14 @@ def verify_export(directory: str | Path, tol: float = DEFAULT_TOL) -> VerifyRepo
     Raises ExportError for a broken directory (missing/changed files, a file onnxruntime cannot run);
     returns a report whose `ok` says whether every error is within `tol` (max abs, float32).
     """
+    try:
+        check_float(tol, "--tol", gt=0)
+    except SettingError as exc:
+        raise ExportError(str(exc)) from None
     directory = Path(directory)
     manifest = Manifest.load(directory)
     _check_files(directory, manifest)
+    _check_description(directory, manifest)
     try:
         with np.load(directory / manifest.samples.file) as data:
             samples = {k: data[k] for k in data.files}

@@ -5,10 +5,17 @@ NumPy), the data loader's position (epoch, batch), the partial-epoch accumulator
 mid-epoch (Ctrl-C), and the run's config. It is written atomically (temporary file + fsync + rename through
 `hybridc.runtime.files`), so an interruption while saving leaves the previous checkpoint intact, and it is
 loaded with `torch.load(weights_only=True)`: a checkpoint is data, never code.
+
+Integrity: the checkpoint stores a SHA-256 digest of its own content (every tensor's bytes, dtype and shape
+and every other value, in order; `content_digest`), and the trainer adds the SHA-256 of the run's plan.json
+(`plan_sha256`). Loading recomputes the digest: a damaged file (a flipped byte inside a weight tensor, which
+torch itself does not notice) is refused instead of resuming silently from wrong weights. Checkpoints
+written before digests existed (no `digest` key) still load.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
 from typing import Any
@@ -20,6 +27,7 @@ from hybridc.errors import HybridcError
 from hybridc.runtime.files import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
+DIGEST_KEY = "digest"
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format", "config", "model", "optimizer", "scheduler", "rng", "loader", "epoch",
                  "batch", "partial", "world_size")
@@ -56,13 +64,77 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
+def _feed(h: Any, obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(obj, dict):
+        h.update(b"D%d" % len(obj))
+        for k, v in obj.items():
+            _feed(h, k)
+            _feed(h, v)
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"L%d" % len(obj))
+        for v in obj:
+            _feed(h, v)
+    elif isinstance(obj, np.ndarray):
+        h.update(f"N{obj.dtype}{obj.shape}".encode())
+        h.update(np.ascontiguousarray(obj).tobytes())
+    else:
+        h.update(f"S{type(obj).__name__}:{obj!r}".encode())
+
+
+def content_digest(obj: Any) -> str:
+    """Hex SHA-256 of a nested structure of dicts, lists, tensors and plain values: tensor bytes with their
+    dtype and shape, every other value by its repr, in order. Independent of pickling details, so the same
+    state always gives the same digest."""
+    h = hashlib.sha256()
+    _feed(h, obj)
+    return h.hexdigest()
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write `state` (see REQUIRED_KEYS) atomically to `path`."""
+    """Write `state` (see REQUIRED_KEYS) atomically to `path`, with the digest of its content."""
     missing = [k for k in REQUIRED_KEYS if k not in state and k != "format"]
     if missing:
         raise ValueError(f"checkpoint state lacks {missing}")
-    payload = {"format": FORMAT_VERSION, **state}
+    payload = {"format": FORMAT_VERSION, **{k: v for k, v in state.items() if k != DIGEST_KEY}}
+    payload[DIGEST_KEY] = content_digest(payload)
     atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
+
+
+def _short_reason(exc: BaseException) -> str:
+    """The first line of a load error, without torch's advice to retry with weights_only=False (which would
+    run whatever code a damaged or malicious file holds)."""
+    text = str(exc)
+    if "weights_only" in text or "Weights only load failed" in text:
+        return "it holds objects other than tensors and plain data, which hybridc never unpickles"
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def read_torch_file(path: Path, map_location: str | torch.device = "cpu", what: str = "checkpoint") -> Any:
+    """`torch.load(path, weights_only=True)`, every failure a CheckpointError naming the file (never the
+    advice to load it unsafely)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # pickle/zip errors of every kind all mean "unreadable"
+        raise CheckpointError(f"{what} {path} is corrupt or not a hybridc checkpoint ({_short_reason(exc)}); "
+                              "delete it to restart, or restore it from a backup") from None
+
+
+def check_digest(state: dict[str, Any], path: Path) -> None:
+    """Recompute the digest `save_checkpoint` stored (removing it from `state`); CheckpointError on a mismatch.
+    A state without one (written before digests existed, or by other tools) is accepted as it is."""
+    stored = state.pop(DIGEST_KEY, None)
+    if stored is None:
+        return
+    if stored != content_digest(state):
+        raise CheckpointError(f"checkpoint {path} is corrupt: its content does not match the SHA-256 digest "
+                              "stored in it (the file was damaged or edited after it was written); restore it "
+                              "from a backup, or delete it to restart the run")
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -71,15 +143,11 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}: the run never finished an epoch or was not "
                               "started with this hybridc")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # pickle/zip errors of every kind all mean "unreadable"
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a hybridc checkpoint "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                              "delete it to restart, or restore it from a backup") from None
+    state = read_torch_file(path, map_location)
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} is not a hybridc checkpoint (top level is "
                               f"{type(state).__name__})")
+    check_digest(state, path)
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise CheckpointError(f"checkpoint {path} is incomplete (missing {', '.join(missing)})")

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hybridc.errors import HybridcError
+from hybridc.finite import FiniteFloat
 
 Algorithm = Literal["ep", "id", "bptt", "bp"]
 
@@ -53,23 +54,23 @@ class ExperimentConfig(BaseModel):
     pool: Literal["digital", "absorb"] | None = None
     attention: Literal["digital", "analog"] | None = None
     activation: Literal["hardsigmoid", "keep"] | None = None
-    hardsigmoid_slope: float | None = Field(None, gt=0)
+    hardsigmoid_slope: FiniteFloat | None = Field(None, gt=0, le=1e3)
     non_monotone: Literal["substitute", "refuse"] | None = None
     eb_kind: Literal["dhn", "drn"] | None = Field(None, description="analog block kind [dhn]")
-    drn_gamma: float | None = Field(None, gt=0, description="drn input voltage gain γ (sources γ·[x, −x]) [1]")
+    drn_gamma: FiniteFloat | None = Field(None, gt=0, description="drn input voltage gain γ (sources γ·[x, −x]) [1]")
     analog: dict[str, Any] = Field(default_factory=dict, description="device effects of every analog block "
                                    "(AnalogSpec fields: program_noise, weight_range, read_noise, ...)")
     init: Literal["keep", "goe"] = Field("keep", description="analog weights: the model's own init or GOE")
-    goe_variance: float = Field(5e-5, gt=0, description="GOE variance (init=goe)")
+    goe_variance: FiniteFloat = Field(5e-5, gt=0, description="GOE variance (init=goe)")
 
     # ---- gradient and solver ----------------------------------------------------------------------
     algorithm: Algorithm = Field("ep", description="ep/id/bptt through analog blocks, or bp: the original "
                                                    "feedforward model by backprop (the baseline)")
-    beta: float = Field(0.05, gt=0, description="EP nudging strength (dimensionless, δ normalised)")
+    beta: FiniteFloat = Field(0.05, gt=0, le=1.0, description="EP nudging strength (dimensionless, δ normalised)")
     t1: int = Field(20, ge=1, description="free-phase relaxation steps")
     t2: int = Field(5, ge=1, description="nudged-phase relaxation steps (and BPTT unroll)")
     solver_mode: Literal["sync", "async"] = Field("sync", description="synchronous or even/odd updates")
-    feedback_gain: float | None = Field(
+    feedback_gain: FiniteFloat | None = Field(
         None, ge=0, description="equilibrium by construction: bound every multi-layer Hopfield block's feedback "
                                 "gain ρ = ‖D_a^½ A D_a^½‖ at compile time and after every optimizer step "
                                 "(hybridc.targets.contraction); None = the compiler's default "
@@ -88,27 +89,43 @@ class ExperimentConfig(BaseModel):
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(64, ge=1, description="global batch (split across DDP processes)")
     test_batch_size: int = Field(500, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    lr: FiniteFloat = Field(1e-3, gt=0, le=100.0)
     optimizer: Literal["adam", "sgd"] = "adam"
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
-    weight_decay: float = Field(0.0, ge=0, description="decoupled from biases/norms: only ≥2-D weights")
+    momentum: FiniteFloat = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    weight_decay: FiniteFloat = Field(0.0, ge=0, description="decoupled from biases/norms: only ≥2-D weights")
     schedule: Literal["cosine", "none"] = "cosine"
     analog_optimizer: Literal["sgd", "analog-sgd", "tiki-taka"] | None = Field(
         None, description="optimizer of the analog weights (≥2-D parameters of analog blocks; with algorithm=bp "
                           "the Linear/Conv weights): sgd = ideal device, analog-sgd/tiki-taka = soft-bounds "
                           "device with bound analog_tau; None = the same optimizer as everything else")
-    analog_lr: float | None = Field(None, gt=0, description="learning rate of the analog optimizer [lr]")
-    analog_tau: float = Field(1.0, gt=0, description="soft-bounds device bound τ (weights live in [−τ, τ])")
-    transfer_lr: float | None = Field(None, gt=0, description="Tiki-Taka transfer rate β from P to W [analog_lr]")
+    analog_lr: FiniteFloat | None = Field(None, gt=0, description="learning rate of the analog optimizer [lr]")
+    analog_tau: FiniteFloat = Field(1.0, gt=0, description="soft-bounds device bound τ (weights live in [−τ, τ])")
+    transfer_lr: FiniteFloat | None = Field(None, gt=0, description="Tiki-Taka transfer rate β from P to W [analog_lr]")
     transfer_every: int = Field(1, ge=1, description="Tiki-Taka transfer period (optimizer steps)")
 
     # ---- execution --------------------------------------------------------------------------------
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["none", "bf16"] = Field("none", description="bf16 autocast of digital blocks")
     compile: bool = Field(False, description="torch.compile digital blocks and the analog step map")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="random seed (torch, NumPy, data order)")
     log_every: int = Field(20, ge=1, description="batches between host reads of running loss/accuracy")
     progress: bool = Field(True, description="rich progress bars")
+
+    @field_validator("analog")
+    @classmethod
+    def _analog_spec(cls, v: dict[str, Any]) -> dict[str, Any]:
+        """Device effects are AnalogSpec fields: checked here (names and values), not when the first block
+        is built."""
+        from hybridc.plan import AnalogSpec
+
+        try:
+            AnalogSpec(**v)
+        except ValidationError as exc:
+            reasons = "; ".join(f"{'.'.join(map(str, e['loc']))}: "
+                                + ("unknown key (valid keys: " + ", ".join(AnalogSpec.model_fields) + ")"
+                                   if e["type"] == "extra_forbidden" else e["msg"]) for e in exc.errors())
+            raise ValueError(reasons) from None
+        return v
 
     @field_validator("data")
     @classmethod
@@ -168,7 +185,7 @@ def _format_errors(exc: ValidationError, where: str) -> str:
     lines = []
     for e in exc.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = f"unknown key (valid keys: {', '.join(ExperimentConfig.model_fields)})"
         lines.append(f"{loc}: {msg}")

@@ -9,7 +9,13 @@ One `Trainer` runs an `ExperimentConfig`:
   (`block.last_residual`, a device tensor) accumulate in device tensors that are read every `log_every`
   batches and at epoch end, so the loop itself adds no host sync per batch (see `_accumulate`);
 * writes the run directory on the main process only: `config.json`, `plan.json`, `metrics.jsonl`,
-  `checkpoint.pt` (atomic, every epoch and on Ctrl-C), `curves.png`, `summary.json`;
+  `checkpoint.pt` (atomic, every epoch and on Ctrl-C; it carries the digest of its content and of plan.json,
+  both checked on `--resume`), `curves.png`, `summary.json`;
+* owns its run directory exclusively: a default name is unique (random suffix, created atomically), the
+  directory is locked for the run's life (`hybridc.runtime.run_lock`), and a non-empty directory that is not a
+  run is refused unless `force`;
+* warns when training goes wrong without diverging: a loss that explodes (10x its first epoch) or an
+  accuracy stuck at chance after a few epochs;
 * resumes from a run directory to exactly the metrics an uninterrupted run would have produced
   (model/optimizer/scheduler/RNG states plus the data stream's position, even mid-epoch);
 * runs data-parallel under torchrun (see `hybridc.runtime.distributed`).
@@ -38,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hybridc.errors import HybridcError
+from hybridc.errors import DataError, HybridcError
 from hybridc.runtime import distributed as D
 from hybridc.runtime.checkpoint import (
     CHECKPOINT_NAME,
@@ -56,15 +62,22 @@ from hybridc.runtime.experiment import (
     check_resume_compatible,
     validate_config,
 )
-from hybridc.runtime.files import atomic_write_text
+from hybridc.runtime.files import atomic_write_text, sha256_file
 from hybridc.runtime.metrics import CURVES_NAME, METRICS_NAME, MetricsLog, plot_curves, summary_table
 from hybridc.runtime.optimizers import make_optimizer, make_scheduler
+from hybridc.runtime.run_lock import LOCK_NAME, RunDirError, RunLock, create_unique_dir
 
 CONFIG_NAME = "config.json"
 #: mean last-step max|Δs| of a free phase above which the trainer warns that a block is not at equilibrium
 UNCONVERGED_RESIDUAL = 0.1
 PLAN_NAME = "plan.json"
 SUMMARY_NAME = "summary.json"
+#: every file a run directory holds (a non-empty directory with anything else is not a run)
+RUN_FILES = frozenset({CONFIG_NAME, PLAN_NAME, METRICS_NAME, CHECKPOINT_NAME, CURVES_NAME, SUMMARY_NAME, LOCK_NAME})
+#: train loss above this multiple of the first epoch's: the run is blowing up (warned once)
+LOSS_EXPLOSION_FACTOR = 10.0
+#: epochs after which a train accuracy still at chance level (≤ 1.5 / classes) is warned about
+CHANCE_EPOCHS = 3
 
 BatchHook = Callable[[int, int], None]
 
@@ -164,6 +177,53 @@ def compile_model(cfg: ExperimentConfig, model: nn.Module, example: tuple[torch.
     return hc_compile(model, example, max_block_size=cfg.max_block_size, **common, **cfg.policies())
 
 
+def _check_model_finite(model: nn.Module, loader: Any, cfg: ExperimentConfig) -> None:
+    """The original model's own forward pass on the first test batch (real data, as training sees it) must be
+    finite: NaN/Inf there comes from the model's ops (a log of a non-positive value, a division by zero), and
+    no learning rate fixes it. One forward pass, on the CPU copy of the model, no RNG consumed."""
+    loader.set_epoch(0)
+    batch = next(iter(loader))[0].cpu()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(batch.float())
+    except Exception:  # noqa: BLE001 - build_model already checked that the model runs: nothing new to say
+        return
+    finally:
+        model.train(was_training)
+    if isinstance(out, torch.Tensor) and not bool(torch.isfinite(out).all()):
+        raise ConfigError(f"model {cfg.model_label()} outputs NaN/Inf on the first {batch.shape[0]} {cfg.data} "
+                          "samples before any training: its own operations (a log of a non-positive value, a "
+                          "division by zero, ...) produce them; fix the model (no training setting can)")
+
+
+def load_plan_file(path: Path) -> Any:
+    """A plan file, every problem a ConfigError naming the file and each reason."""
+    from hybridc.plan import PlanFileError, read_plan
+
+    try:
+        return read_plan(path)
+    except PlanFileError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _compile_checked(cfg: ExperimentConfig, model: nn.Module, example: tuple[torch.Tensor, ...],
+                     plan: Any) -> nn.Module:
+    """`compile_model`, with a hand-edited plan that does not describe a runnable graph (a cycle, a missing
+    node) reported as such instead of as an internal KeyError."""
+    try:
+        return compile_model(cfg, model, example, plan)
+    except HybridcError:
+        raise
+    except (KeyError, IndexError, ValueError) as exc:
+        if plan is None:
+            raise
+        raise ConfigError(f"the plan{f' {cfg.plan}' if cfg.plan else ''} does not describe a graph this model "
+                          f"can run ({type(exc).__name__}: {exc}); was it edited by hand? Re-create it with "
+                          "`hybridc partition -f json`") from None
+
+
 def analog_blocks(module: nn.Module) -> dict[str, nn.Module]:
     """The analog blocks of a compiled model (empty for a plain model)."""
     return dict(getattr(module, "analog_blocks", {}) or {})
@@ -221,9 +281,40 @@ class StopFlag:
 
 
 # ------------------------------------------------------------------------------------------------ trainer
-def default_run_dir(cfg: ExperimentConfig) -> Path:
+def default_run_name(cfg: ExperimentConfig) -> str:
+    """`<YYYYmmdd-HHMMSS>-<model>-<data>-<alg>`; `create_unique_dir` appends a random suffix, so runs
+    started in the same second never share a directory."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{stamp}-{cfg.model_label()}-{cfg.data}-{cfg.algorithm}"
+    return f"{stamp}-{cfg.model_label()}-{cfg.data}-{cfg.algorithm}"
+
+
+def _is_hybridc_file(name: str) -> bool:
+    """A file a run writes: its own names, or an atomic write's temporary `.<name>.<random>.tmp`."""
+    if name in RUN_FILES:
+        return True
+    return name.startswith(".") and name.endswith(".tmp") and name[1:].split(".tmp")[0].rsplit(".", 1)[0] in RUN_FILES
+
+
+def looks_like_run(path: Path) -> bool:
+    """Whether directory `path` is empty or a run directory: nothing but files the trainer writes, a
+    config.json that is a complete experiment config (hybridc writes every field) and metrics.jsonl lines
+    that are epoch records. Anything else is somebody's own files, which training must not overwrite."""
+    entries = list(path.iterdir())
+    if not all(p.is_file() and _is_hybridc_file(p.name) for p in entries):
+        return False
+    names = {p.name for p in entries if p.name in RUN_FILES} - {LOCK_NAME}
+    if not names:
+        return True
+    try:
+        data = json.loads((path / CONFIG_NAME).read_text())
+        if not isinstance(data, dict) or not {"algorithm", "data", "epochs", "seed", "lr"} <= set(data):
+            return False
+        validate_config(data, str(path / CONFIG_NAME))
+        metrics = path / METRICS_NAME
+        lines = metrics.read_text().splitlines() if metrics.is_file() else []
+        return all(isinstance(rec := json.loads(x), dict) and "epoch" in rec for x in lines if x.strip())
+    except (OSError, ValueError, HybridcError):
+        return False
 
 
 @dataclass
@@ -269,10 +360,13 @@ class Trainer:
 
     def __init__(self, cfg: ExperimentConfig, out: str | Path | None = None, resume: str | Path | None = None,
                  resume_overrides: dict[str, Any] | None = None, console: Any = None,
-                 on_batch_end: BatchHook | None = None):
+                 on_batch_end: BatchHook | None = None, force: bool = False):
         self.on_batch_end = on_batch_end
         self.console = console
         self.ckpt: dict[str, Any] | None = None
+        self.force = force
+        self.lock: RunLock | None = None
+        self._created_dir = False
         if resume is not None:
             if out is not None and Path(out).resolve() != Path(resume).resolve():
                 raise ConfigError("give --resume RUN_DIR alone: the resumed run continues in RUN_DIR "
@@ -280,8 +374,13 @@ class Trainer:
             self.run_dir: Path | None = Path(resume)
             cfg = self._load_resume(self.run_dir, resume_overrides or {})
         else:
-            self.run_dir = Path(out) if out is not None else default_run_dir(cfg)
-            self._check_fresh_dir(self.run_dir)
+            self.run_dir = Path(out) if out is not None else None  # None: a unique default, made by run()
+            if self.run_dir is not None:
+                self._check_fresh_dir(self.run_dir, force)
+            if cfg.plan is not None:  # a bad plan file fails now, before any data or model is loaded
+                if not Path(cfg.plan).is_file():
+                    raise ConfigError(f"plan file {cfg.plan} does not exist")
+                load_plan_file(Path(cfg.plan))
         self.cfg = cfg
         self.ctx, self.device = D.init_distributed(cfg.device)
         self.run_dir_writable = self.ctx.is_main  # only the main process writes the run directory
@@ -289,13 +388,49 @@ class Trainer:
 
     # ---- run directory ----------------------------------------------------------------------------
     @staticmethod
-    def _check_fresh_dir(path: Path) -> None:
+    def _check_fresh_dir(path: Path, force: bool = False) -> None:
         if path.exists() and not path.is_dir():
             raise ConfigError(f"--out {path} exists and is not a directory")
         # A directory whose run never finished an epoch (no checkpoint) is simply started again.
         if path.is_dir() and (path / CHECKPOINT_NAME).exists():
             raise ConfigError(f"--out {path} already holds a run; continue it with `--resume {path}` or "
                               "choose another --out")
+        if path.is_dir() and not force and not looks_like_run(path):
+            raise RunDirError(f"refusing to train into {path}: it is not empty and not a hybridc run directory "
+                              f"(its files would be overwritten); choose another --out or pass --force")
+
+    def _claim_run_dir(self) -> None:
+        """Main process: create the run directory (a default one under a unique name) and lock it for the
+        run's life; a fresh run's directory is checked again under the lock (another run may have just
+        finished an epoch there)."""
+        if not self.ctx.is_main:
+            return
+        try:
+            if self.run_dir is None:
+                self.run_dir = create_unique_dir(Path("runs"), default_run_name(self.cfg))
+                self._created_dir = True
+            else:
+                self._created_dir = not self.run_dir.exists()
+            self.lock = RunLock(self.run_dir).acquire()
+        except RunDirError:
+            if self._created_dir and self.run_dir is not None:
+                self.run_dir.rmdir()
+            raise
+        except OSError as exc:
+            where = self.run_dir if self.run_dir is not None else Path("runs")
+            raise RunDirError(f"cannot create the run directory {where} ({exc.strerror or exc}); choose a "
+                              "writable --out") from None
+        if self.ckpt is None:
+            self._check_fresh_dir(self.run_dir, self.force)
+
+    def _release_run_dir(self, failed: bool) -> None:
+        """Drop the lock; a directory this run created and left empty (it failed before writing) goes too."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        if failed and self._created_dir and self.run_dir is not None:
+            with contextlib.suppress(OSError):
+                self.run_dir.rmdir()  # only when empty
 
     def _load_resume(self, run_dir: Path, overrides: dict[str, Any]) -> ExperimentConfig:
         if not run_dir.is_dir():
@@ -346,6 +481,11 @@ class Trainer:
             train_ds.x, train_ds.y = train_ds.x[:cfg.train_subset], train_ds.y[:cfg.train_subset]
         if cfg.test_subset:
             test_ds.x, test_ds.y = test_ds.x[:cfg.test_subset], test_ds.y[:cfg.test_subset]
+        for split, ds in (("training", train_ds), ("test", test_ds)):
+            if len(ds.y) == 0:
+                raise DataError(f"{cfg.data} has 0 {split} samples{f' in {cfg.data_dir}' if cfg.data_dir else ''}: "
+                                "nothing to train or measure on; check the dataset files")
+        self.num_classes = train_ds.num_classes
         self.info = train_ds.info
         shape = train_ds.input_shape
         augment = cfg.augment
@@ -357,21 +497,24 @@ class Trainer:
         self.test_loader = test_ds.loader(cfg.test_batch_size, shuffle=False, device=self.device)
 
         model, example = build_model(cfg, shape, train_ds.num_classes)
+        _check_model_finite(model, self.test_loader, cfg)
         plan = None
         if self.ckpt is not None and cfg.algorithm != "bp":
-            from hybridc.plan import Plan
-
             plan_path = self.run_dir / PLAN_NAME
             if not plan_path.is_file():
                 raise CheckpointError(f"--resume {self.run_dir}: {PLAN_NAME} is missing")
-            plan = Plan.load(plan_path)
+            recorded = self.ckpt.get("plan_sha256")
+            if recorded is not None and sha256_file(plan_path) != recorded:
+                raise CheckpointError(f"--resume {self.run_dir}: {plan_path} was changed after the run wrote it "
+                                      "(its SHA-256 differs from the one recorded in the checkpoint); a resumed "
+                                      "run must compile the plan it was trained with: restore the file, or "
+                                      "start a new run with --plan")
+            plan = load_plan_file(plan_path)
         elif cfg.plan is not None:
-            from hybridc.plan import Plan
-
             if not Path(cfg.plan).is_file():
                 raise ConfigError(f"plan file {cfg.plan} does not exist")
-            plan = Plan.load(cfg.plan)
-        self.module = compile_model(cfg, model, example, plan).to(self.device)
+            plan = load_plan_file(Path(cfg.plan))
+        self.module = _compile_checked(cfg, model, example, plan).to(self.device)
         self.module.train()
         self.plan = getattr(self.module, "plan", None)
         self.block_names = list(analog_blocks(self.module))
@@ -382,14 +525,23 @@ class Trainer:
         self.log = MetricsLog(self.run_dir / METRICS_NAME if self.ctx.is_main else None)
         self.start_epoch, self.partial = 0, None
         self._warned: set[str] = set()
+        self.training_warnings: list[str] = []
+        self.plan_sha256: str | None = None
         if self.ckpt is not None:
             self._restore(self.ckpt)
-            self._write(CONFIG_NAME, cfg.to_json() + "\n")  # resumable fields (epochs, device...) may have changed
+            self.plan_sha256 = self.ckpt.get("plan_sha256")
+            if self.plan is not None and self.plan_sha256 is None and self.ctx.is_main:
+                self.plan_sha256 = sha256_file(self.run_dir / PLAN_NAME)  # a run from before plan digests
+            cfg_text = cfg.to_json() + "\n"
+            cfg_path = self.run_dir / CONFIG_NAME
+            if not cfg_path.is_file() or cfg_path.read_text() != cfg_text:
+                self._write(CONFIG_NAME, cfg_text)  # resumable fields (epochs, device...) may have changed
         elif self.ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._write(CONFIG_NAME, cfg.to_json() + "\n")
             if self.plan is not None:
                 self._write(PLAN_NAME, self.plan.to_json() + "\n")
+                self.plan_sha256 = sha256_file(self.run_dir / PLAN_NAME)
 
     def _restore(self, ck: dict[str, Any]) -> None:
         try:
@@ -425,6 +577,7 @@ class Trainer:
             "batch": batch,
             "partial": partial,
             "world_size": self.ctx.world_size,
+            "plan_sha256": self.plan_sha256,
         })
 
     # ---- one epoch --------------------------------------------------------------------------------
@@ -476,7 +629,18 @@ class Trainer:
 
     # ---- main loop --------------------------------------------------------------------------------
     def run(self) -> TrainResult:
-        """Train to `cfg.epochs`, checkpointing every epoch; a Ctrl-C stops after the current batch."""
+        """Train to `cfg.epochs`, checkpointing every epoch; a Ctrl-C stops after the current batch. The run
+        directory is locked from start to end, whatever the way out."""
+        self._claim_run_dir()
+        failed = True
+        try:
+            result = self._run()
+            failed = False
+            return result
+        finally:
+            self._release_run_dir(failed)
+
+    def _run(self) -> TrainResult:
         self._setup()
         cfg = self.cfg
         n_batches = len(self.train_loader)
@@ -543,8 +707,10 @@ class Trainer:
                     break
         wall = time.perf_counter() - t_run
         summary = self._summary(wall, interrupted)
+        trained = self.start_epoch < cfg.epochs  # False: a finished run resumed, nothing done
         if self.ctx.is_main and not interrupted:
-            self._write(SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
+            if trained or not (self.run_dir / SUMMARY_NAME).is_file():  # a finished run keeps its summary
+                self._write(SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
             self._print(summary_table(summary))
         D.shutdown(self.ctx)
         return TrainResult(self.run_dir if self.ctx.is_main else None, list(self.log.records), summary,
@@ -591,7 +757,36 @@ class Trainer:
                 self._print(f"[yellow]warning: could not draw {CURVES_NAME}: {type(exc).__name__}: {exc}[/]")
         self._print(self._epoch_line(record))
         self._warn_unconverged(record["residual"])
+        self._warn_bad_training()
         return record
+
+    def _warn_bad_training(self) -> None:
+        """Say so (once each) when a run goes wrong without diverging: the loss exploding to 10x its first
+        epoch, or the train accuracy still at chance after CHANCE_EPOCHS epochs (over every training sample, so
+        less noisy than a test subset). Nothing stops: the
+        user decides, but a finished run at chance must not look like a success."""
+        recs = self.log.records
+        first, last = recs[0], recs[-1]
+        if ("explode" not in self._warned and first["train_loss"] > 0
+                and last["train_loss"] > LOSS_EXPLOSION_FACTOR * first["train_loss"]):
+            self._warned.add("explode")
+            self._training_warning(
+                f"train loss {last['train_loss']:.4g} at epoch {last['epoch']} is over {LOSS_EXPLOSION_FACTOR:g}x "
+                f"the first epoch's ({first['train_loss']:.4g}): training is blowing up; lower --lr"
+                + (" or --beta" if self.cfg.algorithm == "ep" else "")
+                + ("" if self.cfg.feedback_gain != 0 else ", or keep blocks contractive: drop --feedback-gain 0"))
+        chance = 1.0 / max(self.num_classes, 1)
+        if ("chance" not in self._warned and len(recs) >= CHANCE_EPOCHS
+                and all(r["train_acc"] <= 1.5 * chance for r in recs[-2:])):
+            self._warned.add("chance")
+            self._training_warning(
+                f"after {len(recs)} epochs train accuracy {100 * last['train_acc']:.1f} % and test accuracy "
+                f"{100 * last['test_acc']:.1f} % are at chance ({100 * chance:.1f} % for {self.num_classes} "
+                "classes): the model is not learning; check --lr, the data and the model")
+
+    def _training_warning(self, text: str) -> None:
+        self.training_warnings.append(text)
+        self._print(f"[yellow]warning: {text}[/]")
 
     def _warn_unconverged(self, residual: dict[str, float]) -> None:
         """Say so, once per block, when a free phase ends far from its fixed point: EP's gradient assumes an
@@ -692,14 +887,16 @@ class Trainer:
             "processes": self.ctx.world_size,
             "interrupted": interrupted,
             "run_dir": str(self.run_dir),
+            "warnings": list(self.training_warnings),
         }
 
 
 def train(cfg: ExperimentConfig | None = None, out: str | Path | None = None, resume: str | Path | None = None,
           resume_overrides: dict[str, Any] | None = None, console: Any = None,
-          on_batch_end: BatchHook | None = None) -> TrainResult:
+          on_batch_end: BatchHook | None = None, force: bool = False) -> TrainResult:
     """Train `cfg` (default: the embedded default experiment) into run directory `out`, or continue the run
-    in `resume` (with `resume_overrides`: flags given at resume time, checked against the saved config)."""
+    in `resume` (with `resume_overrides`: flags given at resume time, checked against the saved config).
+    `force`: train into a non-empty `out` that is not a run directory (its other files stay)."""
     if cfg is None:
         cfg = ExperimentConfig()
-    return Trainer(cfg, out, resume, resume_overrides, console, on_batch_end).run()
+    return Trainer(cfg, out, resume, resume_overrides, console, on_batch_end, force).run()
