@@ -1,4 +1,5 @@
-"""Resolve MODEL (a zoo name, `path/model.py` or `path/model.py:factory`) to a module and example input."""
+"""Resolve MODEL (a zoo name, `path/model.py`, `path/model.py:factory`, or a library model `timm:NAME[,k=v]` /
+`hf:MODEL_TYPE[,k=v]`, see hybridc.load_library) to a module and example input."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from hybridc.errors import ModelLoadError
+from hybridc.load_library import build_library_model, is_library_spec
 from hybridc.models import ZOO, ZOO_INPUT_SHAPES, zoo_names
 
 FACTORY_NAMES = ("model", "build")
@@ -112,6 +114,12 @@ def load_model(spec: str, input_shape: str | tuple[int, ...] | None = None, batc
                **zoo_kwargs: object) -> LoadedModel:
     """Build the model named by `spec` and an example input batch of `batch` samples."""
     shape = parse_shape(input_shape) if isinstance(input_shape, str) else input_shape
+    if is_library_spec(spec):
+        if zoo_kwargs:
+            raise ModelLoadError(f"MODEL {spec!r}: give a library model's settings in the spec "
+                                 f"({spec},key=value), not as model kwargs {sorted(zoo_kwargs)}")
+        model, example = build_library_model(spec, shape, batch)
+        return LoadedModel(model=model, example_inputs=example, source=spec)
     if spec in ZOO:
         from hybridc.models import build_zoo_model
 
@@ -124,7 +132,8 @@ def load_model(spec: str, input_shape: str | tuple[int, ...] | None = None, batc
         path = Path(path_text)
         if not path.exists():
             raise ModelLoadError(
-                f"MODEL {spec!r} is neither a zoo model ({', '.join(zoo_names())}) nor an existing file")
+                f"MODEL {spec!r} is neither a zoo model ({', '.join(zoo_names())}), a library model "
+                "(timm:NAME, hf:MODEL_TYPE) nor an existing file")
         if path.is_dir():
             raise ModelLoadError(f"MODEL {spec!r} is a directory; give a .py file")
         model, module = _build_from_file(path, factory or None)
