@@ -149,7 +149,11 @@ def _zero_if_none(g: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
 def id_gradients(block: DHNBlock, inputs: list[torch.Tensor], s_star: list[torch.Tensor],
                  deltas: list[torch.Tensor | None], need_in: list[bool], need_p: list[bool]
                  ) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
-    """Implicit differentiation at the fixed point s* = T(s*)."""
+    """Implicit differentiation at the fixed point s* = T(s*): solve λ = δ + Jᵀλ (GMRES by default, or the
+    plain iteration: `GradientConfig.id_solver`, `hybridc.runtime.adjoint_solver`), then ∂L/∂θ = (∂T/∂θ)ᵀλ.
+    Records `block.last_adjoint_steps` (vjps) and `block.last_adjoint_residual` (relative, device scalar)."""
+    from hybridc.runtime import adjoint_solver as adj
+
     cfg = block.gradient
     params = _params(block)
     delta = [torch.zeros_like(s) if d is None else d for d, s in zip(deltas, s_star)]
@@ -157,18 +161,17 @@ def id_gradients(block: DHNBlock, inputs: list[torch.Tensor], s_star: list[torch
         xs = [x.detach().requires_grad_(n) for x, n in zip(inputs, need_in)]
         s = [t.detach().requires_grad_(True) for t in s_star]
         t_out = block.step_map(xs, s, differentiable=True)
-        lam = [d.clone() for d in delta]
-        steps = 0
-        while steps < cfg.id_max_steps:
-            steps += 1
-            jt = torch.autograd.grad(t_out, s, grad_outputs=lam, retain_graph=True, allow_unused=True)
-            new = [d + (torch.zeros_like(d) if j is None else j) for d, j in zip(delta, jt)]
-            change = max(float((a - b).abs().max()) for a, b in zip(new, lam))
-            scale = max(float(a.abs().max()) for a in new) + 1e-30
-            lam = new
-            if change <= cfg.id_tol * scale:
-                break
-        block.last_adjoint_steps = steps
+
+        def vjp(v: torch.Tensor) -> torch.Tensor:
+            jt = torch.autograd.grad(t_out, s, grad_outputs=adj.unflatten(v, s_star), retain_graph=True,
+                                     allow_unused=True)
+            return adj.flatten([torch.zeros_like(t) if j is None else j for j, t in zip(jt, s_star)])
+
+        solve = adj.gmres if cfg.id_solver == "gmres" else adj.fixed_point
+        result = solve(vjp, adj.flatten(delta), cfg.id_tol, cfg.id_max_steps, cfg.id_check_every)
+        block.last_adjoint_steps = result.steps
+        block.last_adjoint_residual = result.residual
+        lam = adj.unflatten(result.lam, s_star)
         wanted = [p for p, n in zip(params, need_p) if n] + [x for x, n in zip(xs, need_in) if n]
         grads = torch.autograd.grad(t_out, wanted, grad_outputs=lam, allow_unused=True) if wanted else []
     it2 = iter(grads)
