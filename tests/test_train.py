@@ -150,7 +150,10 @@ def test_train_compiles_exactly_a_given_plan(tmp_path: Path) -> None:
     plan = partition(model, example, max_block_size=3, hardsigmoid_slope=1.0)
     plan.save(tmp_path / "p.json")
     res = train(tiny(epochs=1, train_subset=32, plan=str(tmp_path / "p.json")), out=tmp_path / "run")
-    assert Plan.load(res.run_dir / "plan.json") == plan
+    saved = Plan.load(res.run_dir / "plan.json")
+    # what the compiler's feedback-gain bound rescaled is recorded in the run's plan on top of the given one
+    saved.decisions = [d for d in saved.decisions if d.action not in ("rescaled", "unconstrained")]
+    assert saved == plan
     assert res.summary["analog_blocks"] == 1
     with pytest.raises(ConfigError, match="either a plan or partition settings"):
         validate_config(TINY | {"plan": str(tmp_path / "p.json"), "max_block_size": 2})
@@ -201,8 +204,9 @@ def test_no_host_sync_per_batch_in_the_loop(tmp_path: Path, monkeypatch: pytest.
         train(tiny(epochs=2, train_subset=batches * 16, batch_size=16, log_every=1000), out=tmp_path / f"s{batches}")
         seen.append(counts["n"])
     # independent of the number of batches: per epoch one read of the train sums and one of the test sums
-    # (+ 2 one-off reads when the data loaders are built)
-    assert seen[0] == seen[1] <= 2 * 2 + 2, seen
+    # (+ 2 one-off reads when the data loaders are built, + 1 when the compiler calibrates the feedback gain
+    # of the one multi-layer block)
+    assert seen[0] == seen[1] <= 2 * 2 + 2 + 1, seen
 
 
 # ------------------------------------------------------------------------------------------------- CLI
