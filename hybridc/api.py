@@ -35,6 +35,18 @@ def trace(model: nn.Module, example_inputs: Any) -> TracedGraph:
     return trace_model(model, example_inputs)
 
 
+def _partition(traced: TracedGraph, cfg: PartitionConfig, model: nn.Module) -> Plan:
+    """The plan of a traced model, with what tracing changed (in-place ops, assertions) among its decisions."""
+    from hybridc.plan import Decision
+
+    plan = partition_graph(traced, cfg, _example_shapes(traced))
+    plan.model.model_class = type(model).__name__
+    owner = {n: b.name for b in plan.blocks for n in b.nodes}
+    plan.decisions = [Decision(node=node, action=action, reason=reason, block=owner.get(node))  # type: ignore[arg-type]
+                      for node, action, reason in traced.decisions] + plan.decisions
+    return plan
+
+
 def _example_shapes(traced: TracedGraph) -> list[list[int]]:
     """Shapes of the graph inputs of the example call, in placeholder order."""
     return [list(n.meta.get("hybridc_shape") or []) for n in traced.gm.graph.nodes if n.op == "placeholder"]
@@ -62,10 +74,7 @@ def partition(model: nn.Module, example_inputs: Any, max_block_size: int | None 
     activation=hardsigmoid|keep, hardsigmoid_slope=float, non_monotone=substitute|refuse, eb_kind=dhn|drn.
     """
     cfg = make_config(max_block_size, **policies)
-    traced = trace(model, example_inputs)
-    plan = partition_graph(traced, cfg, _example_shapes(traced))
-    plan.model.model_class = type(model).__name__
-    return plan
+    return _partition(trace(model, example_inputs), cfg, model)
 
 
 def compile(model: nn.Module, example_inputs: Any, plan: Plan | None = None,
@@ -90,9 +99,7 @@ def compile(model: nn.Module, example_inputs: Any, plan: Plan | None = None,
 
     traced = trace(model, example_inputs)
     if plan is None:
-        cfg = make_config(max_block_size, **policies)
-        plan = partition_graph(traced, cfg, _example_shapes(traced))
-        plan.model.model_class = type(model).__name__
+        plan = _partition(traced, make_config(max_block_size, **policies), model)
     else:
         if max_block_size is not None or policies:
             raise PartitionError("give either a plan or partition settings (max_block_size, policies), not both")

@@ -93,6 +93,9 @@ def test_mul_inplace_is_in_a_block_between_the_layers() -> None:
         if {"a", "c"} <= set(b.nodes):
             assert all(n.name in b.nodes for n in muls)
     assert any("in-place" in note for note in traced.notes)
+    # and the plan says so, naming the model's line
+    assert any(d.action == "substituted" and "mul_" in d.reason and "test_inplace.py:" in d.reason
+               for d in plan.decisions)
 
 
 def test_no_mutation_left_and_every_effect_in_a_block() -> None:

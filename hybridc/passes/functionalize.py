@@ -103,15 +103,15 @@ def is_assertion(node: fx.Node) -> bool:
     return node.op == "call_function" and _op_name(node.target) in ASSERTION_OPS
 
 
-def drop_assertions(gm: fx.GraphModule) -> list[str]:
-    """Remove the side-effect-only checks (see the module docstring); return the names removed."""
-    removed: list[str] = []
+def drop_assertions(gm: fx.GraphModule) -> list[tuple[str, str]]:
+    """Remove the side-effect-only checks (see the module docstring); return (name, where) of each."""
+    removed: list[tuple[str, str]] = []
     changed = True
     while changed:
         changed = False
         for node in reversed(list(gm.graph.nodes)):
             if is_assertion(node) and not node.users:
-                removed.append(node.name)
+                removed.append((node.name, where(node)))
                 gm.graph.erase_node(node)
                 changed = True
     return removed
@@ -207,13 +207,14 @@ def _view_source(node: fx.Node, gm: fx.GraphModule) -> fx.Node | None:
     return None
 
 
-def functionalize_inplace(gm: fx.GraphModule) -> list[str]:
-    """Rewrite every in-place op of `gm` out of place (see the module docstring); return the rewritten
-    nodes' names. Needs `hybridc_shape` metadata (one shape propagation) to tell tensors from Python numbers."""
+def functionalize_inplace(gm: fx.GraphModule) -> list[tuple[str, str]]:
+    """Rewrite every in-place op of `gm` out of place (see the module docstring); return (new node name,
+    what was rewritten) for each. Needs `hybridc_shape` metadata (one shape propagation) to tell tensors
+    from Python numbers."""
     graph = gm.graph
     order = {n: float(i) for i, n in enumerate(graph.nodes)}
     base: dict[fx.Node, fx.Node] = {}
-    rewritten: list[str] = []
+    rewritten: list[tuple[str, str]] = []
     inplace_modules: set[str] = set()
     for node in list(graph.nodes):
         if node.op in ("placeholder", "get_attr", "output"):
@@ -243,7 +244,9 @@ def functionalize_inplace(gm: fx.GraphModule) -> list[str]:
             if user is not new and order.get(user, -1.0) > order[node]:
                 user.replace_input_with(target, new)
         graph.erase_node(node)
-        rewritten.append(node.name)
+        rewritten.append((new.name, f"in-place `{_op_name(node.target)}` on `{target.name}` ({where(node)}) "
+                                    f"rewritten out of place as `{_op_name(new_target)}`; later reads of "
+                                    f"`{target.name}` read its result"))
         if op == "call_module":
             inplace_modules.add(str(new_target))
     for name in inplace_modules:  # every call of these modules was rewritten: run them out of place

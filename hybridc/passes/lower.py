@@ -49,7 +49,9 @@ def block_io(gm: fx.GraphModule, membership: dict[str, list[str]], free: set[fx.
                 stack.extend(a.all_input_nodes)
             else:
                 found.append(a)
-        inputs[name] = sorted(found, key=order.__getitem__)
+        # data inputs first (graph order), then inputs read only for their shape or as masks (integer/bool):
+        # an analog block takes its batch size, dtype and device from its first input
+        inputs[name] = sorted(found, key=lambda a: (not _is_float(a), order[a]))
     out_node = next(n for n in gm.graph.nodes if n.op == "output")
     wanted = {a for ins in inputs.values() for a in ins} | set(out_node.all_input_nodes)
     result = {}
@@ -58,6 +60,11 @@ def block_io(gm: fx.GraphModule, membership: dict[str, list[str]], free: set[fx.
         outs = [o for o in outs if o not in inputs[name]]
         result[name] = (inputs[name], sorted(outs, key=order.__getitem__))
     return result
+
+
+def _is_float(node: fx.Node) -> bool:
+    dtype = node.meta.get("hybridc_dtype")
+    return dtype is None or dtype.startswith(("float", "bfloat", "complex"))
 
 
 @dataclass
@@ -167,7 +174,8 @@ def split_synapses(syn: fx.GraphModule, n_inputs: int) -> tuple[fx.GraphModule, 
     def lookup(node: fx.Node) -> fx.Node:
         if node in env:
             return env[node]
-        if node in input_dep and node not in state_dep:
+        # cut tensors only: a Python value computed from an input (a symbolic size) is recomputed in the core
+        if node in input_dep and node not in state_dep and (node.op == "placeholder" or "hybridc_shape" in node.meta):
             cut.append(node)
             env[node] = core.placeholder(f"cut_{len(cut) - 1}")
             return env[node]

@@ -58,16 +58,34 @@ class InputSpec:
     signature: inspect.Signature
     arguments: dict[str, Any]  # parameter name -> value template (Leaf, constant, or a container of them)
     names: list[str]  # one per tensor leaf, in graph-input order
+    given: list[str] = dataclasses.field(default_factory=list)  # the arguments the example call passed
 
     @property
     def n_tensors(self) -> int:
         return len(self.names)
 
     def call(self, tensors: list[Any]) -> tuple[list[Any], dict[str, Any]]:
-        """The positional and keyword arguments of the original forward, tensors filled in."""
-        bound = inspect.BoundArguments(self.signature, OrderedDict(
-            (k, _fill(v, tensors)) for k, v in self.arguments.items()))
-        return list(bound.args), dict(bound.kwargs)
+        """The example call of the original forward, tensors filled in: only the arguments it passed (the
+        others keep their defaults), by keyword where the signature allows (decorated forwards such as
+        transformers' read their options from the keywords)."""
+        given = set(self.given or self.arguments)
+        params = self.signature.parameters
+        if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params.values()):
+            bound = inspect.BoundArguments(self.signature, OrderedDict(
+                (k, _fill(v, tensors)) for k, v in self.arguments.items()))
+            return list(bound.args), dict(bound.kwargs)
+        args: list[Any] = []
+        kwargs: dict[str, Any] = {}
+        for name, template in self.arguments.items():
+            kind = params[name].kind
+            if kind is inspect.Parameter.POSITIONAL_ONLY:
+                args.append(_fill(template, tensors))
+            elif name in given:
+                if kind is inspect.Parameter.VAR_KEYWORD:
+                    kwargs.update(_fill(template, tensors))
+                else:
+                    kwargs[name] = _fill(template, tensors)
+        return args, kwargs
 
     def tensors(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[torch.Tensor]:
         """The graph inputs of a call `forward(*args, **kwargs)`, checked against the example call."""
@@ -164,6 +182,7 @@ def input_spec(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) 
         bound = sig.bind(*args, **kwargs)
     except TypeError as exc:
         raise TraceError(f"the example inputs do not fit {type(model).__name__}.forward{sig}: {exc}") from None
+    given = list(bound.arguments)
     bound.apply_defaults()
     tensors: list[Any] = []
     names: list[str] = []
@@ -180,7 +199,7 @@ def input_spec(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) 
             else:
                 new.append(leaf)
         arguments[name] = new[0] if (len(leaves) == 1 and leaves[0] is value) else pytree.tree_unflatten(new, spec)
-    return InputSpec(signature=sig, arguments=arguments, names=names), tensors
+    return InputSpec(signature=sig, arguments=arguments, names=names, given=given), tensors
 
 
 # --------------------------------------------------------------------------------------------------
@@ -253,7 +272,8 @@ def _make_record(cls: type, values: dict[str, Any]) -> Any:
 
 def template_names(template: Any, names: list[str]) -> Any:
     """The template as JSON for a manifest: tensors by name, lists for tuples, dicts for dicts and
-    dataclasses, None and numbers as themselves, other constants as {"constant": repr}."""
+    dataclasses, None and numbers as themselves; other constants (strings, ...) as None, since a string
+    would read as a tensor name."""
     if isinstance(template, Leaf):
         return names[template.index]
     if isinstance(template, _Record):
@@ -264,7 +284,7 @@ def template_names(template: Any, names: list[str]) -> Any:
         return {str(k): template_names(v, names) for k, v in template.items()}
     if template is None or isinstance(template, (bool, int, float)):
         return template
-    return {"constant": repr(template)}
+    return None
 
 
 @dataclass

@@ -87,8 +87,10 @@ class TracedGraph:
     method: str
     inputs: InputSpec | None = None
     outputs: OutputSpec | None = None
-    #: notes on what tracing changed (in-place ops rewritten, assertions dropped), for the plan's decisions
+    #: what tracing changed (in-place ops rewritten, assertions dropped), one line each
     notes: list[str] = field(default_factory=list)
+    #: the same as plan decisions: (node, action, reason)
+    decisions: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 class _MutationAwareProxy(fx.Proxy):
@@ -265,7 +267,7 @@ def _source_of(model: nn.Module) -> str:
     import inspect
 
     try:
-        fn = type(model).forward
+        fn = inspect.unwrap(type(model).forward)  # transformers decorates forwards
         return f"{inspect.getsourcefile(fn)}:{inspect.getsourcelines(fn)[1]}"
     except (OSError, TypeError):
         return ""
@@ -337,7 +339,7 @@ def trace_model(model: nn.Module, example_inputs: Any) -> TracedGraph:
         except Exception as exc:  # fx traced a graph that does not run: prefer export's view of it.
             raise RuntimeError(f"fx graph failed to run: {exc}") from exc
         try:
-            notes = _make_pure(gm, tensors)
+            notes, decisions = _make_pure(gm, tensors)
         except TraceError as exc:  # e.g. a mutation through a view: torch.export functionalizes those
             pure_error = exc
             raise
@@ -346,7 +348,7 @@ def trace_model(model: nn.Module, example_inputs: Any) -> TracedGraph:
             gm = _export_trace(model, tensors)
             method = "export"
             _propagate_shapes(gm, [t.clone() for t in tensors])
-            notes = _make_pure(gm, tensors)
+            notes, decisions = _make_pure(gm, tensors)
         except Exception as ex_exc:
             if pure_error is not None:
                 raise pure_error from None
@@ -355,12 +357,13 @@ def trace_model(model: nn.Module, example_inputs: Any) -> TracedGraph:
             raise _capture_error(model, fx_exc, ex_exc) from None
     outputs = OutputSpec(template=holder["template"], n_tensors=len(next(
         n for n in gm.graph.nodes if n.op == "output").args[0]))
-    return TracedGraph(gm=gm, method=method, inputs=spec, outputs=outputs, notes=notes)
+    return TracedGraph(gm=gm, method=method, inputs=spec, outputs=outputs, notes=notes, decisions=decisions)
 
 
-def _make_pure(gm: fx.GraphModule, tensors: list[torch.Tensor]) -> list[str]:
+def _make_pure(gm: fx.GraphModule, tensors: list[torch.Tensor]) -> tuple[list[str], list[tuple[str, str, str]]]:
     """Functionalize in-place ops, drop assertions and everything that does not reach the output; then
-    check that nothing writes into a tensor any more (a node nobody reads must not carry an effect)."""
+    check that nothing writes into a tensor any more (a node nobody reads must not carry an effect).
+    Returns (notes, decisions) saying what changed."""
     rewritten = functionalize_inplace(gm)
     dropped = drop_assertions(gm)
     remove_dead_code(gm)
@@ -371,22 +374,35 @@ def _make_pure(gm: fx.GraphModule, tensors: list[torch.Tensor]) -> list[str]:
         raise TraceError(f"{where(left[0])}: `{left[0].target}` writes into a tensor in place and could not be "
                          "rewritten out of place; write it as `y = f(x)`")
     _propagate_shapes(gm, [t.clone() for t in tensors])
+    live = {n.name for n in gm.graph.nodes}
+    decisions = [(name, "substituted", why) for name, why in rewritten if name in live]
+    decisions += [(name, "removed", f"assertion at {at} checks the example's shapes only; the compiled model "
+                   "does not repeat it") for name, at in dropped]
     notes = []
     if rewritten:
-        notes.append(f"in-place ops rewritten out of place: {', '.join(rewritten)}")
+        notes.append(f"in-place ops rewritten out of place: {', '.join(n for n, _ in rewritten)}")
     if dropped:
-        notes.append(f"assertions on the example's shapes dropped: {', '.join(dropped)}")
-    return notes
+        notes.append(f"assertions on the example's shapes dropped: {', '.join(n for n, _ in dropped)}")
+    return notes, decisions
 
 
 def _capture_error(model: nn.Module, fx_exc: BaseException, ex_exc: BaseException) -> TraceError:
-    """One clear error for a model neither tracer captures."""
-    where = _user_frame(fx_exc) or _user_frame(ex_exc)
-    loc = f" at {where}" if where else ""
+    """One clear error line for a model neither tracer captures: where (the model's own line), what the
+    construct is, what to do, and both tracers' first lines."""
+    where = _user_frame(ex_exc) or _user_frame(fx_exc)
+    if not where:
+        src = _source_of(model)
+        where = f"{type(model).__name__}.forward ({src})" if src else ""
+    text = f"{fx_exc} {ex_exc}"
+    if "data-dependent" in text or "DataDependent" in text or "control flow" in text:
+        what = ("Python control flow (`if`, `bool()`, `.item()`) on a tensor's value, which a graph cannot hold: "
+                "use torch.where / torch.clamp (or torch.cond) instead, or move the decision out of forward")
+    elif "Cache" in text:
+        what = ("a key/value cache: pass `use_cache=False` in the example call or set "
+                "`model.config.use_cache = False` before compiling")
+    else:
+        what = ("a construct neither tracer supports: rewrite it with tensor ops (e.g. torch.where instead of "
+                "`if` on a tensor value) or split it into a separate module")
     return TraceError(
-        f"cannot capture the graph of {type(model).__name__}{loc}.\n"
-        f"  torch.fx.symbolic_trace: {_first_line(fx_exc)}\n"
-        f"  torch.export (non-strict): {_first_line(ex_exc)}\n"
-        "  Rewrite the construct named above with tensor ops (e.g. torch.where instead of `if` on a "
-        "tensor value), or split it into a separate module."
-    )
+        f"cannot capture the graph of {type(model).__name__}{' at ' + where if where else ''}: {what} "
+        f"(torch.fx: {_first_line(fx_exc)}; torch.export: {_first_line(ex_exc)})")

@@ -4,8 +4,11 @@ blocks as fx GraphModules, analog blocks as energy-based modules with their own 
 from __future__ import annotations
 
 import copy
+import math
 import re
+import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -108,6 +111,13 @@ class FFEBM(nn.Module):
                 self.blocks[b.name] = block
                 self._io[b.name] = (in_names, [o.name for o in outs])
         _check_coverage(plan, gm, free)
+        #: per analog block, its neurons' per-sample shapes as a function of its inputs' shapes (token
+        #: models run at any sequence length); blocks whose shapes are fixed have none
+        self._state_shapes = state_shape_rules(gm, {k: v[0] for k, v in self._io.items() if k in
+                                                    self.analog_blocks},
+                                               {k: b.neuron_names for k, b in self.analog_blocks.items()})
+        for name, rule in self._state_shapes.items():
+            self.blocks[name].state_shapes = rule
         self._inputs = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
         out_node = next(n for n in gm.graph.nodes if n.op == "output")
         self._output_template = out_node.args[0]
@@ -187,9 +197,9 @@ class FFEBM(nn.Module):
             raise TypeError(f"expected {len(self._inputs)} input(s) ({', '.join(self._inputs)}), "
                             f"got {len(tensors)}")
         env: dict[str, torch.Tensor] = dict(zip(self._inputs, tensors))
-        for name, block in self.blocks.items():
+        for name in self.blocks:
             ins, outs = self._io[name]
-            values = block(*[env[i] for i in ins])
+            values = self.run_block(name, [env[i] for i in ins])
             env.update(zip(outs, values))
         out = fx.node.map_arg(self._output_template, lambda n: env[n.name])
         out_spec = getattr(self, "_output_spec", None)
@@ -209,9 +219,110 @@ class FFEBM(nn.Module):
                 blk.constrain_()
         return self
 
+    def run_block(self, name: str, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """Run block `name` on its inputs (an analog block's initial states follow their shapes)."""
+        block = self.blocks[name]
+        return block(*inputs)
+
     def equilibrium_residuals(self) -> dict[str, float]:
         """Last free phase's max|Δs| per analog block (host sync: call once per epoch, not per step)."""
         return {k: float(v.last_residual) for k, v in self.analog_blocks.items() if v.last_residual is not None}
+
+
+#: one dimension of a state shape: a constant, (input, dim), or ("prod", input, k): the product of the
+#: input's first k+1 dims (a [B*T, H] neuron of a [B, T] token input)
+Dim = int | tuple[int, int] | tuple[str, int, int]
+
+
+@dataclass
+class StateShapes:
+    """An analog block's neuron shapes (batch included) from its inputs' shapes, for blocks whose neurons
+    do not simply take the first input's batch size and fixed per-sample shapes: token-wise neurons [B, T, H]
+    whose T follows the sequence length, or neurons of another batch layout than the first input."""
+
+    dims: list[list[Dim]]
+
+    def __call__(self, inputs: list[torch.Tensor]) -> list[list[int]]:
+        return [[_dim(d, inputs) for d in nd] for nd in self.dims]
+
+
+def _dim(d: Dim, inputs: list[torch.Tensor]) -> int:
+    if isinstance(d, int):
+        return d
+    if len(d) == 2:
+        return int(inputs[d[0]].shape[d[1]])
+    return int(math.prod(inputs[d[1]].shape[: d[2] + 1]))
+
+
+def _shapes_grown(gm: fx.GraphModule) -> dict[str, list[int]] | None:
+    """Every node's shape when the graph runs on inputs like the example's with one more sample and the
+    non-batch dimensions of integer (token) inputs two longer; None when the graph does not run so."""
+    inputs = []
+    for n in gm.graph.nodes:
+        if n.op != "placeholder":
+            continue
+        shape, dtype = n.meta.get("hybridc_shape"), n.meta.get("hybridc_dtype") or "float32"
+        if not shape:
+            return None
+        dt = getattr(torch, dtype, torch.float32)
+        if dt.is_floating_point or dt.is_complex:
+            inputs.append(torch.zeros([shape[0] + 1, *shape[1:]], dtype=dt))
+        else:
+            inputs.append(torch.ones([shape[0] + 1, *(s + 2 for s in shape[1:])], dtype=dt))
+    found: dict[str, list[int]] = {}
+
+    class _Recorder(fx.Interpreter):
+        def run_node(self, node: fx.Node) -> Any:
+            out = super().run_node(node)
+            if isinstance(out, torch.Tensor):
+                found[node.name] = list(out.shape)
+            return out
+
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _Recorder(gm).run(*inputs)
+    except Exception:  # noqa: BLE001 - specialised to the example's sizes: shapes stay as they are
+        return None
+    return found
+
+
+def _find_dim(a: int, b: int, ins: list[str], sa: dict[str, list[int]], sb: dict[str, list[int]]) -> Dim | None:
+    """A dimension of size a at the example and b at the grown size, as a function of the block inputs."""
+    if a == b:
+        return a
+    for i, x in enumerate(ins):
+        for k in range(len(sa.get(x) or [])):
+            if sa[x][k] == a and sb.get(x, [None] * (k + 1))[k] == b:
+                return (i, k)
+    for i, x in enumerate(ins):
+        for k in range(1, len(sa.get(x) or [])):
+            if math.prod(sa[x][: k + 1]) == a and x in sb and math.prod(sb[x][: k + 1]) == b:
+                return ("prod", i, k)
+    return None
+
+
+def state_shape_rules(gm: fx.GraphModule, inputs: dict[str, list[str]], neurons: dict[str, list[str]]
+                      ) -> dict[str, StateShapes]:
+    """How the neuron shapes of each analog block follow its inputs' shapes, found by running the graph once
+    more at a larger batch and token length. Only blocks where that differs from the default (the first
+    input's batch size, fixed per-sample shapes) get a rule."""
+    if not neurons:
+        return {}
+    sa = {n.name: list(n.meta["hybridc_shape"]) for n in gm.graph.nodes if n.meta.get("hybridc_shape") is not None}
+    sb = _shapes_grown(gm)
+    if sb is None:
+        return {}
+    rules: dict[str, StateShapes] = {}
+    for block, names in neurons.items():
+        ins = inputs[block]
+        dims = [[_find_dim(a, b, ins, sa, sb) for a, b in zip(sa.get(n, []), sb.get(n, []))] for n in names]
+        if any(not nd or None in nd for nd in dims):
+            continue
+        default = [[(0, 0), *sa[n][1:]] for n in names]
+        if dims != default:
+            rules[block] = StateShapes(dims)
+    return rules
 
 
 def _plain(out: Any) -> Any:
