@@ -557,3 +557,61 @@ def test_zero_init_residual_bn_and_head_partition_sensibly() -> None:
     assert "zero-init" in reasons["_2_bn2"] and "zero-init" not in reasons["_2_bn1"]
     ff = _compile(model, x, plan=plan)
     assert max(_relax(ff, x).values()) < 1e-3
+
+
+class ExportedConvNet(nn.Module):
+    """Control flow on a shape (fx cannot trace it, torch.export can) and an in-place write into a view
+    (functionalized into slice/slice_scatter/copy, and batch norm decomposed into a (values, ...) tuple),
+    then zero padding, a channel split and a crop: all linear, so the three convs form one chain."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.pad, self.c2 = nn.ZeroPad2d(1), nn.Conv2d(4, 4, 3)
+        self.c3 = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] > 100:
+            x = x[..., :100]
+        h = self.bn(self.c1(x))
+        h[:, :2] *= 0.5
+        a, b = self.c2(self.pad(F.relu(h))).split(2, dim=1)
+        return self.c3(torch.cat([F.relu(a), F.relu(b)], 1)[:, :, 1:])
+
+
+def test_exported_graph_ops_are_classified_like_their_modules() -> None:
+    torch.manual_seed(0)
+    model = ExportedConvNet().eval()
+    x = torch.randn(2, 3, 6, 6)
+    plan = hc.partition(model, x, max_block_size=3)
+    assert plan.model.trace == "export"
+    assert [b.weight_layers for b in plan.analog_blocks] == [["c1", "c2", "c3"]]
+    removed = [d for d in plan.decisions if d.action == "removed"]
+    assert len(removed) == 1 and removed[0].reason.startswith("batch_norm")
+    assert not [d for d in plan.decisions if d.action in ("split", "kept_digital")]
+    ff = _compile(model, x, plan=plan)
+    assert max(_relax(ff, x).values()) < 1e-3
+    exact = _compile(model, x, max_block_size=1, norm="split", activation="keep")
+    with torch.no_grad():
+        assert torch.allclose(exact(x), model(x), atol=1e-6)
+
+
+def test_zero_pad_module_and_indexing_are_linear_for_the_fast_path() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.ZeroPad2d((1, 2, 0, 1)), nn.Conv2d(4, 2, 3))
+    x = torch.randn(2, 3, 7, 7)
+    plan = hc.partition(model, x, max_block_size=2)
+    assert [b.weight_layers for b in plan.analog_blocks] == [["0", "3"]]
+    ff = _compile(model, x, plan=plan)
+    assert next(iter(ff.analog_blocks.values())).fast_reason == ""
+
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.a(x))
+            return self.b(h[:, 0]) + self.b(h[0:1, 1])  # a token (linear) and a sample pick (not)
+
+    info = _info_by_name(Head(), torch.randn(2, 5, 4))
+    assert info["getitem"].kind == "linear" and info["getitem_1"].kind == "digital"

@@ -18,6 +18,7 @@ from hybridc.passes.ops import (
     NORMS,
     PURE_SHAPE_OPS,
     SHAPE_OPS,
+    TUPLE_SHAPE_OPS,
     op_key,
 )
 
@@ -166,7 +167,8 @@ def classify(gm: fx.GraphModule) -> dict[fx.Node, NodeInfo]:
             info[node] = NodeInfo("norm", key)
         elif key in LINEAR_POOLS:
             info[node] = NodeInfo("pool", key)
-        elif key in SHAPE_OPS and _is_linear_use(node, key, data):
+        elif (key in SHAPE_OPS and _is_linear_use(node, key, data)) or (
+                key == "getitem" and _is_linear_getitem(node, keys)):
             info[node] = NodeInfo("linear", key)
         else:
             info[node] = NodeInfo("digital", key, _digital_reason(key, node, data))
@@ -189,10 +191,38 @@ def classify(gm: fx.GraphModule) -> dict[fx.Node, NodeInfo]:
     return info
 
 
+def _is_basic_index(index: object) -> bool:
+    items = index if isinstance(index, tuple) else (index,)
+    return all((isinstance(i, int) and not isinstance(i, bool)) or i is None or i is Ellipsis
+               or (isinstance(i, slice) and not any(isinstance(v, fx.Node) for v in (i.start, i.stop, i.step)))
+               for i in items)
+
+
+def _is_linear_getitem(node: fx.Node, keys: dict[fx.Node, str]) -> bool:
+    """`x[:, 0]` (basic indexing of a tensor) and item i of split/chunk/unbind select values: linear."""
+    src, index = node.args[0], node.args[1]
+    if not isinstance(src, fx.Node):
+        return False
+    if keys.get(src) in TUPLE_SHAPE_OPS:
+        return isinstance(index, int)
+    return _is_tensor(src) and _is_tensor(node) and _is_basic_index(index) and _keeps_batch(node, src)
+
+
+def _keeps_batch(node: fx.Node, src: fx.Node) -> bool:
+    """Indexing that keeps the leading (batch) dimension whole: `x[0]` or `x[1:]` pick samples, not values."""
+    a, b = node.meta.get("hybridc_shape") or [], src.meta.get("hybridc_shape") or []
+    return bool(a) and bool(b) and a[0] == b[0]
+
+
 def _is_linear_use(node: fx.Node, key: str, data: set[fx.Node]) -> bool:
     """Element-wise arithmetic is linear only when at most one operand is data (or for add/sub/cat)."""
+    if key in TUPLE_SHAPE_OPS:
+        return True  # a tuple of pieces of its operand (no shape of its own)
     if not _is_tensor(node):
         return False
+    if key in ("select", "slice"):
+        src = node.args[0] if node.args else None
+        return isinstance(src, fx.Node) and _keeps_batch(node, src)
     if key in ("mul", "div"):
         operands = [a for a in node.args[:2] if isinstance(a, fx.Node) and a in data]
         if len(operands) != 1:

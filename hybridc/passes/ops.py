@@ -31,6 +31,7 @@ _MODULE_KEYS: list[tuple[type[nn.Module] | tuple[type[nn.Module], ...], str]] = 
     ((nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d), "adaptive_max_pool"),
     ((nn.Softmax, nn.LogSoftmax, nn.Softmin), "softmax"),
     ((nn.Embedding, nn.EmbeddingBag), "embedding"),
+    ((nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d), "pad"),
     (nn.ReLU, "relu"), (nn.ReLU6, "relu6"), (nn.LeakyReLU, "leaky_relu"), (nn.ELU, "elu"),
     (nn.CELU, "celu"), (nn.SELU, "selu"), (nn.GELU, "gelu"), (nn.SiLU, "silu"), (nn.Mish, "mish"),
     (nn.Sigmoid, "sigmoid"), (nn.Tanh, "tanh"), (nn.Hardtanh, "hardtanh"), (nn.Hardsigmoid, "hardsigmoid"),
@@ -72,6 +73,7 @@ _ALIASES = {
     "broadcast_to": "expand", "ravel": "view", "movedim": "permute", "moveaxis": "permute",
     "swapaxes": "transpose", "swapdims": "transpose",
     "pad": "pad", "constant_pad_nd": "pad",
+    "split_with_sizes": "split", "unsafe_split": "split", "tensor_split": "split", "narrow": "slice",
     "matmul": "matmul", "mm": "matmul", "bmm": "matmul", "addmm": "addmm", "einsum": "einsum",
     "dim": "meta", "size": "meta", "sym_size": "meta", "numel": "meta",
 }
@@ -90,12 +92,15 @@ TOKEN_NORMS = frozenset({"layer_norm", "rms_norm"})
 LINEAR_POOLS = frozenset({"max_pool", "avg_pool", "adaptive_avg_pool", "mean"})
 #: Ops that only move values around (no arithmetic): a projection reaches attention through these.
 PURE_SHAPE_OPS = frozenset({"flatten", "unflatten", "view", "permute", "transpose", "t", "squeeze",
-                            "unsqueeze", "identity", "expand", "split", "chunk", "unbind", "select"})
+                            "unsqueeze", "identity", "expand", "split", "chunk", "unbind", "select", "slice"})
 #: Ops that are linear (or affine with a parameter/constant operand) in their data operand.
 SHAPE_OPS = frozenset({
     "flatten", "unflatten", "view", "permute", "transpose", "t", "squeeze", "unsqueeze", "identity",
-    "dropout", "expand", "cat", "add", "sub", "neg", "mul", "div", "rsub", "pos", "pad",
+    "dropout", "expand", "cat", "add", "sub", "neg", "mul", "div", "rsub", "pos", "pad", "slice", "select",
+    "split", "chunk", "unbind", "stack", "slice_scatter", "select_scatter", "copy",
 })
+#: Ops that return a tuple of tensors, each a linear function of their data operand (item i via getitem).
+TUPLE_SHAPE_OPS = frozenset({"split", "chunk", "unbind"})
 #: Tensor methods whose second operand is a template read only for its shape/dtype (`x.view_as(y)`).
 TEMPLATE_METHODS = frozenset({"view_as", "reshape_as", "expand_as", "type_as"})
 WEIGHT_OPS = frozenset({"linear", "conv", "conv_transpose", "matmul", "addmm"})
@@ -116,6 +121,9 @@ def value_inputs(node: fx.Node) -> list[fx.Node]:
     if node.op in ("call_method", "call_function") and name in TEMPLATE_METHODS and node.args:
         first = node.args[0]
         return [first] if isinstance(first, fx.Node) else []
+    if name == "copy" and len(node.args) > 1:  # functionalized `dst.copy_(src)`: the value is src's
+        src = node.args[1]
+        return [src] if isinstance(src, fx.Node) else []
     return list(node.all_input_nodes)
 
 

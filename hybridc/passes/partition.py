@@ -195,6 +195,24 @@ class _Partitioner:
             g = max(group_of[w] for w in up)
             if any(group_of[w] == g for w in self._nearest_weights(n, upstream=False)):
                 member[n] = g
+        # a value read by the group only for its shape (the template of `copy`/`view_as`, a size query)
+        # joins the group too, or the group would read back a value it produced
+        changed = True
+        while changed:
+            changed = False
+            for n, ok in self.eligible.items():
+                if n in member or not ok or self.info[n].kind == "weight":
+                    continue
+                up = self._nearest_weights(n, upstream=True)
+                if up and any(member.get(u) == max(group_of[w] for w in up) for u in self._data_users(n)):
+                    member[n] = max(group_of[w] for w in up)
+                    changed = True
+        # a tuple (split/chunk/unbind) never leaves its block: its items join it, the block hands on tensors
+        for n in list(member):
+            if "hybridc_shape" not in n.meta and self.info[n].kind == "linear":
+                for u in n.users:
+                    if u not in member and self.eligible.get(u):
+                        member[u] = member[n]
         return member
 
     # ---- blocks -------------------------------------------------------------------------------------
@@ -209,6 +227,20 @@ class _Partitioner:
                 if a in key and key[a] != key[n]:
                     g.add_edge(key[a], key[n])
         return g
+
+    def _data_users(self, n: fx.Node) -> list[fx.Node]:
+        """Non-free nodes that read n, looking through free nodes (`x.size(0)`)."""
+        out, stack, seen = [], list(n.users), set()
+        while stack:
+            u = stack.pop()
+            if u in seen:
+                continue
+            seen.add(u)
+            if u in self.free:
+                stack.extend(u.users)
+            elif u.op != "output":
+                out.append(u)
+        return out
 
     def _data_inputs(self, n: fx.Node) -> list[fx.Node]:
         """Non-free producers of n's inputs, looking through free nodes (a shape query of x depends on x)."""

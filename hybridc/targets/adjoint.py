@@ -302,7 +302,8 @@ def _select_adjoint(rec: _Record, grad: Tensor, need: frozenset) -> dict[str, An
 
 def _pad_adjoint(rec: _Record, grad: Tensor, need: frozenset) -> dict[str, Any]:
     """Constant padding adds constants around x: its transpose crops them off (negative padding)."""
-    return {"input": F.pad(grad, [-int(p) for p in rec.a["pad"]])}
+    pad = _arg(rec.step.module, rec.a, "padding") if rec.step.module is not None else rec.a["pad"]
+    return {"input": F.pad(grad, [-int(p) for p in pad])}
 
 
 def _slice_adjoint(rec: _Record, grad: Tensor, need: frozenset) -> dict[str, Any]:
@@ -626,6 +627,8 @@ _register(Rule(_cast_adjoint, meta_args=("other",)), "input, other", *_methods("
 _register(
     Rule(_pad_adjoint, check=_check_pad, meta_args=("pad",)),
     "input, pad, mode='constant', value=None",
+    nn.ZeroPad2d,
+    nn.ConstantPad2d,
     F.pad,
     _aten("pad.default"),
     _aten("constant_pad_nd.default"),
