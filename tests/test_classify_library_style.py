@@ -615,3 +615,48 @@ def test_zero_pad_module_and_indexing_are_linear_for_the_fast_path() -> None:
 
     info = _info_by_name(Head(), torch.randn(2, 5, 4))
     assert info["getitem"].kind == "linear" and info["getitem_1"].kind == "digital"
+
+
+class DenseLayer(nn.Module):
+    """timm.models.densenet.DenseLayer: pre-activation BatchNormAct2d before each conv, on the concat of
+    every earlier feature map."""
+
+    def __init__(self, in_chs: int, growth_rate: int = 4, bn_size: int = 2) -> None:
+        super().__init__()
+        self.norm1 = BatchNormAct2d(in_chs)
+        self.conv1 = nn.Conv2d(in_chs, bn_size * growth_rate, kernel_size=1, bias=False)
+        self.norm2 = BatchNormAct2d(bn_size * growth_rate)
+        self.conv2 = nn.Conv2d(bn_size * growth_rate, growth_rate, kernel_size=3, padding=1, bias=False)
+
+    def bottleneck_fn(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        return self.conv1(self.norm1(torch.cat(xs, 1)))
+
+    def forward(self, x: list[torch.Tensor]) -> torch.Tensor:
+        prev_features = [x] if isinstance(x, torch.Tensor) else x
+        return self.conv2(self.norm2(self.bottleneck_fn(prev_features)))
+
+
+class TinyDenseNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = ConvNormAct(3, 8, 3, stride=2)
+        self.layers = nn.ModuleList([DenseLayer(8 + 4 * i) for i in range(2)])
+        self.norm = BatchNormAct2d(16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = [self.stem(x)]
+        for layer in self.layers:
+            features.append(layer(features))
+        return self.head(self.norm(torch.cat(features, 1)).mean((2, 3)))
+
+
+def test_densenet_pre_activation_blocks_keep_their_activations() -> None:
+    torch.manual_seed(0)
+    model = TinyDenseNet()
+    x = torch.randn(2, 3, 8, 8)
+    plan = hc.partition(model, x, max_block_size=3)
+    multi = [b for b in plan.analog_blocks if len(b.weight_layers) > 1]
+    assert multi and all(any(nr.activation.kind != "identity" for nr in b.neurons) for b in multi)
+    ff = _compile(model, x, plan=plan)
+    assert max(_relax(ff, x).values()) < 1e-2
