@@ -94,7 +94,8 @@ def export_command(
                           ] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset (17 to the newest the installed onnx knows)")] = 18,
     batch: Annotated[int, typer.Option(help="samples in the stored reference batch", min=1)] = 3,
-    seed: Annotated[int, typer.Option(help="seed of the model's init (MODEL) and of the samples")] = 0,
+    seed: Annotated[int, typer.Option(help="seed of the model's init (MODEL) and of the samples",
+                                      min=0, max=2**32 - 1)] = 0,
     tol: Annotated[float, typer.Option(help="max abs error the check accepts (float32)")] = 1e-4,
     check: Annotated[bool, typer.Option("--check/--no-check", help="verify in onnxruntime before publishing")
                      ] = True,

@@ -425,6 +425,7 @@ CASES = [
     (["export", "mlp", "-o", "{root}/x", "--opset", "99"], "--opset 99 is not supported"),
     (["export", "mlp", "-o", "{root}/x", "--batch", "1000000000"], "out of range"),
     (["export", "mlp", "-o", "{root}/x", "--plan", "{root}/cyclic.json"], "an output of the later block"),
+    (["export", "mlp", "-o", "{root}/x", "--seed", "99999999999999999999"], "--seed"),
     (["verify", "{root}/dir", "--tol", "-1"], "--tol must be a finite number > 0"),
 ]
 
