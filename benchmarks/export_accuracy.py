@@ -48,8 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = args.export_dir or Path(tmp) / "export"
         t0 = time.perf_counter()
-        export_ffebm(run.ff, out, full=True, source=run.source, force=True)
+        res = export_ffebm(run.ff, out, full=True, source=run.source, force=True)
         export_s = time.perf_counter() - t0
+        if not res.published:  # beyond the check's tolerance: measured anyway, from where it was kept aside
+            print(f"note: the export's check failed ({', '.join(r.name for r in res.report.failures)}); "
+                  f"measuring the copy kept in {res.kept}")
+            out = res.kept
         sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
         name = sess.get_inputs()[0].name
         torch_pred, onnx_pred, max_diff = [], [], 0.0
