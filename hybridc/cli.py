@@ -119,7 +119,7 @@ def partition(
 def gradcheck(
     model: ModelArg,
     max_block_size: MaxBlock = None,
-    beta: Annotated[float | None, typer.Option(help="nudging strength [1e-6 for float64, 1e-2 for float32]")] = None,
+    beta: Annotated[float | None, typer.Option(help="nudging strength (default 1e-6 for float64, 1e-2 for float32)")] = None,
     dtype: Annotated[DType, typer.Option(help="float64 for tight checks")] = DType.float64,
     input_shape: InputShape = None,
     norm: NormOpt = None,
@@ -131,20 +131,26 @@ def gradcheck(
     non_monotone: NonMonoOpt = None,
     eb_kind: EBOpt = None,
     init: Annotated[str, typer.Option(help="keep (model's weights) or goe")] = "keep",
-    batch: Annotated[int, typer.Option(help="random batch size", min=1)] = 4,
+    batch: Annotated[int, typer.Option(help="random batch size", min=1)] = 2,
     bptt_steps: Annotated[int, typer.Option(help="steps unrolled for the BPTT reference", min=1)] = 200,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    output: Annotated[str | None, typer.Option(
+        "--output", help="the output tensor the loss is taken on, by its path in the model's output "
+                         "(logits, 0, hidden_states.2); default: the first tensor")] = None,
     fmt: Annotated[GFmt, typer.Option("--format", "-f")] = GFmt.table,
-    plot: Annotated[Path | None, typer.Option(help="save a per-layer bar chart (PNG)")] = None,
+    plot: Annotated[Path | None, typer.Option(help="save a per-layer figure (PNG): cosines and relative errors")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress lines on stderr")] = False,
 ) -> None:
     """Static gradient analysis: EP vs implicit differentiation vs BPTT (and vs autograd of the original
-    model when every analog block is a single layer), per parameter tensor."""
+    model when every analog block is a single layer), per parameter tensor. Tensors whose true gradient is
+    structurally zero are marked and left out of the summary."""
     import torch
 
     from hybridc.api import make_config
     from hybridc.gradcheck import gradcheck as do_gradcheck
     from hybridc.gradcheck import plot_report
+    from hybridc.gradcheck_progress import PHASES, PhaseProgress
     from hybridc.load import load_model
     from hybridc.render import gradcheck_table
 
@@ -153,19 +159,27 @@ def gradcheck(
     if init not in ("keep", "goe"):
         raise HybridcError(f"--init must be keep or goe, not {init!r}")
     lm = load_model(model, input_shape)
-    report = do_gradcheck(lm.model, lm.example_inputs, max_block_size=max_block_size or 2, beta=beta,
-                          dtype=getattr(torch, dtype.value), batch=batch, seed=seed, bptt_steps=bptt_steps,
-                          init=init, device=device, **pol)
+    progress = None if quiet else PhaseProgress(list(PHASES))
+    try:
+        report = do_gradcheck(lm.model, lm.example_inputs, max_block_size=max_block_size or 2, beta=beta,
+                              dtype=getattr(torch, dtype.value), batch=batch, seed=seed, bptt_steps=bptt_steps,
+                              init=init, device=device, output=output, progress=progress, **pol)
+    finally:
+        if progress is not None:
+            progress.close()
     if fmt == GFmt.json:
         sys.stdout.write(json.dumps(report.public_json(), indent=2) + "\n")
     else:
         console.print(gradcheck_table(report))
         fd = report.forward_max_abs_diff
         console.print(f"forward max |compiled − original|: {'n/a (multi-layer blocks)' if fd is None else f'{fd:.3e}'}")
-        analog = [p for p in report.params if p.analog]
-        if analog:
-            console.print(f"analog tensors: min cos EP·ID {min(p.cos_ep_id for p in analog):.6f}, "
-                          f"min cos ID·BPTT {min(p.cos_id_bptt for p in analog):.6f}")
+        checked = report.checked()
+        if checked:
+            zero = sum(p.structural_zero for p in report.params if p.analog)
+            console.print(f"analog tensors: min cos EP·ID {min(p.cos_ep_id for p in checked):.6f}, "
+                          f"max relerr EP·ID {max(p.relerr_ep_id for p in checked):.2e}, "
+                          f"min cos ID·BPTT {min(p.cos_id_bptt for p in checked):.6f}"
+                          + (f" ({zero} structurally zero left out)" if zero else ""))
     bad = report.unconverged()
     if bad:
         err_console.print(f"[yellow]warning:[/] free phase not converged to tolerance in {', '.join(bad)}: "

@@ -80,14 +80,23 @@ def plan_dot(plan: Plan) -> str:
 
 
 def gradcheck_table(report) -> Table:  # noqa: ANN001 - GradcheckReport (avoid importing torch-heavy module)
+    """One row per tensor; a structurally-zero true gradient shows its norm and "zero" for the comparisons
+    (its cosines compare rounding noise)."""
     t = Table(title=f"gradient check: {report.dtype}, beta={report.beta:g}, init={report.init}, "
-                    f"loss={report.loss:.4g}", title_justify="left")
-    for col in ("parameter", "block", "cos EP·ID", "relerr EP·ID", "cos ID·BPTT", "relerr ID·BPTT",
+                    f"loss={report.loss:.4g} on output {report.output or '?'}", title_justify="left")
+    for col in ("parameter", "block", "|grad ID|", "cos EP·ID", "relerr EP·ID", "cos ID·BPTT", "relerr ID·BPTT",
                 "cos EP·autograd"):
         t.add_column(col, justify="right" if col != "parameter" else "left")
     for p in report.params:
         ag = "-" if p.cos_ep_autograd is None else f"{p.cos_ep_autograd:.6f}"
         style = "" if p.analog else "dim"
-        t.add_row(p.name, p.block, f"{p.cos_ep_id:.6f}", f"{p.relerr_ep_id:.2e}", f"{p.cos_id_bptt:.6f}",
-                  f"{p.relerr_id_bptt:.2e}", ag, style=style)
+        if p.structural_zero:
+            t.add_row(p.name, p.block, f"{p.id_norm:.1e}", "zero", "zero", "zero", "zero", "-" if ag == "-" else "zero",
+                      style="dim italic")
+            continue
+        t.add_row(p.name, p.block, f"{p.id_norm:.2e}", f"{p.cos_ep_id:.6f}", f"{p.relerr_ep_id:.2e}",
+                  f"{p.cos_id_bptt:.6f}", f"{p.relerr_id_bptt:.2e}", ag, style=style)
+    if any(p.structural_zero for p in report.params):
+        t.caption = (f"zero: true gradient structurally zero (norm <= {report.zero_rtol:g} of the largest); "
+                     "left out of the summary")
     return t
