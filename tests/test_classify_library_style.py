@@ -660,3 +660,22 @@ def test_densenet_pre_activation_blocks_keep_their_activations() -> None:
     assert multi and all(any(nr.activation.kind != "identity" for nr in b.neurons) for b in multi)
     ff = _compile(model, x, plan=plan)
     assert max(_relax(ff, x).values()) < 1e-2
+
+
+def test_written_out_hard_swish_with_its_scaling_is_one_activation() -> None:
+    """timm's `hard_swish` fallback `x * F.relu6(x + 3.) / 6.` (MobileNetV3): the division belongs to it."""
+
+    class HardSwishMlp(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(6, 12), nn.Linear(12, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.fc1(x)
+            return self.fc2(h * F.relu6(h + 3.0) / 6.0)
+
+    plan = hc.partition(HardSwishMlp(), torch.randn(2, 6), max_block_size=2, activation="keep")
+    assert [b.weight_layers for b in plan.analog_blocks] == [["fc1", "fc2"]]
+    assert any("computing hardswish" in d.reason for d in plan.decisions)
+    hidden = plan.analog_blocks[0].neurons[0]
+    assert (hidden.node, hidden.source, hidden.activation.kind) == ("truediv", "fc1", "relu")

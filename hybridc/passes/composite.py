@@ -118,6 +118,18 @@ def _single_source(region: list[fx.Node]) -> tuple[list[fx.Node], fx.Node] | Non
     return None
 
 
+def _extend_forward(region: list[fx.Node], keys: dict[fx.Node, str], data: set[fx.Node], taken: set[fx.Node]
+                    ) -> list[fx.Node]:
+    """Take the element-wise ops with numeric operands that follow the region's last node alone."""
+    region = list(region)
+    while len(region[-1].users) == 1:
+        (u,) = region[-1].users
+        if u in taken or not _elementwise(u, keys.get(u, ""), data) or list(u.all_input_nodes) != [region[-1]]:
+            break
+        region.append(u)
+    return region
+
+
 def _evaluate(region: list[fx.Node], source: fx.Node, gm: fx.GraphModule, t: torch.Tensor) -> torch.Tensor:
     """The region's value with `t` in place of its source (a 1-D grid)."""
     env: dict[fx.Node, object] = {source: t}
@@ -175,6 +187,7 @@ def find_composites(gm: fx.GraphModule, keys: dict[fx.Node, str], data: set[fx.N
         if found_region is None:
             continue
         region, source = found_region
+        region = _extend_forward(region, keys, data, taken)  # `x * relu6(x + 3) / 6`: the scaling belongs to it
         members = set(region)
         try:
             with torch.no_grad():
@@ -185,7 +198,7 @@ def find_composites(gm: fx.GraphModule, keys: dict[fx.Node, str], data: set[fx.N
             continue
         key, name = _identify(values.to(torch.float64), grid)
         taken |= members
-        found.append(Composite(sink=p, parts=region[:-1], source=source, key=key,
+        found.append(Composite(sink=region[-1], parts=region[:-1], source=source, key=key,
                                description=f"{len(region)} element-wise ops of {source.name} computing {name}"))
     found.sort(key=lambda c: order[c.sink])
     return found
