@@ -120,8 +120,12 @@ def test_a_skip_that_alone_breaks_contraction_is_reported_not_zeroed() -> None:
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
-def test_bounded_block_reaches_one_fixed_point_from_any_start(mode: str) -> None:
-    _, ff, x = _three_layer_block(6.0, feedback_gain=0.9)
+@pytest.mark.parametrize("model", ["chain", "skip"])
+def test_bounded_block_reaches_one_fixed_point_from_any_start(mode: str, model: str) -> None:
+    if model == "chain":
+        _, ff, x = _three_layer_block(6.0, feedback_gain=0.9)
+    else:  # with an identity skip inside the block (ρ_I = 0.5)
+        ff, x = _skip_block(feedback_gain=0.9)
     (blk,) = ff.analog_blocks.values()
     blk.solver = blk.solver.model_copy(update={"mode": mode})
     ends = []

@@ -71,10 +71,11 @@ from hybridc.plan import ActivationSpec
 
 #: Default bound on a DHN block's feedback gain ρ (chosen by benchmarks/equilibrium_guard.py).
 DEFAULT_FEEDBACK_GAIN = 0.9
-#: Power-iteration steps and start vectors of the per-optimizer-step measurement.
-#: Power iteration underestimates ρ by its unconverged part; 50 steps of a batch of 2 cost about 2 % of a
-#: training step's free and nudged phases at batch 128 (measured on the Fashion-MNIST conv block).
-STEP_ITERS, STEP_STARTS = 50, 2
+#: Power-iteration steps and start vectors of the per-optimizer-step measurement. Power iteration from a
+#: fixed start underestimates ρ by its unconverged part (≈1-3 % after 25 steps on the conv and ResNet blocks
+#: measured: the gain leaves room below 1 for it); 25 steps at batch 2 cost ≈ 5 % of an EP training step of
+#: the Fashion-MNIST conv ff-EBM at batch 128 and ≈ 17 % of the (cheap, overhead-bound) 784-256-256-10 MLP's (CPU).
+STEP_ITERS, STEP_STARTS = 25, 2
 #: ... and of the one-off compile-time calibration (host syncs allowed there).
 COMPILE_ITERS, COMPILE_STARTS = 100, 4
 
