@@ -29,6 +29,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hybridc.errors import HybridcError
+from hybridc.finite import FiniteFloat
 
 DigitalPrecision = Literal["fp32", "fp16", "int32", "int8"]
 
@@ -53,7 +54,7 @@ class Constant(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    value: float = Field(ge=0)
+    value: FiniteFloat = Field(ge=0)
     unit: str
     source: str
 
@@ -156,12 +157,12 @@ class EnergyConstants(BaseModel):
 class _ConstantOverride(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    value: float = Field(ge=0)
+    value: FiniteFloat = Field(ge=0)
     unit: str | None = None
     source: str | None = None
 
 
-_Value = Annotated[float, Field(ge=0)] | _ConstantOverride
+_Value = Annotated[FiniteFloat, Field(ge=0)] | _ConstantOverride
 
 
 class ConstantsFile(BaseModel):

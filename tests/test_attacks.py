@@ -382,6 +382,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (root / "dir").mkdir()
     (root / "truncated.json").write_text('{"version": 1, "blocks": [')
     (root / "exits.py").write_text("import sys\nsys.exit(0)\n")
+    (root / "inf_constants.json").write_text('{"analog_mac_pj": 1e999}')  # json reads it as inf
     mine = root / "mine"
     mine.mkdir()
     (mine / "config.json").write_text("{}")
@@ -402,6 +403,7 @@ CASES = [
     # (argv with {root}/{mine}/{run} placeholders, expected fragment)
     (["partition", "mlp", "-f", "json", "-o", "{root}/dir"], "is a directory"),
     (["report", "mlp", "-o", "{root}/missing/dir/x"], "does not exist"),
+    (["report", "mlp", "--constants", "{root}/inf_constants.json"], "Input should be a finite number"),
     (["partition", "mlp", "--hardsigmoid-slope", "inf"], "finite number"),
     (["partition", "mlp", "--hardsigmoid-slope", "-1"], "greater than 0"),
     (["partition", "mlp", "--input-shape", "100000,100000,100000"], "values per sample"),
