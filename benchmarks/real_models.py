@@ -420,7 +420,7 @@ def style_module() -> Any:
 def _structurally_zero(p: Any, analog: list[Any]) -> bool:
     """A tensor whose true gradient is structurally zero: gradcheck's own flag when it reports one, else the
     reference norm it reports (relative to the largest)."""
-    flag = getattr(p, "structurally_zero", None)
+    flag = getattr(p, "structural_zero", None)
     if flag is not None:
         return bool(flag)
     norm = getattr(p, "id_norm", None)

@@ -34,10 +34,6 @@ GPT2 = "hf:gpt2,vocab_size=64,n_embd=16,n_layer=1,n_head=2,n_positions=16,use_ca
 VIT = "hf:vit,image_size=16,patch_size=8,hidden_size=16,num_hidden_layers=1,num_attention_heads=2," \
       "intermediate_size=32,num_labels=4"
 
-PENDING_TRACE_IO = pytest.mark.xfail(strict=False, reason="pending TRACE: optional args / pytree outputs / "
-                                                           "in-place ops through compile")
-PENDING_EQ = pytest.mark.xfail(strict=False, reason="pending EQUILIBRIUM: free phase converges by construction")
-PENDING_GC = pytest.mark.xfail(strict=False, reason="pending GRADCHECK: ModelOutput/dataclass outputs in gradcheck")
 
 
 # ------------------------------------------------------------------------------------------------ loader
@@ -99,6 +95,7 @@ def test_timm_error_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "\n" not in str(info.value) and "hf:" in str(info.value)
 
 
+@pytest.mark.slow  # two interpreter starts importing transformers
 def test_cli_accepts_hf_spec() -> None:
     r = subprocess.run([sys.executable, "-m", "hybridc", "partition", BERT, "--format", "json"],
                        capture_output=True, text=True, timeout=300)
@@ -176,16 +173,7 @@ def _ep_vs_id(model: torch.nn.Module, example: tuple[torch.Tensor, ...]) -> list
 # ------------------------------------------------------------------------------------ library-style models
 
 FIXTURES = list(L.EXAMPLES)
-NEEDS_TRACE = {"vit_style", "bert_style"}  # optional args (attn_mask=None, is_causal=False), dataclass output
-NEEDS_EQ = {"mobilenetv3_style", "densenet_style", "convnext_style"}
-
-
-def _marks(name: str, eq: bool = False) -> list[Any]:
-    marks = [PENDING_TRACE_IO] if name in NEEDS_TRACE else []
-    return marks + ([PENDING_EQ] if eq and name in NEEDS_EQ else [])
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_marks(n)) for n in FIXTURES])
+@pytest.mark.parametrize("name", FIXTURES)
 def test_fixture_partitions_every_weight_layer_outside_attention_analog(name: str) -> None:
     model, example = _fixture(name)
     plan = partition(model, example)
@@ -193,11 +181,13 @@ def test_fixture_partitions_every_weight_layer_outside_attention_analog(name: st
     assert plan.analog_blocks and analog == _weights_outside_attention(model, example)
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_marks(n)) for n in FIXTURES])
+@pytest.mark.parametrize("name", FIXTURES)
 def test_fixture_single_layer_blocks_compute_the_original(name: str) -> None:
     """Blocks of one layer with the model's own activations are exact: an activation a library module applies
     in its own forward (BatchNormAct2d, SE gates, hard-swish, tanh GELU) is neither dropped nor replaced."""
     model, example = _fixture(name)
+    if name == "vit_style":  # its zero-initialised head outputs exactly 0: compare the features instead
+        model = L.VisionTransformerStyle(zero_head=False).eval()
     ff = hc_compile(model, example, max_block_size=1, activation="keep").eval()
     with torch.no_grad():
         got, want = _first(ff(*example)), _first(model(*example))
@@ -205,7 +195,7 @@ def test_fixture_single_layer_blocks_compute_the_original(name: str) -> None:
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_marks(n)) for n in FIXTURES])
+@pytest.mark.parametrize("name", FIXTURES)
 def test_fixture_compiles_and_keeps_the_output_structure(name: str) -> None:
     model, example = _fixture(name)
     with torch.no_grad():
@@ -216,7 +206,7 @@ def test_fixture_compiles_and_keeps_the_output_structure(name: str) -> None:
     assert torch.isfinite(_first(got)).all()
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_marks(n, eq=True)) for n in FIXTURES])
+@pytest.mark.parametrize("name", FIXTURES)
 def test_fixture_free_phase_converges(name: str) -> None:
     model, example = _fixture(name)
     ff = hc_compile(model, example, solver=TIGHT).eval()
@@ -238,8 +228,8 @@ def test_fixture_ep_matches_id(name: str) -> None:
     assert worst_rel < 1e-2, rows  # a constant scale error in EP fails here, not only cosine
 
 
-@pytest.mark.parametrize("name", ["timm_resnet", "mixer_style",
-                                  pytest.param("vit_style", marks=PENDING_TRACE_IO)])
+@pytest.mark.parametrize("name", [pytest.param("timm_resnet", marks=pytest.mark.slow), "mixer_style",
+                                  pytest.param("vit_style", marks=pytest.mark.slow)])
 def test_fixture_exports_and_verifies(name: str, tmp_path: Path) -> None:
     from hybridc.export.exporter import export_ffebm
 
@@ -249,7 +239,8 @@ def test_fixture_exports_and_verifies(name: str, tmp_path: Path) -> None:
     assert result.report is not None and result.report.ok, [(r.name, r.max_abs_error) for r in result.report.rows]
 
 
-@PENDING_GC
+@pytest.mark.xfail(strict=False, reason="pending GRADCHECK: ModelOutput/dataclass outputs in gradcheck "
+                                        "(hybridc/gradcheck.py not committed yet)")
 def test_gradcheck_on_dataclass_output() -> None:
     from hybridc.gradcheck import gradcheck
 
@@ -268,7 +259,8 @@ def _hf(spec: str) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
     return lm.model.eval(), lm.example_inputs
 
 
-HF_SPECS = [pytest.param(BERT, id="bert"), pytest.param(GPT2, id="gpt2"), pytest.param(VIT, id="vit")]
+HF_SPECS = [pytest.param(BERT, id="bert"), pytest.param(GPT2, id="gpt2", marks=pytest.mark.slow),
+            pytest.param(VIT, id="vit")]
 
 
 @pytest.mark.parametrize("spec", HF_SPECS)
@@ -284,12 +276,13 @@ def test_transformers_model_partitions(spec: str) -> None:
     assert len(tied) == (1 if "gpt2" in spec else 0)
 
 
-PENDING_EQ_SKIP = pytest.mark.xfail(strict=False, reason="pending EQUILIBRIUM: compile crashes formatting "
-                                                         "rho_skip=None in contraction.constrain_model")
+PENDING_GPT2 = pytest.mark.xfail(strict=False, reason="pending EQUILIBRIUM: compile-time contraction probe "
+                                                      "(batch of 4 starts) breaks GPT-2's export-traced Conv1D view")
+HF_COMPILE_SPECS = [pytest.param(BERT, id="bert"), pytest.param(GPT2, id="gpt2", marks=[PENDING_GPT2, pytest.mark.slow]),
+                    pytest.param(VIT, id="vit")]
 
 
-@PENDING_EQ_SKIP
-@pytest.mark.parametrize("spec", HF_SPECS)
+@pytest.mark.parametrize("spec", HF_COMPILE_SPECS)
 def test_transformers_model_compiles_and_keeps_its_output(spec: str) -> None:
     model, example = _hf(spec)
     with torch.no_grad():
@@ -301,7 +294,6 @@ def test_transformers_model_compiles_and_keeps_its_output(spec: str) -> None:
     assert res and max(res.values()) < 1e-3, res
 
 
-@PENDING_EQ_SKIP
 @pytest.mark.slow
 @pytest.mark.parametrize("spec", [pytest.param(BERT, id="bert"), pytest.param(VIT, id="vit")])
 def test_transformers_model_ep_matches_id(spec: str) -> None:
