@@ -444,6 +444,7 @@ def test_cli_bad_input_is_one_clear_error(files: dict[str, Path], argv: list[str
     assert (files["mine"] / "metrics.jsonl").read_text() == "mine\n"  # nobody's files were touched
 
 
+@pytest.mark.slow
 def test_sigterm_during_export_removes_its_staging_directory(tmp_path: Path) -> None:
     """`hybridc export` killed with SIGTERM while writing: its staging directory goes with it."""
     import signal
