@@ -591,6 +591,7 @@ def test_exported_graph_ops_are_classified_like_their_modules() -> None:
     assert not [d for d in plan.decisions if d.action in ("split", "kept_digital")]
     ff = _compile(model, x, plan=plan)
     assert max(_relax(ff, x).values()) < 1e-3
+    assert [b.fast_reason for b in ff.analog_blocks.values()] == [""]
     exact = _compile(model, x, max_block_size=1, norm="split", activation="keep")
     with torch.no_grad():
         assert torch.allclose(exact(x), model(x), atol=1e-6)
@@ -679,3 +680,35 @@ def test_written_out_hard_swish_with_its_scaling_is_one_activation() -> None:
     assert any("computing hardswish" in d.reason for d in plan.decisions)
     hidden = plan.analog_blocks[0].neurons[0]
     assert (hidden.node, hidden.source, hidden.activation.kind) == ("truediv", "fc1", "relu")
+
+
+class PiecesSynapses(nn.Module):
+    """A synapse graph over the ops the fast path learned for library models: split (one item unused),
+    chunk, unbind, constant padding, ZeroPad2d and the `*_as` templates read from states."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(5, 6), nn.Linear(3, 5), nn.Linear(6, 3)
+        self.conv, self.pad = nn.Conv2d(2, 2, 3), nn.ZeroPad2d((1, 1, 2, 0))
+
+    def forward(self, x: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor, s3: torch.Tensor):  # noqa: ANN201
+        pieces = s2.split([2, 1, 2], dim=1)
+        u1 = self.a(x) + self.a(torch.cat([pieces[2], pieces[0], pieces[2]], 1)[:, :5])
+        lo, hi = s1.chunk(2, dim=-1)
+        u2 = self.b(F.pad(hi, (0, 0)) + lo) + self.b(s1.unbind(1)[1].unsqueeze(1).expand_as(hi))
+        img = F.pad(s3, (1, 1, 1, 1)) + self.pad(s3)[..., :6, :6].reshape_as(F.pad(s3, (1, 1, 1, 1)))
+        u3 = self.conv(img).view_as(s3).type_as(s3)
+        return u1, u2.view(-1, 5), u3
+
+
+def test_fast_path_transposes_pieces_pads_and_templates() -> None:
+    from .test_adjoint import check
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        torch.manual_seed(0)
+        x, s1, s2, s3 = torch.randn(3, 5), torch.randn(3, 6), torch.randn(3, 5), torch.randn(3, 2, 4, 4)
+        check(PiecesSynapses(), [x], [s1, s2, s3])
+    finally:
+        torch.set_default_dtype(old)

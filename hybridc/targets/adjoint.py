@@ -155,6 +155,7 @@ class Rule:
     check: CheckFn | None = None
     tuple_out: bool = False  # the op returns (values, indices) whatever its arguments say
     meta_args: tuple[str, ...] = ()  # read only for their shape/dtype (``x.view_as(y)``): may be data
+    pieces: bool = False  # returns a tuple of pieces of its input (split/chunk/unbind), read by getitem
 
 
 def _arg(module: nn.Module | None, a: Mapping[str, Any], name: str, default: Any = None) -> Any:
@@ -281,6 +282,47 @@ def _tensor_attr_adjoint(rec: _Record, grad: Tensor, need: frozenset) -> dict[st
     if rec.a["name"] == "T":
         return {"input": grad.permute(list(range(grad.dim() - 1, -1, -1)))}
     return {"input": grad.transpose(-2, -1)}  # mT
+
+
+class _Pieces(dict):
+    """The adjoints of some items of a split/chunk/unbind result, by item index (summed when merged)."""
+
+    def __add__(self, other: _Pieces) -> _Pieces:
+        out = _Pieces(self)
+        for i, g in other.items():
+            out[i] = out[i] + g if i in out else g
+        return out
+
+
+def _pieces_of(x: Tensor, rec: _Record) -> tuple[Tensor, ...]:
+    """The pieces the recorded split/chunk/unbind makes of `x` (views of it)."""
+    a, kind = rec.a, rec.aux
+    dim = a.get("dim", 0)
+    if kind == "split":
+        return torch.split(x, a.get("split_size", a.get("split_sizes")), dim)
+    if kind == "chunk":
+        return torch.chunk(x, a["chunks"], dim)
+    return torch.unbind(x, dim)
+
+
+def _pieces_forward(step: _Step, a: Mapping[str, Any], kind: str) -> tuple[Any, Any]:
+    rec = _Record(step, a, kind)
+    return _pieces_of(a["input"], rec), kind
+
+
+def _pieces_adjoint(rec: _Record, grad: _Pieces, need: frozenset) -> dict[str, Any]:
+    """Split's transpose: each item's adjoint written into its place of a zero tensor (the pieces are
+    views of it), so unread items contribute zeros."""
+    x = rec.a["input"]
+    gx = next(iter(grad.values())).new_zeros(x.shape)
+    views = _pieces_of(gx, rec)
+    for i, g in grad.items():
+        views[i].copy_(g)
+    return {"input": gx}
+
+
+def _piece_item_adjoint(rec: _Record, grad: Tensor, need: frozenset) -> dict[str, Any]:
+    return {"input": _Pieces({int(rec.a["index"]): grad})}
 
 
 def _getitem_adjoint(rec: _Record, grad: Tensor, need: frozenset) -> dict[str, Any]:
@@ -520,6 +562,8 @@ def _check_pool(step: _Step, prog: AdjointProgram) -> str | None:
 
 def _check_getitem(step: _Step, prog: AdjointProgram) -> str | None:
     src, index = step.binding["input"], step.binding["index"]
+    if isinstance(src, Node) and src in prog._piece_nodes:
+        return None if isinstance(index, int) else "items of a split are read with an integer index"
     if isinstance(src, Node) and src in prog._tuple_nodes and index != 0:
         return "only the values (item 0) of a max pooling's (values, indices) result are affine"
     return None
@@ -663,6 +707,16 @@ _register(Rule(_tensor_attr_adjoint, check=_check_tensor_attr), "input, name", g
 _register(
     Rule(_getitem_adjoint, forward=_getitem_forward, check=_check_getitem), "input, index", operator.getitem
 )
+for _kind, _sig, _keys in (
+    ("split", "input, split_size, dim=0", (torch.split, *_methods("split"), _aten("split.Tensor"),
+                                           _aten("split_with_sizes.default"))),
+    ("chunk", "input, chunks, dim=0", (torch.chunk, *_methods("chunk"), _aten("chunk.default"))),
+    ("unbind", "input, dim=0", (torch.unbind, *_methods("unbind"), _aten("unbind.int"))),
+):
+    _register(Rule(_pieces_adjoint, forward=partial(_pieces_forward, kind=_kind), pieces=True,
+                   meta_args=_SIZE_ARGS + ("split_size", "split_sizes", "chunks")), _sig, *_keys)
+_PIECE_ITEM = Rule(_piece_item_adjoint, check=_check_getitem)
+
 _register(Rule(_select_adjoint, meta_args=_SIZE_ARGS), "input, dim, index", torch.select, *_methods("select"), _aten("select.int"))
 _register(
     Rule(_slice_adjoint, meta_args=_SIZE_ARGS),
@@ -969,6 +1023,7 @@ class AdjointProgram:
         self._data: set[Node] = set(self._placeholders)
         self._state_dep: set[Node] = set(self._placeholders[n_inputs:])
         self._tuple_nodes: set[Node] = set()
+        self._piece_nodes: set[Node] = set()
         self._steps: list[_Step] = []
         live = _live_nodes(output)
         for node in graph.nodes:
@@ -1015,6 +1070,8 @@ class AdjointProgram:
         for n in deps:
             if n in self._tuple_nodes and node.target is not operator.getitem:
                 raise self._unsupported(node, f"it consumes the (values, indices) tuple '{n.name}' directly")
+            if n in self._piece_nodes and node.target is not operator.getitem:
+                raise self._unsupported(node, f"it consumes the pieces of '{n.name}' as one tuple")
         found = self._lookup(node)
         if found is None:
             raise self._unsupported(
@@ -1025,7 +1082,12 @@ class AdjointProgram:
             step.binding = sig.bind(node.args, node.kwargs)
         except ValueError as exc:
             raise self._unsupported(node, f"unexpected arguments ({exc})") from None
+        src = step.binding.get("input")
+        if node.target is operator.getitem and isinstance(src, Node) and src in self._piece_nodes:
+            rule = _PIECE_ITEM
         step.rule = rule
+        if rule.pieces:
+            self._piece_nodes.add(node)
         data_names = {k for k, v in step.binding.items()
                       if k not in rule.meta_args and any(n in self._data for n in _nodes_in(v))}
         bad = sorted(data_names - set(rule.data_args))
