@@ -73,8 +73,10 @@ def test_second_writer_is_refused_and_stale_lock_is_taken_over(tmp_path: Path) -
             train(cfg(), out=run)
         assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME]  # nothing written by the refused run
     (run / LOCK_NAME).write_text(json.dumps({"pid": _dead_pid(), "host": os.uname().nodename}))
+    (run / ".checkpoint.pt.k2j4_x9.tmp").write_bytes(b"half a checkpoint")  # killed while saving
     res = train(cfg(), out=run)  # a lock left by a killed process is stale
     assert len(res.records) == 1 and not (run / LOCK_NAME).exists()
+    assert not (run / ".checkpoint.pt.k2j4_x9.tmp").exists()
 
 
 def test_failed_setup_leaves_no_lock_and_no_empty_directory(tmp_path: Path) -> None:

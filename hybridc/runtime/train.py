@@ -422,6 +422,9 @@ class Trainer:
                               "writable --out") from None
         if self.ckpt is None:
             self._check_fresh_dir(self.run_dir, self.force)
+        for p in self.run_dir.iterdir():  # half-written files of a process killed mid-write (we hold the lock)
+            if p.name.startswith(".") and p.name.endswith(".tmp") and _is_hybridc_file(p.name) and p.is_file():
+                p.unlink(missing_ok=True)
 
     def _release_run_dir(self, failed: bool) -> None:
         """Drop the lock; a directory this run created and left empty (it failed before writing) goes too."""
