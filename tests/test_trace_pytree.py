@@ -368,16 +368,17 @@ def _hf_text(name: str):  # noqa: ANN202
     small = {"vocab_size": 60}
     if name == "bert":
         cfg = t.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48,
-                           max_position_embeddings=32, **small)
+                           max_position_embeddings=32, hidden_act="relu", **small)
         return t.BertForSequenceClassification(cfg)
     if name == "gpt2":
-        return t.GPT2LMHeadModel(t.GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=32, **small))
+        return t.GPT2LMHeadModel(t.GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=32,
+                                              activation_function="relu", **small))
     raise KeyError(name)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["bert", "gpt2"])
-def test_hf_text_models_compile_and_run_at_two_lengths(name: str) -> None:
+def test_hf_text_models_compile_run_at_two_lengths_and_export(name: str, tmp_path) -> None:  # noqa: ANN001
     torch.manual_seed(0)
     model = _hf_text(name).eval()
     ids = torch.randint(0, 60, (2, 7))
@@ -390,6 +391,9 @@ def test_hf_text_models_compile_and_run_at_two_lengths(name: str) -> None:
         with torch.no_grad():
             got, want = ff(**call), model(**call)
         assert type(got) is type(want) and got.logits.shape == want.logits.shape
+        assert torch.allclose(got.logits, want.logits, atol=1e-4)  # keep + block size 1: the same function
+    result = export_ffebm(ff, tmp_path / "exp")
+    assert result.report is not None and result.report.ok
 
 
 @pytest.mark.slow

@@ -151,10 +151,10 @@ def _run_env(ff: FFEBM, inputs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
     env: dict[str, Any] = dict(zip(ff._inputs, inputs))
     batch = inputs[0].shape[0] if inputs else 0
     with torch.no_grad():
-        for name, block in ff.blocks.items():
+        for name in ff.blocks:
             ins, outs = ff._io[name]
             try:
-                values = block(*[env[i] for i in ins])
+                values = ff.run_block(name, [env[i] for i in ins])
             except HybridcError:
                 raise
             except Exception as exc:
@@ -171,7 +171,13 @@ def _run_env(ff: FFEBM, inputs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _output_structure(ff: FFEBM) -> Any:
+    """The model's output as JSON: its tuples, dicts and dataclass fields (ModelOutput) with tensor names."""
     names = fx.node.map_arg(ff._output_template, lambda n: n.name)
+    out_spec = getattr(ff, "_output_spec", None)
+    if out_spec is not None:
+        from hybridc.passes.pytree_io import template_names
+
+        return template_names(out_spec.template, list(names))
     spec = getattr(ff, "_out_spec", None)
     if spec is not None:
         import torch.utils._pytree as pytree

@@ -143,7 +143,11 @@ class _Runner:
         """The block's outputs from the values in `env` (an analog block relaxes from zero states)."""
         if isinstance(b, DigitalBlockInfo):
             return self.run(b.onnx, {i: env[i] for i in b.inputs}, b.outputs)
-        batch = env[b.inputs[0]].shape[0]
+        # states are [batch, *shape]: the batch of an input whose first axis is the batch itself (a block may
+        # also read a flattened [batch*T, ...] input, as GPT-2's MLP does), else of the first input
+        tensors = self.manifest.tensors
+        first = next((i for i in b.inputs if i in tensors and tensors[i].shape[:1] == ["batch"]), b.inputs[0])
+        batch = env[first].shape[0]
         states = {n.state_input: np.zeros((batch, *n.shape), dtype=np.float32) for n in b.neurons}
         feeds = {i: env[i] for i in b.inputs}
         next_names = [n.state_output for n in b.neurons]
