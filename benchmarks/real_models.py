@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import json
 import signal
@@ -85,7 +86,7 @@ ROWS: list[Row] = [
         "depth_coefficient=1.0,in_channels=[32,16],out_channels=[16,24],kernel_sizes=[3,3],strides=[1,2],"
         "num_block_repeats=[1,1],expand_ratios=[1,4],hidden_dim=320,num_labels=10", IMG,
         "timm:efficientnet_b0,num_classes=10"),
-    Row("mobilenet-v2", "MobileNetV2", "hf:mobilenet_v2,image_size=32,depth_multiplier=0.25,num_labels=10", IMG,
+    Row("mobilenet-v2", "MobileNetV2", "hf:mobilenet_v2,image_size=16,depth_multiplier=0.25,num_labels=10", "3,16,16",
         "timm:mobilenetv2_035,num_classes=10"),
     Row("mobilenet-v3", "MobileNetV3 (timm style)", _style("mobilenetv3_style"), "3,16,16",
         "timm:mobilenetv3_small_050,num_classes=10"),
@@ -113,8 +114,8 @@ ROWS: list[Row] = [
     Row("levit", "LeViT", "hf:levit,image_size=32,patch_size=16,hidden_sizes=[32,48,64],"
         "num_attention_heads=[2,2,2],depths=[1,1,1],key_dim=[8,8,8],mlp_ratio=[2,2,2],attention_ratio=[2,2,2],"
         "drop_path_rate=0,num_labels=10", IMG, "timm:levit_128s,img_size=32,num_classes=10"),
-    Row("mobilevit", "MobileViT", "hf:mobilevit,image_size=32,patch_size=2,hidden_sizes=[16,24,32],"
-        "neck_hidden_sizes=[8,8,16,16,24,32,64],num_labels=10", IMG),
+    Row("mobilevit", "MobileViT", "hf:mobilevit,image_size=16,patch_size=2,hidden_sizes=[16,24,32],"
+        "neck_hidden_sizes=[8,8,16,16,24,32,64],num_labels=10", "3,16,16"),
     Row("dinov2", "DINOv2", "hf:dinov2,image_size=32,patch_size=8,hidden_size=32,num_hidden_layers=1,"
         "num_attention_heads=2,mlp_ratio=2,num_labels=10", IMG),
     Row("poolformer", "PoolFormer", "hf:poolformer,hidden_sizes=[16,16,32,32],depths=[1,1,1,1],num_labels=10",
@@ -325,11 +326,18 @@ class Sweep:
             return False, f"{block} ends its free phase at max|Δs| {worst:.3g} > {RESIDUAL_TOL:g}"
         return True, f"{worst:.2g}"
 
-    def train(self) -> tuple[bool, str]:
+    def fresh(self) -> nn.Module:
+        """An untouched compiled model: a copy of the compile stage's (compiling is the costly part), or a new
+        compile when that stage failed (so its error is reported by the stage that needs it)."""
+        if self.ff is not None:
+            return copy.deepcopy(self.ff)
         from hybridc.api import compile as hc_compile
 
+        return hc_compile(self.model, self.example, plan=self.plan).eval()
+
+    def train(self) -> tuple[bool, str]:
         torch.manual_seed(0)
-        ff = hc_compile(self.model, self.example, plan=self.plan).eval()
+        ff = self.fresh()
         gen = torch.Generator().manual_seed(0)
         with torch.no_grad():
             loss_fn = make_loss(first_tensor(ff(*self.example)), gen)
@@ -371,10 +379,9 @@ class Sweep:
         return True, f"min cos {worst.cos_ep_id:.6f}"
 
     def export(self) -> tuple[bool, str]:
-        from hybridc.api import compile as hc_compile
         from hybridc.export.exporter import export_ffebm
 
-        ff = hc_compile(self.model, self.example, plan=self.plan).eval()
+        ff = self.fresh()
         with tempfile.TemporaryDirectory() as tmp:
             result = export_ffebm(ff, Path(tmp) / "export", check=True)
         report = result.report
