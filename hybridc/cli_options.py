@@ -55,7 +55,9 @@ class SolverMode(str, Enum):
 
 
 ModelArg = Annotated[str, typer.Argument(help="zoo name (mlp, vgg-paper, vgg-paper-12, resnet18, transformer, "
-                                              "vit), path/model.py or path/model.py:factory")]
+                                              "vit), path/model.py, path/model.py:factory, or a library model "
+                                              "timm:NAME[,key=value...] / hf:MODEL_TYPE[,key=value...] "
+                                              "(e.g. hf:bert,hidden_size=64,num_hidden_layers=2)")]
 MaxBlock = Annotated[int | None, typer.Option("--max-block-size", "-n",
                                                  help="most weight layers per analog block [default: 2]")]
 InputShape = Annotated[str | None, typer.Option("--input-shape", help="per-sample input shape, e.g. 3,32,32")]
