@@ -500,6 +500,9 @@ def test_addmm_layers_are_named_by_their_weight() -> None:
     model = GPT2BlockMLP()
     plan = hc.partition(model, torch.randn(2, 5, 8), max_block_size=1)
     assert [b.weight_layers for b in plan.analog_blocks] == [["mlp.c_fc"], ["mlp.c_proj"]]
+    # Conv1D folds batch and tokens around addmm: the blocks take in and hand on (B, T, n) values
+    for b in plan.analog_blocks:
+        assert [r.shape[:2] for r in b.inputs + b.outputs] == [[2, 5], [2, 5]], b.name
 
 
 def test_template_reshapes_are_shape_ops() -> None:

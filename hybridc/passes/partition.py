@@ -228,6 +228,10 @@ class _Partitioner:
                     g.add_edge(key[a], key[n])
         return g
 
+    def _external_inputs(self, member: dict[fx.Node, int], g: int) -> set[fx.Node]:
+        """Values group g reads from outside."""
+        return {a for m, gm in member.items() if gm == g for a in self._data_inputs(m) if member.get(a) != g}
+
     def _data_users(self, n: fx.Node) -> list[fx.Node]:
         """Non-free nodes that read n, looking through free nodes (`x.size(0)`)."""
         out, stack, seen = [], list(n.users), set()
@@ -277,11 +281,24 @@ class _Partitioner:
         """A neuron's state is per sample, so an analog block's output must lead with the batch dimension.
         HF's Conv1D computes `addmm(b, x.view(-1, n), W).view(B, T, m)`: the weight's output folds batch and
         tokens. Such an output takes the reshape after it into the block (no new block edges: the reshape
-        reads only values of the block, some for their shape), so the neuron is the (B, T, m) value."""
+        reads only values of the block, some for their shape), so the neuron is the (B, T, m) value; and the
+        `x.view(-1, n)` before the block's first weight joins the block, so its input is the (B, T, n) x."""
         batch = next((n.meta["hybridc_shape"][0] for n in self.gm.graph.nodes
                       if n.op == "placeholder" and n.meta.get("hybridc_shape")), None)
         if batch is None:
             return
+        # the mirror image: `x.view(-1, n)` folding batch and tokens before the block's first weight joins the
+        # block, so the block reads the (B, T, n) value and its inputs lead with the batch dimension too
+        for n in self.nodes:
+            shape = n.meta.get("hybridc_shape") or []
+            users = {member.get(u) for u in self._data_users(n)}
+            if (n in member or not shape or shape[0] == batch or not self.eligible.get(n)
+                    or self.info[n].kind != "linear" or self.info[n].key not in ("view", "flatten")
+                    or len(users) != 1 or None in users):
+                continue
+            ins = self._data_inputs(n)
+            if ins and all(a not in member and (a.meta.get("hybridc_shape") or [None])[0] == batch for a in ins):
+                member[n] = users.pop()
         for n in self.nodes:
             g = member.get(n)
             if g is None:
@@ -292,9 +309,11 @@ class _Partitioner:
                 if not shape or shape[0] == batch or len(users) != 1:
                     break
                 (u,) = users
+                # u reads n, and otherwise only values the block reads already (for their shape)
                 if (u in member or not self.eligible.get(u) or self.info[u].kind != "linear"
-                        or self.info[u].key not in ("view", "flatten", "unflatten")
-                        or any(member.get(a) != g for a in self._data_inputs(u))):
+                        or self.info[u].key not in ("view", "flatten", "unflatten") or [a for a in value_inputs(u) if a not in self.free] != [n]
+                        or any(member.get(a) != g and a not in self._external_inputs(member, g)
+                               for a in self._data_inputs(u))):
                     break
                 member[u] = g
                 n = u
