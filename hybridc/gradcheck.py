@@ -233,7 +233,13 @@ def gradcheck(model: nn.Module, example_inputs: Any, max_block_size: int = 2, be
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     phase = _Phases(progress)
-    model = copy.deepcopy(model).to(dtype).eval()
+    own = next((t.dtype for t in model.parameters() if t.is_floating_point()), dtype)
+    model = copy.deepcopy(model).eval()
+    # compile in the model's own precision, then convert: the same weights (float32 values are exact in float64),
+    # and compile-time work on them (the feedback-gain calibration's power iterations) runs at float32 speed
+    build_dtype = own if torch.finfo(own).bits < torch.finfo(dtype).bits else dtype
+    build_model = copy.deepcopy(model).to(build_dtype)
+    model = model.to(dtype)
     example = _to(example_inputs, dtype)
     inputs = _random_batch(example, batch, dtype, gen)
     if beta is None:
@@ -242,8 +248,8 @@ def gradcheck(model: nn.Module, example_inputs: Any, max_block_size: int = 2, be
     with torch.no_grad():  # a wrong `output` fails here, before the compile
         path = select_path(model(*_call_parts(inputs)[0], **_call_parts(inputs)[1]), output)
     with phase("compile") as info:
-        compiled: FFEBM = compile(model, example, max_block_size=max_block_size, beta=beta,
-                                  solver={**tight, **(solver or {})}, init=init, **policies)
+        compiled: FFEBM = compile(build_model, _to(example_inputs, build_dtype), max_block_size=max_block_size,
+                                  beta=beta, solver={**tight, **(solver or {})}, init=init, **policies)
         compiled = compiled.to(device=device, dtype=dtype).eval()
         info["detail"] = f"{len(compiled.analog_blocks)} analog blocks"
     model = model.to(device)
