@@ -110,7 +110,7 @@ def train_command(
     feedback_gain: Annotated[float | None, typer.Option(
         "--feedback-gain", help="equilibrium by construction: bound every multi-layer Hopfield block's feedback "
                                 "gain ρ (its free phase is then a contraction) at compile time and after every "
-                                "step; 0 = off [0.9]")] = None,
+                                "step; 0 = off [0.8; 0.9 for the embedded default]")] = None,
     init: Annotated[Init | None, typer.Option(help="analog weights: keep (model's init) or goe [keep]")] = None,
     goe_variance: Annotated[float | None, typer.Option("--goe-variance", help="[5e-5]")] = None,
     norm: NormOpt = None,

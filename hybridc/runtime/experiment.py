@@ -73,8 +73,8 @@ class ExperimentConfig(BaseModel):
     feedback_gain: FiniteFloat | None = Field(
         None, ge=0, description="equilibrium by construction: bound every multi-layer Hopfield block's feedback "
                                 "gain ρ = ‖D_a^½ A D_a^½‖ at compile time and after every optimizer step "
-                                "(hybridc.targets.contraction); None = the compiler's default "
-                                f"({EMBEDDED_FEEDBACK_GAIN}), 0 = unconstrained")
+                                "(hybridc.targets.contraction); None = the compiler's default (0.8; the "
+                                f"embedded default model uses {EMBEDDED_FEEDBACK_GAIN}), 0 = unconstrained")
 
     # ---- data -------------------------------------------------------------------------------------
     data: str = Field("digits", description="digits, fashion-mnist, mnist, kmnist, cifar10, cifar100, imagenet32")
