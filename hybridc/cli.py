@@ -132,7 +132,8 @@ def gradcheck(
     eb_kind: EBOpt = None,
     init: Annotated[str, typer.Option(help="keep (model's weights) or goe")] = "keep",
     batch: Annotated[int, typer.Option(help="random batch size", min=1)] = 2,
-    bptt_steps: Annotated[int, typer.Option(help="steps unrolled for the BPTT reference", min=1)] = 200,
+    bptt_steps: Annotated[int | None, typer.Option(
+        help="steps unrolled for the BPTT reference (default 1.5x the longest free phase, at least 20)", min=1)] = None,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     output: Annotated[str | None, typer.Option(

@@ -5,6 +5,7 @@ against autograd of the original model."""
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -59,6 +60,7 @@ class GradcheckReport(BaseModel):
     adjoint_steps: dict[str, int] = {}
     output: str = ""
     zero_rtol: float = 1e-12
+    bptt_steps: int = 0
     seconds: dict[str, float] = {}
 
     def unconverged(self) -> list[str]:
@@ -86,6 +88,7 @@ class GradcheckReport(BaseModel):
             "init": self.init,
             "output": self.output,
             "zero_rtol": self.zero_rtol,
+            "bptt_steps": self.bptt_steps,
             "equilibrium_residuals": self.equilibrium_residuals,
             "adjoint_residuals": self.adjoint_residuals,
             "params": [p.model_dump() for p in self.params],
@@ -216,7 +219,7 @@ def _residual_text(values: dict[str, float]) -> str:
 
 
 def gradcheck(model: nn.Module, example_inputs: Any, max_block_size: int = 2, beta: float | None = None,
-              dtype: torch.dtype = torch.float64, batch: int = 2, seed: int = 0, bptt_steps: int = 200,
+              dtype: torch.dtype = torch.float64, batch: int = 2, seed: int = 0, bptt_steps: int | None = None,
               solver: dict | None = None, init: str = "keep", device: str | torch.device = "cpu",
               output: str | int | None = None, progress: Any | None = None,
               **policies: Any) -> GradcheckReport:
@@ -226,7 +229,9 @@ def gradcheck(model: nn.Module, example_inputs: Any, max_block_size: int = 2, be
     `"hidden_states.2"`), default the first tensor leaf (a transformers ModelOutput's `logits`).
     `init="keep"` (default) checks the model's own weights; "goe" the paper's init. Note that with GOE's
     small variance most hard-sigmoid pre-activations sit next to the kink at 0, where any finite β
-    biases EP; expect to need a smaller β there. `progress`: a `hybridc.gradcheck_progress.PhaseProgress`."""
+    biases EP; expect to need a smaller β there. `progress`: a `hybridc.gradcheck_progress.PhaseProgress`.
+    `bptt_steps` None: unroll 1.5× the longest free phase from zero (which reached the tolerance, so the
+    truncation error ρ^T of BPTT is below the tolerance too: (tol/|s*|)^1.5), at least 20."""
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise HybridcError("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu")
@@ -263,6 +268,9 @@ def gradcheck(model: nn.Module, example_inputs: Any, max_block_size: int = 2, be
             target = _targets(call.output(compiled), gen).to(device)
             residuals = {k: float(v.last_residual) for k, v in compiled.analog_blocks.items()
                          if v.last_residual is not None}
+            free_steps = max((int(v.last_steps) for v in compiled.analog_blocks.values()), default=0)
+            if bptt_steps is None:
+                bptt_steps = max(20, math.ceil(1.5 * free_steps))
             info["detail"] = "residual " + _residual_text(residuals)
         with phase("EP"):
             ep, loss = _grads(compiled, call, target)
@@ -274,7 +282,8 @@ def gradcheck(model: nn.Module, example_inputs: Any, max_block_size: int = 2, be
             adj_steps = {k: int(b.last_adjoint_steps) for k, b in compiled.analog_blocks.items()
                          if getattr(b, "last_adjoint_steps", None) is not None}
             info["detail"] = "adjoint residual " + _residual_text(adj_res)
-        with phase("BPTT"):
+        with phase("BPTT") as info:
+            info["detail"] = f"{bptt_steps} steps unrolled"
             compiled.set_gradient("bptt", bptt_steps=bptt_steps)
             bp, _ = _grads(compiled, call, target)
             compiled.set_gradient("ep")
@@ -295,7 +304,8 @@ def gradcheck(model: nn.Module, example_inputs: Any, max_block_size: int = 2, be
                            equilibrium_residuals=residuals, tol=compiled_tol(compiled),
                            dtype=str(dtype).replace("torch.", ""), loss=loss, adjoint_residuals=adj_res,
                            adjoint_steps=adj_steps, output=path_text(path),
-                           zero_rtol=1e-12 if dtype == torch.float64 else 1e-6, seconds=phase.seconds)
+                           zero_rtol=1e-12 if dtype == torch.float64 else 1e-6, seconds=phase.seconds,
+                           bptt_steps=bptt_steps)
 
 
 def _rows(compiled: FFEBM, model: nn.Module, ep: dict, idg: dict, bp: dict, ref: dict | None,
