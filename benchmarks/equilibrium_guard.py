@@ -10,9 +10,9 @@ Rows (`--rows`, comma-separated):
 
 * conv-off      Conv28 (benchmarks/accuracy.py: conv3x3 16 · pool · conv3x3 32 · pool · linear), max_block_size
                 2, pooling absorbed: a two-layer convolutional Hopfield block + the classifier; constrain=False
-* conv-0.9      the same, feedback gain ρ ≤ 0.9 (the default)
-* conv-0.95     ρ ≤ 0.95, free phase by tolerance (max|Δs| < 1e-4, checked every 5 steps, at most 4·T1)
-* conv-0.8      ρ ≤ 0.8
+* conv-0.9      the same, feedback gain ρ ≤ 0.9
+* conv-0.95     ρ ≤ 0.95, every phase by tolerance (max|Δs| < 1e-4, checked every 5 steps, at most 4·T1 steps)
+* conv-0.8      ρ ≤ 0.8 (the compiler's default, DEFAULT_FEEDBACK_GAIN)
 * mlp-off       MLP 784-256-256-10, max_block_size 3 (one three-layer block), constrain=False
 * mlp-0.9       the same, ρ ≤ 0.9
 

@@ -388,7 +388,8 @@ def constrain_model(model: nn.Module, gain: float | None) -> list[dict[str, Any]
     rescaling in a copy of `model.plan`'s decisions (replacing those of an earlier compile of the same plan),
     warn about blocks that cannot be bounded, and register `model` for the post-optimizer-step hook.
     Single-layer blocks have no feedback and are untouched (their compiled forward stays exact). `gain` None
-    or 0: DHN blocks stay unconstrained (DRN blocks keep their conductance projection). Returns one record per calibrated block (see `DHNConstraint.calibrate`)."""
+    or 0: DHN blocks stay unconstrained (DRN blocks keep their conductance projection). Returns one record
+    per calibrated block (see `DHNConstraint.calibrate`)."""
     import warnings
 
     from hybridc.targets.dhn import DHNBlock
@@ -402,7 +403,10 @@ def constrain_model(model: nn.Module, gain: float | None) -> list[dict[str, Any]
             continue
         in_shapes = [shapes.get(n) for n in model._io[name][0]]
         if any(s is None for s in in_shapes):
-            raise ValueError(f"analog block {name}: the plan records no shape for an input; re-create the plan")
+            from hybridc.errors import PlanMismatchError
+
+            raise PlanMismatchError(f"analog block {name}: the plan records no shape for one of its inputs, so its "
+                                    "feedback gain cannot be measured; re-create the plan with `hybridc partition`")
         blk.constraint = DHNConstraint(blk, [s[1:] for s in in_shapes], gain)
         rec = blk.constraint.calibrate() | {"block": name}
         records.append(rec)
