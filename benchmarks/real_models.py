@@ -330,7 +330,10 @@ class Sweep:
         """An untouched compiled model: a copy of the compile stage's (compiling is the costly part), or a new
         compile when that stage failed (so its error is reported by the stage that needs it)."""
         if self.ff is not None:
-            return copy.deepcopy(self.ff)
+            try:
+                return copy.deepcopy(self.ff)
+            except RecursionError:  # deepcopy walks fx's node lists recursively: long graphs exceed the limit
+                pass
         from hybridc.api import compile as hc_compile
 
         return hc_compile(self.model, self.example, plan=self.plan).eval()
