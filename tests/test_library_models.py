@@ -239,8 +239,6 @@ def test_fixture_exports_and_verifies(name: str, tmp_path: Path) -> None:
     assert result.report is not None and result.report.ok, [(r.name, r.max_abs_error) for r in result.report.rows]
 
 
-@pytest.mark.xfail(strict=False, reason="pending GRADCHECK: ModelOutput/dataclass outputs in gradcheck "
-                                        "(hybridc/gradcheck.py not committed yet)")
 def test_gradcheck_on_dataclass_output() -> None:
     from hybridc.gradcheck import gradcheck
 
