@@ -159,6 +159,9 @@ def gradcheck(
     make_config(max_block_size, **pol)
     if init not in ("keep", "goe"):
         raise HybridcError(f"--init must be keep or goe, not {init!r}")
+    if device.split(":")[0] not in ("cpu", "cuda"):
+        raise HybridcError(f"--device must be cpu or cuda (optionally cuda:N), not {device!r}")
+    check_output_file(plot, "--plot")  # before the analysis, which can take minutes
     lm = load_model(model, input_shape)
     progress = None if quiet else PhaseProgress(list(PHASES))
     try:

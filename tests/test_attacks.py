@@ -431,6 +431,8 @@ CASES = [
     (["export", "mlp", "-o", "{root}/x", "--plan", "{root}/cyclic.json"], "an output of the later block"),
     (["export", "mlp", "-o", "{root}/x", "--seed", "99999999999999999999"], "--seed"),
     (["verify", "{root}/dir", "--tol", "-1"], "--tol must be a finite number > 0"),
+    (["gradcheck", "mlp", "--plot", "{root}/missing/dir/x.png"], "--plot"),
+    (["gradcheck", "mlp", "--device", "tpu"], "--device must be cpu or cuda"),
 ]
 
 
