@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import torch
 
-States = list[torch.Tensor]
 #: v ↦ Jᵀv on the per-sample flattened state (B, n)
 VJP = Callable[[torch.Tensor], torch.Tensor]
 
@@ -41,20 +40,6 @@ class AdjointResult:
     lam: torch.Tensor
     steps: int
     residual: torch.Tensor
-
-
-def flatten(states: States) -> torch.Tensor:
-    """Per-sample flattening: a list of (B, ...) tensors → (B, n)."""
-    return torch.cat([s.reshape(s.shape[0], -1) for s in states], 1)
-
-
-def unflatten(flat: torch.Tensor, like: States) -> States:
-    out, i = [], 0
-    for s in like:
-        n = s[0].numel()
-        out.append(flat[:, i:i + n].reshape(s.shape))
-        i += n
-    return out
 
 
 def _relative_residual(r: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

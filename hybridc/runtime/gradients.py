@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from hybridc.targets.solver import check_gradients_finite
+from hybridc.targets.solver import check_gradients_finite, flatten_states, unflatten_states
 
 if TYPE_CHECKING:
     from hybridc.targets.energy_block import EnergyBlock as DHNBlock
@@ -163,15 +163,15 @@ def id_gradients(block: DHNBlock, inputs: list[torch.Tensor], s_star: list[torch
         t_out = block.step_map(xs, s, differentiable=True)
 
         def vjp(v: torch.Tensor) -> torch.Tensor:
-            jt = torch.autograd.grad(t_out, s, grad_outputs=adj.unflatten(v, s_star), retain_graph=True,
+            jt = torch.autograd.grad(t_out, s, grad_outputs=unflatten_states(v, s_star), retain_graph=True,
                                      allow_unused=True)
-            return adj.flatten([torch.zeros_like(t) if j is None else j for j, t in zip(jt, s_star)])
+            return flatten_states([torch.zeros_like(t) if j is None else j for j, t in zip(jt, s_star)])
 
         solve = adj.gmres if cfg.id_solver == "gmres" else adj.fixed_point
-        result = solve(vjp, adj.flatten(delta), cfg.id_tol, cfg.id_max_steps, cfg.id_check_every)
+        result = solve(vjp, flatten_states(delta), cfg.id_tol, cfg.id_max_steps, cfg.id_check_every)
         block.last_adjoint_steps = result.steps
         block.last_adjoint_residual = result.residual
-        lam = adj.unflatten(result.lam, s_star)
+        lam = unflatten_states(result.lam, s_star)
         wanted = [p for p, n in zip(params, need_p) if n] + [x for x, n in zip(xs, need_in) if n]
         grads = torch.autograd.grad(t_out, wanted, grad_outputs=lam, allow_unused=True) if wanted else []
     it2 = iter(grads)

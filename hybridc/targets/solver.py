@@ -81,11 +81,13 @@ class _Anderson:
         return torch.where(keep, mixed, fx)
 
 
-def _flatten(states: States) -> torch.Tensor:
+def flatten_states(states: States) -> torch.Tensor:
+    """Per-sample flattening: a list of (B, ...) tensors -> (B, n), for solvers that see one vector."""
     return torch.cat([s.reshape(s.shape[0], -1) for s in states], 1)
 
 
-def _unflatten(flat: torch.Tensor, like: States) -> States:
+def unflatten_states(flat: torch.Tensor, like: States) -> States:
+    """The inverse of `flatten_states`, shaped like `like`."""
     out, i = [], 0
     for s in like:
         n = s[0].numel()
@@ -112,7 +114,7 @@ def relax(step: StepFn, states: States, steps: int, cfg: SolverConfig, block: st
     taken = 0
     for t in range(1, budget + 1):
         mapped = step(states)
-        new = mapped if anderson is None else _unflatten(anderson(_flatten(states), _flatten(mapped)), mapped)
+        new = mapped if anderson is None else unflatten_states(anderson(flatten_states(states), flatten_states(mapped)), mapped)
         check = t % cfg.check_every == 0 or t == budget
         if check:
             # device-side bookkeeping only on check steps; the host reads it below (one sync per check in
