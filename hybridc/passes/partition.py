@@ -234,29 +234,27 @@ class _Partitioner:
 
     def _data_users(self, n: fx.Node) -> list[fx.Node]:
         """Non-free nodes that read n, looking through free nodes (`x.size(0)`)."""
-        out, stack, seen = [], list(n.users), set()
-        while stack:
-            u = stack.pop()
-            if u in seen:
-                continue
-            seen.add(u)
-            if u in self.free:
-                stack.extend(u.users)
-            elif u.op != "output":
-                out.append(u)
-        return out
+        return self._through_free(n, upstream=False)
 
     def _data_inputs(self, n: fx.Node) -> list[fx.Node]:
         """Non-free producers of n's inputs, looking through free nodes (a shape query of x depends on x)."""
-        out, stack, seen = [], list(n.all_input_nodes), set()
+        return self._through_free(n, upstream=True)
+
+    def _through_free(self, n: fx.Node, upstream: bool) -> list[fx.Node]:
+        """The nearest non-free neighbours of n in one direction (graph inputs or the output excluded)."""
+        def step(x: fx.Node) -> list[fx.Node]:
+            return list(x.all_input_nodes) if upstream else list(x.users)
+
+        boundary = "placeholder" if upstream else "output"
+        out, stack, seen = [], step(n), set()
         while stack:
             a = stack.pop()
             if a in seen:
                 continue
             seen.add(a)
             if a in self.free:
-                stack.extend(a.all_input_nodes)
-            elif a.op != "placeholder":
+                stack.extend(step(a))
+            elif a.op != boundary:
                 out.append(a)
         return out
 
