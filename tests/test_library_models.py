@@ -314,3 +314,22 @@ def test_sweep_benchmark_quick(tmp_path: Path) -> None:
     rows = json.loads(out.read_text())
     assert [r["name"] for r in rows] == ["timm-resnet-style", "mlp-mixer"]
     assert all(r["stages"]["partition"]["ok"] for r in rows)
+
+
+T5 = "hf:T5EncoderModel,vocab_size=64,d_model=16,d_ff=32,d_kv=8,num_layers=1,num_heads=2"
+
+
+def test_export_traced_graph_keeps_no_stride_dependent_view() -> None:
+    """torch.export records `reshape` as `view` and drops a `.contiguous()` that is a no-op on the strides the
+    example produced (HF T5: `sdpa(...).reshape(...).transpose(1, 2).contiguous().reshape(B, T, -1)`, where the
+    CPU SDPA kernel under no_grad returns a layout whose transpose is contiguous). With a trainable attention
+    bias, SDPA's grad-mode kernel returns another layout and that `view` raised; the traced graph uses
+    `reshape` (the same values, any strides), so the compiled T5 trains and its gradients are finite."""
+    model, example = _hf(T5)
+    gm = trace(model, example).gm
+    assert trace(model, example).method == "export"
+    assert not [n for n in gm.graph.nodes if n.target is torch.ops.aten.view.default]
+    ff = hc_compile(model, example)
+    ff(*example).last_hidden_state.pow(2).mean().backward()
+    grads = [p.grad for p in ff.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)

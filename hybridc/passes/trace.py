@@ -223,6 +223,13 @@ def _export_trace(model: nn.Module, example_inputs: list[torch.Tensor]) -> fx.Gr
         # torch.export adds a guard-checking call with no users; it is not part of the computation.
         if node.op == "call_module" and str(node.target).startswith("_guards") and not node.users:
             graph.erase_node(node)
+        elif node.op == "call_function" and node.target is torch.ops.aten.view.default:
+            # torch.export drops a `.contiguous()` that is a no-op on the example's strides (HF T5:
+            # `sdpa(...).transpose(1, 2).contiguous().view(B, T, -1)`, where the CPU SDPA kernel used under
+            # no_grad returns a layout whose transpose is contiguous). Another SDPA backend (grad mode, float64,
+            # CUDA) or an analog block's state in its place has other strides, and the `view` then fails. The
+            # graph is functional (no op writes through an alias), so `reshape` computes the same values.
+            node.target = torch.ops.aten.reshape.default
     for node in graph.nodes:
         stack = node.meta.get("nn_module_stack") or {}
         owner = ""
