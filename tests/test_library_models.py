@@ -333,3 +333,33 @@ def test_export_traced_graph_keeps_no_stride_dependent_view() -> None:
     ff(*example).last_hidden_state.pow(2).mean().backward()
     grads = [p.grad for p in ff.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+class _CastToWeightDtype(torch.nn.Module):
+    """HF DINOv2's patch embedding: `proj(x.to(proj.weight.dtype))`, behind a shape check fx cannot trace (so
+    torch.export captures it, with the cast's dtype a constant)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Conv2d(3, 8, 4, stride=4)
+        self.fc1, self.fc2 = torch.nn.Linear(32, 16), torch.nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != 8:
+            raise ValueError("8x8 images only")
+        h = self.proj(x.to(dtype=self.proj.weight.dtype)).flatten(1)
+        return self.fc2(torch.relu(self.fc1(h)))
+
+
+def test_cast_to_a_weights_dtype_follows_the_weight() -> None:
+    """The traced cast becomes `type_as(weight)`: the compiled model converted to float64 (as gradcheck does)
+    runs, and equals the original converted to float64."""
+    torch.manual_seed(0)
+    model, x = _CastToWeightDtype().eval(), torch.randn(2, 3, 8, 8)
+    assert trace(model, (x,)).method == "export"
+    ff = hc_compile(model, (x,), max_block_size=1).double().eval()
+    with torch.no_grad():
+        got = ff(x.double())
+        want = model.double()(x.double())
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)

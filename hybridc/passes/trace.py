@@ -22,6 +22,7 @@ import torch.fx as fx
 from torch import nn
 
 from hybridc.errors import TraceError
+from hybridc.passes.casts import follow_weight_dtype
 from hybridc.passes.functionalize import (
     drop_assertions,
     functionalize_inplace,
@@ -230,6 +231,7 @@ def _export_trace(model: nn.Module, example_inputs: list[torch.Tensor]) -> fx.Gr
             # CUDA) or an analog block's state in its place has other strides, and the `view` then fails. The
             # graph is functional (no op writes through an alias), so `reshape` computes the same values.
             node.target = torch.ops.aten.reshape.default
+    follow_weight_dtype(gm)
     for node in graph.nodes:
         stack = node.meta.get("nn_module_stack") or {}
         owner = ""
