@@ -76,8 +76,14 @@ def test_ctrl_c_at_epoch_boundary_and_finished_run(tmp_path: Path) -> None:
     assert load_checkpoint(tmp_path / "r" / "checkpoint.pt")["epoch"] == 1
     rest = train(resume=tmp_path / "r")
     assert [r["epoch"] for r in rest.records] == [1, 2, 3]
+    # the wall time counts both sessions: at least the three epochs' training time
+    assert rest.summary["wall_time_s"] >= sum(r["epoch_time_s"] for r in rest.records)
+    written = (tmp_path / "r" / "summary.json").read_text()
     again = train(resume=tmp_path / "r")  # nothing left to do: no error, no new epochs
     assert [r["epoch"] for r in again.records] == [1, 2, 3]
+    # ... and the finished run's summary (its wall time) is kept and shown, not replaced by this no-op's
+    assert (tmp_path / "r" / "summary.json").read_text() == written
+    assert again.summary == json.loads(written)
 
 
 def test_resume_errors(tmp_path: Path) -> None:

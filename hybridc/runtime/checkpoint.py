@@ -25,12 +25,18 @@ import torch
 
 from hybridc.errors import HybridcError
 from hybridc.runtime.files import atomic_write
+from hybridc.runtime.run_layout import CHECKPOINT_NAME
 
-CHECKPOINT_NAME = "checkpoint.pt"
 DIGEST_KEY = "digest"
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format", "config", "model", "optimizer", "scheduler", "rng", "loader", "epoch",
                  "batch", "partial", "world_size")
+#: what a weights-only checkpoint (the best epoch's, `best.pt`) holds: enough to rebuild and run the model
+MODEL_KEYS = ("format", "config", "model", "epoch")
+
+__all__ = ["CHECKPOINT_NAME", "MODEL_KEYS", "REQUIRED_KEYS", "CheckpointError", "check_digest", "content_digest",
+           "load_checkpoint", "read_torch_file", "rng_state", "save_checkpoint", "save_model_checkpoint",
+           "set_rng_state"]
 
 
 class CheckpointError(HybridcError):
@@ -105,6 +111,18 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
 
 
+def save_model_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write a weights-only checkpoint (see MODEL_KEYS; extra keys such as `test_acc` kept) atomically, with
+    the digest of its content: what `hybridc.load_run(..., checkpoint="best")` reads. It cannot be resumed
+    from (no optimizer, RNG or data position)."""
+    missing = [k for k in MODEL_KEYS if k not in state and k != "format"]
+    if missing:
+        raise ValueError(f"model checkpoint state lacks {missing}")
+    payload = {"format": FORMAT_VERSION, **{k: v for k, v in state.items() if k != DIGEST_KEY}}
+    payload[DIGEST_KEY] = content_digest(payload)
+    atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
+
+
 def _short_reason(exc: BaseException) -> str:
     """The first line of a load error, without torch's advice to retry with weights_only=False (which would
     run whatever code a damaged or malicious file holds)."""
@@ -137,8 +155,10 @@ def check_digest(state: dict[str, Any], path: Path) -> None:
                               "from a backup, or delete it to restart the run")
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint`; any problem is a CheckpointError saying what to do."""
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", resumable: bool = True
+                    ) -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint` (or, with `resumable=False`, also one written by
+    `save_model_checkpoint`); any problem is a CheckpointError saying what to do."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}: the run never finished an epoch or was not "
@@ -148,7 +168,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise CheckpointError(f"checkpoint {path} is not a hybridc checkpoint (top level is "
                               f"{type(state).__name__})")
     check_digest(state, path)
-    missing = [k for k in REQUIRED_KEYS if k not in state]
+    missing = [k for k in (REQUIRED_KEYS if resumable else MODEL_KEYS) if k not in state]
     if missing:
         raise CheckpointError(f"checkpoint {path} is incomplete (missing {', '.join(missing)})")
     if state["format"] != FORMAT_VERSION:

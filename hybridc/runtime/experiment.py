@@ -46,6 +46,10 @@ class ExperimentConfig(BaseModel):
     model_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments of a zoo model's factory (e.g. sizes, width); "
                                           "input shape and class count are filled from the dataset when absent")
+    input_size: int | None = Field(
+        None, ge=1, le=4096, description="resize the images to N x N (bilinear) before the model; None = the "
+                                         "dataset's own size, or for a zoo model the smallest it accepts (VGG "
+                                         "on 8x8 digits: 16); the run's config.json records the size used")
     plan: str | None = Field(None, description="a plan JSON to compile exactly (instead of partition settings)")
     max_block_size: int | None = Field(None, ge=1, description="most weight layers per analog block "
                                                               "(None: the partitioner's default, 2)")

@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from hybridc.runtime.files import atomic_write, atomic_write_text
-
-METRICS_NAME = "metrics.jsonl"
-CURVES_NAME = "curves.png"
+from hybridc.runtime.run_layout import CURVES_NAME, METRICS_NAME  # noqa: F401  (their old home)
 
 #: Keys that measure time, not learning: they legitimately differ between a run and its resumed twin.
 TIMING_KEYS = frozenset({"epoch_time_s", "samples_per_s", "eval_time_s", "wall_time_s"})
@@ -64,30 +63,55 @@ def strip_timings(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
 
 
+def _plain_log_labels(ax: Any) -> None:
+    """Log-axis tick labels as plain numbers (2.2, 0.05), not matplotlib's "2.2 × 10⁰"."""
+    from matplotlib.ticker import FuncFormatter
+
+    fmt = FuncFormatter(lambda v, _pos: f"{v:.3g}")
+    ax.yaxis.set_major_formatter(fmt)
+    ax.yaxis.set_minor_formatter(fmt)
+
+
 def plot_curves(records: Sequence[dict[str, Any]], path: Path, title: str = "") -> None:
-    """Train/test loss and accuracy per epoch, two panels, written atomically as PNG (Agg backend)."""
+    """Train/test loss and accuracy per epoch, and (when the model has analog blocks) each block's
+    equilibrium residual — the mean max|Δs| of the free phase's last step, on a log axis: what tells whether
+    EP's gradients are estimated at a fixed point. Integer epoch ticks; written atomically as PNG (Agg)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     if not records:
         return
     epochs = [r["epoch"] for r in records]
-    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 4))
+    blocks = list(dict.fromkeys(k for r in records for k in (r.get("residual") or {})))
+    n_panels = 3 if blocks else 2
+    fig, axes = plt.subplots(1, n_panels, figsize=(5 * n_panels, 4))
+    ax_l, ax_a = axes[0], axes[1]
     for key, label, style in (("train_loss", "train", "-o"), ("test_loss", "test", "-s")):
         ax_l.plot(epochs, [r.get(key) for r in records], style, label=label, markersize=3)
     for key, label, style in (("train_acc", "train", "-o"), ("test_acc", "test", "-s")):
         ax_a.plot(epochs, [100 * r[key] if r.get(key) is not None else None for r in records], style,
                   label=label, markersize=3)
-    ax_l.set_xlabel("epoch")
     ax_l.set_ylabel("cross-entropy loss")
     ax_l.set_yscale("log")
-    ax_a.set_xlabel("epoch")
+    _plain_log_labels(ax_l)
     ax_a.set_ylabel("accuracy (%)")
-    for ax in (ax_l, ax_a):
+    if blocks:
+        ax_r = axes[2]
+        floor = 1e-12  # an exactly converged (or single-step) block plots at the floor instead of vanishing
+        for name in blocks:
+            ax_r.plot(epochs, [max((r.get("residual") or {}).get(name, float("nan")), floor) for r in records],
+                      "-o", label=name, markersize=3)
+        ax_r.set_yscale("log")
+        ax_r.set_ylabel("residual: mean max|Δs|, last free step")
+        ax_r.set_title("equilibrium residual per analog block", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -126,10 +150,12 @@ def summary_table(summary: dict[str, Any]) -> Table:
             text = f"{value:.4g}"
         elif isinstance(value, int) and not isinstance(value, bool):
             text = f"{value:,}"
+        elif isinstance(value, list):
+            text = "\n".join(map(str, value)) or "-"
         elif isinstance(value, dict):
             text = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
         else:
             text = str(value)
         label = key.replace("_s", "").replace("_", " ") if key.endswith("_time_s") else key.replace("_", " ")
-        t.add_row(label, text)
+        t.add_row(label, Text(text))  # plain text: a warning's "[x, −x]" is not rich markup
     return t

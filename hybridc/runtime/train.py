@@ -44,14 +44,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hybridc.errors import DataError, HybridcError
+from hybridc.data.preprocess import input_transform, resize_images
+from hybridc.errors import DataError, HybridcError, ModelLoadError, PlanMismatchError
 from hybridc.runtime import distributed as D
 from hybridc.runtime.checkpoint import (
-    CHECKPOINT_NAME,
     CheckpointError,
     load_checkpoint,
     rng_state,
     save_checkpoint,
+    save_model_checkpoint,
     set_rng_state,
 )
 from hybridc.runtime.experiment import (
@@ -63,17 +64,25 @@ from hybridc.runtime.experiment import (
     validate_config,
 )
 from hybridc.runtime.files import atomic_write_text, sha256_file
-from hybridc.runtime.metrics import CURVES_NAME, METRICS_NAME, MetricsLog, plot_curves, summary_table
+from hybridc.runtime.metrics import MetricsLog, plot_curves, summary_table
 from hybridc.runtime.optimizers import make_optimizer, make_scheduler
-from hybridc.runtime.run_lock import LOCK_NAME, RunDirError, RunLock, create_unique_dir
+from hybridc.runtime.run_layout import (
+    BEST_CHECKPOINT_NAME,
+    CHECKPOINT_NAME,
+    CONFIG_NAME,
+    CURVES_NAME,
+    LOCK_NAME,
+    METRICS_NAME,
+    PLAN_NAME,
+    RUN_FILES,
+    SUMMARY_NAME,
+)
+from hybridc.runtime.run_lock import RunDirError, RunLock, create_unique_dir
 
-CONFIG_NAME = "config.json"
 #: mean last-step max|Δs| of a free phase above which the trainer warns that a block is not at equilibrium
 UNCONVERGED_RESIDUAL = 0.1
-PLAN_NAME = "plan.json"
-SUMMARY_NAME = "summary.json"
-#: every file a run directory holds (a non-empty directory with anything else is not a run)
-RUN_FILES = frozenset({CONFIG_NAME, PLAN_NAME, METRICS_NAME, CHECKPOINT_NAME, CURVES_NAME, SUMMARY_NAME, LOCK_NAME})
+#: seconds between the plain progress lines printed within an epoch when the console is not a terminal
+PLAIN_PROGRESS_S = 10.0
 #: train loss above this multiple of the first epoch's: the run is blowing up (warned once)
 LOSS_EXPLOSION_FACTOR = 10.0
 #: epochs after which a train accuracy still at chance level (≤ 1.5 / classes) is warned about
@@ -94,53 +103,55 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------------------------------------ model
-def _fit_zoo_kwargs(name: str, kwargs: dict[str, Any], shape: tuple[int, ...], classes: int,
-                    default_model: bool) -> dict[str, Any]:
-    """Fill a zoo factory's data-dependent arguments (input shape, channels, image size, classes) from the
-    dataset, leaving any the user gave alone."""
-    out = dict(kwargs)
-    c, h, w = shape
+def fit_model(cfg: ExperimentConfig, shape: tuple[int, ...], classes: int) -> Any:
+    """How the run's model meets data of per-sample `shape` (C, H, W) and `classes` classes: a
+    `hybridc.models.ZooFit` (factory arguments, the image size the data is resized to first or None, and a
+    note saying so). Zoo models are fitted by their table rule (`hybridc.models.fit_zoo_model`; the embedded
+    default is the zoo MLP with hidden widths DEFAULT_HIDDEN); a model file takes the data as it is, resized
+    only to `cfg.input_size`. Fitting an already fitted shape changes nothing."""
+    from hybridc.models import ZOO, ZooFit, fit_zoo_model
+
+    name = cfg.model or "mlp"
+    c, h, w = (int(d) for d in shape)
+    size = (cfg.input_size, cfg.input_size) if cfg.input_size is not None else None
+    if name not in ZOO:
+        if cfg.model_kwargs:
+            raise ConfigError("model_kwargs apply to zoo models only; a model file builds itself")
+        if size is None or size == (h, w):
+            return ZooFit({}, None, "as is")
+        return ZooFit({}, size, f"input resized {h}x{w} -> {size[0]}x{size[1]} (input_size)")
+    kwargs = dict(cfg.model_kwargs)
+    fitted_shape = (c, *size) if size is not None else (c, h, w)
     if name == "mlp":
-        n_in = c * h * w
-        hidden = list(DEFAULT_HIDDEN) if default_model else [1024, 1024]
-        out.setdefault("sizes", [n_in, *hidden, classes])
-        out.setdefault("in_shape", list(shape))
-        sizes = list(out["sizes"])
-        if sizes[0] != n_in or sizes[-1] != classes:
-            raise ConfigError(f"model_kwargs.sizes {sizes} do not fit the data: the first size must be "
-                              f"{n_in} (= {c}x{h}x{w}) and the last {classes} (classes)")
-    elif name in ("vgg-paper", "vgg-paper-12"):
-        out.setdefault("in_channels", c)
-        out.setdefault("num_classes", classes)
-        out.setdefault("image_size", h)
-    elif name == "resnet18":
-        out.setdefault("in_channels", c)
-        out.setdefault("num_classes", classes)
-    elif name == "vit":
-        out.setdefault("in_channels", c)
-        out.setdefault("num_classes", classes)
-        out.setdefault("image_size", h)
-    elif name == "transformer":
-        out.setdefault("num_classes", classes)
-        out.setdefault("tokens", c * h)
-        out.setdefault("features", w)
-    return out
+        hidden = list(DEFAULT_HIDDEN) if cfg.model is None else [1024, 1024]
+        kwargs.setdefault("sizes", [math.prod(fitted_shape), *hidden, classes])
+    if size is not None and name.startswith(("vgg", "vit")):
+        kwargs.setdefault("image_size", size[0])
+    try:
+        fit = fit_zoo_model(name, fitted_shape, classes, kwargs)
+    except ModelLoadError as exc:
+        raise ConfigError(f"model {cfg.model_label()} does not fit {cfg.data} ({c}x{h}x{w}): {exc}") from None
+    if size is not None and size != (h, w):
+        resized = fit.input_size or size
+        return ZooFit(fit.kwargs, resized, f"input resized {h}x{w} -> {resized[0]}x{resized[1]} (input_size)")
+    return fit
 
 
 def build_model(cfg: ExperimentConfig, shape: tuple[int, ...], classes: int
                 ) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
-    """The original (uncompiled) model and an example batch, checked to output `classes` logits."""
+    """The original (uncompiled) model and an example batch, checked to output `classes` logits. `shape` is
+    the data's per-sample shape; the model is built for it as `fit_model` fits it (the example batch has the
+    fitted shape: resize the data with `fit_model(...).input_size` before feeding it)."""
     from hybridc.load import load_model
     from hybridc.models import ZOO
 
     name = cfg.model or "mlp"
+    fit = fit_model(cfg, shape, classes)
+    model_shape = (int(shape[0]), *fit.input_size) if fit.input_size is not None else tuple(shape)
     if name in ZOO:
-        kwargs = _fit_zoo_kwargs(name, cfg.model_kwargs, shape, classes, cfg.model is None)
-        lm = load_model(name, tuple(shape), **kwargs)
+        lm = load_model(name, tuple(model_shape), **fit.kwargs)
     else:
-        if cfg.model_kwargs:
-            raise ConfigError("model_kwargs apply to zoo models only; a model file builds itself")
-        lm = load_model(name, tuple(shape))
+        lm = load_model(name, tuple(model_shape))
     model = lm.model
     was_training = model.training
     model.eval()
@@ -148,7 +159,7 @@ def build_model(cfg: ExperimentConfig, shape: tuple[int, ...], classes: int
         try:
             out = model(*lm.example_inputs)
         except Exception as exc:
-            raise ConfigError(f"model {name} cannot run on {cfg.data} samples of shape {tuple(shape)}: "
+            raise ConfigError(f"model {name} cannot run on {cfg.data} samples of shape {tuple(model_shape)}: "
                               f"{type(exc).__name__}: {exc}") from None
     model.train(was_training)
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != classes:
@@ -198,6 +209,33 @@ def _check_model_finite(model: nn.Module, loader: Any, cfg: ExperimentConfig) ->
                           "division by zero, ...) produce them; fix the model (no training setting can)")
 
 
+#: partition settings a fresh run resolves from its compiled plan into config.json (when it has no --plan)
+_PARTITION_FIELDS = ("max_block_size", "norm", "layer_norm", "pool", "attention", "activation", "hardsigmoid_slope",
+                     "non_monotone", "eb_kind", "drn_gamma")
+
+
+def resolved_config(cfg: ExperimentConfig, fit: Any, shape: tuple[int, ...], plan: Any, augment: str
+                    ) -> ExperimentConfig:
+    """`cfg` with every default that was resolved while building the run written out, so config.json says
+    exactly what ran: the zoo factory arguments fitted to the data, the input size, the partition settings
+    of the compiled plan (unless a --plan fixed them) and the feedback-gain bound. Compiling the resolved
+    config again gives the same model (the values are the ones the defaults stood for)."""
+    from hybridc.models import ZOO
+
+    updates: dict[str, Any] = {"augment": augment}
+    if (cfg.model or "mlp") in ZOO:
+        updates["model_kwargs"] = dict(fit.kwargs)
+    updates["input_size"] = fit.input_size[0] if fit.input_size is not None else int(shape[-1])
+    if cfg.algorithm != "bp":
+        if cfg.plan is None and plan is not None:
+            updates |= {k: getattr(plan.config, k) for k in _PARTITION_FIELDS if getattr(cfg, k) is None}
+        if cfg.feedback_gain is None:
+            from hybridc.targets.contraction import DEFAULT_FEEDBACK_GAIN
+
+            updates["feedback_gain"] = DEFAULT_FEEDBACK_GAIN
+    return validate_config(cfg.model_dump() | updates, "resolved run config")
+
+
 def load_plan_file(path: Path) -> Any:
     """A plan file, every problem a ConfigError naming the file and each reason."""
     from hybridc.plan import PlanFileError, read_plan
@@ -214,6 +252,16 @@ def _compile_checked(cfg: ExperimentConfig, model: nn.Module, example: tuple[tor
     node) reported as such instead of as an internal KeyError."""
     try:
         return compile_model(cfg, model, example, plan)
+    except PlanMismatchError as exc:
+        if plan is None:
+            raise
+        made_for = plan.model.model_class
+        text = str(exc)
+        head = f"the plan does not match model {made_for}:"
+        detail = text[len(head):] if text.startswith(head) else f"\n  - {text}"
+        raise ConfigError(f"the plan{f' {cfg.plan}' if cfg.plan else ''} was made for model {made_for}; it does "
+                          f"not match the model being trained, {cfg.model_label()} ({type(model).__name__}):"
+                          f"{detail}") from None
     except HybridcError:
         raise
     except (KeyError, IndexError, ValueError) as exc:
@@ -492,9 +540,14 @@ class Trainer:
         self.info = train_ds.info
         shape = train_ds.input_shape
         augment = cfg.augment
-        if augment == "auto":
+        if augment == "auto":  # decided on the dataset's own images (8x8 digits upsampled for VGG: no flips)
             augment = "crop-flip" if shape[1:] == (32, 32) else "none"
         self.augment = augment
+        self.fit = fit_model(cfg, shape, train_ds.num_classes)
+        self.transform = input_transform(cfg.data, self.fit.input_size)
+        if self.fit.input_size is not None:  # resampled once, on the whole split (the same op per sample)
+            train_ds.x = resize_images(train_ds.x, self.fit.input_size)
+            test_ds.x = resize_images(test_ds.x, self.fit.input_size)
         self.train_loader = train_ds.loader(cfg.batch_size, shuffle=True, seed=cfg.seed, device=self.device,
                                             augment=augment)
         self.test_loader = test_ds.loader(cfg.test_batch_size, shuffle=False, device=self.device)
@@ -520,6 +573,8 @@ class Trainer:
         self.module = _compile_checked(cfg, model, example, plan).to(self.device)
         self.module.train()
         self.plan = getattr(self.module, "plan", None)
+        if self.ckpt is None:  # a fresh run records what it resolved; a resumed one keeps its saved config
+            cfg = self.cfg = resolved_config(cfg, self.fit, shape, self.plan, self.augment)
         self.block_names = list(analog_blocks(self.module))
         self.compiled_parts = apply_torch_compile(self.module, cfg.algorithm) if cfg.compile else []
         self.model = D.wrap_ddp(self.module, self.ctx, self.device)
@@ -527,6 +582,8 @@ class Trainer:
         self.sched = make_scheduler(cfg, self.opt)
         self.log = MetricsLog(self.run_dir / METRICS_NAME if self.ctx.is_main else None)
         self.start_epoch, self.partial = 0, None
+        self.wall_before, self.t_run = 0.0, 0.0
+        self._last_plain = time.perf_counter()
         self._warned: set[str] = set()
         self.training_warnings: list[str] = []
         self.plan_sha256: str | None = None
@@ -547,6 +604,7 @@ class Trainer:
                 self.plan_sha256 = sha256_file(self.run_dir / PLAN_NAME)
 
     def _restore(self, ck: dict[str, Any]) -> None:
+        self.wall_before = float(ck.get("wall_time_s") or 0.0)
         try:
             self.module.load_state_dict(ck["model"])
             self.opt.load_state_dict(ck["optimizer"])
@@ -581,6 +639,22 @@ class Trainer:
             "partial": partial,
             "world_size": self.ctx.world_size,
             "plan_sha256": self.plan_sha256,
+            "input_transform": self.transform.to_json(),
+            "wall_time_s": self.wall_before + (time.perf_counter() - self.t_run if self.t_run else 0.0),
+        })
+
+    def _save_best(self, record: dict[str, Any]) -> None:
+        """The model of the epoch with the best test accuracy so far, beside the last checkpoint: weights only
+        (`hybridc.load_run(RUN_DIR, checkpoint="best")`), written atomically with its digest."""
+        if not self.run_dir_writable:
+            return
+        save_model_checkpoint(self.run_dir / BEST_CHECKPOINT_NAME, {
+            "config": self.cfg.model_dump(mode="json"),
+            "model": self.module.state_dict(),
+            "epoch": record["epoch"],
+            "test_acc": record["test_acc"],
+            "plan_sha256": self.plan_sha256,
+            "input_transform": self.transform.to_json(),
         })
 
     # ---- one epoch --------------------------------------------------------------------------------
@@ -650,7 +724,7 @@ class Trainer:
         self._in_step = False
         stop = StopFlag()
         interrupted = False
-        t_run = time.perf_counter()
+        t_run = self.t_run = time.perf_counter()
         self._print(self._header())
         if self.start_epoch >= cfg.epochs:
             self._print(f"[yellow]run already finished {self.start_epoch} epochs; nothing to train "
@@ -682,6 +756,8 @@ class Trainer:
                             self._show(progress, b_task, acc, time.perf_counter() - t0)
                         elif progress:
                             progress.advance(b_task)
+                        elif at_log and self._plain_progress():
+                            self._plain_line(epoch, acc, n_batches, time.perf_counter() - t0)
                         # One process: the flag is a Python bool (free). DDP: agree at log points.
                         want_stop = stop.requested if not self.ctx.enabled else (
                             at_log and D.any_flag(stop.requested, self.device, self.ctx))
@@ -708,11 +784,15 @@ class Trainer:
                     self._print(f"[yellow]interrupted after epoch {epoch + 1}: checkpoint saved; continue with "
                                 f"`hybridc train --resume {self.run_dir}`[/]")
                     break
-        wall = time.perf_counter() - t_run
+        wall = self.wall_before + time.perf_counter() - t_run  # over every session of the run
         summary = self._summary(wall, interrupted)
         trained = self.start_epoch < cfg.epochs  # False: a finished run resumed, nothing done
+        if not trained and self.run_dir is not None and (self.run_dir / SUMMARY_NAME).is_file():
+            with contextlib.suppress(OSError, ValueError):  # a finished run keeps (and shows) its summary
+                summary = json.loads((self.run_dir / SUMMARY_NAME).read_text())
+                trained = None  # nothing to write
         if self.ctx.is_main and not interrupted:
-            if trained or not (self.run_dir / SUMMARY_NAME).is_file():  # a finished run keeps its summary
+            if trained is not None:
                 self._write(SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
             self._print(summary_table(summary))
         D.shutdown(self.ctx)
@@ -750,8 +830,11 @@ class Trainer:
                                "--beta, or use --init keep")
         # Metrics before the checkpoint: after a crash between the two, resume cuts the metrics back to the
         # checkpoint's epoch and redoes it (the other order would lose the epoch's line).
+        previous_best = self.log.best()
         self.log.append(record)
         self._save(epoch + 1, 0, None)
+        if previous_best is None or record["test_acc"] > previous_best["test_acc"]:
+            self._save_best(record)
         if self.ctx.is_main and self.run_dir is not None:
             try:
                 plot_curves(self.log.records, self.run_dir / CURVES_NAME,
@@ -779,17 +862,44 @@ class Trainer:
                 + (" or --beta" if self.cfg.algorithm == "ep" else "")
                 + ("" if self.cfg.feedback_gain != 0 else ", or keep blocks contractive: drop --feedback-gain 0"))
         chance = 1.0 / max(self.num_classes, 1)
-        if ("chance" not in self._warned and len(recs) >= CHANCE_EPOCHS
+        if ("chance" not in self._warned and len(recs) >= min(CHANCE_EPOCHS, max(self.cfg.epochs, 2))
                 and all(r["train_acc"] <= 1.5 * chance for r in recs[-2:])):
             self._warned.add("chance")
+            causes = self._chance_causes()
             self._training_warning(
                 f"after {len(recs)} epochs train accuracy {100 * last['train_acc']:.1f} % and test accuracy "
                 f"{100 * last['test_acc']:.1f} % are at chance ({100 * chance:.1f} % for {self.num_classes} "
-                "classes): the model is not learning; check --lr, the data and the model")
+                "classes): the model is not learning. "
+                + ("Likely: " + "; ".join(causes) if causes else "Check --lr, the data and the model"))
+
+    def _chance_causes(self) -> list[str]:
+        """The likely reasons a run sits at chance, from its settings and metrics, most specific first."""
+        cfg, recs = self.cfg, self.log.records
+        pc = self.plan.config if self.plan is not None else None
+        out: list[str] = []
+        flat = all(abs(r["train_loss"] - math.log(max(self.num_classes, 2))) < 0.05 for r in recs[-2:])
+        if pc is not None and pc.eb_kind == "drn" and pc.drn_gamma > 10:
+            out.append(f"--drn-gamma {pc.drn_gamma:g} drives the DRN blocks' sources (γ·[x, −x]) far beyond "
+                       "the neurons' range, so they saturate and the outputs stop depending on the input; try "
+                       "--drn-gamma 1 (the default) to 10")
+        if self.plan is not None and self.plan.analog.any:
+            out.append("the device effects (--analog) may drown the signal: train once without them to check")
+        bad = [k for k, v in recs[-1].get("residual", {}).items() if v > UNCONVERGED_RESIDUAL]
+        if bad:
+            out.append(f"{', '.join(bad)} end their free phase far from equilibrium: raise --t1")
+        high_lr = 0.01 if cfg.optimizer == "adam" else 0.5
+        if cfg.lr > high_lr:
+            out.append(f"--lr {cfg.lr:g} is high for {cfg.optimizer}: try {high_lr / 10:g}")
+        if flat:
+            out.append(f"the train loss stays at ln({self.num_classes}) = {math.log(self.num_classes):.3f}: the "
+                       "logits do not depend on the input (saturated or dead neurons, or a zero gradient)")
+        return out
 
     def _training_warning(self, text: str) -> None:
+        from rich.markup import escape
+
         self.training_warnings.append(text)
-        self._print(f"[yellow]warning: {text}[/]")
+        self._print(f"[yellow]warning: {escape(text)}[/]")
 
     def _warn_unconverged(self, residual: dict[str, float]) -> None:
         """Say so, once per block, when a free phase ends far from its fixed point: EP's gradient assumes an
@@ -826,19 +936,55 @@ class Trainer:
                         acc=f"{100 * correct / max(acc.samples, 1):.2f}%",
                         speed=f"{acc.samples * self.ctx.world_size / max(elapsed, 1e-9):,.0f} samples/s")
 
+    def _activation_text(self) -> str:
+        """The neuron activations the analog blocks really use (from the compiled plan): `hardsigmoid slope
+        0.5`, or under `activation keep` the model's own (`keep: relu`)."""
+        pc = self.plan.config if self.plan is not None else None
+        kinds: list[str] = []
+        for b in (self.plan.analog_blocks if self.plan is not None else []):
+            for nr in b.neurons:
+                a = nr.activation
+                text = a.kind + "".join(f" {k} {v:g}" for k, v in a.params.items())
+                if text not in kinds:
+                    kinds.append(text)
+        if pc is not None and pc.activation == "keep":
+            return "activation keep: " + (", ".join(kinds) or "the model's own")
+        return "activation " + (", ".join(kinds) or (f"hardsigmoid slope {pc.hardsigmoid_slope:g}" if pc else "-"))
+
+    def _analog_text(self) -> str:
+        """The block kind and the device effects the analog blocks simulate."""
+        pc = self.plan.config if self.plan is not None else None
+        kind = pc.eb_kind if pc is not None else (self.cfg.eb_kind or "dhn")
+        kinds = sorted({b.eb_kind or kind for b in self.plan.analog_blocks}) if self.plan is not None else [kind]
+        text = "/".join(kinds)
+        if "drn" in kinds and pc is not None:
+            text += f" (γ {pc.drn_gamma:g})"
+        spec = self.plan.analog if self.plan is not None else None
+        effects = {k: v for k, v in (spec.model_dump() if spec is not None else {}).items()
+                   if v not in (None, 0, 0.0)}
+        per_block = [b.name for b in (self.plan.analog_blocks if self.plan is not None else []) if b.analog]
+        text += ", device effects " + (", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                                for k, v in effects.items()) if effects else "off (ideal device)")
+        if per_block:
+            text += f" (own effects in {', '.join(per_block)})"
+        return text
+
     def _header(self) -> str:
         cfg = self.cfg
         parts = [f"[bold]hybridc train[/] {cfg.model_label()} on {self.info.title}",
+                 f"input {'x'.join(map(str, self.transform.raw_shape))}: {self.transform.describe()}"
+                 + (f"; model fitted to the data: {self.fit.how}" if self.fit.how not in ("as is", "") else ""),
                  f"algorithm {cfg.algorithm}"]
         if cfg.algorithm != "bp":
             pc = self.plan.config if self.plan is not None else None
-            parts.append(f"{len(self.block_names)} analog block(s), max_block_size {pc.max_block_size if pc else '-'}, "
-                         f"{pc.activation if pc else '-'} slope {pc.hardsigmoid_slope if pc else '-'}, "
-                         f"β {cfg.beta:g}, T1 {cfg.t1}, T2 {cfg.t2}, {cfg.solver_mode}, init {cfg.init}"
-                         + (f", feedback gain ≤ {self.module.feedback_gain:g}"
-                            if getattr(self.module, "feedback_gain", None) else ", feedback gain unbounded"))
+            gain = getattr(self.module, "feedback_gain", None)
+            parts.append(f"{len(self.block_names)} analog block(s) {self._analog_text()}")
+            partition = f"plan {cfg.plan}" if cfg.plan else (f"max_block_size {pc.max_block_size}" if pc else "-")
+            parts.append(f"partition {partition}, {self._activation_text()}, β {cfg.beta:g}, solver {cfg.solver_mode} T1 {cfg.t1} "
+                         f"T2 {cfg.t2}, init {cfg.init}"
+                         + (f", feedback gain ≤ {gain:g}" if gain else ", feedback gain unbounded"))
         parts.append(f"{cfg.epochs} epochs × {len(self.train_loader)} batches of {cfg.batch_size}, {cfg.optimizer} "
-                     f"lr {cfg.lr:g} ({cfg.schedule}), device {self.device}"
+                     f"lr {cfg.lr:g} ({cfg.schedule}), augment {self.augment}, device {self.device}"
                      + (f" × {self.ctx.world_size} processes" if self.ctx.enabled else ""))
         if cfg.analog_optimizer is not None:
             n = sum(p.numel() for p in self.opt.optimizers[-1].param_groups[0]["params"])
@@ -856,6 +1002,23 @@ class Trainer:
             parts.append(f"run directory {self.run_dir}")
         return "\n".join(parts)
 
+    def _plain_progress(self) -> bool:
+        """Plain intra-epoch lines instead of bars: progress wanted, but the console is not a terminal (a log
+        file, CI), and PLAIN_PROGRESS_S have passed since the last line."""
+        if not (self.cfg.progress and self.ctx.is_main and self.console is not None
+                and not self.console.is_terminal):
+            return False
+        return time.perf_counter() - self._last_plain >= PLAIN_PROGRESS_S
+
+    def _plain_line(self, epoch: int, acc: _Accum, n_batches: int, elapsed: float) -> None:
+        loss, correct, *_ = acc.read()  # at a log point: the host read the bars make too
+        n = max(acc.samples, 1)
+        rate = acc.samples * self.ctx.world_size / max(elapsed, 1e-9)
+        eta = (n_batches - acc.batches) * elapsed / max(acc.batches, 1)
+        self._last_plain = time.perf_counter()
+        self._print(f"epoch {epoch + 1}/{self.cfg.epochs} batch {acc.batches}/{n_batches}  train loss "
+                    f"{loss / n:.4f} acc {100 * correct / n:.2f}%  {rate:,.0f} samples/s  epoch ETA {eta:.0f}s")
+
     def _epoch_line(self, r: dict[str, Any]) -> str:
         res = ", ".join(f"{k} {v:.1e}" for k, v in r["residual"].items())
         return (f"epoch {r['epoch']:>3}/{self.cfg.epochs}  train loss {r['train_loss']:.4f} acc "
@@ -870,6 +1033,7 @@ class Trainer:
         n_analog = sum(p.numel() for b in analog_blocks(self.module).values() for p in b.parameters())
         n_all = sum(p.numel() for p in self.module.parameters())
         times = [r["epoch_time_s"] for r in recs]
+        samples = sum(r["samples_per_s"] * r["epoch_time_s"] for r in recs)
         return {
             "model": self.cfg.model_label(),
             "data": self.cfg.data,
@@ -884,7 +1048,8 @@ class Trainer:
             "final_train_acc": last.get("train_acc"),
             "final_test_loss": last.get("test_loss"),
             "mean_epoch_time_s": sum(times) / len(times) if times else None,
-            "samples_per_s": last.get("samples_per_s"),
+            # the mean training throughput over the epochs (their samples over their training time)
+            "samples_per_s": samples / sum(times) if times and sum(times) > 0 else None,
             "wall_time_s": wall,
             "device": str(self.device),
             "processes": self.ctx.world_size,
