@@ -142,6 +142,79 @@ def test_bound_holds_after_steps_of_a_plain_torch_optim_loop() -> None:
     assert max(rhos[True]) <= 0.8 * 1.005, rhos[True]
 
 
+def _adam_steps(ff: nn.Module, x: torch.Tensor, steps: int = 4, lr: float = 0.05) -> None:
+    y = torch.randint(0, 10, (len(x),), generator=torch.Generator().manual_seed(1))
+    opt = torch.optim.Adam(ff.parameters(), lr=lr)
+    for _ in range(steps):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UnconvergedWarning)
+            loss = F.cross_entropy(ff(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def test_a_deep_copy_of_a_compiled_model_keeps_its_bound_after_optimizer_steps() -> None:
+    import copy
+    import io
+
+    model, x = _large_mlp()
+    ff = compile(model, x, max_block_size=3, feedback_gain=0.8)
+    twin = copy.deepcopy(ff)
+    before = [p.detach().clone() for p in ff.parameters()]
+    _adam_steps(twin, x, lr=0.5)  # large steps: without the post-step hook ρ leaves the bound at once
+    assert max(feedback_norms(twin, iters=500).values()) <= 0.8 * 1.005
+    assert all(torch.equal(a, b) for a, b in zip(before, ff.parameters()))  # the original is untouched
+    buf = io.BytesIO()
+    torch.save(ff, buf)  # a whole pickled model too
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    _adam_steps(loaded, x, lr=0.5)
+    assert max(feedback_norms(loaded, iters=500).values()) <= 0.8 * 1.005
+    unguarded = compile(model, x, max_block_size=3, constrain=False)
+    _adam_steps(copy.deepcopy(unguarded), x, lr=0.5)  # nothing registered, nothing rescaled: no error
+
+
+class _BatchInView(nn.Module):
+    """An MLP whose forward hard-codes its batch of 3 in a view between two layers of one analog block (a
+    traced view is specialised to its batch: torch.export does so for a batch of 1, HF GPT-2 then views
+    [1, T, H])."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(6, 16), nn.Linear(16, 16), nn.Linear(16, 5)
+        with torch.no_grad():
+            self.fc2.weight.mul_(8.0)
+            self.fc3.weight.mul_(8.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc1(x))
+        h = torch.relu(self.fc2(h.view(3, 16)))
+        return self.fc3(h)
+
+
+def test_the_gain_probe_runs_at_the_example_batch_when_the_forward_hard_codes_it() -> None:
+    torch.manual_seed(0)
+    model, x = _BatchInView(), torch.randn(3, 6)
+    ff = compile(model, x, max_block_size=3, feedback_gain=0.8)
+    (blk,) = [b for b in ff.analog_blocks.values() if b.constraint is not None]
+    assert blk.constraint.coupling.batch == 3  # the probe batches (2 and 4) do not run: the example's does
+    rescaled = [d for d in ff.plan.decisions if d.action == "rescaled"]
+    assert rescaled and "out of reach" not in rescaled[0].reason
+    # the bound is the true one: ρ built by hand from the rescaled weights (slopes 0.5, 0.5, 1)
+    w2, w3 = (m.weight.detach() for m in (blk.synapses.fc2, blk.synapses.fc3))
+    a = torch.tensor([0.5] * 32 + [1.0] * 5).sqrt()
+    A = torch.zeros(37, 37)
+    A[16:32, :16], A[32:, 16:32] = w2, w3
+    A = A + A.T
+    assert float(torch.linalg.matrix_norm(a[:, None] * A * a[None, :], 2)) == pytest.approx(0.8, rel=2e-3)
+    assert max(_residuals(ff, x).values()) <= 1e-3
+    with torch.no_grad():  # the per-step measurement (what the post-step hook runs) probes at that batch too
+        blk.synapses.fc2.weight.mul_(3.0)
+    ff.constrain_()
+    assert max(feedback_norms(ff, iters=500).values()) <= 0.8 * 1.005
+
+
 def test_an_optimizer_not_holding_the_model_leaves_it_alone() -> None:
     model, x = _large_mlp()
     ff = compile(model, x, max_block_size=3, feedback_gain=0.8)

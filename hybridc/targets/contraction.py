@@ -176,41 +176,73 @@ def spectral_norm(mod: nn.Module, in_shape: tuple[int, ...], iters: int = 30) ->
 
 class Coupling:
     """The symmetric operator B = D_a^{1/2} A D_a^{1/2} of a DHN block, applied through the block's own
-    ∂Φ/∂s (see the module docstring), and its norm ρ by power iteration."""
+    ∂Φ/∂s (see the module docstring), and its norm ρ by power iteration.
 
-    def __init__(self, block: nn.Module, input_shapes: Sequence[Sequence[int]]) -> None:
+    Probe layout: k independent samples (rows) of the block's per-sample input and state shapes. A block that
+    runs only at its example's batch (`settle`) is probed at exactly the example's shapes instead, its states
+    laid out as the block lays them out (`initial_states`: e.g. [B·T, H] token rows), as one vector: B is then
+    block-diagonal over whatever the samples are, and its norm is still the largest sample's."""
+
+    def __init__(self, block: nn.Module, input_shapes: Sequence[Sequence[int]], example_batch: int | None = None
+                 ) -> None:
         self.block = block
         self.input_shapes = [tuple(s) for s in input_shapes]
         self.sqrt_a = [math.sqrt(slope_bound(spec)) for spec in block.activation_specs]
         self._starts: dict[tuple[Any, ...], list[torch.Tensor]] = {}
+        #: the batch of the example the model was traced with, and the probe batch when the block runs only
+        #: at that batch (a forward that hard-codes its batch in a view: `settle` finds out); None = any batch
+        self.example_batch = example_batch
+        self.batch: int | None = None
+
+    def settle(self) -> None:
+        """Compile time: find out whether the block runs at the probe batches; if one fails with a shape error,
+        probe at the example's own shapes from now on (a trace can specialise a view to its batch: torch.export
+        does so for a batch of 1, and a forward may write `x.view(4, 8, -1)`)."""
+        if self.example_batch is None:
+            return
+        try:
+            for k in sorted({STEP_STARTS, COMPILE_STARTS}):
+                self.norm(1, k)
+        except RuntimeError:
+            self.batch = self.example_batch
+            self._starts.clear()
+            self.norm(1, 1)  # a failure at the example's own shapes is a genuine error: it propagates
 
     def _ref(self) -> torch.Tensor:
         return next(p for p in self.block.parameters())
 
+    def _layout(self, k: int) -> tuple[int, list[torch.Tensor], list[tuple[int, ...]]]:
+        """(rows, zero inputs, state shapes) of a probe with k starts."""
+        ref = self._ref()
+        batch = self.batch or k
+        zeros_in = [torch.zeros((batch, *s), dtype=ref.dtype, device=ref.device) for s in self.input_shapes]
+        if self.batch is None:
+            return k, zeros_in, [(k, *s) for s in self.block.neuron_shapes]
+        return 1, zeros_in, [tuple(t.shape) for t in self.block.initial_states(zeros_in)]
+
     def starts(self, k: int) -> list[torch.Tensor]:
-        """k fixed, unit-norm start vectors (per sample over all states), cached per device and dtype."""
+        """k fixed, unit-norm start vectors (per row over all states), cached per device and dtype."""
         ref = self._ref()
         key = (k, ref.device, ref.dtype)
         if key not in self._starts:
+            rows, _, shapes = self._layout(k)
             gen = torch.Generator(device="cpu").manual_seed(0)
-            vs = [torch.randn((k, *shape), generator=gen, dtype=torch.float64)
-                  for shape in self.block.neuron_shapes]
-            norm = torch.sqrt(sum(v.reshape(k, -1).pow(2).sum(1) for v in vs))
+            vs = [torch.randn(shape, generator=gen, dtype=torch.float64) for shape in shapes]
+            norm = torch.sqrt(sum(v.reshape(rows, -1).pow(2).sum(1) for v in vs))
             self._starts[key] = [(v / norm.reshape(-1, *[1] * (v.dim() - 1))).to(ref.device, ref.dtype)
                                  for v in vs]
         return self._starts[key]
 
     def _probe(self, k: int) -> tuple[Sequence[torch.Tensor], list[torch.Tensor]]:
-        """The prepared zero inputs of a batch of k and ∂Φ/∂s at states 0 (computed once per measurement)."""
-        blk, ref = self.block, self._ref()
-        zeros_in = [torch.zeros((k, *s), dtype=ref.dtype, device=ref.device) for s in self.input_shapes]
-        prepared = blk.prepare(zeros_in)
-        zero_states = [torch.zeros((k, *s), dtype=ref.dtype, device=ref.device) for s in blk.neuron_shapes]
-        return prepared, blk.phi_grad(prepared, zero_states)
+        """The prepared zero inputs of a probe and ∂Φ/∂s at states 0 (computed once per measurement)."""
+        _, zeros_in, shapes = self._layout(k)
+        prepared = self.block.prepare(zeros_in)
+        zero_states = [zeros_in[0].new_zeros(s) for s in shapes]
+        return prepared, self.block.phi_grad(prepared, zero_states)
 
     def apply(self, v: list[torch.Tensor], probe: tuple[Sequence[torch.Tensor], list[torch.Tensor]] | None = None
               ) -> list[torch.Tensor]:
-        """B v for a batch of state vectors v (one per sample)."""
+        """B v for a batch of state vectors v (one per row)."""
         prepared, off = probe if probe is not None else self._probe(v[0].shape[0])
         on = self.block.phi_grad(prepared, [vi * a for vi, a in zip(v, self.sqrt_a)])
         return [(g1 - g0) * a for g1, g0, a in zip(on, off, self.sqrt_a)]
@@ -218,14 +250,17 @@ class Coupling:
     @torch.no_grad()
     def norm(self, iters: int, k: int) -> torch.Tensor:
         """ρ = ‖B‖₂ estimated from below by `iters` power-iteration steps from k fixed starts (0-d device
-        tensor: no host sync)."""
+        tensor: no host sync); one start at the example's shapes for a block that runs only there."""
+        if self.batch is not None:
+            k = 1
+        rows = self._layout(k)[0]
         with parametrize.cached():
             u = self.starts(k)
             probe = self._probe(k)
             rho = u[0].new_zeros(())
             for _ in range(iters):
                 bu = self.apply(u, probe)
-                norms = torch.sqrt(sum(b.reshape(k, -1).pow(2).sum(1) for b in bu))
+                norms = torch.sqrt(sum(b.reshape(rows, -1).pow(2).sum(1) for b in bu))
                 rho = norms.amax()
                 inv = 1.0 / norms.clamp_min(1e-30)
                 u = [b * inv.reshape(-1, *[1] * (b.dim() - 1)) for b in bu]
@@ -239,11 +274,12 @@ class DHNConstraint:
     the target, rescales and returns what it did. `apply_` runs after every optimizer step: device ops only.
     """
 
-    def __init__(self, block: nn.Module, input_shapes: Sequence[Sequence[int]], gain: float) -> None:
+    def __init__(self, block: nn.Module, input_shapes: Sequence[Sequence[int]], gain: float,
+                 example_batch: int | None = None) -> None:
         if not gain > 0:
             raise ValueError(f"feedback gain must be positive, got {gain}")
         self.gain = float(gain)
-        self.coupling = Coupling(block, input_shapes)
+        self.coupling = Coupling(block, input_shapes, example_batch)
         self.layers = feedback_layers(block)
         self.rho_skip = 0.0
         self.target: float | None = self.gain
@@ -291,6 +327,7 @@ class DHNConstraint:
         where ρ(t) is affine-convex; the second absorbs power-iteration slack) - all on the device, read to
         the host once. Returns a record: rho_before, rho_after, rho_skip, target, factor, layers (names)."""
         rec: dict[str, Any] = {"layers": [n for n, _ in self.layers], "gain": self.gain}
+        self.coupling.settle()
         rho0 = self.coupling.norm(COMPILE_ITERS, COMPILE_STARTS)
         if not self.layers:
             self.target = None
@@ -313,31 +350,45 @@ class DHNConstraint:
 
 
 # ---- the one post-step mechanism for every compiled model ------------------------------------------------
+#: the analog blocks kept within their constraints (weak references: a block that is garbage is dropped). The
+#: registry holds blocks, not models, and a block re-registers itself when it is copied or unpickled
+#: (`EnergyBlock.__setstate__`), so `copy.deepcopy(model)` or `torch.load` of a whole model keeps its guard.
 _LIVE: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 _HOOK: torch.utils.hooks.RemovableHandle | None = None
 
 
 def _constrain_after_step(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
-    """After any optimizer step: `constrain_` every live compiled model (FFEBM) that has constraints on, for
-    the blocks whose parameters this optimizer holds. Device ops only: no host synchronisation."""
+    """After any optimizer step: `constrain_` every registered analog block whose parameters this optimizer
+    holds. Device ops only: no host synchronisation."""
     if not _LIVE:
         return
     held = {id(p) for g in optimizer.param_groups for p in g["params"]}
-    for model in list(_LIVE):
-        model.constrain_(only=held)
+    for blk in list(_LIVE):
+        if getattr(blk, "keep_constrained", False) and any(id(p) in held for p in blk.parameters()):
+            blk.constrain_()
 
 
-def register(model: nn.Module) -> None:
-    """Keep `model` (anything with `constrain_(only=...)`) within its constraints after every optimizer step
-    of any torch.optim optimizer holding its parameters (held by weak reference: no leak)."""
+def register_block(block: nn.Module) -> None:
+    """Keep `block` (anything with `constrain_()`) within its constraints after every step of any torch.optim
+    optimizer holding its parameters; copies and unpickled copies of it are kept too."""
     global _HOOK
-    _LIVE.add(model)
+    block.keep_constrained = True
+    _LIVE.add(block)
     if _HOOK is None:
         _HOOK = register_optimizer_step_post_hook(_constrain_after_step)
 
 
+def register(model: nn.Module) -> None:
+    """`register_block` every analog block of `model` (an FFEBM)."""
+    for blk in model.analog_blocks.values():
+        register_block(blk)
+
+
 def unregister(model: nn.Module) -> None:
-    _LIVE.discard(model)
+    """Stop keeping `model`'s analog blocks within their constraints after optimizer steps."""
+    for blk in model.analog_blocks.values():
+        blk.keep_constrained = False
+        _LIVE.discard(blk)
 
 
 # ---- compile time ------------------------------------------------------------------------------------------
@@ -373,7 +424,7 @@ def _decisions(block: str, rec: dict[str, Any]) -> list[Any]:
             for layer in rec["layers"] or [block]]
     if rec["factor"] >= 1.0:
         return []
-    note = "" if rec["target"] == rec["gain"] else (
+    note = "" if math.isclose(rec["target"], rec["gain"], rel_tol=1e-6) else (
         f" (the gain {rec['gain']:g} is out of reach: identity skips give ρ_I={rec['rho_skip']:.3g}; target "
         f"{rec['target']:.3g})")
     return [Decision(node=layer, action="rescaled", block=block, reason=(
@@ -407,7 +458,7 @@ def constrain_model(model: nn.Module, gain: float | None) -> list[dict[str, Any]
 
             raise PlanMismatchError(f"analog block {name}: the plan records no shape for one of its inputs, so its "
                                     "feedback gain cannot be measured; re-create the plan with `hybridc partition`")
-        blk.constraint = DHNConstraint(blk, [s[1:] for s in in_shapes], gain)
+        blk.constraint = DHNConstraint(blk, [s[1:] for s in in_shapes], gain, example_batch=in_shapes[0][0])
         rec = blk.constraint.calibrate() | {"block": name}
         records.append(rec)
         decisions = _decisions(name, rec)
@@ -432,6 +483,11 @@ def feedback_norms(model: nn.Module, iters: int = COMPILE_ITERS, starts: int = C
     out: dict[str, float] = {}
     for name, blk in model.analog_blocks.items():
         if isinstance(blk, DHNBlock) and len(blk.neuron_names) >= 2:
-            coupling = Coupling(blk, [shapes[n][1:] for n in model._io[name][0]])
+            if blk.constraint is not None:
+                coupling = blk.constraint.coupling
+            else:
+                in_shapes = [shapes[n] for n in model._io[name][0]]
+                coupling = Coupling(blk, [s[1:] for s in in_shapes], example_batch=in_shapes[0][0])
+                coupling.settle()
             out[name] = float(coupling.norm(iters, starts))
     return out

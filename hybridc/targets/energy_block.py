@@ -50,6 +50,15 @@ class EnergyBlock(nn.Module):
         """Project the block's parameters back into the set where its relaxation provably converges
         (`hybridc.targets.contraction`); device ops only. A kind without constraints does nothing."""
 
+    def __setstate__(self, state: dict) -> None:
+        """As nn.Module's; a copy (`copy.deepcopy`, unpickling) of a block kept within its constraints after
+        optimizer steps is kept within them too (`hybridc.targets.contraction.register_block`)."""
+        super().__setstate__(state)
+        if state.get("keep_constrained"):
+            from hybridc.targets.contraction import register_block
+
+            register_block(self)
+
     def read_noise(self, value: torch.Tensor, differentiable: bool) -> torch.Tensor:
         """Add the device's read noise to a neuron update (not inside ID/BPTT's differentiable maps)."""
         if self.analog.read_noise and not differentiable:
