@@ -13,6 +13,10 @@ Rows (`--rows`, comma-separated):
 * conv-0.9      the same, feedback gain ρ ≤ 0.9
 * conv-0.95     ρ ≤ 0.95, every phase by tolerance (max|Δs| < 1e-4, checked every 5 steps, at most 4·T1 steps)
 * conv-0.8      ρ ≤ 0.8 (the compiler's default, DEFAULT_FEEDBACK_GAIN)
+* conv-async    the conv model unconstrained with even/odd (async) updates: the fair unguarded baseline at an
+                equilibrium (async relaxation descends the energy, so it settles where the sync one oscillates)
+* conv-ff       the conv model with max_block_size 1: no feedback at all (each layer its own block), the limit a
+                vanishing feedback gain tends to
 * mlp-off       MLP 784-256-256-10, max_block_size 3 (one three-layer block), constrain=False
 * mlp-0.9       the same, ρ ≤ 0.9
 
@@ -46,6 +50,8 @@ ROWS: dict[str, dict[str, Any]] = {
     "conv-0.9": {"model": "conv", "gain": 0.9},
     "conv-0.95": {"model": "conv", "gain": 0.95, "tol": True},
     "conv-0.8": {"model": "conv", "gain": 0.8},
+    "conv-async": {"model": "conv", "constrain": False, "solver": {"mode": "async"}},
+    "conv-ff": {"model": "conv", "constrain": False, "mbs": 1},
     "mlp-off": {"model": "mlp", "constrain": False},
     "mlp-0.9": {"model": "mlp", "gain": 0.9},
 }
@@ -90,12 +96,13 @@ def run_row(name: str, spec: dict[str, Any], data: tuple[torch.Tensor, ...], arg
     torch.manual_seed(args.seed)
     xtr, ytr, xte, yte = data
     model = _model(spec["model"])
-    solver: dict[str, Any] = {"t1": args.t1, "t2": args.t2, "check_every": args.t1}
+    solver: dict[str, Any] = {"t1": args.t1, "t2": args.t2, "check_every": args.t1} | spec.get("solver", {})
     if spec.get("tol"):
         solver |= {"tol": 1e-4, "check_every": 5}
-    mbs = 2 if spec["model"] == "conv" else 3
+    mbs = spec.get("mbs", 2 if spec["model"] == "conv" else 3)
     t0 = time.time()
-    ff = hc_compile(model, xtr[:8], max_block_size=mbs, hardsigmoid_slope=args.slope, beta=args.beta,
+    ff = hc_compile(model, xtr[:8], max_block_size=mbs, hardsigmoid_slope=spec.get("slope", args.slope),
+                    beta=args.beta,
                     solver=solver | {"max_steps": 4 * args.t1}, constrain=spec.get("constrain", True),
                     feedback_gain=spec.get("gain"))
     compile_s = time.time() - t0
