@@ -31,7 +31,7 @@ _PUBLIC: dict[str, tuple[str, str]] = {
     "PartitionConfig": ("hybridc.plan", "PartitionConfig"),
     "FFEBM": ("hybridc.runtime.ffebm", "FFEBM"),
     "load_model": ("hybridc.load", "load_model"),
-    "load_run": ("hybridc.export.run_dir", "load_run"),
+    "load_run": ("hybridc.evaluate", "load_run"),
     "HybridcError": ("hybridc.errors", "HybridcError"),
     "EquilibriumDivergedError": ("hybridc.errors", "EquilibriumDivergedError"),
 }

@@ -382,11 +382,16 @@ INPUT_SHAPE = (1, 6, 6)
 def model(width=4):
     return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
                          nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(width * 36, 3))
+                         nn.Linear(width * 36, 10))
 """
 
 
-def test_run_dir_exports_trained_weights_and_batchnorm_statistics(tmp_path: Path) -> None:
+def test_run_dir_exports_trained_weights_batchnorm_statistics_and_input_transform(tmp_path: Path) -> None:
+    """A run directory in the trainer's layout (checkpoint.pt with its config, plan.json) of a model file on
+    digits resized 8x8 -> 6x6: the export holds the trained state, records the input transform, and its
+    full ONNX model takes raw 8x8 images (resize + normalisation inside)."""
+    from hybridc.data.preprocess import input_transform
+
     src = tmp_path / "net.py"
     src.write_text(_NET)
     torch.manual_seed(0)
@@ -397,25 +402,30 @@ def test_run_dir_exports_trained_weights_and_batchnorm_statistics(tmp_path: Path
             if t.is_floating_point():
                 t.add_(0.3 * torch.randn_like(t)) if "running_var" not in name else t.mul_(3.0)
     run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
+    run.mkdir()
     ff.plan.save(run / "plan.json")
-    config = {"model": str(src), "t1": 8, "solver_mode": "sync"}
-    torch.save({"config": config, "model": ff.state_dict()}, run / "checkpoints" / "last.pt")
+    config = {"model": str(src), "input_size": 6, "t1": 8, "solver_mode": "sync"}
+    torch.save({"config": config, "model": ff.state_dict()}, run / "checkpoint.pt")
     loaded = load_run(run)
+    assert loaded.transform == input_transform("digits", (6, 6))
     res = export_ffebm(loaded.ff, tmp_path / "out", full=True, source=loaded.source)
     assert res.report.ok and res.manifest.source.kind == "run"
+    pre = res.manifest.preprocess
+    assert pre is not None and pre.applied_by_full_model and pre.raw_shape == [1, 8, 8] and pre.resize_to == [6, 6]
+    assert pre.mean == [pytest.approx(0.3053)] and res.manifest.full.inputs == [pre.raw_input]
     sess = onnx_session(res.directory / res.manifest.full.onnx)
-    x = torch.randn(4, 1, 6, 6)
+    raw = torch.rand(4, 1, 8, 8)
+    x = (torch.nn.functional.interpolate(raw, size=(6, 6), mode="bilinear") - 0.3053) / 0.3760
     with torch.no_grad():
         want = ff.eval()(x).numpy()
         fresh = hc_compile(load_model(str(src)).model, lm.example_inputs, plan=ff.plan,
                            solver={"t1": 8}).eval()(x).numpy()
-    got = sess.run(None, {res.manifest.graph_inputs[0]: x.numpy()})[0]
+    got = sess.run(None, {pre.raw_input: raw.numpy()})[0]
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
     assert np.abs(got - fresh).max() > 1e-2  # the trained state, not a fresh model
     assert any("BatchNormalization" in _onnx_ops(res.directory / b.onnx)
                for b in res.manifest.blocks if isinstance(b, DigitalBlockInfo))
-    (run / "checkpoints" / "last.pt").unlink()
+    (run / "checkpoint.pt").unlink()
     with pytest.raises(ExportError, match="no checkpoint"):
         load_run(run)
 

@@ -42,6 +42,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from hybridc.data.preprocess import InputTransform
 from hybridc.errors import HybridcError, UnsupportedOpError
 from hybridc.export.energy import (
     describe_neurons,
@@ -50,7 +51,14 @@ from hybridc.export.energy import (
     state_input_name,
     state_output_name,
 )
-from hybridc.export.full import RELAXATIONS, FullModel, StepModule, ensure_fast_path, export_solver
+from hybridc.export.full import (
+    RELAXATIONS,
+    FullModel,
+    StepModule,
+    ensure_fast_path,
+    export_solver,
+    preprocess_samples,
+)
 from hybridc.export.manifest import (
     MANIFEST_NAME,
     AnalogBlockInfo,
@@ -324,7 +332,8 @@ def publish(staging: Path, out: Path) -> None:
 
 def export_ffebm(ff: FFEBM, out: str | Path, *, source: SourceInfo | None = None, full: bool = False,
                  relaxation: str = "unroll", steps: int | None = None, opset: int = DEFAULT_OPSET, batch: int = 3, seed: int = 0,
-                 force: bool = False, check: bool = True, tol: float = 1e-4) -> ExportResult:
+                 force: bool = False, check: bool = True, tol: float = 1e-4,
+                 preprocess: InputTransform | None = None) -> ExportResult:
     """Export the compiled ff-EBM `ff` into directory `out` (see the module docstring for the layout).
 
     `full`: also write model.onnx, the whole model, every analog relaxation unrolled (`relaxation="unroll"`,
@@ -335,9 +344,13 @@ def export_ffebm(ff: FFEBM, out: str | Path, *, source: SourceInfo | None = None
     publishing them (a file that does not load or run aborts the export; numeric results are returned in
     `report`; an export beyond `tol` is not published: `out` stays as it was and the export is kept aside, see
     `ExportResult.kept`). Digital blocks are exported in eval mode (batchnorm running statistics, no dropout),
-    float32.
+    float32. `preprocess`: the input transform the model was trained with (a run's; see
+    `hybridc.data.preprocess`): recorded in the manifest, applied by model.onnx (whose input is then the raw
+    images), and checked by verify through raw reference samples.
     """
     validate_export_settings(opset, batch, tol)
+    if preprocess is None:  # a model loaded from a run directory carries its trained input transform
+        preprocess = getattr(ff, "input_transform", None)
     if relaxation not in RELAXATIONS:
         raise ExportError(f"relaxation must be one of {', '.join(RELAXATIONS)}, not {relaxation!r}")
     out = Path(out)
@@ -355,7 +368,7 @@ def export_ffebm(ff: FFEBM, out: str | Path, *, source: SourceInfo | None = None
                 "off) to export it")
     with export_view(ff, steps) as view:
         return _export(ff, out, view, source=source, full=full, relaxation=relaxation, opset=opset, batch=batch,
-                       seed=seed, check=check, tol=tol)
+                       seed=seed, check=check, tol=tol, preprocess=preprocess)
 
 
 @dataclass
@@ -402,13 +415,18 @@ def export_view(ff: FFEBM, steps: int | None = None) -> Iterator[ExportView]:
 
 
 def _export(model: FFEBM, out: Path, view: ExportView, *, source: SourceInfo | None, full: bool,
-            relaxation: str, opset: int, batch: int, seed: int, check: bool, tol: float) -> ExportResult:
+            relaxation: str, opset: int, batch: int, seed: int, check: bool, tol: float,
+            preprocess: InputTransform | None = None) -> ExportResult:
     plan = model.plan
     analog = model.analog_blocks
     gen = torch.Generator().manual_seed(seed)
     trace_batch = 2 if batch != 2 else 3
     sample_inputs = _random_inputs(model, batch, gen)
     trace_inputs = _random_inputs(model, trace_batch, gen)
+    raw = None
+    if preprocess is not None:  # reference samples from raw images, through the trained transform
+        pre_info, raw, sample_inputs, trace_inputs = preprocess_samples(model, preprocess, batch, trace_batch,
+                                                                        gen, full)
     structure = _output_structure(model)
     outputs = structure_names(structure)
 
@@ -462,15 +480,22 @@ def _export(model: FFEBM, out: Path, view: ExportView, *, source: SourceInfo | N
         full_info = None
         if full:
             full_steps = {name: blk.solver.t1 for name, blk in analog.items()}
-            module = FullModel(model.blocks, model._io, model._inputs, outputs, full_steps, relaxation)
+            module = FullModel(model.blocks, model._io, model._inputs, outputs, full_steps, relaxation,
+                               preprocess=preprocess.module() if preprocess is not None else None)
             if relaxation == "loop":
                 module.prepare_loops(env_t)
-            export_onnx(module, trace_inputs, staging / FULL_FILE, list(model._inputs), outputs,
-                        [tensors[i].shape for i in model._inputs], "the full model (--full)", opset)
+            full_inputs, full_specs, full_args = list(model._inputs), [tensors[i].shape for i in model._inputs], \
+                trace_inputs
+            if raw is not None:  # model.onnx takes the raw images
+                full_inputs[0], full_specs[0] = pre_info.raw_input, ["batch", *pre_info.raw_shape]
+                full_args = [raw[1], *trace_inputs[1:]]
+            export_onnx(module, full_args, staging / FULL_FILE, full_inputs, outputs, full_specs,
+                        "the full model (--full)", opset)
             full_info = FullModelInfo(onnx=FULL_FILE, relaxation=relaxation, steps=full_steps,
-                                      inputs=list(model._inputs), outputs=outputs)
+                                      inputs=full_inputs, outputs=outputs)
         plan.save(staging / PLAN_FILE)
-        np.savez(staging / SAMPLES_FILE, **{k: v.detach().cpu().numpy() for k, v in env_s.items()})
+        sample_values = dict(env_s) | ({pre_info.raw_input: raw[0]} if raw is not None else {})
+        np.savez(staging / SAMPLES_FILE, **{k: v.detach().cpu().numpy() for k, v in sample_values.items()})
 
         files = []
         for path in sorted(p for p in staging.rglob("*") if p.is_file()):
@@ -483,7 +508,8 @@ def _export(model: FFEBM, out: Path, view: ExportView, *, source: SourceInfo | N
             opset=opset, source=source or SourceInfo(kind="python", model_class=plan.model.model_class),
             plan=PLAN_FILE, graph_inputs=list(model._inputs), graph_outputs=outputs,
             output_structure=structure, tensors=tensors, blocks=blocks, full=full_info,
-            samples=SamplesInfo(file=SAMPLES_FILE, batch=batch, seed=seed, tensors=sorted(env_s)),
+            preprocess=pre_info if raw is not None else None,
+            samples=SamplesInfo(file=SAMPLES_FILE, batch=batch, seed=seed, tensors=sorted(sample_values)),
             files=files, warnings=warnings, checks=checks)
         manifest.save(staging / MANIFEST_NAME)
 

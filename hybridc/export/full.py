@@ -7,7 +7,8 @@ conv, max-pool -> scatter into the arg-max, ...), never autograd, so torch.expor
 
 - `StepModule`: one application of T, `(inputs..., states...) -> next states` (the per-block step file).
 - `FullModel`: every block in execution order, each analog block unrolled for its fixed step count
-  (a loop-free graph: onnxruntime alone reproduces the model's predictions).
+  (a loop-free graph: onnxruntime alone reproduces the model's predictions), optionally behind the trained
+  input transform (resize + normalisation), so that it takes raw images.
 
 The solver must be in fixed-step mode: a tolerance criterion or Anderson mixing is data-dependent control
 flow that an unrolled graph cannot express; `prepare_for_export` turns such settings into fixed steps
@@ -153,8 +154,10 @@ class FullModel(nn.Module):
 
     def __init__(self, blocks: nn.ModuleDict, io: dict[str, tuple[list[str], list[str]]],
                  inputs: Sequence[str], outputs: Sequence[str], steps: dict[str, int],
-                 relaxation: str = "unroll"):
+                 relaxation: str = "unroll", preprocess: nn.Module | None = None):
         super().__init__()
+        # the trained input transform (hybridc.data.preprocess.Preprocess): raw images -> first graph input
+        self.preprocess = preprocess
         if relaxation not in RELAXATIONS:
             raise ValueError(f"relaxation must be one of {RELAXATIONS}, not {relaxation!r}")
         self.blocks = blocks
@@ -175,6 +178,8 @@ class FullModel(nn.Module):
                 self.bodies[name] = loop_body(block, [env[i] for i in self.io[name][0]])
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.preprocess is not None:
+            args = (self.preprocess(args[0]), *args[1:])
         env: dict[str, Any] = dict(zip(self.input_names, args))
         for name, block in self.blocks.items():
             ins, outs = self.io[name]
@@ -189,3 +194,31 @@ class FullModel(nn.Module):
                 values = block(*xs)
             env.update(zip(outs, values))
         return tuple(env[o] for o in self.output_names)
+
+
+def preprocess_samples(model: nn.Module, transform: Any, batch: int, trace_batch: int, gen: torch.Generator,
+                       full: bool) -> tuple[Any, tuple[torch.Tensor, torch.Tensor], list[torch.Tensor],
+                                            list[torch.Tensor]]:
+    """Reference and tracing inputs made from raw images for a model trained behind `transform`
+    (`hybridc.data.preprocess.InputTransform`): uniform [0, 1) images of the raw shape, sent through the
+    transform, so that samples.npz holds both the raw images and the graph input they become (verify then
+    runs the full model on the raw ones). Returns (manifest PreprocessInfo, (raw samples, raw tracing batch),
+    sample graph inputs, tracing graph inputs)."""
+    from hybridc.errors import HybridcError
+    from hybridc.export.manifest import PreprocessInfo
+
+    names = list(model._inputs)
+    ref = {r.node: r for r in model.plan.graph_inputs}.get(names[0]) if names else None
+    if len(names) != 1 or ref is None or not ref.shape or tuple(ref.shape[1:]) != tuple(transform.model_shape):
+        got = tuple(ref.shape[1:]) if ref is not None and ref.shape else None
+        raise HybridcError(f"the input transform ({transform.describe()}) produces inputs of shape "
+                           f"{transform.model_shape}, but the model takes {len(names)} input(s) of shape {got}")
+    pre = transform.module()
+    raw_s = torch.rand((batch, *transform.raw_shape), generator=gen)
+    raw_t = torch.rand((trace_batch, *transform.raw_shape), generator=gen)
+    with torch.no_grad():
+        info = PreprocessInfo(input=names[0], raw_input=f"{names[0]}_raw", raw_shape=list(transform.raw_shape),
+                              resize_to=list(transform.size) if transform.size is not None else None,
+                              resize_mode=transform.mode, mean=list(transform.mean), std=list(transform.std),
+                              applied_by_full_model=full)
+        return info, (raw_s, raw_t), [pre(raw_s)], [pre(raw_t)]

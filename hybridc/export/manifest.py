@@ -162,6 +162,24 @@ class FullModelInfo(_Strict):
     outputs: list[str]
 
 
+class PreprocessInfo(_Strict):
+    """The input transform the model was trained with: raw images (the dataset's, values in [0, 1]) -> the
+    graph input `input`. The full ONNX model applies it (its input is `raw_input`); the per-block files take
+    `input` itself, so a runtime feeding them applies the formula first."""
+
+    input: str = Field(description="the graph input the transform produces")
+    raw_input: str = Field(description="name of the raw-image input of the full model (and of samples.npz)")
+    raw_shape: list[int] = Field(description="per-sample shape of the raw images (C, H, W)")
+    resize_to: list[int] | None = Field(None, description="(H, W) the raw images are resampled to first; "
+                                                          "None: no resampling")
+    resize_mode: str = Field("bilinear", description="bilinear, align_corners=False (ONNX Resize linear, "
+                                                     "half_pixel), no antialiasing")
+    mean: list[float] = Field(description="per-channel mean subtracted after resizing")
+    std: list[float] = Field(description="per-channel std divided by after subtracting the mean")
+    formula: str = "input[:, c] = (resize(raw)[:, c] - mean[c]) / std[c]"
+    applied_by_full_model: bool = Field(description="whether the full ONNX model takes raw images")
+
+
 class SamplesInfo(_Strict):
     """Reference values computed by the torch model at export time (verify compares against them)."""
 
@@ -189,6 +207,8 @@ class Manifest(_Strict):
     tensors: dict[str, TensorInfo]
     blocks: list[BlockInfo] = Field(description="in execution order")
     full: FullModelInfo | None = None
+    preprocess: PreprocessInfo | None = Field(None, description="the trained input transform (None: the graph "
+                                                                "inputs are fed as they are)")
     samples: SamplesInfo
     files: list[FileInfo] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)

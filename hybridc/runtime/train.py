@@ -756,7 +756,7 @@ class Trainer:
                             self._show(progress, b_task, acc, time.perf_counter() - t0)
                         elif progress:
                             progress.advance(b_task)
-                        elif at_log and self._plain_progress():
+                        elif at_log and acc.batches < n_batches and self._plain_progress():
                             self._plain_line(epoch, acc, n_batches, time.perf_counter() - t0)
                         # One process: the flag is a Python bool (free). DDP: agree at log points.
                         want_stop = stop.requested if not self.ctx.enabled else (
@@ -909,7 +909,12 @@ class Trainer:
                 self._warned.add(name)
                 self._print(f"[yellow]warning: {name}'s free phase ends {r:.2g} away from a fixed point (mean "
                             f"max|Δs| of its last step, T1={self.cfg.t1}): EP gradients are estimated off "
-                            "equilibrium. Raise --t1, try --solver-mode async, or lower --hardsigmoid-slope.[/]")
+                            "equilibrium. Raise --t1, try --solver-mode async"
+                            + (", or lower --hardsigmoid-slope" if self._hardsigmoid() else "") + ".[/]")
+
+    def _hardsigmoid(self) -> bool:
+        pc = self.plan.config if self.plan is not None else None
+        return pc is None or pc.activation == "hardsigmoid"
 
     # ---- display ----------------------------------------------------------------------------------
     def _progress(self) -> Any:
