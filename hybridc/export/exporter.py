@@ -75,6 +75,7 @@ from hybridc.export.manifest import (
     structure_to_json,
 )
 from hybridc.export.onnx_blocks import DEFAULT_OPSET, dim_spec, export_digital_block, export_onnx
+from hybridc.export.shared_weights import share_weights
 from hybridc.runtime.files import atomic_write_text, sha256_file
 from hybridc.runtime.run_lock import pid_alive
 from hybridc.runtime.settings import SolverConfig
@@ -547,6 +548,7 @@ def _export_analog(block: DHNBlock, name: str, ins: list[str], outs: list[str], 
                 [*ins, *(state_input_name(n) for n in block.neuron_names)],
                 [state_output_name(n) for n in block.neuron_names],
                 [*(tensors[i].shape for i in ins), *state_specs], f"analog block {name} (relaxation step)", opset)
+    share_weights(staging / step_rel, staging / weights_rel)  # the step file reads the weights, not a copy
     return AnalogBlockInfo(
         name=name, inputs=list(ins), outputs=list(outs), weights=weights_rel, step_onnx=step_rel,
         neurons=describe_neurons(block), synapses=describe_synapses(block, ins),
