@@ -101,26 +101,26 @@ def content_digest(obj: Any) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write `state` (see REQUIRED_KEYS) atomically to `path`, with the digest of its content."""
-    missing = [k for k in REQUIRED_KEYS if k not in state and k != "format"]
+def _save_with_digest(path: Path, state: dict[str, Any], required: Any, what: str) -> None:
+    """Check `state` holds the `required` keys, stamp format and content digest, write atomically."""
+    missing = [k for k in required if k not in state and k != "format"]
     if missing:
-        raise ValueError(f"checkpoint state lacks {missing}")
+        raise ValueError(f"{what} state lacks {missing}")
     payload = {"format": FORMAT_VERSION, **{k: v for k, v in state.items() if k != DIGEST_KEY}}
     payload[DIGEST_KEY] = content_digest(payload)
     atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write `state` (see REQUIRED_KEYS) atomically to `path`, with the digest of its content."""
+    _save_with_digest(path, state, REQUIRED_KEYS, "checkpoint")
 
 
 def save_model_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write a weights-only checkpoint (see MODEL_KEYS; extra keys such as `test_acc` kept) atomically, with
     the digest of its content: what `hybridc.load_run(..., checkpoint="best")` reads. It cannot be resumed
     from (no optimizer, RNG or data position)."""
-    missing = [k for k in MODEL_KEYS if k not in state and k != "format"]
-    if missing:
-        raise ValueError(f"model checkpoint state lacks {missing}")
-    payload = {"format": FORMAT_VERSION, **{k: v for k, v in state.items() if k != DIGEST_KEY}}
-    payload[DIGEST_KEY] = content_digest(payload)
-    atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
+    _save_with_digest(path, state, MODEL_KEYS, "model checkpoint")
 
 
 def _short_reason(exc: BaseException) -> str:
