@@ -20,6 +20,7 @@ AttentionPolicy = Literal["digital", "analog"]
 ActivationPolicy = Literal["hardsigmoid", "keep"]
 NonMonotonePolicy = Literal["substitute", "refuse"]
 EBKind = Literal["dhn", "drn"]
+ReadoutPolicy = Literal["analog", "digital"]
 
 
 class PlanFileError(HybridcError):
@@ -44,6 +45,9 @@ class PartitionConfig(_Strict):
         "substitute", description="GELU/SiLU/... under `keep`: substitute ReLU or keep the op digital")
     eb_kind: EBKind = Field("dhn", description="energy-based block kind for analog blocks")
     drn_gamma: FiniteFloat = Field(1.0, gt=0, description="drn input voltage gain γ (sources γ·[x, −x])")
+    readout: ReadoutPolicy = Field(
+        "analog", description="weight layers that produce the model's output: analog, or digital (the ff-EBM "
+        "paper's readout, a digital Linear read of the last block)")
 
 
 class AnalogSpec(_Strict):

@@ -115,6 +115,29 @@ def _tied_to_digital(gm: fx.GraphModule, nodes: list[fx.Node], info: dict[fx.Nod
     return out
 
 
+def _readout_layers(gm: fx.GraphModule, info: dict[fx.Node, NodeInfo], free: set[fx.Node]) -> list[fx.Node]:
+    """Weight layers whose result reaches the graph output unchanged but for single-input linear ops (view,
+    flatten, dropout, scaling): the model's readout(s). Residual adds and other multi-input ops stop the walk,
+    so only a layer that alone produces an output counts."""
+    out_node = next(n for n in gm.graph.nodes if n.op == "output")
+    found: list[fx.Node] = []
+    stack = list(out_node.all_input_nodes)
+    seen: set[fx.Node] = set()
+    while stack:
+        n = stack.pop()
+        if n in seen or n in free or n.op in ("placeholder", "get_attr"):
+            continue
+        seen.add(n)
+        kind = info[n].kind if n in info else ""
+        if kind == "weight":
+            found.append(n)
+            continue
+        data_inputs = [a for a in n.all_input_nodes if a not in free and a.op != "get_attr"]
+        if kind == "linear" and len(data_inputs) == 1:
+            stack.extend(data_inputs)
+    return found
+
+
 def _uniform_groups(items: list[fx.Node], max_size: int) -> list[list[fx.Node]]:
     """Cut an ordered list into ceil(n / max_size) contiguous groups whose sizes differ by at most one."""
     k = math.ceil(len(items) / max_size)
@@ -148,6 +171,11 @@ class _Partitioner:
             if self.eligible.get(w):
                 self.eligible[w] = False
                 self.reason[w] = why
+        if cfg.readout == "digital":
+            for w in _readout_layers(self.gm, self.info, self.free):
+                if self.eligible.get(w):
+                    self.eligible[w] = False
+                    self.reason[w] = "the model's readout (readout policy digital)"
 
     # ---- chains -------------------------------------------------------------------------------------
     def chains(self) -> list[list[fx.Node]]:

@@ -41,11 +41,13 @@ class ExperimentConfig(BaseModel):
 
     # ---- model and partition ----------------------------------------------------------------------
     model: str | None = Field(
-        None, description="zoo name or path/model.py[:factory]; None = the embedded default MLP "
+        None, description="zoo name, path/model.py[:factory], or a library model hf:MODEL_TYPE[,key=value...] / "
+                          "timm:NAME[,key=value...]; None = the embedded default MLP "
                           f"(hidden {'-'.join(map(str, DEFAULT_HIDDEN))}, fitted to the dataset)")
     model_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="keyword arguments of a zoo model's factory (e.g. sizes, width); "
-                                          "input shape and class count are filled from the dataset when absent")
+        default_factory=dict, description="keyword arguments of a zoo model's factory (e.g. sizes, width), or "
+                                          "overrides on top of a library model's spec (e.g. hidden_size); input "
+                                          "shape and class count are filled from the dataset when absent")
     input_size: int | None = Field(
         None, ge=1, le=4096, description="resize the images to N x N (bilinear) before the model; None = the "
                                          "dataset's own size, or for a zoo model the smallest it accepts (VGG "
@@ -62,6 +64,8 @@ class ExperimentConfig(BaseModel):
     non_monotone: Literal["substitute", "refuse"] | None = None
     eb_kind: Literal["dhn", "drn"] | None = Field(None, description="analog block kind [dhn]")
     drn_gamma: FiniteFloat | None = Field(None, gt=0, description="drn input voltage gain γ (sources γ·[x, −x]) [1]")
+    readout: Literal["analog", "digital"] | None = Field(
+        None, description="weight layers producing the output: analog, or digital (the paper's readout) [analog]")
     analog: dict[str, Any] = Field(default_factory=dict, description="device effects of every analog block "
                                    "(AnalogSpec fields: program_noise, weight_range, read_noise, ...)")
     init: Literal["keep", "goe"] = Field("keep", description="analog weights: the model's own init or GOE")
@@ -169,13 +173,17 @@ class ExperimentConfig(BaseModel):
     def policies(self) -> dict[str, Any]:
         """Partition policies that were set (the rest take the partitioner's defaults)."""
         keys = ("norm", "layer_norm", "pool", "attention", "activation", "hardsigmoid_slope", "non_monotone",
-                "eb_kind", "drn_gamma")
+                "eb_kind", "drn_gamma", "readout")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
     def model_label(self) -> str:
         """A short name of the model for titles and run-directory names."""
         if self.model is None:
             return "mlp-default"
+        from hybridc.load_library import is_library_spec, library_label
+
+        if is_library_spec(self.model):  # `hf:vit,hidden_size=32` -> `hf-vit` (path-safe, for run directories)
+            return library_label(self.model)
         path, _, factory = self.model.partition(":")
         if "/" in path or path.endswith(".py"):
             return Path(path).stem + (f"-{factory}" if factory else "")
