@@ -11,6 +11,7 @@ from hybridc.load import load_model
 SMALL = {
     "mlp": {"sizes": (784, 48, 48, 10)},
     "vgg-paper": {"width": 0.0625},
+    "vgg-bn": {"width": 0.0625},
     "resnet18": {"base": 4},
     "transformer": {"d_model": 16, "nhead": 2, "dim_feedforward": 32},
     "vit": {"dim": 16, "heads": 2},

@@ -68,12 +68,41 @@ def test_mlp_structure() -> None:
     assert _analog_sizes(_plan("mlp", 4)) == [3]
 
 
+def test_vgg_paper_splits_are_the_papers() -> None:
+    """--max-block-size 6/3/2/1 with a digital readout make the paper's 1/2/3/6-block splits of the 6 weight
+    layers (conv1-5 + fc 256), each block followed by a digital part (the next block's entry or the readout)."""
+    for n, sizes in [(6, [6]), (3, [3, 3]), (2, [2, 2, 2]), (1, [1] * 6)]:
+        plan = _plan("vgg-paper", n, readout="digital", norm="drop")
+        assert _analog_sizes(plan) == sizes, n
+        assert "readout" not in {w for b in plan.analog_blocks for w in b.weight_layers}
+        assert any(d.reason == "the model's readout (readout policy digital)" for d in plan.decisions) or any(
+            "readout" in b.nodes for b in plan.blocks if b.kind == "digital")
+    # readout analog (the default): the readout joins the last chain
+    assert sum(_analog_sizes(_plan("vgg-paper", 3, norm="drop"))) == 7
+
+
+def test_readout_policy_stops_at_residual_adds() -> None:
+    """Only a layer that alone produces the output is a readout: a residual sum of two layers is not."""
+    class Res(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4), torch.nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            h = torch.relu(self.a(x))
+            return {"logits": self.c(h).flatten(1), "res": self.b(h) + h}
+
+    plan = partition(Res(), torch.randn(2, 4), max_block_size=4, readout="digital")
+    analog = {w for b in plan.analog_blocks for w in b.weight_layers}
+    assert "c" not in analog and {"a", "b"} <= analog
+
+
 def test_vgg_structure() -> None:
     # 5 convs + fc form one chain (max-pools absorbed, inner batchnorms removed), cut uniformly
-    assert _analog_sizes(_plan("vgg-paper", 1)) == [1] * 6
-    assert _analog_sizes(_plan("vgg-paper", 2)) == [2, 2, 2]
-    assert _analog_sizes(_plan("vgg-paper", 4)) == [3, 3]
-    plan = _plan("vgg-paper", 4)
+    assert _analog_sizes(_plan("vgg-bn", 1)) == [1] * 6
+    assert _analog_sizes(_plan("vgg-bn", 2)) == [2, 2, 2]
+    assert _analog_sizes(_plan("vgg-bn", 4)) == [3, 3]
+    plan = _plan("vgg-bn", 4)
     actions = {d.action for d in plan.decisions}
     assert {"removed", "absorbed", "substituted"} <= actions
     # max-pool after an activation: the neuron sits after the pool (sigma and max commute)
@@ -142,7 +171,7 @@ def test_attention_policy_analog_projections() -> None:
 
 
 def test_pool_policy_digital_cuts_chains() -> None:
-    sizes = _analog_sizes(_plan("vgg-paper", 4, pool="digital"))
+    sizes = _analog_sizes(_plan("vgg-bn", 4, pool="digital"))
     assert sizes == [2, 1, 1, 1, 1]  # pools after convs 2, 3, 4 and 5 cut the chain (fc alone too)
 
 

@@ -18,6 +18,7 @@ SMALL: dict[str, dict] = {
     "mlp": {"sizes": (784, 32, 16, 10)},
     "vgg-paper": {"width": 1 / 16},
     "vgg-paper-12": {"width": 1 / 16},
+    "vgg-bn": {"width": 1 / 16},
     "resnet18": {"base": 4},
     "transformer": {"d_model": 16, "nhead": 2, "dim_feedforward": 32},
     "vit": {"dim": 16, "heads": 2},
@@ -40,7 +41,7 @@ def _weight_layers(m: nn.Module) -> int:
 
 def test_registry_consistent() -> None:
     names = zoo_names()
-    assert names == ["mlp", "vgg-paper", "vgg-paper-12", "resnet18", "transformer", "vit"]
+    assert names == ["mlp", "vgg-paper", "vgg-paper-12", "vgg-bn", "resnet18", "transformer", "vit"]
     assert set(ZOO) == set(ZOO_INPUT_SHAPES) == set(names) == set(SMALL)
     for name in names:
         p = zoo_path(name)
@@ -92,7 +93,7 @@ def test_standalone_load_by_path(filename: str) -> None:
         y = m(torch.randn(2, *shape))
     assert y.shape == (2, 10)
     if filename == "vgg.py":
-        assert _weight_layers(mod.model12(width=0.125)) == 12
+        assert _weight_layers(mod.model12(width=0.125)) == 13  # 12 + the digital readout
 
 
 def test_vit_symbolic_trace_matches() -> None:
@@ -176,30 +177,45 @@ def test_resnet18_structure() -> None:
 
 
 def test_vgg_paper_structure() -> None:
+    """The paper's networks (reference splitting_small_1block / splitting_large_3block configs): weight
+    layers, channels, pools, the single entry BatchNorm, hard-sigmoid neurons, hidden Linear and readout."""
     m6 = build_zoo_model("vgg-paper")
     m12 = build_zoo_model("vgg-paper-12")
-    assert _weight_layers(m6) == 6
-    assert _weight_layers(m12) == 12
+    assert _weight_layers(m6) == 7 and _weight_layers(m12) == 13  # 6 / 12 + the readout
     convs6 = [x.out_channels for x in m6.modules() if isinstance(x, nn.Conv2d)]
     convs12 = [x.out_channels for x in m12.modules() if isinstance(x, nn.Conv2d)]
     assert convs6 == [128, 256, 256, 512, 512]
-    assert convs12 == [128, 128, 256, 256, 256, 256, 512, 512, 512, 512, 512]
+    assert convs12 == [128] * 4 + [256] * 4 + [512] * 4
     assert sum(isinstance(x, nn.MaxPool2d) for x in m6.modules()) == 4
-    assert sum(isinstance(x, nn.MaxPool2d) for x in m12.modules()) == 5
-    assert m6.classifier[-1].in_features == 512 * 2 * 2
-    assert m12.classifier[-1].in_features == 512
-    # Spatial sizes after the convolutional stack (small width, same geometry).
+    assert sum(isinstance(x, nn.MaxPool2d) for x in m12.modules()) == 3
+    assert sum(isinstance(x, nn.BatchNorm2d) for x in m6.modules()) == 1
+    assert sum(isinstance(x, nn.BatchNorm2d) for x in m12.modules()) == 3
+    assert not any(isinstance(x, nn.ReLU) for x in m6.modules())
+    assert m6.classifier[1].in_features == 512 * 2 * 2 and m6.classifier[1].out_features == 256
+    assert m6.readout.in_features == 256 and m12.readout.in_features == 512 * 4 * 4
+    # conv0 -> pool -> BatchNorm -> hard sigmoid, and the conv before a BatchNorm has no bias
+    first = list(m6.features)[:4]
+    assert [type(x) for x in first] == [nn.Conv2d, nn.MaxPool2d, nn.BatchNorm2d, nn.Hardtanh]
+    assert first[0].bias is None and first[3].min_val == 0.0 and first[3].max_val == 1.0
     x = torch.randn(1, 3, 32, 32)
     small6 = build_zoo_model("vgg-paper", width=1 / 16).eval()
     small12 = build_zoo_model("vgg-paper-12", width=1 / 16).eval()
     with torch.no_grad():
         assert small6.features(x).shape == (1, 32, 2, 2)
-        assert small12.features(x).shape == (1, 32, 1, 1)
-    # Every conv is followed by BatchNorm2d then ReLU.
-    mods = list(small12.features)
+        assert small12.features(x).shape == (1, 32, 4, 4)
+
+
+def test_vgg_bn_structure() -> None:
+    """The older BN-after-every-conv VGG, kept as zoo `vgg-bn`."""
+    m = build_zoo_model("vgg-bn", width=1 / 16).eval()
+    assert _weight_layers(m) == 6
+    assert sum(isinstance(x, nn.MaxPool2d) for x in m.modules()) == 4
+    mods = list(m.features)
     for i, mod in enumerate(mods):
         if isinstance(mod, nn.Conv2d):
             assert isinstance(mods[i + 1], nn.BatchNorm2d) and isinstance(mods[i + 2], nn.ReLU)
+    with torch.no_grad():
+        assert m.features(torch.randn(1, 3, 32, 32)).shape == (1, 32, 2, 2)
 
 
 def test_mlp_activations() -> None:

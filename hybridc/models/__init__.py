@@ -151,6 +151,8 @@ ZOO_TABLE: tuple[ZooModel, ...] = (
     ZooModel("vgg-paper", vgg.model, "vgg.py", "the ff-EBM paper's 6-layer VGG", vgg.INPUT_SHAPE, _fit_vgg(vgg.model)),
     ZooModel("vgg-paper-12", vgg.model12, "vgg.py", "the ff-EBM paper's 12-layer VGG", vgg.INPUT_SHAPE,
              _fit_vgg(vgg.model12)),
+    ZooModel("vgg-bn", vgg.model_bn, "vgg.py", "6-layer VGG with Conv-BN-ReLU after every conv (the zoo's "
+             "vgg-paper before it matched the paper)", vgg.INPUT_SHAPE, _fit_vgg(vgg.model_bn)),
     ZooModel("resnet18", resnet.model, "resnet.py", "CIFAR ResNet-18", resnet.INPUT_SHAPE, _fit_resnet),
     ZooModel("transformer", transformer.model, "transformer.py", "stock nn.TransformerEncoder classifier "
              "(image rows as tokens)", transformer.INPUT_SHAPE, _fit_transformer, "not fx-traceable: traced by "
