@@ -222,7 +222,7 @@ def gradcheck(model: nn.Module, example_inputs: Any, max_block_size: int = 2, be
               dtype: torch.dtype = torch.float64, batch: int = 2, seed: int = 0, bptt_steps: int | None = None,
               solver: dict | None = None, init: str = "keep", device: str | torch.device = "cpu",
               output: str | int | None = None, progress: Any | None = None,
-              **policies: Any) -> GradcheckReport:
+              batch_data: tuple[Any, torch.Tensor] | None = None, **policies: Any) -> GradcheckReport:
     """Compare EP, ID and BPTT gradients of `model` compiled at `max_block_size` on a random batch.
 
     The loss is taken on one tensor of the model's output: `output` names it by its path (`"logits"`, `0`,
@@ -230,6 +230,8 @@ def gradcheck(model: nn.Module, example_inputs: Any, max_block_size: int = 2, be
     `init="keep"` (default) checks the model's own weights; "goe" the paper's init. Note that with GOE's
     small variance most hard-sigmoid pre-activations sit next to the kink at 0, where any finite β
     biases EP; expect to need a smaller β there. `progress`: a `hybridc.gradcheck_progress.PhaseProgress`.
+    `batch_data`: (inputs, targets) of a real batch to check on (class indices for a 2-d output, else values
+    of the output's shape) instead of the random batch and targets; `batch` is then ignored.
     `bptt_steps` None: unroll 1.5× the longest free phase from zero (which reached the tolerance, so the
     truncation error ρ^T of BPTT is below the tolerance too: (tol/|s*|)^1.5), at least 20."""
     device = torch.device(device)
@@ -246,7 +248,7 @@ def gradcheck(model: nn.Module, example_inputs: Any, max_block_size: int = 2, be
     build_model = copy.deepcopy(model).to(build_dtype)
     model = model.to(dtype)
     example = _to(example_inputs, dtype)
-    inputs = _random_batch(example, batch, dtype, gen)
+    inputs = _to(batch_data[0], dtype) if batch_data is not None else _random_batch(example, batch, dtype, gen)
     if beta is None:
         beta = 1e-6 if dtype == torch.float64 else 1e-2
     tight = {"tol": 1e-13 if dtype == torch.float64 else 1e-6, "max_steps": 5000, "check_every": 10}
@@ -265,7 +267,8 @@ def gradcheck(model: nn.Module, example_inputs: Any, max_block_size: int = 2, be
 
     with _free_phase_reuse(compiled):
         with phase("free phase") as info, torch.no_grad():
-            target = _targets(call.output(compiled), gen).to(device)
+            out = call.output(compiled)  # the free phase whose residuals are reported
+            target = (batch_data[1] if batch_data is not None else _targets(out, gen)).to(device)
             residuals = {k: float(v.last_residual) for k, v in compiled.analog_blocks.items()
                          if v.last_residual is not None}
             free_steps = max((int(v.last_steps) for v in compiled.analog_blocks.values()), default=0)
@@ -316,7 +319,7 @@ def _rows(compiled: FFEBM, model: nn.Module, ep: dict, idg: dict, bp: dict, ref:
         for _, p in blk.named_parameters(remove_duplicate=False):
             if bname not in owners.setdefault(id(p), []):
                 owners[id(p)].append(bname)
-    traced = _original_names(compiled, model)
+    traced = original_parameter_names(compiled, model)
     analog = set(compiled.analog_blocks)
     id_norms = {n: float(g.norm()) for n, g in idg.items()}
     largest = max(id_norms.values(), default=0.0)
@@ -339,7 +342,7 @@ def compiled_tol(compiled: FFEBM) -> float:
     return min((b.solver.tol or 0.0) for b in compiled.analog_blocks.values()) if compiled.analog_blocks else 0.0
 
 
-def _original_names(compiled: FFEBM, model: nn.Module) -> dict[str, str]:
+def original_parameter_names(compiled: FFEBM, model: nn.Module) -> dict[str, str]:
     """Compiled parameter name -> original model name, matched by the qualified path inside the block. Every
     alias of a tied original parameter maps to its first name (the one `named_parameters()` lists)."""
     canonical = {id(p): n for n, p in model.named_parameters()}
