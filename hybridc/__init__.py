@@ -17,8 +17,13 @@ from typing import Any
 
 try:
     __version__: str = version("hybridc")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
+except PackageNotFoundError:  # running from a source tree that was never installed: its pyproject.toml
+    import re as _re
+    from pathlib import Path as _Path
+
+    _pyproject = _Path(__file__).resolve().parent.parent / "pyproject.toml"
+    _found = _re.search(r'^version\s*=\s*"([^"]+)"', _pyproject.read_text(), _re.M) if _pyproject.is_file() else None
+    __version__ = _found.group(1) if _found else "0.0.0+unknown"
 
 # public name -> (module, attribute)
 _PUBLIC: dict[str, tuple[str, str]] = {

@@ -9,7 +9,6 @@ publishing the directory (unless --no-check), and exits 1 when a check exceeds t
 `verify` re-runs those checks on an export directory; exit 1 beyond the tolerance, 2 for a broken directory.
 """
 
-import json
 import sys
 from enum import Enum
 from pathlib import Path
@@ -19,6 +18,7 @@ import typer
 from rich.console import Console
 
 from hybridc.cli_options import (
+    FLAG,
     ActOpt,
     AttnOpt,
     EBOpt,
@@ -26,13 +26,18 @@ from hybridc.cli_options import (
     InputShape,
     LNOpt,
     MaxBlock,
+    ModelKwargs,
     NonMonoOpt,
     NormOpt,
     PoolOpt,
+    ReadoutOpt,
     SlopeOpt,
     SolverModeOpt,
+    load_zoo_or_file,
+    parse_model_kwargs,
+    policies,
+    shown,
 )
-from hybridc.errors import HybridcError
 
 
 class _Relax(str, Enum):
@@ -49,18 +54,6 @@ def _console() -> Console:
     return Console(width=None if sys.stdout.isatty() else 160)
 
 
-def _parse_model_kwargs(text: str | None) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise HybridcError(f"--model-kwargs must be a JSON object (e.g. '{{\"base\": 8}}'): {exc}") from None
-    if not isinstance(value, dict):
-        raise HybridcError("--model-kwargs must be a JSON object, e.g. '{\"base\": 8}'")
-    return value
-
-
 def export_command(
     target: Annotated[str, typer.Argument(metavar="MODEL|RUN_DIR",
                                           help="zoo name, path/model.py[:factory], or a training run directory "
@@ -69,9 +62,7 @@ def export_command(
     max_block_size: MaxBlock = None,
     plan: Annotated[Path | None, typer.Option("--plan", help="compile exactly this plan JSON")] = None,
     input_shape: InputShape = None,
-    model_kwargs: Annotated[str | None, typer.Option("--model-kwargs",
-                                                     help="zoo factory arguments as JSON, e.g. '{\"base\": 8}'")
-                            ] = None,
+    model_kwargs: ModelKwargs = None,
     norm: NormOpt = None,
     layer_norm: LNOpt = None,
     pool: PoolOpt = None,
@@ -80,26 +71,27 @@ def export_command(
     hardsigmoid_slope: SlopeOpt = None,
     non_monotone: NonMonoOpt = None,
     eb_kind: EBOpt = None,
+    readout: ReadoutOpt = None,
     init: Annotated[Init, typer.Option(help="analog weights: the model's own (keep) or GOE")] = Init.keep,
-    t1: Annotated[int | None, typer.Option(help="solver free-phase steps of the compiled model [20]", min=1)
+    t1: Annotated[int | None, typer.Option(help="solver free-phase steps of the compiled model" + shown(20), min=1)
                   ] = None,
     solver_mode: SolverModeOpt = None,
     steps: Annotated[int | None, typer.Option(help="relaxation steps every analog block runs in the export "
-                                                   "[each block's t1; tolerance solvers need this]", min=1)] = None,
-    full: Annotated[bool, typer.Option("--full", help="also export the whole model as one ONNX file "
+                                                   "(tolerance solvers need this)" + shown("each block's t1"), min=1)] = None,
+    full: Annotated[bool, typer.Option("--full", **FLAG, help="also export the whole model as one ONNX file "
                                                       "(model.onnx) for inference")] = False,
     relaxation: Annotated[_Relax, typer.Option(help="--full: each relaxation unrolled (loop-free graph) or as "
                                                     "an ONNX Loop (compact for many steps)")] = _Relax.unroll,
-    checkpoint: Annotated[Path | None, typer.Option(help="RUN_DIR: this checkpoint instead of checkpoint.pt")
+    checkpoint: Annotated[Path | None, typer.Option(help="RUN_DIR: this checkpoint file instead of the run's checkpoint.pt")
                           ] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset (17 to the newest the installed onnx knows)")] = 18,
     batch: Annotated[int, typer.Option(help="samples in the stored reference batch", min=1)] = 3,
     seed: Annotated[int, typer.Option(help="seed of the model's init (MODEL) and of the samples",
                                       min=0, max=2**32 - 1)] = 0,
     tol: Annotated[float, typer.Option(help="max abs error the check accepts (float32)")] = 1e-4,
-    check: Annotated[bool, typer.Option("--check/--no-check", help="verify in onnxruntime before publishing")
+    check: Annotated[bool, typer.Option("--check/--no-check", **FLAG, help="verify in onnxruntime before publishing")
                      ] = True,
-    force: Annotated[bool, typer.Option("--force", help="replace a non-empty directory that is not an export")
+    force: Annotated[bool, typer.Option("--force", **FLAG, help="replace a non-empty directory that is not an export")
                      ] = False,
 ) -> None:
     """Export MODEL (or a training RUN_DIR's trained model) as a hybrid graph: one ONNX file per digital
@@ -114,16 +106,14 @@ def export_command(
 
     validate_export_settings(opset, batch, tol)  # before any work
 
-    vals = {"norm": norm, "layer_norm": layer_norm, "pool": pool, "attention": attention,
-            "activation": activation, "hardsigmoid_slope": hardsigmoid_slope, "non_monotone": non_monotone,
-            "eb_kind": eb_kind}
-    policies = {k: (v.value if isinstance(v, Enum) else v) for k, v in vals.items() if v is not None}
+    pol = policies(norm=norm, layer_norm=layer_norm, pool=pool, attention=attention, activation=activation,
+                   hardsigmoid_slope=hardsigmoid_slope, non_monotone=non_monotone, eb_kind=eb_kind, readout=readout)
     console = _console()
     if is_run_dir(target):
         given = [flag for flag, v in (("--max-block-size", max_block_size), ("--plan", plan),
                                       ("--input-shape", input_shape), ("--model-kwargs", model_kwargs),
                                       ("--t1", t1), ("--solver-mode", solver_mode)) if v is not None]
-        given += [f"--{k.replace('_', '-')}" for k in policies] + (["--init"] if init != Init.keep else [])
+        given += [f"--{k.replace('_', '-')}" for k in pol] + (["--init"] if init != Init.keep else [])
         if given:
             raise ExportError(f"{target} is a run directory: it is exported as trained, with its own plan and "
                               f"settings; drop {', '.join(given)} (use --steps to change the relaxation steps)")
@@ -140,12 +130,11 @@ def export_command(
             raise ExportError("--checkpoint applies to a RUN_DIR only")
         from hybridc.api import compile as hc_compile
         from hybridc.api import make_config
-        from hybridc.load import load_model
         from hybridc.plan import PlanFileError, read_plan
 
-        kwargs = _parse_model_kwargs(model_kwargs)
+        kwargs = parse_model_kwargs(model_kwargs)
         if plan is None:
-            make_config(max_block_size, **policies)  # validate flags before loading anything
+            make_config(max_block_size, **pol)  # validate flags before loading anything
         the_plan = None
         if plan is not None:
             try:
@@ -158,11 +147,11 @@ def export_command(
             shape0 = the_plan.model.example_shapes[0]
             batch_kw = {"batch": shape0[0]}
             input_shape = input_shape or ",".join(map(str, shape0[1:]))
-        lm = load_model(target, input_shape, **batch_kw, **kwargs)
+        lm = load_zoo_or_file(target, input_shape, model_kwargs, **batch_kw)
         solver = {k: v for k, v in (("t1", t1), ("mode", solver_mode.value if solver_mode else None))
                   if v is not None}
         ff = hc_compile(lm.model, lm.example_inputs, plan=the_plan, max_block_size=max_block_size, solver=solver,
-                        init=init.value, **policies)
+                        init=init.value, **pol)
         source = SourceInfo(kind="model", spec=target, model_kwargs=kwargs, model_class=type(lm.model).__name__)
 
     result = export_ffebm(ff, output, source=source, full=full, relaxation=relaxation.value, steps=steps, opset=opset, batch=batch, seed=seed,
@@ -218,5 +207,7 @@ def verify_command(
 
 def register(app: typer.Typer) -> None:
     """Add the `export` and `verify` commands to the `hybridc` typer app."""
-    app.command("export")(export_command)
-    app.command("verify")(verify_command)
+    from hybridc.cli import Command
+
+    app.command("export", cls=Command)(export_command)
+    app.command("verify", cls=Command)(verify_command)

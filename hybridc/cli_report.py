@@ -29,8 +29,9 @@ def register(app: typer.Typer) -> None:
     """Add the `report` command to the `hybridc` typer app (reusing `partition`'s option declarations)."""
     # imported here, not at module level: hybridc.cli imports this module at its end (and no
     # `from __future__ import annotations` in this file: typer must see these annotations as objects)
-    from hybridc.cli import _emit, _policies, console
+    from hybridc.cli import Command, _emit, console
     from hybridc.cli_options import (
+        FLAG,
         ActOpt,
         AttnOpt,
         EBOpt,
@@ -38,29 +39,35 @@ def register(app: typer.Typer) -> None:
         LNOpt,
         MaxBlock,
         ModelArg,
+        ModelKwargs,
         NonMonoOpt,
         NormOpt,
         PoolOpt,
+        ReadoutOpt,
         SlopeOpt,
         check_output_file,
+        load_zoo_or_file,
+        policies,
+        shown,
     )
 
-    @app.command("report")
+    @app.command("report", cls=Command)
     def report_command(
         model: ModelArg,
         max_block_size: MaxBlock = None,
         tile: Annotated[str, typer.Option("--tile", help="crossbar array size ROWSxCOLS")] = "256x256",
-        t1: Annotated[int | None, typer.Option("--t1", help="free-phase relaxation steps [solver default 20]",
+        t1: Annotated[int | None, typer.Option("--t1", help="free-phase relaxation steps" + shown(20),
                                                min=1)] = None,
-        t2: Annotated[int | None, typer.Option("--t2", help="nudged-phase relaxation steps [solver default 5]",
+        t2: Annotated[int | None, typer.Option("--t2", help="nudged-phase relaxation steps" + shown(5),
                                                min=1)] = None,
         constants: Annotated[Path | None, typer.Option(
             "--constants", help="JSON/YAML file overriding energy constants (unknown keys are errors)")] = None,
         digital_precision: Annotated[_Precision | None, typer.Option(
-            "--digital-precision", help="digital op energies from Horowitz 45 nm [fp32]")] = None,
-        memory: Annotated[bool, typer.Option("--memory/--no-memory",
+            "--digital-precision", help="digital op energies from Horowitz 45 nm" + shown("fp32"))] = None,
+        memory: Annotated[bool, typer.Option("--memory/--no-memory", **FLAG,
                                              help="add SRAM access energy (one word per moved value)")] = False,
         input_shape: InputShape = None,
+        model_kwargs: ModelKwargs = None,
         norm: NormOpt = None,
         layer_norm: LNOpt = None,
         pool: PoolOpt = None,
@@ -69,9 +76,10 @@ def register(app: typer.Typer) -> None:
         hardsigmoid_slope: SlopeOpt = None,
         non_monotone: NonMonoOpt = None,
         eb_kind: EBOpt = None,
+        readout: ReadoutOpt = None,
         fmt: Annotated[_RFmt, typer.Option("--format", "-f", help="table or json")] = _RFmt.table,
         output: Annotated[Path | None, typer.Option("--output", "-o", help="write to FILE instead of stdout")] = None,
-        constants_table: Annotated[bool, typer.Option("--show-constants/--hide-constants",
+        constants_table: Annotated[bool, typer.Option("--show-constants/--hide-constants", **FLAG,
                                                       help="print the constants and their sources")] = True,
     ) -> None:
         """Hardware cost per block: crossbar tiles, analog MACs and digital FLOPs per inference and per EP
@@ -80,16 +88,17 @@ def register(app: typer.Typer) -> None:
 
         from hybridc.api import make_config
         from hybridc.energy_constants import load_constants
-        from hybridc.load import load_model
         from hybridc.report import breakdown_table, cost_report, parse_tile, report_table
         from hybridc.report import constants_table as consts_table
 
-        pol = _policies(norm, layer_norm, pool, attention, activation, hardsigmoid_slope, non_monotone, eb_kind)
+        pol = policies(norm=norm, layer_norm=layer_norm, pool=pool, attention=attention, activation=activation,
+                       hardsigmoid_slope=hardsigmoid_slope, non_monotone=non_monotone, eb_kind=eb_kind,
+                       readout=readout)
         make_config(max_block_size, **pol)  # validate flags before loading anything
         check_output_file(output, "--output")
         tile_rc = parse_tile(tile)
         consts = load_constants(constants, digital_precision.value if digital_precision else None)
-        lm = load_model(model, input_shape)
+        lm = load_zoo_or_file(model, input_shape, model_kwargs)
         rep = cost_report(lm.model, lm.example_inputs, max_block_size=max_block_size, tile=tile_rc, t1=t1, t2=t2,
                           constants=consts, include_memory=memory, model_name=model, **pol)
         if fmt == _RFmt.json:

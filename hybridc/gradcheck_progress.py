@@ -1,7 +1,8 @@
 """Progress of a gradient check on stderr, one phase at a time (compile, free phase, EP, ID, BPTT, autograd),
 with each phase's residuals when it ends: a rich progress bar (elapsed, ETA over the phases) on a terminal;
-on a log file or CI, plain lines: one per phase start and end, and one every `every` seconds inside a long
-phase (a gradient check of a large model spends minutes in a phase)."""
+on a log file or CI, plain lines: one per phase start and end, and a "still running" line whenever a phase
+has printed nothing for `every` seconds (a gradient check of a large model spends minutes in a phase; a
+phase shorter than that prints only its start and end)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class PhaseProgress:
         self.t0 = time.perf_counter()
         self._phase: str | None = None
         self._phase_t0 = self.t0
+        self._last_line = self.t0
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         self._bar = None
@@ -65,11 +67,14 @@ class PhaseProgress:
             self._bar.stop()
 
     def _tick(self) -> None:
-        while not self._stop.wait(self.every):
+        """Background thread (plain lines only): wakes every second at most, and writes a line for the running
+        phase once nothing was written for `every` seconds."""
+        while not self._stop.wait(min(1.0, self.every)):
             phase = self._phase
-            if phase is not None:
+            if phase is not None and time.perf_counter() - self._last_line >= self.every:
                 self._line(f"{phase}: still running ({time.perf_counter() - self._phase_t0:.0f} s)")
 
     def _line(self, text: str) -> None:
-        self.stream.write(f"gradcheck [{time.perf_counter() - self.t0:6.1f} s] {text}\n")
+        self._last_line = time.perf_counter()
+        self.stream.write(f"gradcheck [{self._last_line - self.t0:6.1f} s] {text}\n")
         self.stream.flush()
