@@ -37,6 +37,7 @@ _PUBLIC: dict[str, tuple[str, str]] = {
     "FFEBM": ("hybridc.runtime.ffebm", "FFEBM"),
     "load_model": ("hybridc.load", "load_model"),
     "load_run": ("hybridc.evaluate", "load_run"),
+    "evaluate_run": ("hybridc.evaluate", "evaluate_run"),
     "HybridcError": ("hybridc.errors", "HybridcError"),
     "EquilibriumDivergedError": ("hybridc.errors", "EquilibriumDivergedError"),
 }
