@@ -272,9 +272,10 @@ def _apply_input_shape(config_class: Any, kwargs: dict[str, Any], input_shape: t
     return out
 
 
-def build_hf(spec: LibrarySpec, input_shape: tuple[int, ...] | None, batch: int, text: str
-             ) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
-    """A randomly initialised transformers model for `spec` and an example batch made from its config."""
+def _hf_config_and_class(spec: LibrarySpec, input_shape: tuple[int, ...] | None, text: str
+                         ) -> tuple[Any, Any, str]:
+    """The config (spec keys checked, --input-shape applied) and the model class `spec` names, without
+    building the model (fitting to a dataset asks what the model reads before building it)."""
     transformers = _import_transformers()
     from transformers import AutoConfig
 
@@ -304,6 +305,13 @@ def build_hf(spec: LibrarySpec, input_shape: tuple[int, ...] | None, batch: int,
     model_class = getattr(transformers, class_name, None)
     if model_class is None:
         raise ModelLoadError(f"MODEL {text!r}: transformers lists {class_name} but does not export it")
+    return config, model_class, class_name
+
+
+def build_hf(spec: LibrarySpec, input_shape: tuple[int, ...] | None, batch: int, text: str
+             ) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """A randomly initialised transformers model for `spec` and an example batch made from its config."""
+    config, model_class, class_name = _hf_config_and_class(spec, input_shape, text)
     try:
         model = model_class(config)
     except Exception as exc:
@@ -312,10 +320,163 @@ def build_hf(spec: LibrarySpec, input_shape: tuple[int, ...] | None, batch: int,
     return model, _hf_example(model, config, input_shape, batch, text)
 
 
-def build_library_model(spec: str, input_shape: tuple[int, ...] | None, batch: int
+def with_kwargs(spec: LibrarySpec, extra: dict[str, Any] | None, text: str) -> LibrarySpec:
+    """`spec` with `extra` keyword overrides added (an experiment's `model_kwargs`, or the arguments a run fitted
+    to its data); a key given in both with different values is an error (which one would be meant?)."""
+    if not extra:
+        return spec
+    clash = sorted(k for k, v in extra.items() if k in spec.kwargs and spec.kwargs[k] != v)
+    if clash:
+        both = ", ".join(f"{k}={spec.kwargs[k]!r} in the spec but {extra[k]!r} in model_kwargs" for k in clash)
+        raise ModelLoadError(f"MODEL {text!r}: {both}; give each setting once")
+    return LibrarySpec(spec.library, spec.name, {**spec.kwargs, **extra})
+
+
+def build_library_model(spec: str, input_shape: tuple[int, ...] | None, batch: int,
+                        extra_kwargs: dict[str, Any] | None = None
                         ) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
-    """Model and example inputs for a `timm:` or `hf:` spec (random init, no network access)."""
-    parsed = parse_library_spec(spec)
+    """Model and example inputs for a `timm:` or `hf:` spec (random init, no network access); `extra_kwargs`
+    are keyword overrides on top of the spec's own (see `with_kwargs`)."""
+    parsed = with_kwargs(parse_library_spec(spec), extra_kwargs, spec)
     if parsed.library == "timm":
         return build_timm(parsed, input_shape, batch)
     return build_hf(parsed, input_shape, batch, spec)
+
+
+def library_label(spec: str) -> str:
+    """A short, path-safe name of a library model for run-directory names and titles: `hf:vit,...` -> `hf-vit`."""
+    library, _, rest = spec.partition(":")
+    name = _split_top_level(rest)[0] if rest.strip() else "model"
+    return f"{library}-" + "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in name)
+
+
+# ------------------------------------------------------------------------------------- fitting to data
+
+
+@dataclass(frozen=True)
+class LibraryFit:
+    """How a library model meets a dataset (the counterpart of `hybridc.models.ZooFit`): the keyword overrides
+    added to the spec (the data-dependent ones filled in; the spec's own are not repeated), the image size the
+    data is resized to first (None: as it is) and a note saying what was fitted."""
+
+    kwargs: dict[str, Any]
+    input_size: tuple[int, int] | None = None
+    how: str = "as is"
+
+
+def _fitted(given: dict[str, Any], key: str, value: Any, known: set[str], out: dict[str, Any], notes: list[str],
+            text: str, what: str) -> None:
+    """Fill `key` with the data's `value` unless the user gave it; a given value that contradicts the data
+    (a classifier with 5 labels for 10 classes) is an error, not silently overridden."""
+    if key not in known:
+        return
+    if key in given:
+        if given[key] != value:
+            raise ModelLoadError(f"MODEL {text!r} sets {key}={given[key]!r}, but the data has {value} {what}: "
+                                 f"drop {key} (hybridc fits it to the data) or set it to {value}")
+        return
+    out[key] = value
+    notes.append(f"{key}={value}")
+
+
+def _fit_patch(default: Any, side: int) -> int | None:
+    """A patch size for images of `side` when the config's `default` does not tile them: side/4 (a 4x4 grid of
+    patches, the zoo ViT's rule) where 4 divides the side, else the largest divisor leaving at least 2x2
+    patches. None: the default tiles the side (kept)."""
+    if not isinstance(default, int) or default <= 0 or (side % default == 0 and default < side):
+        return None
+    if side % 4 == 0 and side >= 8:
+        return side // 4
+    divisors = [d for d in range(min(default, side // 2), 0, -1) if side % d == 0]
+    return divisors[0] if divisors else None
+
+
+def _fit_hf(spec: LibrarySpec, given: dict[str, Any], shape: tuple[int, int, int], classes: int,
+            input_size: int | None, text: str) -> LibraryFit:
+    c, h, w = shape
+    config, model_class, class_name = _hf_config_and_class(spec, None, text)
+    main = getattr(model_class, "main_input_name", "input_ids")
+    if main != "pixel_values":
+        raise ModelLoadError(
+            f"MODEL {text!r} is {'a text model' if main == 'input_ids' else 'not an image model'} ({class_name} "
+            f"reads {'token ids' if main == 'input_ids' else main}), "
+            f"but the training data are images ({c}x{h}x{w}): train an hf vision model (hf:vit, hf:convnext, "
+            "hf:resnet, ...); text models can be partitioned, compiled, gradchecked and exported, not trained")
+    defaults = type(config)().to_dict()
+    known = set(defaults) | {"num_labels"}
+    out: dict[str, Any] = {}
+    notes: list[str] = []
+    _fitted(given, "num_labels", classes, known, out, notes, text, "classes")
+    _fitted(given, "num_channels", c, known, out, notes, text, "channel(s)")
+    size: tuple[int, int] | None = None
+    if "image_size" in given:
+        s = given["image_size"]
+        side = (int(s), int(s)) if isinstance(s, int) else tuple(int(v) for v in s)
+        if input_size is not None and side != (input_size, input_size):
+            raise ModelLoadError(f"MODEL {text!r} sets image_size={s!r} but input_size is {input_size}: give one")
+        if side != (h, w):
+            size = side  # type: ignore[assignment]
+            notes.append(f"input resized {h}x{w} -> {side[0]}x{side[1]} (image_size)")
+    elif input_size is not None and (input_size, input_size) != (h, w):
+        size = (input_size, input_size)
+        notes.append(f"input resized {h}x{w} -> {input_size}x{input_size} (input_size)")
+        if "image_size" in known:
+            out["image_size"] = input_size
+            notes.append(f"image_size={input_size}")
+    elif "image_size" in known:
+        out["image_size"] = h if h == w else [h, w]
+        notes.append(f"image_size={out['image_size']} (the data's)")
+    side = (size or (h, w))[0]
+    if "patch_size" in known and "patch_size" not in given:
+        patch = _fit_patch(defaults.get("patch_size"), side)
+        if patch is not None:
+            out["patch_size"] = patch
+            notes.append(f"patch_size={patch} ({side // patch}x{side // patch} patches)")
+    return LibraryFit(out, size, ", ".join(notes) or "as is")
+
+
+def _fit_timm(given: dict[str, Any], shape: tuple[int, int, int], classes: int, input_size: int | None,
+              text: str) -> LibraryFit:
+    """timm models take num_classes and in_chans; the image size only where the user names it (img_size,
+    which also resizes the data) or gives input_size (CNNs pool globally and take any size)."""
+    c, h, w = shape
+    out: dict[str, Any] = {}
+    notes: list[str] = []
+    known = {"num_classes", "in_chans"}
+    _fitted(given, "num_classes", classes, known, out, notes, text, "classes")
+    _fitted(given, "in_chans", c, known, out, notes, text, "channel(s)")
+    size: tuple[int, int] | None = None
+    if "img_size" in given:
+        s = given["img_size"]
+        side = (int(s), int(s)) if isinstance(s, int) else tuple(int(v) for v in s)
+        if input_size is not None and side != (input_size, input_size):
+            raise ModelLoadError(f"MODEL {text!r} sets img_size={s!r} but input_size is {input_size}: give one")
+        if side != (h, w):
+            size = side  # type: ignore[assignment]
+            notes.append(f"input resized {h}x{w} -> {side[0]}x{side[1]} (img_size)")
+    elif input_size is not None and (input_size, input_size) != (h, w):
+        size = (input_size, input_size)
+        notes.append(f"input resized {h}x{w} -> {input_size}x{input_size} (input_size)")
+    return LibraryFit(out, size, ", ".join(notes) or "as is")
+
+
+def fit_library_model(spec: str, shape: tuple[int, ...], classes: int, extra_kwargs: dict[str, Any] | None = None,
+                      input_size: int | None = None) -> LibraryFit:
+    """How library model `spec` (plus `extra_kwargs`) is fitted to images of per-sample `shape` (C, H, W) and
+    `classes` classes, resized to `input_size` x `input_size` first where given.
+
+    hf vision models: num_labels = classes, num_channels = C, image_size = the data's side (or the size the data
+    is resized to), and, where the config's patch_size does not tile that side, patch_size = side/4 (a 4x4
+    grid of patches). A value the user gave is kept (a contradicting num_labels/num_channels is an error);
+    `image_size` given resizes the data to it. timm models: num_classes and in_chans. Text models (they read
+    token ids) are refused: the training datasets are images. Fitting a fitted spec changes nothing, so a run
+    rebuilt from its recorded model_kwargs gets the same model. Raises ModelLoadError (one line)."""
+    parsed = with_kwargs(parse_library_spec(spec), extra_kwargs, spec)
+    c, h, w = (int(d) for d in shape)
+    if parsed.library == "timm":
+        fit = _fit_timm(parsed.kwargs, (c, h, w), int(classes), input_size, spec)
+    else:
+        fit = _fit_hf(parsed, parsed.kwargs, (c, h, w), int(classes), input_size, spec)
+    own = parse_library_spec(spec).kwargs
+    recorded = {k: v for k, v in (extra_kwargs or {}).items() if k not in own} | fit.kwargs
+    return LibraryFit(recorded, fit.input_size, fit.how)

@@ -107,13 +107,22 @@ def fit_model(cfg: ExperimentConfig, shape: tuple[int, ...], classes: int) -> An
     """How the run's model meets data of per-sample `shape` (C, H, W) and `classes` classes: a
     `hybridc.models.ZooFit` (factory arguments, the image size the data is resized to first or None, and a
     note saying so). Zoo models are fitted by their table rule (`hybridc.models.fit_zoo_model`; the embedded
-    default is the zoo MLP with hidden widths DEFAULT_HIDDEN); a model file takes the data as it is, resized
-    only to `cfg.input_size`. Fitting an already fitted shape changes nothing."""
+    default is the zoo MLP with hidden widths DEFAULT_HIDDEN); a library model (`hf:`/`timm:`) by
+    `hybridc.load_library.fit_library_model` (class count, channels, image and patch size; `model_kwargs` are
+    overrides on top of its spec); a model file takes the data as it is, resized only to `cfg.input_size`.
+    Fitting an already fitted shape changes nothing."""
+    from hybridc.load_library import fit_library_model, is_library_spec
     from hybridc.models import ZOO, ZooFit, fit_zoo_model
 
     name = cfg.model or "mlp"
     c, h, w = (int(d) for d in shape)
     size = (cfg.input_size, cfg.input_size) if cfg.input_size is not None else None
+    if is_library_spec(name):
+        try:
+            lib = fit_library_model(name, (c, h, w), classes, cfg.model_kwargs, cfg.input_size)
+        except ModelLoadError as exc:
+            raise ConfigError(str(exc)) from None
+        return ZooFit(lib.kwargs, lib.input_size, lib.how)
     if name not in ZOO:
         if cfg.model_kwargs:
             raise ConfigError("model_kwargs apply to zoo models only; a model file builds itself")
@@ -143,30 +152,49 @@ def build_model(cfg: ExperimentConfig, shape: tuple[int, ...], classes: int
     the data's per-sample shape; the model is built for it as `fit_model` fits it (the example batch has the
     fitted shape: resize the data with `fit_model(...).input_size` before feeding it)."""
     from hybridc.load import load_model
+    from hybridc.load_library import build_library_model, is_library_spec
     from hybridc.models import ZOO
+    from hybridc.output_leaf import leaf_at, logits_path, narrow_output
 
     name = cfg.model or "mlp"
     fit = fit_model(cfg, shape, classes)
     model_shape = (int(shape[0]), *fit.input_size) if fit.input_size is not None else tuple(shape)
-    if name in ZOO:
-        lm = load_model(name, tuple(model_shape), **fit.kwargs)
+    if is_library_spec(name):
+        try:
+            model, example = build_library_model(name, tuple(model_shape), 2, fit.kwargs)
+        except ModelLoadError as exc:
+            raise ConfigError(str(exc)) from None
     else:
-        lm = load_model(name, tuple(model_shape))
-    model = lm.model
+        lm = load_model(name, tuple(model_shape), **fit.kwargs) if name in ZOO else load_model(name, tuple(model_shape))
+        model, example = lm.model, lm.example_inputs
     was_training = model.training
     model.eval()
     with torch.no_grad():
         try:
-            out = model(*lm.example_inputs)
+            out = model(*example)
         except Exception as exc:
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            hint = ""
+            if is_library_spec(name) and fit.input_size is None:
+                key = "img_size" if name.startswith("timm:") else "image_size"
+                hint = (f"; the images may be too small for its downsampling: give {key}=N in the spec to resize "
+                        "them (e.g. 32), or fewer stages")
             raise ConfigError(f"model {name} cannot run on {cfg.data} samples of shape {tuple(model_shape)}: "
-                              f"{type(exc).__name__}: {exc}") from None
+                              f"{type(exc).__name__}: {first}{hint}") from None
     model.train(was_training)
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != classes:
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ConfigError(f"model {name} outputs {got} for a batch of 2, but {cfg.data} needs logits of shape "
-                          f"(batch, {classes})")
-    return model, lm.example_inputs
+    if not isinstance(out, torch.Tensor):
+        # a structure (transformers' ImageClassifierOutput, a dict, a tuple): train on its logits leaf; the
+        # narrowed model returns that tensor, so the compiled ff-EBM, load_run and evaluate_run see logits
+        try:
+            path = logits_path(out)
+        except HybridcError as exc:
+            raise ConfigError(f"model {name}: {exc}") from None
+        out = leaf_at(out, path)
+        model = narrow_output(model, path)
+    if out.dim() != 2 or out.shape[1] != classes:
+        raise ConfigError(f"model {name} outputs {tuple(out.shape)} for a batch of 2, but {cfg.data} needs logits "
+                          f"of shape (batch, {classes})")
+    return model, example
 
 
 def compile_model(cfg: ExperimentConfig, model: nn.Module, example: tuple[torch.Tensor, ...],
@@ -211,19 +239,21 @@ def _check_model_finite(model: nn.Module, loader: Any, cfg: ExperimentConfig) ->
 
 #: partition settings a fresh run resolves from its compiled plan into config.json (when it has no --plan)
 _PARTITION_FIELDS = ("max_block_size", "norm", "layer_norm", "pool", "attention", "activation", "hardsigmoid_slope",
-                     "non_monotone", "eb_kind", "drn_gamma")
+                     "non_monotone", "eb_kind", "drn_gamma", "readout")
 
 
 def resolved_config(cfg: ExperimentConfig, fit: Any, shape: tuple[int, ...], plan: Any, augment: str
                     ) -> ExperimentConfig:
     """`cfg` with every default that was resolved while building the run written out, so config.json says
-    exactly what ran: the zoo factory arguments fitted to the data, the input size, the partition settings
-    of the compiled plan (unless a --plan fixed them) and the feedback-gain bound. Compiling the resolved
-    config again gives the same model (the values are the ones the defaults stood for)."""
+    exactly what ran: the zoo factory arguments (or a library model's spec overrides: num_labels, image_size,
+    ...) fitted to the data, the input size, the partition settings of the compiled plan (unless a --plan
+    fixed them) and the feedback-gain bound. Compiling the resolved config again gives the same model (the
+    values are the ones the defaults stood for)."""
+    from hybridc.load_library import is_library_spec
     from hybridc.models import ZOO
 
     updates: dict[str, Any] = {"augment": augment}
-    if (cfg.model or "mlp") in ZOO:
+    if (cfg.model or "mlp") in ZOO or is_library_spec(cfg.model or ""):
         updates["model_kwargs"] = dict(fit.kwargs)
     updates["input_size"] = fit.input_size[0] if fit.input_size is not None else int(shape[-1])
     if cfg.algorithm != "bp":
@@ -975,8 +1005,13 @@ class Trainer:
         return text
 
     def _header(self) -> str:
+        from rich.markup import escape
+
+        from hybridc.load_library import is_library_spec
+
         cfg = self.cfg
-        parts = [f"[bold]hybridc train[/] {cfg.model_label()} on {self.info.title}",
+        title = escape(cfg.model) if is_library_spec(cfg.model or "") else cfg.model_label()  # the whole spec
+        parts = [f"[bold]hybridc train[/] {title} on {self.info.title}",
                  f"input {'x'.join(map(str, self.transform.raw_shape))}: {self.transform.describe()}"
                  + (f"; model fitted to the data: {self.fit.how}" if self.fit.how not in ("as is", "") else ""),
                  f"algorithm {cfg.algorithm}"]
