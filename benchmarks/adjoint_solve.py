@@ -69,4 +69,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from hybridc.cli import run_script
+
+    run_script(main)

@@ -316,4 +316,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from hybridc.cli import run_script
+
+    run_script(main)
