@@ -129,6 +129,8 @@ class FFEBM(nn.Module):
         self._out_spec = getattr(info, "out_spec", None) if traced.outputs is None else None
         #: DHN feedback-gain bound set by `hybridc.targets.contraction.constrain_model` (None = unconstrained)
         self.feedback_gain: float | None = None
+        #: per guarded DHN block, whether its guard's factor is moved downstream and why not (`constrain_model`)
+        self.guard_compensation: dict[str, dict[str, Any]] = {}
 
     @property
     def analog_blocks(self) -> dict[str, EnergyBlock]:
