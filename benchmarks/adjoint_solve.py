@@ -9,7 +9,10 @@ at the same tolerance, and the largest relative difference of the resulting grad
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +21,21 @@ from rich.table import Table
 
 from hybridc.api import compile
 from hybridc.load import load_model
+
+_T0 = time.perf_counter()
+
+
+@contextmanager
+def measuring(row: str) -> Iterator[None]:
+    """A line on stderr (flushed) when a measured row starts and when it ends, with its wall time: a run of
+    minutes shows where it is (stdout keeps only the table / JSON)."""
+    t0 = time.perf_counter()
+    sys.stderr.write(f"[{t0 - _T0:7.1f} s] {row} ...\n")
+    sys.stderr.flush()
+    yield
+    t1 = time.perf_counter()
+    sys.stderr.write(f"[{t1 - _T0:7.1f} s] {row} done in {t1 - t0:.1f} s\n")
+    sys.stderr.flush()
 
 MODELS = {"vgg-paper": ({"width": 0.25}, 3), "resnet18": ({"base": 8}, 4)}
 
@@ -48,23 +66,24 @@ def main() -> None:
         table.add_column(col, justify="left" if col == "model" else "right")
     for name in args.models.split(","):
         kwargs, n = MODELS[name]
-        lm = load_model(name, **kwargs)
-        x = torch.randn(args.batch, *lm.example_inputs[0].shape[1:], dtype=torch.float64)
-        y = torch.randint(0, 10, (args.batch,))
-        ff = compile(lm.model.double(), x, max_block_size=n, solver={"tol": 1e-13, "max_steps": 5000,
-                                                                     "check_every": 10}).double().eval()
-        res = {}
-        for solver in ("fixed_point", "gmres"):
-            runs = [_id_grads(ff, x, y, solver, args.tol) for _ in range(args.repeats)]
-            res[solver] = (runs[0][0], min(r[1] for r in runs), runs[0][2])
-        # both solved much tighter: their difference is then the solvers' disagreement, not the tolerance
-        tight = {s: _id_grads(ff, x, y, s, 1e-13)[0] for s in ("fixed_point", "gmres")}
-        diff = float((tight["gmres"] - tight["fixed_point"]).abs().max() / tight["fixed_point"].abs().max())
-        fp, gm = res["fixed_point"], res["gmres"]
-        sizes = ", ".join(f"{k} ({len(b.neuron_names)})" for k, b in ff.analog_blocks.items())
-        table.add_row(name, sizes, " ".join(str(v) for v in fp[2].values()),
-                      " ".join(str(v) for v in gm[2].values()), f"{fp[1]:.2f}", f"{gm[1]:.2f}",
-                      f"{fp[1] / gm[1]:.1f}x", f"{diff:.1e}")
+        with measuring(f"{name} (max_block_size {n}): compile, fixed-point and GMRES adjoints"):
+            lm = load_model(name, **kwargs)
+            x = torch.randn(args.batch, *lm.example_inputs[0].shape[1:], dtype=torch.float64)
+            y = torch.randint(0, 10, (args.batch,))
+            ff = compile(lm.model.double(), x, max_block_size=n, solver={"tol": 1e-13, "max_steps": 5000,
+                                                                         "check_every": 10}).double().eval()
+            res = {}
+            for solver in ("fixed_point", "gmres"):
+                runs = [_id_grads(ff, x, y, solver, args.tol) for _ in range(args.repeats)]
+                res[solver] = (runs[0][0], min(r[1] for r in runs), runs[0][2])
+            # both solved much tighter: their difference is then the solvers' disagreement, not the tolerance
+            tight = {s: _id_grads(ff, x, y, s, 1e-13)[0] for s in ("fixed_point", "gmres")}
+            diff = float((tight["gmres"] - tight["fixed_point"]).abs().max() / tight["fixed_point"].abs().max())
+            fp, gm = res["fixed_point"], res["gmres"]
+            sizes = ", ".join(f"{k} ({len(b.neuron_names)})" for k, b in ff.analog_blocks.items())
+            table.add_row(name, sizes, " ".join(str(v) for v in fp[2].values()),
+                          " ".join(str(v) for v in gm[2].values()), f"{fp[1]:.2f}", f"{gm[1]:.2f}",
+                          f"{fp[1] / gm[1]:.1f}x", f"{diff:.1e}")
     Console(width=200).print(table)
 
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
@@ -23,6 +25,21 @@ from rich.table import Table
 
 from hybridc.api import compile
 from hybridc.load import load_model
+
+_T0 = time.perf_counter()
+
+
+@contextmanager
+def measuring(row: str) -> Iterator[None]:
+    """A line on stderr (flushed) when a measured row starts and when it ends, with its wall time: a run of
+    minutes shows where it is (stdout keeps only the table / JSON)."""
+    t0 = time.perf_counter()
+    sys.stderr.write(f"[{t0 - _T0:7.1f} s] {row} ...\n")
+    sys.stderr.flush()
+    yield
+    t1 = time.perf_counter()
+    sys.stderr.write(f"[{t1 - _T0:7.1f} s] {row} done in {t1 - t0:.1f} s\n")
+    sys.stderr.flush()
 
 
 @contextmanager
@@ -96,7 +113,8 @@ def main() -> None:
         x = torch.randn(batch, *lm.example_inputs[0].shape[1:], device=device)
         y = torch.randint(0, 10, (batch,), device=device)
         base = lm.model.to(device).train()
-        bp_ms, bp_saved, bp_peak = time_steps(base, x, y, steps, warmup, device)
+        with measuring(f"{label}: bp (original)"):
+            bp_ms, bp_saved, bp_peak = time_steps(base, x, y, steps, warmup, device)
         rows.append({"model": label, "block": "-", "algorithm": "bp (original)", "ms": bp_ms, "ratio": 1.0,
                      "ideal": None, "saved_mb": bp_saved, "peak_mb": bp_peak})
         for n in sizes:
@@ -104,7 +122,8 @@ def main() -> None:
                          solver={"t1": args.t1, "t2": args.t2}).to(device).train()
             for mode in ("ep", "id", "bptt"):
                 ff.set_gradient(mode, bptt_steps=args.t2, id_tol=1e-6, id_max_steps=50)
-                ms, saved, peak = time_steps(ff, x, y, steps, warmup, device)
+                with measuring(f"{label}: block size {n}, {mode}"):
+                    ms, saved, peak = time_steps(ff, x, y, steps, warmup, device)
                 rows.append({"model": label, "block": n, "algorithm": mode, "ms": ms, "ratio": ms / bp_ms,
                              "ideal": ideal if mode == "ep" else None, "saved_mb": saved, "peak_mb": peak})
     if args.json:

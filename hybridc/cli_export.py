@@ -93,14 +93,18 @@ def export_command(
                      ] = True,
     force: Annotated[bool, typer.Option("--force", **FLAG, help="replace a non-empty directory that is not an export")
                      ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress lines on stderr", **FLAG)] = False,
 ) -> None:
     """Export MODEL (or a training RUN_DIR's trained model) as a hybrid graph: one ONNX file per digital
     block, each analog block's weights (safetensors) and energy specification, manifest.json, and with
-    --full one ONNX model of the whole ff-EBM for inference."""
+    --full one ONNX model of the whole ff-EBM for inference. Progress on stderr (unless --quiet): one line as
+    each step starts and ends (load/compile, reference samples, every block, --full, the check), a rich bar
+    with ETA on a terminal."""
     import torch
 
     from hybridc.export.exporter import export_ffebm, validate_export_settings
     from hybridc.export.manifest import ExportError, SourceInfo
+    from hybridc.export.progress import StepProgress
     from hybridc.export.run_dir import is_run_dir, load_run
     from hybridc.export.verify import report_table
 
@@ -109,53 +113,64 @@ def export_command(
     pol = policies(norm=norm, layer_norm=layer_norm, pool=pool, attention=attention, activation=activation,
                    hardsigmoid_slope=hardsigmoid_slope, non_monotone=non_monotone, eb_kind=eb_kind, readout=readout)
     console = _console()
-    if is_run_dir(target):
-        given = [flag for flag, v in (("--max-block-size", max_block_size), ("--plan", plan),
-                                      ("--input-shape", input_shape), ("--model-kwargs", model_kwargs),
-                                      ("--t1", t1), ("--solver-mode", solver_mode)) if v is not None]
-        given += [f"--{k.replace('_', '-')}" for k in pol] + (["--init"] if init != Init.keep else [])
-        if given:
-            raise ExportError(f"{target} is a run directory: it is exported as trained, with its own plan and "
-                              f"settings; drop {', '.join(given)} (use --steps to change the relaxation steps)")
-        run = load_run(target, checkpoint)
-        ff, source = run.ff, run.source
-    else:
-        if (Path(target) / "manifest.json").is_file():
-            raise ExportError(f"{target} is an export directory; export a MODEL or a training RUN_DIR "
-                              "(`hybridc verify` checks an export)")
-        if Path(target).is_dir():
-            raise ExportError(f"{target} is a directory without plan.json: neither a model file nor a run "
-                              "directory")
-        if checkpoint is not None:
-            raise ExportError("--checkpoint applies to a RUN_DIR only")
-        from hybridc.api import compile as hc_compile
-        from hybridc.api import make_config
-        from hybridc.plan import PlanFileError, read_plan
+    progress = None if quiet else StepProgress("export", None)  # export_ffebm sets the total
+    try:
+        if is_run_dir(target):
+            given = [flag for flag, v in (("--max-block-size", max_block_size), ("--plan", plan),
+                                          ("--input-shape", input_shape), ("--model-kwargs", model_kwargs),
+                                          ("--t1", t1), ("--solver-mode", solver_mode)) if v is not None]
+            given += [f"--{k.replace('_', '-')}" for k in pol] + (["--init"] if init != Init.keep else [])
+            if given:
+                raise ExportError(f"{target} is a run directory: it is exported as trained, with its own plan and "
+                                  f"settings; drop {', '.join(given)} (use --steps to change the relaxation steps)")
+            if progress is not None:
+                progress.start(f"load {target}")
+            run = load_run(target, checkpoint)
+            ff, source = run.ff, run.source
+        else:
+            if (Path(target) / "manifest.json").is_file():
+                raise ExportError(f"{target} is an export directory; export a MODEL or a training RUN_DIR "
+                                  "(`hybridc verify` checks an export)")
+            if Path(target).is_dir():
+                raise ExportError(f"{target} is a directory without plan.json: neither a model file nor a run "
+                                  "directory")
+            if checkpoint is not None:
+                raise ExportError("--checkpoint applies to a RUN_DIR only")
+            from hybridc.api import compile as hc_compile
+            from hybridc.api import make_config
+            from hybridc.plan import PlanFileError, read_plan
 
-        kwargs = parse_model_kwargs(model_kwargs)
-        if plan is None:
-            make_config(max_block_size, **pol)  # validate flags before loading anything
-        the_plan = None
-        if plan is not None:
-            try:
-                the_plan = read_plan(plan)
-            except PlanFileError as exc:
-                raise ExportError(str(exc)) from None
-        torch.manual_seed(seed)
-        batch_kw: dict[str, Any] = {}
-        if the_plan is not None and the_plan.model.example_shapes:  # the plan's example shapes, unless given
-            shape0 = the_plan.model.example_shapes[0]
-            batch_kw = {"batch": shape0[0]}
-            input_shape = input_shape or ",".join(map(str, shape0[1:]))
-        lm = load_zoo_or_file(target, input_shape, model_kwargs, **batch_kw)
-        solver = {k: v for k, v in (("t1", t1), ("mode", solver_mode.value if solver_mode else None))
-                  if v is not None}
-        ff = hc_compile(lm.model, lm.example_inputs, plan=the_plan, max_block_size=max_block_size, solver=solver,
-                        init=init.value, **pol)
-        source = SourceInfo(kind="model", spec=target, model_kwargs=kwargs, model_class=type(lm.model).__name__)
+            kwargs = parse_model_kwargs(model_kwargs)
+            if plan is None:
+                make_config(max_block_size, **pol)  # validate flags before loading anything
+            the_plan = None
+            if plan is not None:
+                try:
+                    the_plan = read_plan(plan)
+                except PlanFileError as exc:
+                    raise ExportError(str(exc)) from None
+            torch.manual_seed(seed)
+            batch_kw: dict[str, Any] = {}
+            if the_plan is not None and the_plan.model.example_shapes:  # the plan's example shapes, unless given
+                shape0 = the_plan.model.example_shapes[0]
+                batch_kw = {"batch": shape0[0]}
+                input_shape = input_shape or ",".join(map(str, shape0[1:]))
+            if progress is not None:
+                progress.start(f"load and compile {target}")
+            lm = load_zoo_or_file(target, input_shape, model_kwargs, **batch_kw)
+            solver = {k: v for k, v in (("t1", t1), ("mode", solver_mode.value if solver_mode else None))
+                      if v is not None}
+            ff = hc_compile(lm.model, lm.example_inputs, plan=the_plan, max_block_size=max_block_size, solver=solver,
+                            init=init.value, **pol)
+            source = SourceInfo(kind="model", spec=target, model_kwargs=kwargs, model_class=type(lm.model).__name__)
 
-    result = export_ffebm(ff, output, source=source, full=full, relaxation=relaxation.value, steps=steps, opset=opset, batch=batch, seed=seed,
-                          force=force, check=check, tol=tol)
+        if progress is not None:
+            progress.done(f"{len(ff.blocks)} blocks ({len(ff.analog_blocks)} analog)")
+        result = export_ffebm(ff, output, source=source, full=full, relaxation=relaxation.value, steps=steps, opset=opset, batch=batch, seed=seed,
+                              force=force, check=check, tol=tol, progress=progress or False)
+    finally:
+        if progress is not None:
+            progress.close()
     m = result.manifest
     n_dig = sum(b.kind == "digital" for b in m.blocks)
     n_ana = len(m.blocks) - n_dig

@@ -81,13 +81,17 @@ def register(app: typer.Typer) -> None:
         output: Annotated[Path | None, typer.Option("--output", "-o", help="write to FILE instead of stdout")] = None,
         constants_table: Annotated[bool, typer.Option("--show-constants/--hide-constants", **FLAG,
                                                       help="print the constants and their sources")] = True,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress lines on stderr", **FLAG)] = False,
     ) -> None:
         """Hardware cost per block: crossbar tiles, analog MACs and digital FLOPs per inference and per EP
-        training step, DAC/ADC conversions, and an energy estimate from cited per-operation constants."""
+        training step, DAC/ADC conversions, and an energy estimate from cited per-operation constants.
+        Progress on stderr (unless --quiet): a line as each phase (load, partition, compile, count) starts and
+        ends."""
         from rich.console import Console
 
         from hybridc.api import make_config
         from hybridc.energy_constants import load_constants
+        from hybridc.export.progress import StepProgress
         from hybridc.report import breakdown_table, cost_report, parse_tile, report_table
         from hybridc.report import constants_table as consts_table
 
@@ -98,9 +102,19 @@ def register(app: typer.Typer) -> None:
         check_output_file(output, "--output")
         tile_rc = parse_tile(tile)
         consts = load_constants(constants, digital_precision.value if digital_precision else None)
-        lm = load_zoo_or_file(model, input_shape, model_kwargs)
-        rep = cost_report(lm.model, lm.example_inputs, max_block_size=max_block_size, tile=tile_rc, t1=t1, t2=t2,
-                          constants=consts, include_memory=memory, model_name=model, **pol)
+        progress = None if quiet else StepProgress("report", 4)  # load, partition, compile, count
+        try:
+            if progress is not None:
+                progress.start(f"load {model}")
+            lm = load_zoo_or_file(model, input_shape, model_kwargs)
+            if progress is not None:
+                progress.done(type(lm.model).__name__)
+            rep = cost_report(lm.model, lm.example_inputs, max_block_size=max_block_size, tile=tile_rc, t1=t1,
+                              t2=t2, constants=consts, include_memory=memory, model_name=model, progress=progress,
+                              **pol)
+        finally:
+            if progress is not None:
+                progress.close()
         if fmt == _RFmt.json:
             _emit(rep.model_dump_json(indent=2) + "\n", output)
             return

@@ -564,15 +564,33 @@ def _totals(blocks: list[BlockCost], consts: EnergyConstants, include_memory: bo
 def cost_report(model: nn.Module, example_inputs: Any, max_block_size: int | None = None, *,
                 tile: tuple[int, int] = (256, 256), t1: int | None = None, t2: int | None = None,
                 constants: EnergyConstants | None = None, include_memory: bool = False, plan: Any = None,
-                model_name: str = "", **policies: Any) -> CostReport:
-    """Partition and compile `model` (or apply `plan`) and return its cost report (see module docstring)."""
+                model_name: str = "", progress: Any | None = None, **policies: Any) -> CostReport:
+    """Partition and compile `model` (or apply `plan`) and return its cost report (see module docstring).
+
+    `progress`: a `hybridc.export.progress.StepProgress` told of each phase (partition, compile, counting),
+    so that a report of a large model (resnet18 takes tens of seconds on a CPU) is not silent."""
     from hybridc import api
 
+    def phase(name: str) -> None:
+        if progress is not None:
+            progress.start(name)
+
+    def done(detail: str = "") -> None:
+        if progress is not None:
+            progress.done(detail)
+
     if plan is None:
+        phase("partition")
         plan = api.partition(model, example_inputs, max_block_size=max_block_size, **policies)
+        done(f"{len(plan.blocks)} blocks")
+    phase("compile")
     compiled = api.compile(model, example_inputs, plan=plan)
-    return cost_of_compiled(compiled, model_name=model_name, tile=tile, t1=t1, t2=t2, constants=constants,
-                            include_memory=include_memory)
+    done()
+    phase("count costs per block")
+    rep = cost_of_compiled(compiled, model_name=model_name, tile=tile, t1=t1, t2=t2, constants=constants,
+                           include_memory=include_memory)
+    done(f"{rep.total.tiles:,} tiles")
+    return rep
 
 
 # ---- rendering ---------------------------------------------------------------------------------------------

@@ -75,6 +75,7 @@ from hybridc.export.manifest import (
     structure_to_json,
 )
 from hybridc.export.onnx_blocks import DEFAULT_OPSET, dim_spec, export_digital_block, export_onnx
+from hybridc.export.progress import StepProgress
 from hybridc.export.shared_weights import share_weights
 from hybridc.runtime.files import atomic_write_text, sha256_file
 from hybridc.runtime.run_lock import pid_alive
@@ -334,7 +335,7 @@ def publish(staging: Path, out: Path) -> None:
 def export_ffebm(ff: FFEBM, out: str | Path, *, source: SourceInfo | None = None, full: bool = False,
                  relaxation: str = "unroll", steps: int | None = None, opset: int = DEFAULT_OPSET, batch: int = 3, seed: int = 0,
                  force: bool = False, check: bool = True, tol: float = 1e-4,
-                 preprocess: InputTransform | None = None) -> ExportResult:
+                 preprocess: InputTransform | None = None, progress: bool | StepProgress = False) -> ExportResult:
     """Export the compiled ff-EBM `ff` into directory `out` (see the module docstring for the layout).
 
     `full`: also write model.onnx, the whole model, every analog relaxation unrolled (`relaxation="unroll"`,
@@ -347,7 +348,9 @@ def export_ffebm(ff: FFEBM, out: str | Path, *, source: SourceInfo | None = None
     `ExportResult.kept`). Digital blocks are exported in eval mode (batchnorm running statistics, no dropout),
     float32. `preprocess`: the input transform the model was trained with (a run's; see
     `hybridc.data.preprocess`): recorded in the manifest, applied by model.onnx (whose input is then the raw
-    images), and checked by verify through raw reference samples.
+    images), and checked by verify through raw reference samples. `progress`: True for a line per step on
+    stderr (reference samples, each block, --full, the check; a rich bar with ETA on a terminal), or a
+    `hybridc.export.progress.StepProgress` to report to (its total grows by these steps; closed here).
     """
     validate_export_settings(opset, batch, tol)
     if preprocess is None:  # a model loaded from a run directory carries its trained input transform
@@ -367,9 +370,34 @@ def export_ffebm(ff: FFEBM, out: str | Path, *, source: SourceInfo | None = None
                 f"analog block {name} simulates device effects ({effects}); export writes the nominal "
                 "deterministic model only: compile from a plan without device effects (plan `analog` settings "
                 "off) to export it")
-    with export_view(ff, steps) as view:
-        return _export(ff, out, view, source=source, full=full, relaxation=relaxation, opset=opset, batch=batch,
-                       seed=seed, check=check, tol=tol, preprocess=preprocess)
+    total = 1 + len(ff.blocks) + int(full) + int(check)
+    bar = progress if isinstance(progress, StepProgress) else StepProgress("export", total) if progress else None
+    if isinstance(progress, StepProgress):  # steps the caller already ran (compile) count towards the total
+        progress.set_total(progress.index + total)
+    try:
+        with export_view(ff, steps) as view:
+            return _export(ff, out, view, source=source, full=full, relaxation=relaxation, opset=opset,
+                           batch=batch, seed=seed, check=check, tol=tol, preprocess=preprocess, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+class _Steps:
+    """`with steps("block x"):` around each export step: start/done on the progress (if any)."""
+
+    def __init__(self, progress: StepProgress | None):
+        self.progress = progress
+
+    @contextlib.contextmanager
+    def __call__(self, step: str) -> Iterator[list[str]]:
+        """Yields a list: a string appended to it becomes the step's done-line detail."""
+        detail: list[str] = []
+        if self.progress is not None:
+            self.progress.start(step)
+        yield detail
+        if self.progress is not None:
+            self.progress.done("; ".join(detail))
 
 
 @dataclass
@@ -417,7 +445,8 @@ def export_view(ff: FFEBM, steps: int | None = None) -> Iterator[ExportView]:
 
 def _export(model: FFEBM, out: Path, view: ExportView, *, source: SourceInfo | None, full: bool,
             relaxation: str, opset: int, batch: int, seed: int, check: bool, tol: float,
-            preprocess: InputTransform | None = None) -> ExportResult:
+            preprocess: InputTransform | None = None, progress: StepProgress | None = None) -> ExportResult:
+    step = _Steps(progress)
     plan = model.plan
     analog = model.analog_blocks
     gen = torch.Generator().manual_seed(seed)
@@ -433,19 +462,9 @@ def _export(model: FFEBM, out: Path, view: ExportView, *, source: SourceInfo | N
 
     warnings = [f"{name}: {note}" for name, note in view.notes.items()]
     checks: dict[str, float] = {}
-    env_s = _run_env(model, sample_inputs)
-    env_t = _run_env(model, trace_inputs)
-    changed = {n: s for n, s in view.originals.items() if s.tol is not None or s.anderson}
-    if changed:  # how far the fixed-step export is from what the compiled solver computes
-        fixed = {n: analog[n].solver for n in changed}
-        try:
-            for n, solver in changed.items():
-                analog[n].solver = solver
-            reference = _flat_outputs(structure, _run_env(model, sample_inputs))
-        finally:
-            for n, solver in fixed.items():
-                analog[n].solver = solver
-        dev = _max_abs(reference, _flat_outputs(structure, env_s))
+    with step(f"reference samples (batch {batch})"):
+        env_s, env_t, dev = _reference_envs(model, view, structure, sample_inputs, trace_inputs)
+    if dev is not None:
         checks["fixed_steps_vs_compiled_solver_max_abs"] = dev
         if dev > tol:
             warnings.append(f"the exported fixed-step relaxation differs from the compiled solver's result by "
@@ -469,15 +488,21 @@ def _export(model: FFEBM, out: Path, view: ExportView, *, source: SourceInfo | N
         for name, block in model.blocks.items():
             ins, outs = model._io[name]
             pblock = plan.block(name)
-            if isinstance(block, DHNBlock):
-                blocks.append(_export_analog(block, name, ins, outs, env_t, tensors, staging, opset,
-                                             view.originals[name], view.notes.get(name), pblock.weight_layers))
-            else:
-                rel = f"{BLOCK_DIR}/{name}.onnx"
-                export_digital_block(block, name, [env_t[i] for i in ins], list(ins), list(outs),
-                                     [tensors[i].shape for i in ins], staging / rel, opset)
-                blocks.append(DigitalBlockInfo(name=name, inputs=list(ins), outputs=list(outs), onnx=rel,
-                                               nodes=len(pblock.nodes)))
+            analog_block = isinstance(block, DHNBlock)
+            with step(f"block {name} ({'analog' if analog_block else 'digital'})") as detail:
+                if analog_block:
+                    info = _export_analog(block, name, ins, outs, env_t, tensors, staging, opset,
+                                          view.originals[name], view.notes.get(name), pblock.weight_layers)
+                    written = [info.step_onnx, info.weights]
+                else:
+                    rel = f"{BLOCK_DIR}/{name}.onnx"
+                    export_digital_block(block, name, [env_t[i] for i in ins], list(ins), list(outs),
+                                         [tensors[i].shape for i in ins], staging / rel, opset)
+                    info = DigitalBlockInfo(name=name, inputs=list(ins), outputs=list(outs), onnx=rel,
+                                            nodes=len(pblock.nodes))
+                    written = [rel]
+                blocks.append(info)
+                detail.append(", ".join(f"{f} ({_size(staging / f)})" for f in written))
         full_info = None
         if full:
             full_steps = {name: blk.solver.t1 for name, blk in analog.items()}
@@ -490,8 +515,10 @@ def _export(model: FFEBM, out: Path, view: ExportView, *, source: SourceInfo | N
             if raw is not None:  # model.onnx takes the raw images
                 full_inputs[0], full_specs[0] = pre_info.raw_input, ["batch", *pre_info.raw_shape]
                 full_args = [raw[1], *trace_inputs[1:]]
-            export_onnx(module, full_args, staging / FULL_FILE, full_inputs, outputs, full_specs,
-                        "the full model (--full)", opset)
+            with step(f"full model ({relaxation})") as detail:
+                export_onnx(module, full_args, staging / FULL_FILE, full_inputs, outputs, full_specs,
+                            "the full model (--full)", opset)
+                detail.append(f"{FULL_FILE} ({_size(staging / FULL_FILE)})")
             full_info = FullModelInfo(onnx=FULL_FILE, relaxation=relaxation, steps=full_steps,
                                       inputs=full_inputs, outputs=outputs)
         plan.save(staging / PLAN_FILE)
@@ -521,7 +548,9 @@ def _export(model: FFEBM, out: Path, view: ExportView, *, source: SourceInfo | N
         if check:
             from hybridc.export.verify import verify_export
 
-            report = verify_export(staging, tol=tol)
+            with step("check in onnxruntime") as detail:
+                report = verify_export(staging, tol=tol)
+                detail.append("ok" if report.ok else f"{len(report.failures)} check(s) beyond {tol:g}")
             if not report.ok:
                 kept = keep_failed(staging, out, report)
                 report.directory = kept
@@ -532,6 +561,37 @@ def _export(model: FFEBM, out: Path, view: ExportView, *, source: SourceInfo | N
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return ExportResult(directory=out, manifest=manifest, report=report)
+
+
+def _size(path: Path) -> str:
+    """A file's size for progress lines: '12.3 kB', '4.5 MB'."""
+    n = path.stat().st_size if path.is_file() else 0
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def _reference_envs(model: FFEBM, view: ExportView, structure: Any, sample_inputs: list[torch.Tensor],
+                    trace_inputs: list[torch.Tensor]
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], float | None]:
+    """Every tensor of a forward pass at the sample and the trace batch, and (where a block's compiled solver
+    is not the exported fixed-step one) the max abs difference of the outputs between the two (else None)."""
+    analog = model.analog_blocks
+    env_s = _run_env(model, sample_inputs)
+    env_t = _run_env(model, trace_inputs)
+    changed = {n: s for n, s in view.originals.items() if s.tol is not None or s.anderson}
+    if not changed:
+        return env_s, env_t, None
+    fixed = {n: analog[n].solver for n in changed}  # how far the fixed-step export is from the compiled solver
+    try:
+        for n, solver in changed.items():
+            analog[n].solver = solver
+        reference = _flat_outputs(structure, _run_env(model, sample_inputs))
+    finally:
+        for n, solver in fixed.items():
+            analog[n].solver = solver
+    return env_s, env_t, _max_abs(reference, _flat_outputs(structure, env_s))
 
 
 def _export_analog(block: DHNBlock, name: str, ins: list[str], outs: list[str], env: dict[str, torch.Tensor],
