@@ -102,13 +102,11 @@ def register(app: typer.Typer) -> None:
         check_output_file(output, "--output")
         tile_rc = parse_tile(tile)
         consts = load_constants(constants, digital_precision.value if digital_precision else None)
-        progress = None if quiet else StepProgress("report", 4)  # load, partition, compile, count
+        # loading is quick and is where a mistyped model or --model-kwargs fails: it runs before any progress
+        # line, so such a mistake stays one `error:` line
+        lm = load_zoo_or_file(model, input_shape, model_kwargs)
+        progress = None if quiet else StepProgress("report", 3)  # partition, compile, count
         try:
-            if progress is not None:
-                progress.start(f"load {model}")
-            lm = load_zoo_or_file(model, input_shape, model_kwargs)
-            if progress is not None:
-                progress.done(type(lm.model).__name__)
             rep = cost_report(lm.model, lm.example_inputs, max_block_size=max_block_size, tile=tile_rc, t1=t1,
                               t2=t2, constants=consts, include_memory=memory, model_name=model, progress=progress,
                               **pol)
