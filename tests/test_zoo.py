@@ -193,6 +193,10 @@ def test_vgg_paper_structure() -> None:
     assert not any(isinstance(x, nn.ReLU) for x in m6.modules())
     assert m6.classifier[1].in_features == 512 * 2 * 2 and m6.classifier[1].out_features == 256
     assert m6.readout.in_features == 256 and m12.readout.in_features == 512 * 4 * 4
+    # the layer the readout reads is linear (clamp_last: false), every other one hard-sigmoid
+    assert list(m6.classifier)[-1] is m6.classifier[1] and isinstance(list(m12.features)[-1], nn.Conv2d)
+    assert sum(isinstance(x, nn.Hardtanh) for x in m6.modules()) == 5
+    assert sum(isinstance(x, nn.Hardtanh) for x in m12.modules()) == 11
     # conv0 -> pool -> BatchNorm -> hard sigmoid, and the conv before a BatchNorm has no bias
     first = list(m6.features)[:4]
     assert [type(x) for x in first] == [nn.Conv2d, nn.MaxPool2d, nn.BatchNorm2d, nn.Hardtanh]

@@ -30,7 +30,8 @@ and compares them; hybridc's ``--max-block-size`` makes exactly those splits fro
 
 Every neuron layer is followed by the paper's activation, a hard sigmoid ``clamp(u, 0, 1)``
 (``activation: 1.0`` in the configs is its slope; hybridc's ``hardsigmoid`` policy sets the slope the
-energy blocks use). Spatial side 32 -> 16 -> 8 -> 4 -> 2 -> 2: about 145 M MAC per sample at width 1.
+energy blocks use), except the last one before the readout, which is linear: the configs' ``clamp_last:
+false`` for the last block (``src/models/base.py``: the block's last layer skips the activation). Spatial side 32 -> 16 -> 8 -> 4 -> 2 -> 2: about 145 M MAC per sample at width 1.
 The only BatchNorm is the one in the first layer: the other blocks have ``norm "-"``.
 
 **Pools.** The reference's configs disagree: the 1- and 3-block configs pool after convs 1-4 (4 pools,
@@ -113,14 +114,15 @@ class VGGPaper(nn.Module):
                 side //= 2
             if i in bn_after:
                 feats.append(nn.BatchNorm2d(c_out))
-            feats.append(nn.Hardtanh(0.0, 1.0))
+            if hidden or i < len(channels):  # the last layer before the readout is linear (below)
+                feats.append(nn.Hardtanh(0.0, 1.0))
             c_in = c_out
         self.features = nn.Sequential(*feats)
         head: list[nn.Module] = [nn.Flatten()]
         n_in = c_in * side * side
-        for h in hidden:
+        for k, h in enumerate(hidden, start=1):
             h_out = _scale(h, width)
-            head += [nn.Linear(n_in, h_out), nn.Hardtanh(0.0, 1.0)]
+            head += [nn.Linear(n_in, h_out)] + ([nn.Hardtanh(0.0, 1.0)] if k < len(hidden) else [])
             n_in = h_out
         self.classifier = nn.Sequential(*head)
         self.readout = nn.Linear(n_in, num_classes)
