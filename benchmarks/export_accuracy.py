@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = args.export_dir or Path(tmp) / "export"
         t0 = time.perf_counter()
-        res = export_ffebm(run.ff, out, full=True, source=run.source, force=True)
+        res = export_ffebm(run.ff, out, full=True, source=run.source, force=True, progress=True)  # a line per block
         export_s = time.perf_counter() - t0
         if not res.published:  # beyond the check's tolerance: measured anyway, from where it was kept aside
             print(f"note: the export's check failed ({', '.join(r.name for r in res.report.failures)}); "
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         name = sess.get_inputs()[0].name
         torch_pred, onnx_pred, max_diff = [], [], 0.0
         t_torch = t_onnx = 0.0
+        print(f"measuring torch vs onnxruntime on {len(test.y)} test images", file=sys.stderr, flush=True)
         for xb, _ in batches:
             t0 = time.perf_counter()
             with torch.no_grad():
