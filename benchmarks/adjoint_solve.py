@@ -9,10 +9,7 @@ at the same tolerance, and the largest relative difference of the resulting grad
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -21,21 +18,11 @@ from rich.table import Table
 
 from hybridc.api import compile
 from hybridc.load import load_model
+from hybridc.progress import StepProgress
 
-_T0 = time.perf_counter()
-
-
-@contextmanager
-def measuring(row: str) -> Iterator[None]:
-    """A line on stderr (flushed) when a measured row starts and when it ends, with its wall time: a run of
-    minutes shows where it is (stdout keeps only the table / JSON)."""
-    t0 = time.perf_counter()
-    sys.stderr.write(f"[{t0 - _T0:7.1f} s] {row} ...\n")
-    sys.stderr.flush()
-    yield
-    t1 = time.perf_counter()
-    sys.stderr.write(f"[{t1 - _T0:7.1f} s] {row} done in {t1 - t0:.1f} s\n")
-    sys.stderr.flush()
+#: `with measuring(row):` a line on stderr when a measured row starts and when it ends (and a "still running"
+#: line during a long one), so a run of minutes shows where it is; stdout keeps only the table / JSON.
+measuring = StepProgress("adjoint_solve", None, rich=False, numbered=False).step
 
 MODELS = {"vgg-paper": ({"width": 0.25}, 3), "resnet18": ({"base": 8}, 4)}
 

@@ -91,7 +91,7 @@ def register(app: typer.Typer) -> None:
 
         from hybridc.api import make_config
         from hybridc.energy_constants import load_constants
-        from hybridc.export.progress import StepProgress
+        from hybridc.progress import StepProgress
         from hybridc.report import breakdown_table, cost_report, parse_tile, report_table
         from hybridc.report import constants_table as consts_table
 

@@ -567,7 +567,7 @@ def cost_report(model: nn.Module, example_inputs: Any, max_block_size: int | Non
                 model_name: str = "", progress: Any | None = None, **policies: Any) -> CostReport:
     """Partition and compile `model` (or apply `plan`) and return its cost report (see module docstring).
 
-    `progress`: a `hybridc.export.progress.StepProgress` told of each phase (partition, compile, counting),
+    `progress`: a `hybridc.progress.StepProgress` told of each phase (partition, compile, counting),
     so that a report of a large model (resnet18 takes tens of seconds on a CPU) is not silent."""
     from hybridc import api
 

@@ -1,5 +1,5 @@
 """Progress lines of long commands (issue #14): `hybridc export` names every block on stderr as it is exported
-(and `--quiet` silences it), `hybridc.export.progress.StepProgress` writes numbered start/end lines off a
+(and `--quiet` silences it), `hybridc.progress.StepProgress` writes numbered start/end lines off a
 terminal and a rich bar on one, and the benchmarks' `measuring` rows go to stderr, flushed."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hybridc.export.progress import StepProgress
+from hybridc.progress import StepProgress
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["mlp", "--model-kwargs", '{"sizes": [784, 16, 16, 10]}', "-n", "2"]

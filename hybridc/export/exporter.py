@@ -75,8 +75,8 @@ from hybridc.export.manifest import (
     structure_to_json,
 )
 from hybridc.export.onnx_blocks import DEFAULT_OPSET, dim_spec, export_digital_block, export_onnx
-from hybridc.export.progress import StepProgress
 from hybridc.export.shared_weights import share_weights
+from hybridc.progress import StepProgress
 from hybridc.runtime.files import atomic_write_text, sha256_file
 from hybridc.runtime.run_lock import pid_alive
 from hybridc.runtime.settings import SolverConfig
@@ -350,7 +350,7 @@ def export_ffebm(ff: FFEBM, out: str | Path, *, source: SourceInfo | None = None
     `hybridc.data.preprocess`): recorded in the manifest, applied by model.onnx (whose input is then the raw
     images), and checked by verify through raw reference samples. `progress`: True for a line per step on
     stderr (reference samples, each block, --full, the check; a rich bar with ETA on a terminal), or a
-    `hybridc.export.progress.StepProgress` to report to (its total grows by these steps; closed here).
+    `hybridc.progress.StepProgress` to report to (its total grows by these steps; closed here).
     """
     validate_export_settings(opset, batch, tol)
     if preprocess is None:  # a model loaded from a run directory carries its trained input transform

@@ -1,6 +1,5 @@
-"""Step-by-step progress on stderr for long commands (`hybridc export`, one step per block; `hybridc report`,
-one per phase): the pattern of `hybridc.gradcheck_progress.PhaseProgress`, with a label and a known number of
-steps. On a terminal a rich bar (elapsed, ETA over the steps) with each step's result printed above it; on a
+"""Step-by-step progress on stderr for long commands (`hybridc export`, one step per block; `hybridc report`
+and `hybridc gradcheck`, one per phase; the benchmarks, one per measured row). On a terminal a rich bar (elapsed, ETA over the steps) with each step's result printed above it; on a
 log file or CI plain lines, one when a step starts and one when it ends, plus a "still running" line whenever
 a step has printed nothing for `every` seconds (so a minutes-long ONNX export of a big block is not silent).
 """
@@ -10,6 +9,8 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TextIO
 
 
@@ -17,11 +18,13 @@ class StepProgress:
     """`start(step)` / `done(detail)` for each of `total` steps, `close()` at the end.
 
     Plain lines read `<label> [  12.3 s] [3/9] block digital2 (digital) ...` and
-    `<label> [  14.0 s] [3/9] block digital2 (digital) done in 1.7 s`."""
+    `<label> [  14.0 s] [3/9] block digital2 (digital) done in 1.7 s`; `numbered=False` leaves out the
+    `[3/9]` (phases or rows that name themselves)."""
 
     def __init__(self, label: str, total: int | None, stream: TextIO | None = None, rich: bool | None = None,
-                 every: float = 15.0):
+                 every: float = 15.0, numbered: bool = True):
         self.label = label
+        self.numbered = numbered
         self.total = None if total is None else max(int(total), 1)  # None: not known yet ("[1/?]")
         self.stream = stream or sys.stderr
         self.rich = bool(getattr(self.stream, "isatty", lambda: False)()) if rich is None else rich
@@ -52,7 +55,7 @@ class StepProgress:
             self._bar.update(self._task, total=self.total)
 
     def _tag(self, step: str) -> str:
-        return f"[{self.index}/{self.total or '?'}] {step}"
+        return f"[{self.index}/{self.total or '?'}] {step}" if self.numbered else step
 
     def start(self, step: str) -> None:
         """A step begins: a plain line (or the bar's description) names it and its position."""
@@ -77,6 +80,13 @@ class StepProgress:
             self._bar.advance(self._task)
         else:
             self._line(text)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        """`start(name)` ... `done()` around a block of work (a benchmark's measured row)."""
+        self.start(name)
+        yield
+        self.done()
 
     def close(self) -> None:
         """Stop the ticker and the bar (call it in a `finally`)."""
