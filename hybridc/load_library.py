@@ -408,24 +408,14 @@ def _fit_hf(spec: LibrarySpec, given: dict[str, Any], shape: tuple[int, int, int
     notes: list[str] = []
     _fitted(given, "num_labels", classes, known, out, notes, text, "classes")
     _fitted(given, "num_channels", c, known, out, notes, text, "channel(s)")
-    size: tuple[int, int] | None = None
-    if "image_size" in given:
-        s = given["image_size"]
-        side = (int(s), int(s)) if isinstance(s, int) else tuple(int(v) for v in s)
-        if input_size is not None and side != (input_size, input_size):
-            raise ModelLoadError(f"MODEL {text!r} sets image_size={s!r} but input_size is {input_size}: give one")
-        if side != (h, w):
-            size = side  # type: ignore[assignment]
-            notes.append(f"input resized {h}x{w} -> {side[0]}x{side[1]} (image_size)")
-    elif input_size is not None and (input_size, input_size) != (h, w):
-        size = (input_size, input_size)
-        notes.append(f"input resized {h}x{w} -> {input_size}x{input_size} (input_size)")
-        if "image_size" in known:
+    size = _resize(given, "image_size", (h, w), input_size, text, notes)
+    if "image_size" in known and "image_size" not in given:
+        if size is not None:  # resized to input_size
             out["image_size"] = input_size
             notes.append(f"image_size={input_size}")
-    elif "image_size" in known:
-        out["image_size"] = h if h == w else [h, w]
-        notes.append(f"image_size={out['image_size']} (the data's)")
+        else:
+            out["image_size"] = h if h == w else [h, w]
+            notes.append(f"image_size={out['image_size']} (the data's)")
     side = (size or (h, w))[0]
     if "patch_size" in known and "patch_size" not in given:
         patch = _fit_patch(defaults.get("patch_size"), side)
@@ -445,19 +435,29 @@ def _fit_timm(given: dict[str, Any], shape: tuple[int, int, int], classes: int, 
     known = {"num_classes", "in_chans"}
     _fitted(given, "num_classes", classes, known, out, notes, text, "classes")
     _fitted(given, "in_chans", c, known, out, notes, text, "channel(s)")
-    size: tuple[int, int] | None = None
-    if "img_size" in given:
-        s = given["img_size"]
+    size = _resize(given, "img_size", (h, w), input_size, text, notes)
+    return LibraryFit(out, size, ", ".join(notes) or "as is")
+
+
+def _resize(given: dict[str, Any], key: str, hw: tuple[int, int], input_size: int | None, text: str,
+            notes: list[str]) -> tuple[int, int] | None:
+    """The size the data is resized to before the model (None: kept at `hw`): the config's `key`
+    (image_size / img_size) where the user set it, which must agree with `input_size`, else `input_size`.
+    Appends the note the run header shows."""
+    h, w = hw
+    if key in given:
+        s = given[key]
         side = (int(s), int(s)) if isinstance(s, int) else tuple(int(v) for v in s)
         if input_size is not None and side != (input_size, input_size):
-            raise ModelLoadError(f"MODEL {text!r} sets img_size={s!r} but input_size is {input_size}: give one")
-        if side != (h, w):
-            size = side  # type: ignore[assignment]
-            notes.append(f"input resized {h}x{w} -> {side[0]}x{side[1]} (img_size)")
-    elif input_size is not None and (input_size, input_size) != (h, w):
-        size = (input_size, input_size)
+            raise ModelLoadError(f"MODEL {text!r} sets {key}={s!r} but input_size is {input_size}: give one")
+        if side == hw:
+            return None
+        notes.append(f"input resized {h}x{w} -> {side[0]}x{side[1]} ({key})")
+        return side  # type: ignore[return-value]
+    if input_size is not None and (input_size, input_size) != hw:
         notes.append(f"input resized {h}x{w} -> {input_size}x{input_size} (input_size)")
-    return LibraryFit(out, size, ", ".join(notes) or "as is")
+        return (input_size, input_size)
+    return None
 
 
 def fit_library_model(spec: str, shape: tuple[int, ...], classes: int, extra_kwargs: dict[str, Any] | None = None,
