@@ -115,29 +115,6 @@ def _tied_to_digital(gm: fx.GraphModule, nodes: list[fx.Node], info: dict[fx.Nod
     return out
 
 
-def _readout_layers(gm: fx.GraphModule, info: dict[fx.Node, NodeInfo], free: set[fx.Node]) -> list[fx.Node]:
-    """Weight layers whose result reaches the graph output unchanged but for single-input linear ops (view,
-    flatten, dropout, scaling): the model's readout(s). Residual adds and other multi-input ops stop the walk,
-    so only a layer that alone produces an output counts."""
-    out_node = next(n for n in gm.graph.nodes if n.op == "output")
-    found: list[fx.Node] = []
-    stack = list(out_node.all_input_nodes)
-    seen: set[fx.Node] = set()
-    while stack:
-        n = stack.pop()
-        if n in seen or n in free or n.op in ("placeholder", "get_attr"):
-            continue
-        seen.add(n)
-        kind = info[n].kind if n in info else ""
-        if kind == "weight":
-            found.append(n)
-            continue
-        data_inputs = [a for a in n.all_input_nodes if a not in free and a.op != "get_attr"]
-        if kind == "linear" and len(data_inputs) == 1:
-            stack.extend(data_inputs)
-    return found
-
-
 def _uniform_groups(items: list[fx.Node], max_size: int) -> list[list[fx.Node]]:
     """Cut an ordered list into ceil(n / max_size) contiguous groups whose sizes differ by at most one."""
     k = math.ceil(len(items) / max_size)
@@ -172,7 +149,7 @@ class _Partitioner:
                 self.eligible[w] = False
                 self.reason[w] = why
         if cfg.readout == "digital":
-            for w in _readout_layers(self.gm, self.info, self.free):
+            for w in self._readout_layers():
                 if self.eligible.get(w):
                     self.eligible[w] = False
                     self.reason[w] = "the model's readout (readout policy digital)"
@@ -259,6 +236,25 @@ class _Partitioner:
     def _external_inputs(self, member: dict[fx.Node, int], g: int) -> set[fx.Node]:
         """Values group g reads from outside."""
         return {a for m, gm in member.items() if gm == g for a in self._data_inputs(m) if member.get(a) != g}
+
+    def _readout_layers(self) -> list[fx.Node]:
+        """Weight layers whose result reaches the graph output unchanged but for single-input linear ops (view,
+        flatten, dropout, scaling): the model's readout(s). Residual adds and other multi-input ops stop the
+        walk, so only a layer that alone produces an output counts."""
+        out_node = next(n for n in self.gm.graph.nodes if n.op == "output")
+        found: list[fx.Node] = []
+        stack, seen = self._data_inputs(out_node), set()
+        while stack:
+            n = stack.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            kind = self.info[n].kind if n in self.info else ""
+            if kind == "weight":
+                found.append(n)
+            elif kind == "linear" and len(inputs := self._data_inputs(n)) == 1:
+                stack.extend(inputs)
+        return found
 
     def _data_users(self, n: fx.Node) -> list[fx.Node]:
         """Non-free nodes that read n, looking through free nodes (`x.size(0)`)."""
