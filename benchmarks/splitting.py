@@ -63,6 +63,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -310,8 +311,6 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
     with path.open("a") as f:
         f.write(json.dumps(row, sort_keys=True) + "\n")
         f.flush()
-        import os
-
         os.fsync(f.fileno())
 
 
