@@ -194,14 +194,15 @@ def load_data(s: Settings) -> tuple[str, torch.Tensor, torch.Tensor, torch.Tenso
 # ---- one row ----------------------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(ff: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, s: Settings, scale: int = 1,
-             batch: int = 500) -> tuple[float, float, dict[str, float]]:
-    """(accuracy, worst block's mean final free-phase residual, mean free-phase steps per block)."""
+             batch: int = 500) -> tuple[torch.Tensor, float, dict[str, float]]:
+    """(per-sample hits (bool, CPU), worst block's mean final free-phase residual, mean free-phase steps per
+    block)."""
     ff.set_solver(**solver_dict(s, scale))
     ff.eval()
-    correct, res, steps, batches = 0, {}, {}, 0
+    hits, res, steps, batches = [], {}, {}, 0
     for i in range(0, len(x), batch):
         xb, yb = x[i:i + batch].to(s.device), y[i:i + batch].to(s.device)
-        correct += int((ff(xb).argmax(1) == yb).sum())
+        hits.append((ff(xb).argmax(1) == yb).cpu())
         for k, v in ff.equilibrium_residuals().items():
             res[k] = res.get(k, 0.0) + v
         for k, b in ff.analog_blocks.items():
@@ -209,7 +210,7 @@ def evaluate(ff: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, s: Settings,
         batches += 1
     ff.train()
     ff.set_solver(**solver_dict(s))
-    return (correct / len(x), max((v / batches for v in res.values()), default=0.0),
+    return (torch.cat(hits), max((v / batches for v in res.values()), default=0.0),
             {k: v / batches for k, v in steps.items()})
 
 
@@ -273,10 +274,11 @@ def run_row(s: Settings, data: tuple, model_name: str, n: int, gradient: str, se
             print(f"  {model_name} n={n} {gradient} seed {seed}: epoch {len(epoch_s)}/{s.epochs} loss {losses[-1]:.4f} "
                   f"({epoch_s[-1]:.0f} s)", flush=True)
         unconverged = sum(1 for w in caught if "fixed point" in str(w.message))
-        acc, residual, test_steps = evaluate(ff, xte, yte, s)
+        hits, residual, test_steps = evaluate(ff, xte, yte, s)
         eq = min(s.eq_subset, len(xte))
-        acc_eq, _, _ = evaluate(ff, xte[:eq], yte[:eq], s)
-        acc_5x, residual_5x, steps_5x = evaluate(ff, xte[:eq], yte[:eq], s, scale=5)
+        acc, acc_eq = float(hits.float().mean()), float(hits[:eq].float().mean())  # the 1× run on the check's samples
+        hits_5x, residual_5x, steps_5x = evaluate(ff, xte[:eq], yte[:eq], s, scale=5)
+        acc_5x = float(hits_5x.float().mean())
         gap = gradient_gap(ff, xtr[:s.batch_size], ytr[:s.batch_size], s)
     train_steps = {k: v / n_steps for k, v in steps_sum.items()}
     if ckpt_dir is not None:
