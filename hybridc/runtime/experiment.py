@@ -12,10 +12,13 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from hybridc.errors import HybridcError
+from hybridc.fields import SHOWN, field_of, optional_fields
 from hybridc.finite import FiniteFloat
+from hybridc.plan import AnalogSpec, PartitionConfig
+from hybridc.runtime.settings import GradientConfig, SolverConfig
 
 Algorithm = Literal["ep", "id", "bptt", "bp"]
 
@@ -33,9 +36,24 @@ class ConfigError(HybridcError):
     """An experiment file or a combination of training options is invalid."""
 
 
-class ExperimentConfig(BaseModel):
-    """Everything that defines a training run. Every field has a CLI flag of the same name (dashes for
-    underscores); `hybridc train` with no arguments trains the embedded default below."""
+#: The settings a run shares with the compiler, declared once where they live (`PartitionConfig`,
+#: `SolverConfig`, `GradientConfig`) and copied here: the partition policies as optional overrides (None:
+#: the partitioner's default), the relaxation and nudging settings with their defaults.
+_CompilerSettings = create_model(
+    "_CompilerSettings", __config__=ConfigDict(extra="forbid", validate_assignment=True),
+    **optional_fields(PartitionConfig),
+    beta=field_of(GradientConfig, "beta"),
+    t1=field_of(SolverConfig, "t1", description="free-phase relaxation steps"),
+    t2=field_of(SolverConfig, "t2", description="nudged-phase relaxation steps (and BPTT unroll)"),
+    solver_mode=field_of(SolverConfig, "mode"),
+)
+
+
+class ExperimentConfig(_CompilerSettings):
+    """Everything that defines a training run: the compiler's settings (partition policies, beta, t1, t2,
+    solver_mode: see `_CompilerSettings`) and the fields below. Every field has a CLI flag of the same name
+    (dashes for underscores), generated from it (`hybridc.cli.flags`); `hybridc train` with no arguments
+    trains the embedded default below."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -45,87 +63,84 @@ class ExperimentConfig(BaseModel):
                           "timm:NAME[,key=value...]; None = the embedded default MLP "
                           f"(hidden {'-'.join(map(str, DEFAULT_HIDDEN))}, fitted to the dataset)")
     model_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="keyword arguments of a zoo model's factory (e.g. sizes, width), or "
-                                          "overrides on top of a library model's spec (e.g. hidden_size); input "
-                                          "shape and class count are filled from the dataset when absent")
+        default_factory=dict, description="keyword arguments of a zoo model's factory (e.g. sizes, width; "
+                                          "`hybridc zoo` lists them), or overrides on top of a library model's "
+                                          "spec (e.g. hidden_size); input shape and class count are filled from "
+                                          "the dataset when absent", examples=[{"width": 0.25}])
     input_size: int | None = Field(
-        None, ge=1, le=4096, description="resize the images to N x N (bilinear) before the model; None = the "
-                                         "dataset's own size, or for a zoo model the smallest it accepts (VGG "
-                                         "on 8x8 digits: 16); the run's config.json records the size used")
-    plan: str | None = Field(None, description="a plan JSON to compile exactly (instead of partition settings)")
-    max_block_size: int | None = Field(None, ge=1, description="most weight layers per analog block "
-                                                              "(None: the partitioner's default, 2)")
-    norm: Literal["split", "entry", "drop"] | None = None
-    layer_norm: Literal["split", "entry", "drop"] | None = None
-    pool: Literal["digital", "absorb"] | None = None
-    attention: Literal["digital", "analog"] | None = None
-    activation: Literal["hardsigmoid", "keep"] | None = None
-    hardsigmoid_slope: FiniteFloat | None = Field(None, gt=0, le=1e3)
-    non_monotone: Literal["substitute", "refuse"] | None = None
-    eb_kind: Literal["dhn", "drn"] | None = Field(None, description="analog block kind [dhn]")
-    drn_gamma: FiniteFloat | None = Field(None, gt=0, description="drn input voltage gain γ (sources γ·[x, −x]) [1]")
-    readout: Literal["analog", "digital"] | None = Field(
-        None, description="weight layers producing the output: analog, or digital (the paper's readout) [analog]")
-    analog: dict[str, Any] = Field(default_factory=dict, description="device effects of every analog block "
-                                   "(AnalogSpec fields: program_noise, weight_range, read_noise, ...)")
-    init: Literal["keep", "goe"] = Field("keep", description="analog weights: the model's own init or GOE")
-    goe_variance: FiniteFloat = Field(5e-5, gt=0, description="GOE variance (init=goe)")
+        None, ge=1, le=4096, description="resize the images to N x N (bilinear) before the model; the run's "
+                                         "header and config.json record the size used",
+        json_schema_extra={SHOWN: "the data's own size; a zoo model that needs more, the smallest it accepts "
+                                  "(VGG on 8x8 digits: 16)"})
+    plan: str | None = Field(None, description="compile exactly this plan JSON (from hybridc partition) instead "
+                                               "of partition settings")
+    analog: dict[str, Any] = Field(
+        default_factory=dict, description="device effects of every analog block, AnalogSpec fields ("
+                                          + ", ".join(AnalogSpec.model_fields) + ")", examples=[{"read_noise": 0.01}],
+        json_schema_extra={SHOWN: "none (an ideal device)"})
+    init: Literal["keep", "goe"] = Field("keep", description="analog weights: keep (the model's init) or goe "
+                                                             "(the paper's GOE init)")
+    goe_variance: FiniteFloat = Field(5e-5, gt=0, description="GOE init variance (init=goe)")
 
     # ---- gradient and solver ----------------------------------------------------------------------
-    algorithm: Algorithm = Field("ep", description="ep/id/bptt through analog blocks, or bp: the original "
+    algorithm: Algorithm = Field("ep", description="ep, id, bptt through analog blocks; bp = the original "
                                                    "feedforward model by backprop (the baseline)")
-    beta: FiniteFloat = Field(0.05, gt=0, le=1.0, description="EP nudging strength (dimensionless, δ normalised)")
-    t1: int = Field(20, ge=1, description="free-phase relaxation steps")
-    t2: int = Field(5, ge=1, description="nudged-phase relaxation steps (and BPTT unroll)")
-    solver_mode: Literal["sync", "async"] = Field("sync", description="synchronous or even/odd updates")
     feedback_gain: FiniteFloat | None = Field(
         None, ge=0, description="equilibrium by construction: bound every multi-layer Hopfield block's feedback "
-                                "gain ρ = ‖D_a^½ A D_a^½‖ at compile time and after every optimizer step "
-                                "(hybridc.targets.contraction); None = the compiler's default (0.8; the "
-                                f"embedded default model uses {EMBEDDED_FEEDBACK_GAIN}), 0 = unconstrained")
+                                "gain ρ = ‖D_a^½ A D_a^½‖ (its free phase is then a contraction) at compile time "
+                                "and after every optimizer step (hybridc.targets.contraction); 0 = off",
+        json_schema_extra={SHOWN: f"0.8; {EMBEDDED_FEEDBACK_GAIN} for the embedded default"})
 
     # ---- data -------------------------------------------------------------------------------------
-    data: str = Field("digits", description="digits, fashion-mnist, mnist, kmnist, cifar10, cifar100, imagenet32")
-    data_dir: str | None = Field(None, description="where the dataset files are (default: standard places)")
-    download: bool = Field(True, description="download missing files where a network exists")
+    data: str = Field("digits", description="digits (bundled with scikit-learn), fashion-mnist, mnist, kmnist, "
+                                            "cifar10, cifar100, imagenet32 (found in data_dir, standard places or "
+                                            "downloaded)")
+    data_dir: str | None = Field(None, description="directory with the dataset files",
+                                 json_schema_extra={SHOWN: "standard places"})
+    download: bool = Field(True, description="download missing dataset files where a network exists")
     augment: Literal["auto", "none", "crop-flip"] = Field(
         "auto", description="auto = random crop + flip for 32x32 data, none otherwise")
-    train_subset: int | None = Field(None, ge=1, description="use only the first N training samples")
-    test_subset: int | None = Field(None, ge=1, description="use only the first N test samples")
+    train_subset: int | None = Field(None, ge=1, description="use only the first N training samples",
+                                     json_schema_extra={SHOWN: "all"})
+    test_subset: int | None = Field(None, ge=1, description="use only the first N test samples",
+                                    json_schema_extra={SHOWN: "all"})
 
     # ---- optimisation -----------------------------------------------------------------------------
-    epochs: int = Field(20, ge=1)
-    batch_size: int = Field(64, ge=1, description="global batch (split across DDP processes)")
-    test_batch_size: int = Field(500, ge=1)
-    lr: FiniteFloat = Field(1e-3, gt=0, le=100.0)
-    optimizer: Literal["adam", "sgd"] = "adam"
+    epochs: int = Field(20, ge=1, description="passes over the training set")
+    batch_size: int = Field(64, ge=1, description="global batch (split across torchrun processes)")
+    test_batch_size: int = Field(500, ge=1, description="batch of the test evaluation")
+    lr: FiniteFloat = Field(1e-3, gt=0, le=100.0, description="learning rate")
+    optimizer: Literal["adam", "sgd"] = Field("adam", description="optimizer of all parameters (see "
+                                                                  "analog_optimizer)")
     momentum: FiniteFloat = Field(0.9, ge=0, lt=1, description="SGD momentum")
-    weight_decay: FiniteFloat = Field(0.0, ge=0, description="decoupled from biases/norms: only ≥2-D weights")
-    schedule: Literal["cosine", "none"] = "cosine"
+    weight_decay: FiniteFloat = Field(0.0, ge=0, description="decoupled weight decay, on ≥2-D weights only (not "
+                                                             "biases/norms)")
+    schedule: Literal["cosine", "none"] = Field("cosine", description="per-epoch learning-rate schedule")
     analog_optimizer: Literal["sgd", "analog-sgd", "tiki-taka"] | None = Field(
         None, description="optimizer of the analog weights (≥2-D parameters of analog blocks; with algorithm=bp "
                           "the Linear/Conv weights): sgd = ideal device, analog-sgd/tiki-taka = soft-bounds "
-                          "device with bound analog_tau; None = the same optimizer as everything else")
-    analog_lr: FiniteFloat | None = Field(None, gt=0, description="learning rate of the analog optimizer [lr]")
+                          "device with bound analog_tau", json_schema_extra={SHOWN: "the optimizer"})
+    analog_lr: FiniteFloat | None = Field(None, gt=0, description="learning rate of the analog optimizer",
+                                          json_schema_extra={SHOWN: "lr"})
     analog_tau: FiniteFloat = Field(1.0, gt=0, description="soft-bounds device bound τ (weights live in [−τ, τ])")
-    transfer_lr: FiniteFloat | None = Field(None, gt=0, description="Tiki-Taka transfer rate β from P to W [analog_lr]")
+    transfer_lr: FiniteFloat | None = Field(None, gt=0, description="Tiki-Taka transfer rate β from P to W",
+                                            json_schema_extra={SHOWN: "analog_lr"})
     transfer_every: int = Field(1, ge=1, description="Tiki-Taka transfer period (optimizer steps)")
 
     # ---- execution --------------------------------------------------------------------------------
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto = cuda when torch sees a GPU, else cpu; torchrun: one GPU per process")
     amp: Literal["none", "bf16"] = Field("none", description="bf16 autocast of digital blocks")
     compile: bool = Field(False, description="torch.compile digital blocks and the analog step map")
-    seed: int = Field(0, ge=0, le=2**32 - 1, description="random seed (torch, NumPy, data order)")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="random seed (init, NumPy, data order)")
     log_every: int = Field(20, ge=1, description="batches between host reads of running loss/accuracy")
-    progress: bool = Field(True, description="rich progress bars")
+    progress: bool = Field(True, description="progress bars on a terminal, periodic lines otherwise")
 
     @field_validator("analog")
     @classmethod
     def _analog_spec(cls, v: dict[str, Any]) -> dict[str, Any]:
         """Device effects are AnalogSpec fields: checked here (names and values), not when the first block
         is built."""
-        from hybridc.plan import AnalogSpec
-
         try:
             AnalogSpec(**v)
         except ValidationError as exc:
@@ -172,9 +187,8 @@ class ExperimentConfig(BaseModel):
     # ---- helpers ----------------------------------------------------------------------------------
     def policies(self) -> dict[str, Any]:
         """Partition policies that were set (the rest take the partitioner's defaults)."""
-        keys = ("norm", "layer_norm", "pool", "attention", "activation", "hardsigmoid_slope", "non_monotone",
-                "eb_kind", "drn_gamma", "readout")
-        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        return {k: getattr(self, k) for k in PartitionConfig.model_fields
+                if k != "max_block_size" and getattr(self, k) is not None}
 
     def model_label(self) -> str:
         """A short name of the model for titles and run-directory names."""

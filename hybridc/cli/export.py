@@ -10,78 +10,42 @@ publishing the directory (unless --no-check), and exits 1 when a check exceeds t
 """
 
 import sys
-from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
 
-from hybridc.cli_options import (
-    FLAG,
-    ActOpt,
-    AttnOpt,
-    EBOpt,
-    Init,
-    InputShape,
-    LNOpt,
-    MaxBlock,
-    ModelKwargs,
-    NonMonoOpt,
-    NormOpt,
-    PoolOpt,
-    ReadoutOpt,
-    SlopeOpt,
-    SolverModeOpt,
-    load_zoo_or_file,
-    parse_model_kwargs,
-    policies,
-    shown,
-)
-
-
-class _Relax(str, Enum):
-    unroll = "unroll"
-    loop = "loop"
-
-
-class _Fmt(str, Enum):
-    table = "table"
-    json = "json"
+from hybridc.cli.app import Command, app
+from hybridc.cli.flags import FLAG, flag_name, settings_flags, shown
+from hybridc.cli.inputs import InputShape, ModelKwargs, load_zoo_or_file, parse_model_kwargs
+from hybridc.plan import PartitionConfig
+from hybridc.runtime.experiment import ExperimentConfig
 
 
 def _console() -> Console:
     return Console(width=None if sys.stdout.isatty() else 160)
 
 
+@app.command("export", cls=Command)
+@settings_flags("policies", PartitionConfig)
+@settings_flags("choices", ExperimentConfig, ["init", "t1", "solver_mode"],
+                helps={"t1": "solver free-phase steps of the compiled model"})
 def export_command(
     target: Annotated[str, typer.Argument(metavar="MODEL|RUN_DIR",
                                           help="zoo name, path/model.py[:factory], or a training run directory "
                                                "(with plan.json and checkpoint.pt)")],
     output: Annotated[Path, typer.Option("--output", "-o", help="export directory (replaced atomically)")],
-    max_block_size: MaxBlock = None,
     plan: Annotated[Path | None, typer.Option("--plan", help="compile exactly this plan JSON")] = None,
     input_shape: InputShape = None,
     model_kwargs: ModelKwargs = None,
-    norm: NormOpt = None,
-    layer_norm: LNOpt = None,
-    pool: PoolOpt = None,
-    attention: AttnOpt = None,
-    activation: ActOpt = None,
-    hardsigmoid_slope: SlopeOpt = None,
-    non_monotone: NonMonoOpt = None,
-    eb_kind: EBOpt = None,
-    readout: ReadoutOpt = None,
-    init: Annotated[Init, typer.Option(help="analog weights: the model's own (keep) or GOE")] = Init.keep,
-    t1: Annotated[int | None, typer.Option(help="solver free-phase steps of the compiled model" + shown(20), min=1)
-                  ] = None,
-    solver_mode: SolverModeOpt = None,
     steps: Annotated[int | None, typer.Option(help="relaxation steps every analog block runs in the export "
                                                    "(tolerance solvers need this)" + shown("each block's t1"), min=1)] = None,
     full: Annotated[bool, typer.Option("--full", **FLAG, help="also export the whole model as one ONNX file "
                                                       "(model.onnx) for inference")] = False,
-    relaxation: Annotated[_Relax, typer.Option(help="--full: each relaxation unrolled (loop-free graph) or as "
-                                                    "an ONNX Loop (compact for many steps)")] = _Relax.unroll,
+    relaxation: Annotated[Literal["unroll", "loop"], typer.Option(
+        help="--full: each relaxation unrolled (loop-free graph) or as an ONNX Loop (compact for many steps)")
+    ] = "unroll",
     checkpoint: Annotated[Path | None, typer.Option(help="RUN_DIR: this checkpoint file instead of the run's checkpoint.pt")
                           ] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset (17 to the newest the installed onnx knows)")] = 18,
@@ -94,6 +58,8 @@ def export_command(
     force: Annotated[bool, typer.Option("--force", **FLAG, help="replace a non-empty directory that is not an export")
                      ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress lines on stderr", **FLAG)] = False,
+    policies: dict[str, Any] | None = None,
+    choices: dict[str, Any] | None = None,
 ) -> None:
     """Export MODEL (or a training RUN_DIR's trained model) as a hybrid graph: one ONNX file per digital
     block, each analog block's weights (safetensors) and energy specification, manifest.json, and with
@@ -110,16 +76,14 @@ def export_command(
 
     validate_export_settings(opset, batch, tol)  # before any work
 
-    pol = policies(norm=norm, layer_norm=layer_norm, pool=pool, attention=attention, activation=activation,
-                   hardsigmoid_slope=hardsigmoid_slope, non_monotone=non_monotone, eb_kind=eb_kind, readout=readout)
+    policies, choices = policies or {}, choices or {}
     console = _console()
     progress = None if quiet else StepProgress("export", None)  # export_ffebm sets the total
     try:
         if is_run_dir(target):
-            given = [flag for flag, v in (("--max-block-size", max_block_size), ("--plan", plan),
-                                          ("--input-shape", input_shape), ("--model-kwargs", model_kwargs),
-                                          ("--t1", t1), ("--solver-mode", solver_mode)) if v is not None]
-            given += [f"--{k.replace('_', '-')}" for k in pol] + (["--init"] if init != Init.keep else [])
+            given = [flag for flag, v in (("--plan", plan), ("--input-shape", input_shape),
+                                          ("--model-kwargs", model_kwargs)) if v is not None]
+            given += [flag_name(k) for k in (*policies, *choices)]
             if given:
                 raise ExportError(f"{target} is a run directory: it is exported as trained, with its own plan and "
                                   f"settings; drop {', '.join(given)} (use --steps to change the relaxation steps)")
@@ -142,7 +106,7 @@ def export_command(
 
             kwargs = parse_model_kwargs(model_kwargs)
             if plan is None:
-                make_config(max_block_size, **pol)  # validate flags before loading anything
+                make_config(**policies)  # validate flags before loading anything
             the_plan = None
             if plan is not None:
                 try:
@@ -158,15 +122,14 @@ def export_command(
             if progress is not None:
                 progress.start(f"load and compile {target}")
             lm = load_zoo_or_file(target, input_shape, model_kwargs, **batch_kw)
-            solver = {k: v for k, v in (("t1", t1), ("mode", solver_mode.value if solver_mode else None))
-                      if v is not None}
-            ff = hc_compile(lm.model, lm.example_inputs, plan=the_plan, max_block_size=max_block_size, solver=solver,
-                            init=init.value, **pol)
+            solver = {k: choices[c] for k, c in (("t1", "t1"), ("mode", "solver_mode")) if c in choices}
+            ff = hc_compile(lm.model, lm.example_inputs, plan=the_plan, solver=solver,
+                            init=choices.get("init", "keep"), **policies)
             source = SourceInfo(kind="model", spec=target, model_kwargs=kwargs, model_class=type(lm.model).__name__)
 
         if progress is not None:
             progress.done(f"{len(ff.blocks)} blocks ({len(ff.analog_blocks)} analog)")
-        result = export_ffebm(ff, output, source=source, full=full, relaxation=relaxation.value, steps=steps, opset=opset, batch=batch, seed=seed,
+        result = export_ffebm(ff, output, source=source, full=full, relaxation=relaxation, steps=steps, opset=opset, batch=batch, seed=seed,
                               force=force, check=check, tol=tol, progress=progress or False)
     finally:
         if progress is not None:
@@ -196,17 +159,18 @@ def export_command(
             raise typer.Exit(1)
 
 
+@app.command("verify", cls=Command)
 def verify_command(
     directory: Annotated[Path, typer.Argument(metavar="DIR", help="an export directory (hybridc export -o DIR)")],
     tol: Annotated[float, typer.Option(help="max abs error accepted (float32)")] = 1e-4,
-    fmt: Annotated[_Fmt, typer.Option("--format", "-f", help="table or json")] = _Fmt.table,
+    fmt: Annotated[Literal["table", "json"], typer.Option("--format", "-f", help="table or json")] = "table",
 ) -> None:
     """Run every exported file in onnxruntime against the torch model's reference samples: the max abs error
     per block and end to end. Exit 1 when any exceeds --tol."""
     from hybridc.export.verify import report_json, report_table, verify_export
 
     report = verify_export(directory, tol=tol)  # (checks --tol first)
-    if fmt == _Fmt.json:
+    if fmt == "json":
         sys.stdout.write(report_json(report) + "\n")
     else:
         console = _console()
@@ -218,11 +182,3 @@ def verify_command(
             console.print(f"[bold red]FAILED:[/] {names} exceed {tol:g}", highlight=False)
     if not report.ok:
         raise typer.Exit(1)
-
-
-def register(app: typer.Typer) -> None:
-    """Add the `export` and `verify` commands to the `hybridc` typer app."""
-    from hybridc.cli import Command
-
-    app.command("export", cls=Command)(export_command)
-    app.command("verify", cls=Command)(verify_command)

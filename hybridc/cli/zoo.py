@@ -1,5 +1,5 @@
 """`hybridc zoo`: the bundled models, their input shapes, their factory arguments (`--model-kwargs`) and
-which datasets each trains on. Registered on the main typer app by `register(app)`.
+which datasets each trains on.
 
 The facts (and how each model is fitted to each dataset) come from the zoo's one table,
 `hybridc.models.zoo_facts`; the factory arguments from the model class's constructor.
@@ -10,15 +10,11 @@ from __future__ import annotations
 import inspect
 import json
 import sys
-from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
-
-class _ZFmt(str, Enum):
-    table = "table"
-    json = "json"
+from hybridc.cli.app import Command, app
 
 
 def _factory_arguments(model: Any) -> dict[str, Any]:
@@ -52,8 +48,9 @@ def zoo_rows() -> list[dict[str, Any]]:
     return rows
 
 
+@app.command("zoo", cls=Command)
 def zoo_command(
-    fmt: Annotated[_ZFmt, typer.Option("--format", "-f", help="table or json")] = _ZFmt.table,
+    fmt: Annotated[Literal["table", "json"], typer.Option("--format", "-f", help="table or json")] = "table",
 ) -> None:
     """List the zoo models: input shape, the arguments --model-kwargs can set, and which datasets each one
     trains on (`hybridc train NAME --data DATASET`; the rest with the reason)."""
@@ -62,7 +59,7 @@ def zoo_command(
     from rich.table import Table
 
     rows = zoo_rows()
-    if fmt == _ZFmt.json:
+    if fmt == "json":
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
     console = Console(width=None if sys.stdout.isatty() else 160)
@@ -83,10 +80,3 @@ def zoo_command(
         f.add_row(r["name"], *(f"[red]{escape(how)}[/]" if how.startswith("does not") else escape(how)
                                for how in r["fits"].values()))
     console.print(f)
-
-
-def register(app: typer.Typer) -> None:
-    """Add the `zoo` command to the `hybridc` typer app."""
-    from hybridc.cli import Command
-
-    app.command("zoo", cls=Command)(zoo_command)

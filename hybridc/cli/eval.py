@@ -1,6 +1,5 @@
 """`hybridc eval RUN_DIR`: measure a trained run (accuracy, loss, each analog block's equilibrium residual),
-optionally on another dataset of the same shape and under simulated device effects. Registered on the main
-typer app by `register(app)`.
+optionally on another dataset of the same shape and under simulated device effects.
 
 A thin command over `hybridc.evaluate.evaluate_run` (the Python API does the same): the run's model is
 rebuilt from its directory with its input transform (`hybridc.load_run`), so the dataset's raw images go in.
@@ -11,32 +10,17 @@ from __future__ import annotations
 import json
 import sys
 import warnings
-from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.markup import escape
 
-from hybridc.cli_options import parse_json_object, shown
+from hybridc.cli.app import Command, app
+from hybridc.cli.flags import parse_json_object, shown
 
 
-class _EFmt(str, Enum):
-    table = "table"
-    json = "json"
-
-
-class _Split(str, Enum):
-    test = "test"
-    train = "train"
-
-
-class _EDev(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
+@app.command("eval", cls=Command)
 def eval_command(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="a training run directory (hybridc train "
                                                                     "--out RUN_DIR)")],
@@ -45,7 +29,7 @@ def eval_command(
                                              + shown("the run's dataset"))] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="directory with the dataset files"
                                                   + shown("the run's, or standard places"))] = None,
-    split: Annotated[_Split, typer.Option("--split", help="dataset split")] = _Split.test,
+    split: Annotated[Literal["test", "train"], typer.Option("--split", help="dataset split")] = "test",
     analog: Annotated[str | None, typer.Option(
         "--analog", help="device effects to evaluate under, as JSON (AnalogSpec fields), e.g. "
                          "'{\"read_noise\": 0.02, \"weight_levels\": 16}'; '{}' = an ideal device"
@@ -58,9 +42,9 @@ def eval_command(
     subset: Annotated[int | None, typer.Option("--subset", min=1, help="the first N samples only"
                                                + shown("all"))] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="evaluation batch")] = 500,
-    device: Annotated[_EDev, typer.Option("--device", help="auto = cuda when torch sees a GPU, else cpu")
-                      ] = _EDev.auto,
-    fmt: Annotated[_EFmt, typer.Option("--format", "-f", help="table or json")] = _EFmt.table,
+    device: Annotated[Literal["auto", "cpu", "cuda"], typer.Option(
+        "--device", help="auto = cuda when torch sees a GPU, else cpu")] = "auto",
+    fmt: Annotated[Literal["table", "json"], typer.Option("--format", "-f", help="table or json")] = "table",
 ) -> None:
     """Evaluate a trained run: accuracy, loss and each analog block's equilibrium residual (mean max|Δs| of
     the free phase's last step), on its dataset or another of the same shape, optionally under simulated
@@ -73,13 +57,13 @@ def eval_command(
     spec = parse_json_object(analog, "--analog", '{"read_noise": 0.02}')
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UnconvergedWarning)
-        result = evaluate_run(run_dir, data, spec, checkpoint=checkpoint, split=split.value, data_dir=data_dir,
-                              subset=subset, batch_size=batch_size, seeds=seeds, seed=seed, device=device.value)
+        result = evaluate_run(run_dir, data, spec, checkpoint=checkpoint, split=split, data_dir=data_dir,
+                              subset=subset, batch_size=batch_size, seeds=seeds, seed=seed, device=device)
     unconverged = _first_per_block([str(w.message) for w in caught if issubclass(w.category, UnconvergedWarning)])
     for w in caught:  # anything else as Python would have shown it
         if not issubclass(w.category, UnconvergedWarning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    if fmt == _EFmt.json:
+    if fmt == "json":
         sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
     else:
         Console(width=None if sys.stdout.isatty() else 160).print(result.table())
@@ -95,10 +79,3 @@ def _first_per_block(messages: list[str]) -> list[str]:
     for m in messages:
         seen.setdefault(m.split(":", 1)[0], m)
     return list(seen.values())
-
-
-def register(app: typer.Typer) -> None:
-    """Add the `eval` command to the `hybridc` typer app."""
-    from hybridc.cli import Command
-
-    app.command("eval", cls=Command)(eval_command)
