@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from hybridc.runtime.benchmark_rows import run_rows, select_rows
+    from hybridc.train.benchmark_rows import run_rows, select_rows
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

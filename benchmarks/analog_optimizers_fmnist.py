@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from hybridc.runtime.experiment import ExperimentConfig
-    from hybridc.runtime.train import train
+    from hybridc.train.experiment import ExperimentConfig
+    from hybridc.train.loop import train
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

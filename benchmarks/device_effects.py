@@ -77,9 +77,9 @@ def load_run(run_dir: Path, device: str) -> tuple[Any, Any, Any, dict[str, Any]]
     """(compiled model with the run's trained weights, train split, test split, config) of a run directory."""
     from hybridc.data import load_dataset
     from hybridc.plan import Plan
-    from hybridc.runtime.checkpoint import load_checkpoint
-    from hybridc.runtime.experiment import validate_config
-    from hybridc.runtime.train import build_model, compile_model
+    from hybridc.train.checkpoint import load_checkpoint
+    from hybridc.train.experiment import validate_config
+    from hybridc.train.build import build_model, compile_model
 
     cfg = validate_config(json.loads((run_dir / "config.json").read_text()), str(run_dir / "config.json"))
     if cfg.algorithm == "bp":
@@ -178,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = args.run_from
     train_info: dict[str, Any] = {}
     if run_dir is None:
-        from hybridc.runtime.experiment import ExperimentConfig
-        from hybridc.runtime.train import train
+        from hybridc.train.experiment import ExperimentConfig
+        from hybridc.train.loop import train
 
         run_dir = args.out / "train"
         console.rule("training (ideal devices)")

@@ -9,7 +9,7 @@ The model is the MLP Linear(784, 1024) · ReLU · Linear(1024, 10) (`drn1h` belo
         descent sweeps in the free phase and 4 in each nudged phase (the paper's DRN-1H setting)
 * dhn   eb_kind dhn: the same layers as a Deep Hopfield block (hard-sigmoid hidden neurons, t1/t2 fixed-point steps)
 
-Both are trained by centered EP through `hybridc.runtime.train.train` (cross-entropy on the block's outputs).
+Both are trained by centered EP through `hybridc.train.loop.train` (cross-entropy on the block's outputs).
 Target: drn ≤ 11 % test error (the paper reports 10.38 % for EP-trained DRN-1H on Fashion-MNIST; a ReLU MLP
 trained by backprop gets 10.20 %). The dhn row is a comparison, no target. Rows run in separate invocations are
 put in one table with `--merge earlier.json`.
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from hybridc.runtime.benchmark_rows import run_rows, select_rows
+    from hybridc.train.benchmark_rows import run_rows, select_rows
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -75,7 +75,7 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None,
     `checkpoint`: None or "last" (the last epoch, RUN_DIR/checkpoint.pt), "best" (the epoch with the best
     test accuracy, RUN_DIR/best.pt) or a checkpoint path. `device`: where to put it (default CPU). Raises
     CheckpointError (a HybridcError) saying what is wrong with the directory."""
-    from hybridc.runtime.saved_run import read_run
+    from hybridc.train.saved_run import read_run
 
     run = read_run(run_dir, checkpoint)
     model = TrainedModel(run.module, run.transform, config=run.config, run_dir=run.run_dir,

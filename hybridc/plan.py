@@ -202,7 +202,7 @@ class Plan(_Strict):
         return cls.model_validate_json(text)
 
     def save(self, path: str | Path) -> None:
-        from hybridc.runtime.files import atomic_write_text
+        from hybridc.files import atomic_write_text
 
         atomic_write_text(Path(path), self.to_json() + "\n")
 

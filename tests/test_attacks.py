@@ -24,11 +24,11 @@ from hybridc.api import compile as hc_compile
 from hybridc.export import ExportError, Manifest, export_ffebm, load_run, verify_export
 from hybridc.export.manifest import AnalogBlockInfo
 from hybridc.plan import PlanFileError, read_plan
-from hybridc.runtime.checkpoint import CheckpointError, load_checkpoint
-from hybridc.runtime.experiment import ConfigError, ExperimentConfig, validate_config
-from hybridc.runtime.metrics import strip_timings
-from hybridc.runtime.run_lock import LOCK_NAME, RunDirError, RunLock
-from hybridc.runtime.train import train
+from hybridc.train.checkpoint import CheckpointError, load_checkpoint
+from hybridc.train.experiment import ConfigError, ExperimentConfig, validate_config
+from hybridc.train.loop import train
+from hybridc.train.metrics import strip_timings
+from hybridc.train.run_lock import LOCK_NAME, RunDirError, RunLock
 
 BASE = {"train_subset": 96, "test_subset": 32, "batch_size": 16, "epochs": 1, "t1": 4, "t2": 2,
         "model_kwargs": {"sizes": [64, 32, 32, 10]}, "progress": False, "lr": 1e-2}
@@ -53,7 +53,7 @@ def _tree(d: Path) -> dict[str, bytes]:
 
 def test_default_run_dirs_started_together_are_distinct_and_resumable(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    import hybridc.runtime.train as T
+    import hybridc.train.loop as T
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(T, "default_run_name", lambda c: "same-second-name")  # as if started in one second

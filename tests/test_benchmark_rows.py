@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hybridc.runtime.benchmark_rows import run_rows, select_rows
+from hybridc.train.benchmark_rows import run_rows, select_rows
 
 TINY = {"train_subset": 96, "test_subset": 48, "batch_size": 16, "epochs": 1, "t1": 6, "t2": 3,
         "model_kwargs": {"sizes": [64, 32, 32, 10]}, "progress": False, "lr": 1e-2}

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from hybridc.cli import app
 from hybridc.cli.flags import flag_name, settings_flags
 from hybridc.plan import PartitionConfig
-from hybridc.runtime.experiment import ExperimentConfig
+from hybridc.train.experiment import ExperimentConfig
 
 COMMANDS = typer.main.get_command(app).commands
 

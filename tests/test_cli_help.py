@@ -57,7 +57,7 @@ def test_every_default_is_shown(command: str) -> None:
 def test_defaults_are_the_config_models_defaults() -> None:
     """The help reads the defaults from the config models, so it shows what actually runs."""
     from hybridc.plan import PartitionConfig
-    from hybridc.runtime.experiment import ExperimentConfig
+    from hybridc.train.experiment import ExperimentConfig
 
     lines = _help("train")
     for field, flag in (("epochs", "--epochs"), ("batch_size", "--batch-size"), ("lr", "--lr"), ("beta", "--beta"),

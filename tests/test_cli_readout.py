@@ -81,7 +81,7 @@ def test_bad_readout_is_one_error_line(capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_train_readout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from hybridc.runtime.experiment import ExperimentConfig
+    from hybridc.train.experiment import ExperimentConfig
 
     if "readout" not in ExperimentConfig.model_fields:
         pytest.skip("ExperimentConfig has no readout field yet (requested in /tmp/coord/requests.md)")

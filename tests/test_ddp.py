@@ -13,9 +13,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from hybridc.runtime import distributed as D
-from hybridc.runtime.experiment import ExperimentConfig
-from hybridc.runtime.metrics import strip_timings
+from hybridc.train import distributed as D
+from hybridc.train.experiment import ExperimentConfig
+from hybridc.train.metrics import strip_timings
 
 GLOBAL_BATCH = 9  # odd on purpose: shards of 5 and 4 samples must still average to the global mean
 CFG = {"train_subset": 150, "test_subset": 61, "batch_size": 15, "epochs": 2, "t1": 6, "t2": 3,
@@ -23,7 +23,7 @@ CFG = {"train_subset": 150, "test_subset": 61, "batch_size": 15, "epochs": 2, "t
 
 
 def _compiled():  # noqa: ANN202
-    from hybridc.runtime.train import build_model, compile_model
+    from hybridc.train.build import build_model, compile_model
 
     torch.manual_seed(0)
     cfg = ExperimentConfig(**CFG)
@@ -52,8 +52,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         torch.save({n: p.grad for n, p in ff.named_parameters()}, Path(out) / "grads.pt")
     dist.barrier()
     # 2. a whole training run; count the run-directory writes each process makes
-    import hybridc.runtime.metrics as M
-    import hybridc.runtime.train as T
+    import hybridc.train.loop as T
+    import hybridc.train.metrics as M
 
     writes = []
     for mod, name in ((T, "atomic_write_text"), (T, "save_checkpoint"), (T, "plot_curves"),
@@ -89,7 +89,7 @@ def test_two_process_gradients_equal_one_process(two_process_run: Path) -> None:
 
 
 def test_two_process_training_matches_one_and_only_rank0_writes(two_process_run: Path, tmp_path: Path) -> None:
-    from hybridc.runtime.train import train
+    from hybridc.train.loop import train
 
     r0 = json.loads((two_process_run / "rank0.json").read_text())
     r1 = json.loads((two_process_run / "rank1.json").read_text())

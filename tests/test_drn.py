@@ -116,7 +116,7 @@ def test_float32_ep_gradients_survive_a_large_input_gain() -> None:
 
 
 def test_gamma_is_an_experiment_setting() -> None:
-    from hybridc.runtime.experiment import ExperimentConfig
+    from hybridc.train.experiment import ExperimentConfig
 
     cfg = ExperimentConfig(eb_kind="drn", drn_gamma=50.0)
     assert cfg.policies()["drn_gamma"] == 50.0

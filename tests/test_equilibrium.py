@@ -17,10 +17,10 @@ from torch import nn
 from hybridc.api import compile
 from hybridc.errors import EquilibriumDivergedError
 from hybridc.models.mlp import MLP
-from hybridc.runtime.experiment import ExperimentConfig
-from hybridc.runtime.train import train
 from hybridc.targets.contraction import DEFAULT_FEEDBACK_GAIN, feedback_norms
 from hybridc.targets.solver import UnconvergedWarning
+from hybridc.train.experiment import ExperimentConfig
+from hybridc.train.loop import train
 
 
 # ---- a timm-style ResNet (BasicBlock, Kaiming fan_out init, residual `+=`, zero-init last BN) ---------------

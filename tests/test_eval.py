@@ -15,8 +15,9 @@ from rich.console import Console
 import hybridc
 from hybridc.data import load_dataset
 from hybridc.evaluate import EvalError, evaluate_run, load_run
-from hybridc.runtime.experiment import ConfigError, ExperimentConfig
-from hybridc.runtime.train import build_model, fit_model, train
+from hybridc.train.experiment import ConfigError, ExperimentConfig
+from hybridc.train.build import build_model, fit_model
+from hybridc.train.loop import train
 
 TINY = {"train_subset": 160, "test_subset": 64, "batch_size": 16, "epochs": 2, "t1": 8, "t2": 3,
         "model_kwargs": {"sizes": [64, 64, 64, 10]}, "progress": False, "lr": 1e-2}
@@ -68,7 +69,7 @@ def test_best_checkpoint_beside_the_last(run_dir: Path) -> None:
 
 
 def test_load_run_errors(tmp_path: Path, run_dir: Path) -> None:
-    from hybridc.runtime.checkpoint import CheckpointError
+    from hybridc.train.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match="not a run directory"):
         load_run(tmp_path / "missing")
@@ -169,7 +170,7 @@ def test_run_at_chance_is_warned_with_the_likely_cause(tmp_path: Path) -> None:
 
 
 def test_plain_progress_lines_when_not_a_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import hybridc.runtime.train as T
+    import hybridc.train.loop as T
 
     monkeypatch.setattr(T, "PLAIN_PROGRESS_S", 0.0)
     con, buf = console()

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from hybridc.energy_constants import load_constants
-from hybridc.runtime.experiment import ExperimentConfig
+from hybridc.cost.constants import load_constants
+from hybridc.train.experiment import ExperimentConfig
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -243,7 +243,7 @@ def test_verify_detects_changed_files_and_wrong_numbers(exports: dict, tmp_path:
     out = m.graph_outputs[0]
     samples[out] = samples[out] + 1e-2
     np.savez(d / m.samples.file, **samples)
-    from hybridc.runtime.files import sha256_file
+    from hybridc.files import sha256_file
 
     f = m.file(m.samples.file)
     f.sha256, f.bytes = sha256_file(d / m.samples.file), (d / m.samples.file).stat().st_size
@@ -438,8 +438,8 @@ def test_run_dir_exports_trained_weights_batchnorm_statistics_and_input_transfor
 
 def test_run_dir_from_hybridc_train(tmp_path: Path) -> None:
     """A real `hybridc train` run directory (default MLP on the bundled digits, a few batches)."""
-    train_mod = pytest.importorskip("hybridc.runtime.train")
-    from hybridc.runtime.experiment import resolve_config
+    train_mod = pytest.importorskip("hybridc.train.loop")
+    from hybridc.train.experiment import resolve_config
 
     cfg = resolve_config(None, {"epochs": 1, "train_subset": 64, "test_subset": 32, "t1": 4, "t2": 2,
                                 "max_block_size": 3, "progress": False})

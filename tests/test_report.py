@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from hybridc.energy_constants import ConfigError, EnergyConstants, load_constants
-from hybridc.report import CostReport, conv_tiles, cost_report, crossbar_tiles, linear_tiles, parse_tile
+from hybridc.cost.constants import ConfigError, EnergyConstants, load_constants
+from hybridc.cost.report import CostReport, conv_tiles, cost_report, crossbar_tiles, linear_tiles, parse_tile
 
 T1, T2 = 20, 5
 

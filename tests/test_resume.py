@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from hybridc.runtime import checkpoint as ckmod
-from hybridc.runtime.checkpoint import CheckpointError, load_checkpoint
-from hybridc.runtime.experiment import ConfigError, ExperimentConfig
-from hybridc.runtime.metrics import strip_timings
-from hybridc.runtime.train import train
+from hybridc.train import checkpoint as ckmod
+from hybridc.train.checkpoint import CheckpointError, load_checkpoint
+from hybridc.train.experiment import ConfigError, ExperimentConfig
+from hybridc.train.loop import train
+from hybridc.train.metrics import strip_timings
 
 BASE = {"train_subset": 160, "test_subset": 64, "batch_size": 16, "epochs": 2, "t1": 6, "t2": 3,
         "model_kwargs": {"sizes": [64, 32, 32, 10]}, "progress": False, "lr": 1e-2}

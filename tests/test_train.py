@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from hybridc.plan import Plan
-from hybridc.runtime.checkpoint import load_checkpoint
-from hybridc.runtime.experiment import ConfigError, ExperimentConfig, resolve_config, validate_config
-from hybridc.runtime.train import build_model, compile_model, train
+from hybridc.train.checkpoint import load_checkpoint
+from hybridc.train.experiment import ConfigError, ExperimentConfig, resolve_config, validate_config
+from hybridc.train.build import build_model, compile_model
+from hybridc.train.loop import train
 
 #: a fast experiment: digits subset, small MLP, few relaxation steps
 TINY = {"train_subset": 320, "test_subset": 96, "batch_size": 16, "epochs": 2, "t1": 8, "t2": 3,
@@ -132,7 +133,7 @@ def test_cifar_files_vgg_with_crop_flip(tmp_path: Path) -> None:
 
     import numpy as np
 
-    from hybridc.runtime.train import Trainer
+    from hybridc.train.loop import Trainer
 
     folder = tmp_path / "cifar10" / "cifar-10-batches-py"
     folder.mkdir(parents=True)

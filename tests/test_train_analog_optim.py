@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from hybridc.runtime.experiment import ExperimentConfig
-from hybridc.runtime.metrics import strip_timings
-from hybridc.runtime.optimizers import analog_weights, make_optimizer
-from hybridc.runtime.train import Trainer, train
 from hybridc.targets.analog_optim import AnalogSGD, TikiTaka
+from hybridc.train.experiment import ExperimentConfig
+from hybridc.train.loop import Trainer, train
+from hybridc.train.metrics import strip_timings
+from hybridc.train.optimizers import analog_weights, make_optimizer
 
 BASE = {"train_subset": 160, "test_subset": 64, "batch_size": 16, "epochs": 2, "t1": 6, "t2": 3,
         "model_kwargs": {"sizes": [64, 32, 32, 10]}, "progress": False, "lr": 1e-2}

@@ -67,7 +67,7 @@ def emit(text: str, out: Path | None) -> None:
     if out is None:
         sys.stdout.write(text)
         return
-    from hybridc.runtime.files import atomic_write_text
+    from hybridc.files import atomic_write_text
 
     atomic_write_text(out, text)
     err_console.print(f"wrote {out}")

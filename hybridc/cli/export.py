@@ -20,7 +20,7 @@ from hybridc.cli.app import Command, app
 from hybridc.cli.flags import FLAG, flag_name, settings_flags, shown
 from hybridc.cli.inputs import InputShape, ModelKwargs, load_zoo_or_file, parse_model_kwargs
 from hybridc.plan import PartitionConfig
-from hybridc.runtime.experiment import ExperimentConfig
+from hybridc.train.experiment import ExperimentConfig
 
 
 def _console() -> Console:

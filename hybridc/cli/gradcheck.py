@@ -15,7 +15,7 @@ from hybridc.cli.flags import FLAG, settings_flags, shown
 from hybridc.cli.inputs import InputShape, ModelArg, ModelKwargs, check_output_file, load_zoo_or_file
 from hybridc.errors import HybridcError
 from hybridc.plan import PartitionConfig
-from hybridc.runtime.experiment import ExperimentConfig
+from hybridc.train.experiment import ExperimentConfig
 
 
 @app.command(cls=Command)

@@ -1,6 +1,6 @@
 """`hybridc report`: the hardware cost model (crossbar tiles, analog MACs, digital FLOPs, DAC/ADC conversions,
 energy) of MODEL partitioned with the same policy flags as `hybridc partition`; the counting
-rules and the constants' sources live in `hybridc.report` and `hybridc.energy_constants`.
+rules and the constants' sources live in `hybridc.cost.report` and `hybridc.cost.constants`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from hybridc.cli.app import Command, app, console, emit
 from hybridc.cli.flags import FLAG, settings_flags, shown
 from hybridc.cli.inputs import InputShape, ModelArg, ModelKwargs, check_output_file, load_zoo_or_file
 from hybridc.plan import PartitionConfig
-from hybridc.runtime.experiment import ExperimentConfig
+from hybridc.train.experiment import ExperimentConfig
 
 
 @app.command("report", cls=Command)
@@ -47,10 +47,10 @@ def report_command(
     from rich.console import Console
 
     from hybridc.api import make_config
-    from hybridc.energy_constants import load_constants
+    from hybridc.cost.constants import load_constants
+    from hybridc.cost.report import breakdown_table, cost_report, parse_tile, report_table
+    from hybridc.cost.report import constants_table as consts_table
     from hybridc.progress import StepProgress
-    from hybridc.report import breakdown_table, cost_report, parse_tile, report_table
-    from hybridc.report import constants_table as consts_table
 
     policies, choices = policies or {}, choices or {}
     make_config(**policies)  # validate flags before loading anything

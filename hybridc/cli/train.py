@@ -18,7 +18,7 @@ from rich.console import Console
 
 from hybridc.cli.app import Command, app
 from hybridc.cli.flags import FLAG, settings_flags, shown
-from hybridc.runtime.experiment import ExperimentConfig
+from hybridc.train.experiment import ExperimentConfig
 
 
 @app.command("train", cls=Command)
@@ -37,8 +37,8 @@ def train_command(
     """Train MODEL compiled into an ff-EBM (EP/ID/BPTT through its analog blocks) or, with --algorithm bp, the
     original model by backprop. Writes config, plan, metrics.jsonl, checkpoints, curves and a summary to the
     run directory; Ctrl-C saves a checkpoint, `--resume RUN_DIR` continues it exactly."""
-    from hybridc.runtime.experiment import read_experiment_file, resolve_config
-    from hybridc.runtime.train import train
+    from hybridc.train.experiment import read_experiment_file, resolve_config
+    from hybridc.train.loop import train
 
     flags = {"model": model, **(settings or {})}
     console = Console(width=None if sys.stdout.isatty() else 160)

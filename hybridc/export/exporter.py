@@ -77,8 +77,8 @@ from hybridc.export.manifest import (
 from hybridc.export.onnx_blocks import DEFAULT_OPSET, dim_spec, export_digital_block, export_onnx
 from hybridc.export.shared_weights import share_weights
 from hybridc.progress import StepProgress
-from hybridc.runtime.files import atomic_write_text, sha256_file
-from hybridc.runtime.run_lock import pid_alive
+from hybridc.files import atomic_write_text, sha256_file
+from hybridc.train.run_lock import pid_alive
 from hybridc.runtime.settings import SolverConfig
 from hybridc.targets.dhn import DHNBlock
 

@@ -104,7 +104,10 @@ class NeuronInfo(_Strict):
     """A neuron layer j: state s_j = σ_j(∂Φ/∂s_j) at equilibrium."""
 
     name: str
-    shape: list[int] = Field(description="per-sample shape (the state is [batch, *shape])")
+    shape: list[int] = Field(description="per-sample shape (the state is [batch_multiple·batch, *shape])")
+    batch_multiple: int = Field(1, ge=1, description="rows of the state per sample: >1 where the neurons live "
+                                                    "in a patch layout (MobileViT unfolds an image into "
+                                                    "patch-area rows), like the block's inputs")
     activation: ActivationSpec
     layer: int = Field(description="depth: 1 + deepest neuron its pre-activation reads (inputs are 0)")
     parity: int = Field(description="layer % 2: even neurons update first in async mode")
@@ -238,7 +241,7 @@ class Manifest(_Strict):
 
     def save(self, path: str | Path) -> None:
         """Seal (set `digest`) and write atomically."""
-        from hybridc.runtime.files import atomic_write_text
+        from hybridc.files import atomic_write_text
 
         self.digest = self.content_digest()
         atomic_write_text(Path(path), self.to_json() + "\n")

@@ -1,8 +1,8 @@
 """A training run directory as the exporter sees it: its trained ff-EBM, where it came from, and the input
 transform it was trained with (recorded in the manifest; the full ONNX model applies it).
 
-The run is read by `hybridc.runtime.saved_run.read_run`, the one reader of run directories (file names in
-`hybridc.runtime.run_layout`): the checkpoint's digest and the plan's SHA-256 are checked there, so an export
+The run is read by `hybridc.train.saved_run.read_run`, the one reader of run directories (file names in
+`hybridc.train.run_dir`): the checkpoint's digest and the plan's SHA-256 are checked there, so an export
 is always of the weights and the plan the run trained. This module only turns its errors into ExportErrors
 and refuses runs that have no ff-EBM (algorithm=bp).
 """
@@ -16,9 +16,9 @@ import torch
 
 from hybridc.data.preprocess import InputTransform
 from hybridc.export.manifest import ExportError, SourceInfo
-from hybridc.runtime.checkpoint import CheckpointError
 from hybridc.runtime.ffebm import FFEBM
-from hybridc.runtime.run_layout import CONFIG_NAME, PLAN_NAME
+from hybridc.train.checkpoint import CheckpointError
+from hybridc.train.run_dir import CONFIG_NAME, PLAN_NAME
 
 
 @dataclass
@@ -41,7 +41,7 @@ def is_run_dir(path: str | Path) -> bool:
 
 def load_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> LoadedRun:
     """The trained FFEBM of `run_dir` (`checkpoint`: None/"last", "best" or a path), for export."""
-    from hybridc.runtime.saved_run import read_run
+    from hybridc.train.saved_run import read_run
 
     try:
         run = read_run(run_dir, checkpoint)

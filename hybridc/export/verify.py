@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from hybridc.export.manifest import AnalogBlockInfo, DigitalBlockInfo, ExportError, Manifest
+from hybridc.files import sha256_file
 from hybridc.finite import SettingError, check_float
-from hybridc.runtime.files import sha256_file
 
 DEFAULT_TOL = 1e-4
 
@@ -143,12 +143,20 @@ class _Runner:
         """The block's outputs from the values in `env` (an analog block relaxes from zero states)."""
         if isinstance(b, DigitalBlockInfo):
             return self.run(b.onnx, {i: env[i] for i in b.inputs}, b.outputs)
-        # states are [batch, *shape]: the batch of an input whose first axis is the batch itself (a block may
-        # also read a flattened [batch*T, ...] input, as GPT-2's MLP does), else of the first input
+        # states are [batch_multiple·batch, *shape]: the batch of an input whose first axis is the batch itself
+        # (a block may also read a flattened [batch*T, ...] input, as GPT-2's MLP does), else of one whose
+        # first axis is k·batch (MobileViT's patch layout), else the first input's first axis
         tensors = self.manifest.tensors
-        first = next((i for i in b.inputs if i in tensors and tensors[i].shape[:1] == ["batch"]), b.inputs[0])
-        batch = env[first].shape[0]
-        states = {n.state_input: np.zeros((batch, *n.shape), dtype=np.float32) for n in b.neurons}
+        lead = {i: tensors[i].shape[0] for i in b.inputs if i in tensors and tensors[i].shape}
+        first = next((i for i, d in lead.items() if d == "batch"), None)
+        if first is not None:
+            batch = env[first].shape[0]
+        else:
+            scaled = next((i for i, d in lead.items() if isinstance(d, str) and d.endswith("*batch")), None)
+            batch = env[scaled].shape[0] // int(str(lead[scaled]).split("*")[0]) if scaled is not None \
+                else env[b.inputs[0]].shape[0]
+        states = {n.state_input: np.zeros((n.batch_multiple * batch, *n.shape), dtype=np.float32)
+                  for n in b.neurons}
         feeds = {i: env[i] for i in b.inputs}
         next_names = [n.state_output for n in b.neurons]
         for _ in range(b.solver.steps):

@@ -35,7 +35,7 @@ under the table and stored in the JSON report):
   gradient, the dPhi/dx read-out of every input that feeds a weight op, per nudged phase.
 - **Energy.** analog MACs * e_mac + ADC * e_adc + DAC * e_dac + digital FLOPs * e_flop, plus (with
   `include_memory`) one SRAM word access per converted value and per digital block input, output and
-  parameter element (x3 in training). Constants and their sources: `hybridc.energy_constants`.
+  parameter element (x3 in training). Constants and their sources: `hybridc.cost.constants`.
 Per-batch costs (optimizer update, programming the new weights into the devices) are not included.
 """
 
@@ -50,7 +50,7 @@ import torch.fx as fx
 from pydantic import BaseModel, Field
 from torch import nn
 
-from hybridc.energy_constants import Constant, EnergyConstants
+from hybridc.cost.constants import Constant, EnergyConstants
 from hybridc.errors import HybridcError
 
 COUNTING_RULES: list[str] = [

@@ -3,7 +3,7 @@
 A checkpoint holds the model, optimizer and scheduler state, every RNG state (torch CPU/CUDA, Python,
 NumPy), the data loader's position (epoch, batch), the partial-epoch accumulators when it was taken
 mid-epoch (Ctrl-C), and the run's config. It is written atomically (temporary file + fsync + rename through
-`hybridc.runtime.files`), so an interruption while saving leaves the previous checkpoint intact, and it is
+`hybridc.files`), so an interruption while saving leaves the previous checkpoint intact, and it is
 loaded with `torch.load(weights_only=True)`: a checkpoint is data, never code.
 
 Integrity: the checkpoint stores a SHA-256 digest of its own content (every tensor's bytes, dtype and shape
@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from hybridc.errors import HybridcError
-from hybridc.runtime.files import atomic_write
-from hybridc.runtime.run_layout import CHECKPOINT_NAME
+from hybridc.files import atomic_write
+from hybridc.train.run_dir import CHECKPOINT_NAME
 
 DIGEST_KEY = "digest"
 FORMAT_VERSION = 1

@@ -16,8 +16,8 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from hybridc.runtime.files import atomic_write, atomic_write_text
-from hybridc.runtime.run_layout import CURVES_NAME, METRICS_NAME  # noqa: F401  (their old home)
+from hybridc.files import atomic_write, atomic_write_text
+from hybridc.train.run_dir import CURVES_NAME, METRICS_NAME  # noqa: F401  (their old home)
 
 #: Keys that measure time, not learning: they legitimately differ between a run and its resumed twin.
 TIMING_KEYS = frozenset({"epoch_time_s", "samples_per_s", "eval_time_s", "wall_time_s"})
@@ -41,7 +41,7 @@ class MetricsLog:
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError:
-                    from hybridc.runtime.checkpoint import CheckpointError
+                    from hybridc.train.checkpoint import CheckpointError
 
                     raise CheckpointError(f"{path}:{i} is not valid JSON; the metrics file is damaged") from None
                 if upto_epoch is None or rec.get("epoch", 0) <= upto_epoch:

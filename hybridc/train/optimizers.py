@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from hybridc.runtime.experiment import ConfigError, ExperimentConfig
 from hybridc.targets.analog_optim import AnalogSGD, TikiTaka
+from hybridc.train.experiment import ConfigError, ExperimentConfig
 
 _ANALOG_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 

@@ -2,7 +2,7 @@
 
 One reader for every consumer of a finished (or interrupted) run: `hybridc.load_run` and `hybridc eval`
 (`hybridc.evaluate`), `hybridc export RUN_DIR` (`hybridc.export.run_dir`). It reads the files named in
-`hybridc.runtime.run_layout` and nothing else:
+`hybridc.train.run_dir` and nothing else:
 
 * the checkpoint (`checkpoint.pt`, the last epoch; `best.pt`, the best epoch's weights; or a path), loaded
   with `weights_only=True`, its content digest checked;
@@ -29,10 +29,10 @@ from torch import nn
 
 from hybridc.data.preprocess import InputTransform, input_transform
 from hybridc.errors import HybridcError
-from hybridc.runtime.checkpoint import CheckpointError, check_digest, read_torch_file
-from hybridc.runtime.experiment import ExperimentConfig, validate_config
-from hybridc.runtime.files import sha256_file
-from hybridc.runtime.run_layout import CHECKPOINTS, CONFIG_NAME, PLAN_NAME
+from hybridc.files import sha256_file
+from hybridc.train.checkpoint import CheckpointError, check_digest, read_torch_file
+from hybridc.train.experiment import ExperimentConfig, validate_config
+from hybridc.train.run_dir import CHECKPOINTS, CONFIG_NAME, PLAN_NAME
 
 __all__ = ["SavedRun", "checkpoint_path", "read_run"]
 
@@ -141,7 +141,7 @@ def _state_dict(state: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
 def read_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> SavedRun:
     """Rebuild the trained model of `run_dir` from `checkpoint` (None/"last", "best" or a path)."""
     from hybridc.data.datasets import DATASETS
-    from hybridc.runtime.train import build_model, compile_model
+    from hybridc.train.build import build_model, compile_model
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

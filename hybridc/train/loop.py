@@ -12,13 +12,13 @@ One `Trainer` runs an `ExperimentConfig`:
   `checkpoint.pt` (atomic, every epoch and on Ctrl-C; it carries the digest of its content and of plan.json,
   both checked on `--resume`), `curves.png`, `summary.json`;
 * owns its run directory exclusively: a default name is unique (random suffix, created atomically), the
-  directory is locked for the run's life (`hybridc.runtime.run_lock`), and a non-empty directory that is not a
+  directory is locked for the run's life (`hybridc.train.run_lock`), and a non-empty directory that is not a
   run is refused unless `force`;
 * warns when training goes wrong without diverging: a loss that explodes (10x its first epoch) or an
   accuracy stuck at chance after a few epochs;
 * resumes from a run directory to exactly the metrics an uninterrupted run would have produced
   (model/optimizer/scheduler/RNG states plus the data stream's position, even mid-epoch);
-* runs data-parallel under torchrun (see `hybridc.runtime.distributed`).
+* runs data-parallel under torchrun (see `hybridc.train.distributed`).
 
 Precision: `amp="bf16"` autocasts the forward pass; analog blocks turn autocast off for themselves and relax
 in their parameters' dtype (`EnergyBlock.forward`): EP's finite difference [Φ(s^{+β}) − Φ(s^{−β})]/2β would
@@ -31,56 +31,67 @@ import contextlib
 import functools
 import json
 import math
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from hybridc.data.preprocess import input_transform, resize_images
-from hybridc.errors import DataError, HybridcError, ModelLoadError, PlanMismatchError
-from hybridc.runtime import distributed as D
-from hybridc.runtime.checkpoint import (
+from hybridc.errors import DataError, HybridcError
+from hybridc.files import atomic_write_text, sha256_file
+from hybridc.train import distributed as D
+from hybridc.train.build import (
+    _check_model_finite,
+    _compile_checked,
+    analog_blocks,
+    apply_torch_compile,
+    build_model,
+    fit_model,
+    load_plan_file,
+    resolved_config,
+)
+from hybridc.train.checkpoint import (
     CheckpointError,
-    load_checkpoint,
     rng_state,
     save_checkpoint,
     save_model_checkpoint,
     set_rng_state,
 )
-from hybridc.runtime.experiment import (
-    DEFAULT_HIDDEN,
-    RESUMABLE_FIELDS,
+from hybridc.train.console import (
+    UNCONVERGED_RESIDUAL,
+    activation_text,
+    analog_text,
+    chance_causes,
+    epoch_line,
+    progress_bars,
+)
+from hybridc.train.experiment import (
     ConfigError,
     ExperimentConfig,
-    check_resume_compatible,
-    validate_config,
 )
-from hybridc.runtime.files import atomic_write_text, sha256_file
-from hybridc.runtime.metrics import MetricsLog, plot_curves, summary_table
-from hybridc.runtime.optimizers import make_optimizer, make_scheduler
-from hybridc.runtime.run_layout import (
+from hybridc.train.interrupts import StopFlag
+from hybridc.train.metrics import MetricsLog, plot_curves, summary_table
+from hybridc.train.optimizers import make_optimizer, make_scheduler
+from hybridc.train.resume import resume_config
+from hybridc.train.run_dir import (
     BEST_CHECKPOINT_NAME,
     CHECKPOINT_NAME,
     CONFIG_NAME,
     CURVES_NAME,
-    LOCK_NAME,
     METRICS_NAME,
     PLAN_NAME,
-    RUN_FILES,
     SUMMARY_NAME,
+    check_fresh_dir,
+    default_run_name,
+    is_hybridc_file,
 )
-from hybridc.runtime.run_lock import RunDirError, RunLock, create_unique_dir
+from hybridc.train.run_lock import RunDirError, RunLock, create_unique_dir
 
 #: mean last-step max|Δs| of a free phase above which the trainer warns that a block is not at equilibrium
-UNCONVERGED_RESIDUAL = 0.1
 #: seconds between the plain progress lines printed within an epoch when the console is not a terminal
 PLAIN_PROGRESS_S = 10.0
 #: train loss above this multiple of the first epoch's: the run is blowing up (warned once)
@@ -102,299 +113,7 @@ class TrainResult:
     config: ExperimentConfig | None = None
 
 
-# ------------------------------------------------------------------------------------------------ model
-def fit_model(cfg: ExperimentConfig, shape: tuple[int, ...], classes: int) -> Any:
-    """How the run's model meets data of per-sample `shape` (C, H, W) and `classes` classes: a
-    `hybridc.models.ZooFit` (factory arguments, the image size the data is resized to first or None, and a
-    note saying so). Zoo models are fitted by their table rule (`hybridc.models.fit_zoo_model`; the embedded
-    default is the zoo MLP with hidden widths DEFAULT_HIDDEN); a library model (`hf:`/`timm:`) by
-    `hybridc.load_library.fit_library_model` (class count, channels, image and patch size; `model_kwargs` are
-    overrides on top of its spec); a model file takes the data as it is, resized only to `cfg.input_size`.
-    Fitting an already fitted shape changes nothing."""
-    from hybridc.load_library import fit_library_model, is_library_spec
-    from hybridc.models import ZOO, ZooFit, fit_zoo_model
-
-    name = cfg.model or "mlp"
-    c, h, w = (int(d) for d in shape)
-    size = (cfg.input_size, cfg.input_size) if cfg.input_size is not None else None
-    if is_library_spec(name):
-        try:
-            lib = fit_library_model(name, (c, h, w), classes, cfg.model_kwargs, cfg.input_size)
-        except ModelLoadError as exc:
-            raise ConfigError(str(exc)) from None
-        return ZooFit(lib.kwargs, lib.input_size, lib.how)
-    if name not in ZOO:
-        if cfg.model_kwargs:
-            raise ConfigError("model_kwargs apply to zoo models only; a model file builds itself")
-        if size is None or size == (h, w):
-            return ZooFit({}, None, "as is")
-        return ZooFit({}, size, f"input resized {h}x{w} -> {size[0]}x{size[1]} (input_size)")
-    kwargs = dict(cfg.model_kwargs)
-    fitted_shape = (c, *size) if size is not None else (c, h, w)
-    if name == "mlp":
-        hidden = list(DEFAULT_HIDDEN) if cfg.model is None else [1024, 1024]
-        kwargs.setdefault("sizes", [math.prod(fitted_shape), *hidden, classes])
-    if size is not None and name.startswith(("vgg", "vit")):
-        kwargs.setdefault("image_size", size[0])
-    try:
-        fit = fit_zoo_model(name, fitted_shape, classes, kwargs)
-    except ModelLoadError as exc:
-        raise ConfigError(f"model {cfg.model_label()} does not fit {cfg.data} ({c}x{h}x{w}): {exc}") from None
-    if size is not None and size != (h, w):
-        resized = fit.input_size or size
-        return ZooFit(fit.kwargs, resized, f"input resized {h}x{w} -> {resized[0]}x{resized[1]} (input_size)")
-    return fit
-
-
-def build_model(cfg: ExperimentConfig, shape: tuple[int, ...], classes: int
-                ) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
-    """The original (uncompiled) model and an example batch, checked to output `classes` logits. `shape` is
-    the data's per-sample shape; the model is built for it as `fit_model` fits it (the example batch has the
-    fitted shape: resize the data with `fit_model(...).input_size` before feeding it)."""
-    from hybridc.load import load_model
-    from hybridc.load_library import build_library_model, is_library_spec
-    from hybridc.models import ZOO
-    from hybridc.output_leaf import leaf_at, logits_path, narrow_output
-
-    name = cfg.model or "mlp"
-    fit = fit_model(cfg, shape, classes)
-    model_shape = (int(shape[0]), *fit.input_size) if fit.input_size is not None else tuple(shape)
-    if is_library_spec(name):
-        try:
-            model, example = build_library_model(name, tuple(model_shape), 2, fit.kwargs)
-        except ModelLoadError as exc:
-            raise ConfigError(str(exc)) from None
-    else:
-        lm = load_model(name, tuple(model_shape), **fit.kwargs) if name in ZOO else load_model(name, tuple(model_shape))
-        model, example = lm.model, lm.example_inputs
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        try:
-            out = model(*example)
-        except Exception as exc:
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            hint = ""
-            if is_library_spec(name) and fit.input_size is None:
-                key = "img_size" if name.startswith("timm:") else "image_size"
-                hint = (f"; the images may be too small for its downsampling: give {key}=N in the spec to resize "
-                        "them (e.g. 32), or fewer stages")
-            raise ConfigError(f"model {name} cannot run on {cfg.data} samples of shape {tuple(model_shape)}: "
-                              f"{type(exc).__name__}: {first}{hint}") from None
-    model.train(was_training)
-    if not isinstance(out, torch.Tensor):
-        # a structure (transformers' ImageClassifierOutput, a dict, a tuple): train on its logits leaf; the
-        # narrowed model returns that tensor, so the compiled ff-EBM, load_run and evaluate_run see logits
-        try:
-            path = logits_path(out)
-        except HybridcError as exc:
-            raise ConfigError(f"model {name}: {exc}") from None
-        out = leaf_at(out, path)
-        model = narrow_output(model, path)
-    if out.dim() != 2 or out.shape[1] != classes:
-        raise ConfigError(f"model {name} outputs {tuple(out.shape)} for a batch of 2, but {cfg.data} needs logits "
-                          f"of shape (batch, {classes})")
-    return model, example
-
-
-def compile_model(cfg: ExperimentConfig, model: nn.Module, example: tuple[torch.Tensor, ...],
-                  plan: Any = None) -> nn.Module:
-    """The trainable module: the compiled ff-EBM, or the original model itself for `bp`."""
-    if cfg.algorithm == "bp":
-        return model
-    from hybridc.api import compile as hc_compile
-
-    # One divergence check per phase (at its end) instead of every 5 steps: fewer host syncs per batch.
-    solver = {"t1": cfg.t1, "t2": cfg.t2, "mode": cfg.solver_mode, "check_every": max(cfg.t1, cfg.t2)}
-    common: dict[str, Any] = {"gradient": cfg.algorithm, "solver": solver, "init": cfg.init, "beta": cfg.beta,
-                              "goe_variance": cfg.goe_variance, "analog": cfg.analog or None,
-                              # equilibrium by construction (None: the compiler's default gain, 0: off); the
-                              # bound is kept after every optimizer step by hybridc.targets.contraction's hook
-                              "feedback_gain": cfg.feedback_gain}
-    if plan is not None:
-        return hc_compile(model, example, plan=plan, **common)
-    return hc_compile(model, example, max_block_size=cfg.max_block_size, **common, **cfg.policies())
-
-
-def _check_model_finite(model: nn.Module, loader: Any, cfg: ExperimentConfig) -> None:
-    """The original model's own forward pass on the first test batch (real data, as training sees it) must be
-    finite: NaN/Inf there comes from the model's ops (a log of a non-positive value, a division by zero), and
-    no learning rate fixes it. One forward pass, on the CPU copy of the model, no RNG consumed."""
-    loader.set_epoch(0)
-    batch = next(iter(loader))[0].cpu()
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(batch.float())
-    except Exception:  # noqa: BLE001 - build_model already checked that the model runs: nothing new to say
-        return
-    finally:
-        model.train(was_training)
-    if isinstance(out, torch.Tensor) and not bool(torch.isfinite(out).all()):
-        raise ConfigError(f"model {cfg.model_label()} outputs NaN/Inf on the first {batch.shape[0]} {cfg.data} "
-                          "samples before any training: its own operations (a log of a non-positive value, a "
-                          "division by zero, ...) produce them; fix the model (no training setting can)")
-
-
-#: partition settings a fresh run resolves from its compiled plan into config.json (when it has no --plan)
-_PARTITION_FIELDS = ("max_block_size", "norm", "layer_norm", "pool", "attention", "activation", "hardsigmoid_slope",
-                     "non_monotone", "eb_kind", "drn_gamma", "readout")
-
-
-def resolved_config(cfg: ExperimentConfig, fit: Any, shape: tuple[int, ...], plan: Any, augment: str
-                    ) -> ExperimentConfig:
-    """`cfg` with every default that was resolved while building the run written out, so config.json says
-    exactly what ran: the zoo factory arguments (or a library model's spec overrides: num_labels, image_size,
-    ...) fitted to the data, the input size, the partition settings of the compiled plan (unless a --plan
-    fixed them) and the feedback-gain bound. Compiling the resolved config again gives the same model (the
-    values are the ones the defaults stood for)."""
-    from hybridc.load_library import is_library_spec
-    from hybridc.models import ZOO
-
-    updates: dict[str, Any] = {"augment": augment}
-    if (cfg.model or "mlp") in ZOO or is_library_spec(cfg.model or ""):
-        updates["model_kwargs"] = dict(fit.kwargs)
-    updates["input_size"] = fit.input_size[0] if fit.input_size is not None else int(shape[-1])
-    if cfg.algorithm != "bp":
-        if cfg.plan is None and plan is not None:
-            updates |= {k: getattr(plan.config, k) for k in _PARTITION_FIELDS if getattr(cfg, k) is None}
-        if cfg.feedback_gain is None:
-            from hybridc.targets.contraction import DEFAULT_FEEDBACK_GAIN
-
-            updates["feedback_gain"] = DEFAULT_FEEDBACK_GAIN
-    return validate_config(cfg.model_dump() | updates, "resolved run config")
-
-
-def load_plan_file(path: Path) -> Any:
-    """A plan file, every problem a ConfigError naming the file and each reason."""
-    from hybridc.plan import PlanFileError, read_plan
-
-    try:
-        return read_plan(path)
-    except PlanFileError as exc:
-        raise ConfigError(str(exc)) from None
-
-
-def _compile_checked(cfg: ExperimentConfig, model: nn.Module, example: tuple[torch.Tensor, ...],
-                     plan: Any) -> nn.Module:
-    """`compile_model`, with a hand-edited plan that does not describe a runnable graph (a cycle, a missing
-    node) reported as such instead of as an internal KeyError."""
-    try:
-        return compile_model(cfg, model, example, plan)
-    except PlanMismatchError as exc:
-        if plan is None:
-            raise
-        made_for = plan.model.model_class
-        text = str(exc)
-        head = f"the plan does not match model {made_for}:"
-        detail = text[len(head):] if text.startswith(head) else f"\n  - {text}"
-        raise ConfigError(f"the plan{f' {cfg.plan}' if cfg.plan else ''} was made for model {made_for}; it does "
-                          f"not match the model being trained, {cfg.model_label()} ({type(model).__name__}):"
-                          f"{detail}") from None
-    except HybridcError:
-        raise
-    except (KeyError, IndexError, ValueError) as exc:
-        if plan is None:
-            raise
-        raise ConfigError(f"the plan{f' {cfg.plan}' if cfg.plan else ''} does not describe a graph this model "
-                          f"can run ({type(exc).__name__}: {exc}); was it edited by hand? Re-create it with "
-                          "`hybridc partition -f json`") from None
-
-
-def analog_blocks(module: nn.Module) -> dict[str, nn.Module]:
-    """The analog blocks of a compiled model (empty for a plain model)."""
-    return dict(getattr(module, "analog_blocks", {}) or {})
-
-
-def apply_torch_compile(module: nn.Module, algorithm: str) -> list[str]:
-    """torch.compile the digital blocks' forward and the analog blocks' relaxation step (instance attributes,
-    so parameters and state_dict are untouched). Returns what was compiled."""
-    done: list[str] = []
-    if algorithm == "bp":
-        module.forward = torch.compile(module.forward)
-        return ["model"]
-    blocks = getattr(module, "blocks", {})
-    for name, blk in blocks.items():
-        if name in analog_blocks(module):
-            blk.step_map = torch.compile(blk.step_map, dynamic=True)
-        else:
-            blk.forward = torch.compile(blk.forward, dynamic=True)
-        done.append(name)
-    return done
-
-
-# --------------------------------------------------------------------------------------------- interrupts
-class StopFlag:
-    """Ctrl-C (SIGINT) and SIGTERM request a stop at the next batch boundary instead of killing the step:
-    the trainer then saves a consistent checkpoint. A second Ctrl-C raises KeyboardInterrupt at once, unless
-    it follows the first within `debounce_s` (torchrun forwards the terminal's SIGINT to workers that already
-    received it from the terminal: that is one Ctrl-C, not two)."""
-
-    def __init__(self, debounce_s: float = 2.0) -> None:
-        self.requested = False
-        self.debounce_s = debounce_s
-        self._first = 0.0
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        now = time.monotonic()
-        if self.requested and signum == signal.SIGINT and now - self._first > self.debounce_s:
-            raise KeyboardInterrupt
-        if not self.requested:
-            self.requested, self._first = True, now
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[StopFlag]:
-        if threading.current_thread() is not threading.main_thread():
-            yield self  # signal handlers can only be set from the main thread; KeyboardInterrupt still works
-            return
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        try:
-            yield self
-        finally:
-            for sig, prev in self._previous.items():
-                signal.signal(sig, prev)
-
-
 # ------------------------------------------------------------------------------------------------ trainer
-def default_run_name(cfg: ExperimentConfig) -> str:
-    """`<YYYYmmdd-HHMMSS>-<model>-<data>-<alg>`; `create_unique_dir` appends a random suffix, so runs
-    started in the same second never share a directory."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"{stamp}-{cfg.model_label()}-{cfg.data}-{cfg.algorithm}"
-
-
-def _is_hybridc_file(name: str) -> bool:
-    """A file a run writes: its own names, or an atomic write's temporary `.<name>.<random>.tmp`."""
-    if name in RUN_FILES:
-        return True
-    return name.startswith(".") and name.endswith(".tmp") and name[1:].split(".tmp")[0].rsplit(".", 1)[0] in RUN_FILES
-
-
-def looks_like_run(path: Path) -> bool:
-    """Whether directory `path` is empty or a run directory: nothing but files the trainer writes, a
-    config.json that is a complete experiment config (hybridc writes every field) and metrics.jsonl lines
-    that are epoch records. Anything else is somebody's own files, which training must not overwrite."""
-    entries = list(path.iterdir())
-    if not all(p.is_file() and _is_hybridc_file(p.name) for p in entries):
-        return False
-    names = {p.name for p in entries if p.name in RUN_FILES} - {LOCK_NAME}
-    if not names:
-        return True
-    try:
-        data = json.loads((path / CONFIG_NAME).read_text())
-        if not isinstance(data, dict) or not {"algorithm", "data", "epochs", "seed", "lr"} <= set(data):
-            return False
-        validate_config(data, str(path / CONFIG_NAME))
-        metrics = path / METRICS_NAME
-        lines = metrics.read_text().splitlines() if metrics.is_file() else []
-        return all(isinstance(rec := json.loads(x), dict) and "epoch" in rec for x in lines if x.strip())
-    except (OSError, ValueError, HybridcError):
-        return False
-
-
 @dataclass
 class _Accum:
     """Running sums of one epoch, as device tensors (float64: exact across checkpoint round trips)."""
@@ -450,11 +169,11 @@ class Trainer:
                 raise ConfigError("give --resume RUN_DIR alone: the resumed run continues in RUN_DIR "
                                   "(--out cannot point elsewhere)")
             self.run_dir: Path | None = Path(resume)
-            cfg = self._load_resume(self.run_dir, resume_overrides or {})
+            cfg, self.ckpt = resume_config(self.run_dir, resume_overrides or {})
         else:
             self.run_dir = Path(out) if out is not None else None  # None: a unique default, made by run()
             if self.run_dir is not None:
-                self._check_fresh_dir(self.run_dir, force)
+                check_fresh_dir(self.run_dir, force)
             if cfg.plan is not None:  # a bad plan file fails now, before any data or model is loaded
                 if not Path(cfg.plan).is_file():
                     raise ConfigError(f"plan file {cfg.plan} does not exist")
@@ -465,18 +184,6 @@ class Trainer:
         self._in_step = False
 
     # ---- run directory ----------------------------------------------------------------------------
-    @staticmethod
-    def _check_fresh_dir(path: Path, force: bool = False) -> None:
-        if path.exists() and not path.is_dir():
-            raise ConfigError(f"--out {path} exists and is not a directory")
-        # A directory whose run never finished an epoch (no checkpoint) is simply started again.
-        if path.is_dir() and (path / CHECKPOINT_NAME).exists():
-            raise ConfigError(f"--out {path} already holds a run; continue it with `--resume {path}` or "
-                              "choose another --out")
-        if path.is_dir() and not force and not looks_like_run(path):
-            raise RunDirError(f"refusing to train into {path}: it is not empty and not a hybridc run directory "
-                              f"(its files would be overwritten); choose another --out or pass --force")
-
     def _claim_run_dir(self) -> None:
         """Main process: create the run directory (a default one under a unique name) and lock it for the
         run's life; a fresh run's directory is checked again under the lock (another run may have just
@@ -499,9 +206,9 @@ class Trainer:
             raise RunDirError(f"cannot create the run directory {where} ({exc.strerror or exc}); choose a "
                               "writable --out") from None
         if self.ckpt is None:
-            self._check_fresh_dir(self.run_dir, self.force)
+            check_fresh_dir(self.run_dir, self.force)
         for p in self.run_dir.iterdir():  # half-written files of a process killed mid-write (we hold the lock)
-            if p.name.startswith(".") and p.name.endswith(".tmp") and _is_hybridc_file(p.name) and p.is_file():
+            if p.name.startswith(".") and p.name.endswith(".tmp") and is_hybridc_file(p.name) and p.is_file():
                 p.unlink(missing_ok=True)
 
     def _release_run_dir(self, failed: bool) -> None:
@@ -512,30 +219,6 @@ class Trainer:
         if failed and self._created_dir and self.run_dir is not None:
             with contextlib.suppress(OSError):
                 self.run_dir.rmdir()  # only when empty
-
-    def _load_resume(self, run_dir: Path, overrides: dict[str, Any]) -> ExperimentConfig:
-        if not run_dir.is_dir():
-            raise CheckpointError(f"--resume {run_dir}: no such run directory")
-        cfg_path = run_dir / CONFIG_NAME
-        if not cfg_path.is_file():
-            raise CheckpointError(f"--resume {run_dir}: {CONFIG_NAME} is missing; is this a hybridc run directory?")
-        try:
-            saved = validate_config(json.loads(cfg_path.read_text()), str(cfg_path))
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{cfg_path} is not valid JSON ({exc})") from None
-        cfg = check_resume_compatible(saved, overrides)
-        self.ckpt = load_checkpoint(run_dir / CHECKPOINT_NAME)
-        def semantic(d: dict[str, Any]) -> dict[str, Any]:
-            return {k: v for k, v in d.items() if k not in RESUMABLE_FIELDS}
-
-        try:  # validated, so that a run written before a field existed compares with its default
-            ck_cfg = validate_config(self.ckpt["config"], f"{run_dir / CHECKPOINT_NAME} (its config)")
-        except ConfigError:
-            ck_cfg = None
-        if ck_cfg is None or semantic(ck_cfg.model_dump(mode="json")) != semantic(saved.model_dump(mode="json")):
-            raise CheckpointError(f"{run_dir}: the checkpoint belongs to a different config than {CONFIG_NAME} "
-                                  "(files from two runs mixed?)")
-        return cfg
 
     def _write(self, name: str, text: str) -> None:
         if self.run_dir_writable and self.run_dir is not None:
@@ -759,7 +442,8 @@ class Trainer:
         if self.start_epoch >= cfg.epochs:
             self._print(f"[yellow]run already finished {self.start_epoch} epochs; nothing to train "
                         "(extend it with --epochs N when it uses --schedule none)[/]")
-        progress = self._progress()
+        progress = (progress_bars(self.console) if self.cfg.progress and self.ctx.is_main and self.console is not None
+                    and self.console.is_terminal else None)
         with stop.installed(), progress or contextlib.nullcontext():
             ep_task = progress.add_task("epochs", total=cfg.epochs, completed=self.start_epoch, loss="",
                                         acc="", speed="") if progress else None
@@ -871,7 +555,7 @@ class Trainer:
                             f"{self.cfg.model_label()} on {self.cfg.data} ({self.cfg.algorithm})")
             except Exception as exc:  # a plotting problem must never cost a training run
                 self._print(f"[yellow]warning: could not draw {CURVES_NAME}: {type(exc).__name__}: {exc}[/]")
-        self._print(self._epoch_line(record))
+        self._print(epoch_line(record, self.cfg.epochs))
         self._warn_unconverged(record["residual"])
         self._warn_bad_training()
         return record
@@ -895,35 +579,12 @@ class Trainer:
         if ("chance" not in self._warned and len(recs) >= min(CHANCE_EPOCHS, max(self.cfg.epochs, 2))
                 and all(r["train_acc"] <= 1.5 * chance for r in recs[-2:])):
             self._warned.add("chance")
-            causes = self._chance_causes()
+            causes = chance_causes(self.cfg, self.plan, self.log.records, self.num_classes)
             self._training_warning(
                 f"after {len(recs)} epochs train accuracy {100 * last['train_acc']:.1f} % and test accuracy "
                 f"{100 * last['test_acc']:.1f} % are at chance ({100 * chance:.1f} % for {self.num_classes} "
                 "classes): the model is not learning. "
                 + ("Likely: " + "; ".join(causes) if causes else "Check --lr, the data and the model"))
-
-    def _chance_causes(self) -> list[str]:
-        """The likely reasons a run sits at chance, from its settings and metrics, most specific first."""
-        cfg, recs = self.cfg, self.log.records
-        pc = self.plan.config if self.plan is not None else None
-        out: list[str] = []
-        flat = all(abs(r["train_loss"] - math.log(max(self.num_classes, 2))) < 0.05 for r in recs[-2:])
-        if pc is not None and pc.eb_kind == "drn" and pc.drn_gamma > 10:
-            out.append(f"--drn-gamma {pc.drn_gamma:g} drives the DRN blocks' sources (γ·[x, −x]) far beyond "
-                       "the neurons' range, so they saturate and the outputs stop depending on the input; try "
-                       "--drn-gamma 1 (the default) to 10")
-        if self.plan is not None and self.plan.analog.any:
-            out.append("the device effects (--analog) may drown the signal: train once without them to check")
-        bad = [k for k, v in recs[-1].get("residual", {}).items() if v > UNCONVERGED_RESIDUAL]
-        if bad:
-            out.append(f"{', '.join(bad)} end their free phase far from equilibrium: raise --t1")
-        high_lr = 0.01 if cfg.optimizer == "adam" else 0.5
-        if cfg.lr > high_lr:
-            out.append(f"--lr {cfg.lr:g} is high for {cfg.optimizer}: try {high_lr / 10:g}")
-        if flat:
-            out.append(f"the train loss stays at ln({self.num_classes}) = {math.log(self.num_classes):.3f}: the "
-                       "logits do not depend on the input (saturated or dead neurons, or a zero gradient)")
-        return out
 
     def _training_warning(self, text: str) -> None:
         from rich.markup import escape
@@ -947,62 +608,11 @@ class Trainer:
         return pc is None or pc.activation == "hardsigmoid"
 
     # ---- display ----------------------------------------------------------------------------------
-    def _progress(self) -> Any:
-        if not (self.cfg.progress and self.ctx.is_main and self.console is not None
-                and self.console.is_terminal):
-            return None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        return Progress(TextColumn("{task.description:>14}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("loss {task.fields[loss]}"), TextColumn("acc {task.fields[acc]}"),
-                        TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                        TimeRemainingColumn(), console=self.console)
-
     def _show(self, progress: Any, task: Any, acc: _Accum, elapsed: float) -> None:
         loss, correct, *_ = acc.read()  # the one host read every `log_every` batches
         progress.update(task, advance=1, loss=f"{loss / max(acc.samples, 1):.4f}",
                         acc=f"{100 * correct / max(acc.samples, 1):.2f}%",
                         speed=f"{acc.samples * self.ctx.world_size / max(elapsed, 1e-9):,.0f} samples/s")
-
-    def _activation_text(self) -> str:
-        """The neuron activations the analog blocks really use (from the compiled plan): `hardsigmoid slope
-        0.5`, or under `activation keep` the model's own (`keep: relu`)."""
-        pc = self.plan.config if self.plan is not None else None
-        kinds: list[str] = []
-        for b in (self.plan.analog_blocks if self.plan is not None else []):
-            for nr in b.neurons:
-                a = nr.activation
-                text = a.kind + "".join(f" {k} {v:g}" for k, v in a.params.items())
-                if text not in kinds:
-                    kinds.append(text)
-        if pc is not None and pc.activation == "keep":
-            return "activation keep: " + (", ".join(kinds) or "the model's own")
-        return "activation " + (", ".join(kinds) or (f"hardsigmoid slope {pc.hardsigmoid_slope:g}" if pc else "-"))
-
-    def _analog_text(self) -> str:
-        """The block kind and the device effects the analog blocks simulate."""
-        pc = self.plan.config if self.plan is not None else None
-        kind = pc.eb_kind if pc is not None else (self.cfg.eb_kind or "dhn")
-        kinds = sorted({b.eb_kind or kind for b in self.plan.analog_blocks}) if self.plan is not None else [kind]
-        text = "/".join(kinds)
-        if "drn" in kinds and pc is not None:
-            text += f" (γ {pc.drn_gamma:g})"
-        spec = self.plan.analog if self.plan is not None else None
-        effects = {k: v for k, v in (spec.model_dump() if spec is not None else {}).items()
-                   if v not in (None, 0, 0.0)}
-        per_block = [b.name for b in (self.plan.analog_blocks if self.plan is not None else []) if b.analog]
-        text += ", device effects " + (", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                                                for k, v in effects.items()) if effects else "off (ideal device)")
-        if per_block:
-            text += f" (own effects in {', '.join(per_block)})"
-        return text
 
     def _header(self) -> str:
         from rich.markup import escape
@@ -1018,9 +628,9 @@ class Trainer:
         if cfg.algorithm != "bp":
             pc = self.plan.config if self.plan is not None else None
             gain = getattr(self.module, "feedback_gain", None)
-            parts.append(f"{len(self.block_names)} analog block(s) {self._analog_text()}")
+            parts.append(f"{len(self.block_names)} analog block(s) {analog_text(self.plan, self.cfg)}")
             partition = f"plan {cfg.plan}" if cfg.plan else (f"max_block_size {pc.max_block_size}" if pc else "-")
-            parts.append(f"partition {partition}, {self._activation_text()}, β {cfg.beta:g}, solver {cfg.solver_mode} T1 {cfg.t1} "
+            parts.append(f"partition {partition}, {activation_text(self.plan)}, β {cfg.beta:g}, solver {cfg.solver_mode} T1 {cfg.t1} "
                          f"T2 {cfg.t2}, init {cfg.init}"
                          + (f", feedback gain ≤ {gain:g}" if gain else ", feedback gain unbounded"))
         parts.append(f"{cfg.epochs} epochs × {len(self.train_loader)} batches of {cfg.batch_size}, {cfg.optimizer} "
@@ -1058,13 +668,6 @@ class Trainer:
         self._last_plain = time.perf_counter()
         self._print(f"epoch {epoch + 1}/{self.cfg.epochs} batch {acc.batches}/{n_batches}  train loss "
                     f"{loss / n:.4f} acc {100 * correct / n:.2f}%  {rate:,.0f} samples/s  epoch ETA {eta:.0f}s")
-
-    def _epoch_line(self, r: dict[str, Any]) -> str:
-        res = ", ".join(f"{k} {v:.1e}" for k, v in r["residual"].items())
-        return (f"epoch {r['epoch']:>3}/{self.cfg.epochs}  train loss {r['train_loss']:.4f} acc "
-                f"{100 * r['train_acc']:6.2f}%  test loss {r['test_loss']:.4f} acc {100 * r['test_acc']:6.2f}%  "
-                f"{r['epoch_time_s']:.1f}s {r['samples_per_s']:,.0f} samples/s"
-                + (f"  residual {res}" if res else ""))
 
     def _summary(self, wall: float, interrupted: bool) -> dict[str, Any]:
         recs = self.log.records

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from hybridc.runtime.experiment import ExperimentConfig
-from hybridc.runtime.train import train
+from hybridc.train.experiment import ExperimentConfig
+from hybridc.train.loop import train
 
 
 def select_rows(parts: str, rows: dict[str, Any]) -> list[str]:
