@@ -55,8 +55,8 @@ class PatchEmbed(nn.Module):
 
 
 def _blocks_have_outputs(ff) -> None:  # noqa: ANN001
-    for name, (_, outs) in ff._io.items():
-        assert outs, f"block {name} has no outputs"
+    for name in ff.blocks:
+        assert ff.io(name)[1], f"block {name} has no outputs"
 
 
 def test_assertion_is_dropped_and_the_model_exports_and_verifies(tmp_path) -> None:  # noqa: ANN001

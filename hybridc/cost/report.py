@@ -499,7 +499,7 @@ def cost_of_compiled(compiled: nn.Module, model_name: str = "", tile: tuple[int,
     try:
         for pb in plan.blocks:
             mod = compiled.blocks[pb.name]
-            ins, outs = compiled._io[pb.name]
+            ins, outs = compiled.io(pb.name)
             missing = [i for i in [*ins, *outs] if i not in refs or refs[i][0] is None]
             if missing:
                 raise ReportError(f"{pb.name}: no recorded shape for {missing}; re-run partition")

@@ -7,7 +7,7 @@ import copy
 import math
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -198,11 +198,7 @@ class FFEBM(nn.Module):
         if len(tensors) != len(self._inputs):
             raise TypeError(f"expected {len(self._inputs)} input(s) ({', '.join(self._inputs)}), "
                             f"got {len(tensors)}")
-        env: dict[str, torch.Tensor] = dict(zip(self._inputs, tensors))
-        for name in self.blocks:
-            ins, outs = self._io[name]
-            values = self.run_block(name, [env[i] for i in ins])
-            env.update(zip(outs, values))
+        env = self.run(tensors)
         out = fx.node.map_arg(self._output_template, lambda n: env[n.name])
         out_spec = getattr(self, "_output_spec", None)
         if out_spec is not None:
@@ -220,6 +216,23 @@ class FFEBM(nn.Module):
             if only is None or any(id(p) in only for p in blk.parameters()):
                 blk.constrain_()
         return self
+
+    @property
+    def input_names(self) -> list[str]:
+        """The graph inputs, in the order `run` takes them (the tensors of the original call, flattened)."""
+        return list(self._inputs)
+
+    def io(self, name: str) -> tuple[list[str], list[str]]:
+        """Block `name`'s input and output tensor names (graph inputs or other blocks' outputs)."""
+        ins, outs = self._io[name]
+        return list(ins), list(outs)
+
+    def run(self, inputs: Sequence[torch.Tensor], call: BlockCall | None = None) -> dict[str, torch.Tensor]:
+        """One pass over the blocks in plan order: every graph input and block output by tensor name.
+        `call(name, block, inputs)` runs a block (default `run_block`): export and the cost model run the
+        same loop with their own block execution."""
+        return run_blocks(self.blocks, self._io, dict(zip(self._inputs, inputs)),
+                          call or (lambda name, _block, xs: self.run_block(name, xs)))
 
     def run_block(self, name: str, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """Run block `name` on its inputs (an analog block's initial states follow their shapes)."""
@@ -246,6 +259,21 @@ class StateShapes:
 
     def __call__(self, inputs: list[torch.Tensor]) -> list[list[int]]:
         return [[_dim(d, inputs) for d in nd] for nd in self.dims]
+
+
+#: How `run_blocks` runs one block: (name, block, its inputs) -> its outputs.
+BlockCall = Callable[[str, nn.Module, list[torch.Tensor]], Sequence[Any]]
+
+
+def run_blocks(blocks: Mapping[str, nn.Module], io: Mapping[str, tuple[list[str], list[str]]],
+               env: dict[str, Any], call: BlockCall) -> dict[str, Any]:
+    """The ff-EBM's block loop, written once: each block, in order, reads its inputs from `env` (tensor name
+    -> value, the graph inputs first) and adds its outputs. Used by the compiled model, export's full ONNX
+    model and the exporter's reference run."""
+    for name, block in blocks.items():
+        ins, outs = io[name]
+        env.update(zip(outs, call(name, block, [env[i] for i in ins])))
+    return env
 
 
 def _dim(d: Dim, inputs: list[torch.Tensor]) -> int:
