@@ -154,10 +154,6 @@ class DeviceLoader:
         """Epoch the next batch belongs to."""
         return self._epoch
 
-    @property
-    def batch_index(self) -> int:
-        """Index, within :attr:`epoch`, of the next batch."""
-        return self._batch
 
     def set_epoch(self, epoch: int) -> None:
         """Position the loader at the start of ``epoch``."""

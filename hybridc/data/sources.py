@@ -346,14 +346,6 @@ def _atomic_target(dest: Path) -> Iterator[IO[bytes]]:
             tmp.unlink()
 
 
-def _md5_of(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def download_file(url: str, dest: Path, md5: str | None = None, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
     """Download ``url`` to ``dest`` atomically, checking the announced length and ``md5`` if given.
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.fx as fx
 
 from hybridc.passes.composite import find_composites
@@ -248,6 +247,3 @@ def _digital_reason(key: str, node: fx.Node, data: set[fx.Node]) -> str:
     return f"not a linear/monotone op ({key})"
 
 
-def tensor_dtype(node: fx.Node) -> torch.dtype | None:
-    name = node.meta.get("hybridc_dtype")
-    return getattr(torch, name) if name else None

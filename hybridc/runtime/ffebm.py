@@ -3,7 +3,6 @@ blocks as fx GraphModules, analog blocks as energy-based modules with their own 
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 import warnings
@@ -390,12 +389,3 @@ def _toggle_parametrized_key(key: str) -> str:
     return f"{prefix}.parametrizations.{name}.original" if prefix else f"parametrizations.{name}.original"
 
 
-def original_names(compiled: FFEBM, traced: TracedGraph) -> dict[str, str]:
-    """Map every parameter name of the compiled module to the name it had in the original model."""
-    by_id = {id(p): n for n, p in traced.gm.named_parameters()}
-    return {n: by_id.get(id(p), n) for n, p in compiled.named_parameters()}
-
-
-def copy_traced(traced: TracedGraph) -> TracedGraph:
-    return TracedGraph(gm=copy.deepcopy(traced.gm), method=traced.method, inputs=traced.inputs,
-                       outputs=traced.outputs, notes=list(traced.notes))

@@ -119,21 +119,6 @@ def plot_curves(records: Sequence[dict[str, Any]], path: Path, title: str = "") 
     plt.close(fig)
 
 
-def epoch_table(records: Sequence[dict[str, Any]], title: str = "") -> Table:
-    """Per-epoch rows: losses, accuracies, time, throughput, equilibrium residuals."""
-    t = Table(title=title or None, title_justify="left")
-    for col in ("epoch", "train loss", "train acc", "test loss", "test acc", "time (s)", "samples/s",
-                "residual (max|Δs|)"):
-        t.add_column(col, justify="right")
-    for r in records:
-        res = r.get("residual") or {}
-        res_txt = ", ".join(f"{k} {v:.1e}" for k, v in res.items()) or "-"
-        t.add_row(str(r["epoch"]), f"{r['train_loss']:.4f}", f"{100 * r['train_acc']:.2f}%",
-                  f"{r['test_loss']:.4f}", f"{100 * r['test_acc']:.2f}%", f"{r['epoch_time_s']:.1f}",
-                  f"{r['samples_per_s']:.0f}", res_txt)
-    return t
-
-
 def summary_table(summary: dict[str, Any]) -> Table:
     """The final two-column summary of a run (what was trained, how well, how fast, where it is)."""
     t = Table(title="summary", title_justify="left", show_header=False)
