@@ -70,9 +70,10 @@ def export_command(
 
     from hybridc.export.exporter import export_ffebm, validate_export_settings
     from hybridc.export.manifest import ExportError, SourceInfo
-    from hybridc.export.run_dir import is_run_dir, load_run
+    from hybridc.export.run_dir import load_run
     from hybridc.export.verify import report_table
     from hybridc.progress import StepProgress
+    from hybridc.train.run_dir import is_run_dir
 
     validate_export_settings(opset, batch, tol)  # before any work
 

@@ -18,7 +18,6 @@ from hybridc.data.preprocess import InputTransform
 from hybridc.export.manifest import ExportError, SourceInfo
 from hybridc.runtime.ffebm import FFEBM
 from hybridc.train.checkpoint import CheckpointError
-from hybridc.train.run_dir import CONFIG_NAME, PLAN_NAME
 
 
 @dataclass
@@ -29,14 +28,6 @@ class LoadedRun:
     source: SourceInfo
     example_inputs: tuple[torch.Tensor, ...]
     transform: InputTransform | None = None
-
-
-def is_run_dir(path: str | Path) -> bool:
-    """A directory with a run's config.json or plan.json that is not an export directory (what `hybridc
-    export` takes as RUN_DIR rather than MODEL)."""
-    p = Path(path)
-    return p.is_dir() and ((p / CONFIG_NAME).is_file() or (p / PLAN_NAME).is_file()) \
-        and not (p / "manifest.json").is_file()
 
 
 def load_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> LoadedRun:

@@ -43,10 +43,12 @@ CHECKPOINTS = {"last": CHECKPOINT_NAME, "best": BEST_CHECKPOINT_NAME}
 
 
 def is_run_dir(path: str | Path) -> bool:
-    """A directory holding a training run's config.json (what `export`/`eval` take as RUN_DIR rather than a
-    model or an export directory)."""
+    """A directory with a run's config.json or plan.json that is not an export directory: what `hybridc
+    export` and `hybridc eval` take as RUN_DIR rather than a model or an export (a run missing a file is
+    then reported by the reader, `hybridc.train.saved_run.read_run`, naming the file)."""
     p = Path(path)
-    return p.is_dir() and (p / CONFIG_NAME).is_file() and not (p / "manifest.json").is_file()
+    return p.is_dir() and ((p / CONFIG_NAME).is_file() or (p / PLAN_NAME).is_file()) \
+        and not (p / "manifest.json").is_file()
 
 
 def default_run_name(cfg: ExperimentConfig) -> str:
