@@ -77,9 +77,9 @@ def load_run(run_dir: Path, device: str) -> tuple[Any, Any, Any, dict[str, Any]]
     """(compiled model with the run's trained weights, train split, test split, config) of a run directory."""
     from hybridc.data import load_dataset
     from hybridc.plan import Plan
+    from hybridc.train.build import build_model, compile_model
     from hybridc.train.checkpoint import load_checkpoint
     from hybridc.train.experiment import validate_config
-    from hybridc.train.build import build_model, compile_model
 
     cfg = validate_config(json.loads((run_dir / "config.json").read_text()), str(run_dir / "config.json"))
     if cfg.algorithm == "bp":

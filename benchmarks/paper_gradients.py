@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from hybridc.api import compile as hc_compile
-from hybridc.data.datasets import load_dataset
+from hybridc.data.fashion32 import load_32
 from hybridc.gradcheck import GradcheckReport, gradcheck, original_parameter_names
 from hybridc.models import build_zoo_model
 
@@ -44,13 +44,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def load(train_subset: int, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x_train, y_train, x_check, y_check): normalised Fashion-MNIST 32×32; the check batch is test data."""
-    train = load_dataset("fashion-mnist", split="train", pad_to=32, download=False)
-    test = load_dataset("fashion-mnist", split="test", pad_to=32, download=False)
-    mean = torch.tensor(train.mean).view(1, -1, 1, 1)
-    std = torch.tensor(train.std).view(1, -1, 1, 1)
-    (xtr, ytr), (xte, yte) = train.tensors, test.tensors
-    idx = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(0))[:train_subset]
-    return (xtr[idx] - mean) / std, ytr[idx], (xte[:batch] - mean) / std, yte[:batch]
+    d = load_32("fashion-mnist", train_subset=train_subset, test_subset=batch, fallback=False)
+    return d.x_train, d.y_train, d.x_test, d.y_test
 
 
 def policies(args: argparse.Namespace) -> dict[str, Any]:

@@ -25,16 +25,20 @@ Columns (one row per model / block size / gradient, mean ± std over seeds):
 Presets:
 
 * `--preset cpu` (the measured tables in the README): Fashion-MNIST padded to 32×32 (hybridc's loader,
-  /usr/share/datasets/fashion-mnist), **width 1/16** (channels 8-16-16-32-32, hidden Linear 16 instead of
-  128-256-256-512-512 / 256), **2000 training images** (a fixed random subset), **3 epochs**, 2000 test images
-  (1000 for the 5× check), batch 64, Adam lr 1e-3 with cosine annealing, tolerance version: max|Δs| < 1e-4
-  checked every step, at most 100 steps per phase (the paper: relative ‖Δs‖/‖s‖ < 1e-6, at most 1580 steps), T2
-  capped the same way, β 0.05 centered (hybridc normalises δ to unit RMS, so its β is not the paper's raw-δ β),
-  hard-sigmoid slope 1.0 (the paper's fixed-step configs), PyTorch's default init (the paper's GOE variance
-  carries no signal through six layers once the entry BatchNorm is dropped: logit std 3e-7), no equilibrium
-  guard (the paper has none; `--feedback-gain 0.8` gives the compiler's default), norm policy `drop` (below).
+  /usr/share/datasets/fashion-mnist, `hybridc.data.fashion32`), **width 1/16** (channels 8-16-16-32-32, hidden
+  Linear 16 instead of 128-256-256-512-512 / 256), **5000 training images** (a fixed random subset),
+  **3 epochs**, 2000 test images (500 for the 5× check), batch 32, Adam lr 2e-3 with cosine annealing,
+  β 0.2 centered (as the paper, but on hybridc's unit-RMS δ: see below), the reference's asynchronous (even/odd)
+  updates, tolerance version: max|Δs| < 1e-4 checked every step, at most 100 steps per phase (the paper:
+  relative ‖Δs‖/‖s‖ < 1e-6, at most 1580 steps), hard-sigmoid slope 1.0 (the paper's fixed-step configs),
+  PyTorch's default init (the reference's GOE variance, tuned for full width, leaves the width-1/16 net with
+  logits of std ~4e-6: `--init goe-conv` gives it), hybridc's default equilibrium guard ρ ≤ 0.8 (the paper has
+  none; `--feedback-gain 0` removes it: without it, at this width and lr, n=6 EP collapsed to chance in epoch 3
+  and n=6 ID hit a NaN off equilibrium), norm policy `entry`: the paper's one BatchNorm stays in
+  block 1's input synapse at every split.
 * `--preset gpu`: the paper's widths and settings — CIFAR-10 when its files are found (else Fashion-MNIST
-  32×32), batch 128, Adam (weight decay 3e-4) + cosine to 1e-6, β 0.2 centered, GOE init;
+  32×32), batch 128, Adam (weight decay 3e-4) + cosine to 1e-6, β 0.2 centered, the reference's conv-only
+  GOE init (`init="goe-conv"`), asynchronous updates, norm `entry`, no guard (`feedback_gain` 0);
   `vgg-paper` at 6, 3, 2, 1 (fixed version: T1 60, T2 20, slope 1.0, lr 1e-4, 200 epochs; tolerance version:
   at most 1580 steps, tol 1e-6, slope 0.65, lr 3e-4, 100 epochs) and `vgg-paper-12` at 4, 3, 2 (fixed: T1 20,
   T2 5, lr 5e-5; tolerance: tol 1e-4, slope 0.55), per `hydra_conf/splitting_{small,large}[_TOL].yaml` of the
@@ -43,12 +47,19 @@ Presets:
 Faithfulness notes (what differs from the paper, and why):
 
 * The readout stays digital (partition policy `readout="digital"`): the paper's Linear read of the last
-  block, differentiated by autograd from the loss.
-* The paper's one BatchNorm (in block 1's feedforward entry, conv0 → pool → BN) cannot yet stay inside an
-  analog block's input synapse (hybridc's `entry` policy removes norms inside a block; requested); with
-  `norm=entry` it would exist only at max_block_size 1, so the cpu preset uses `norm=drop` for every split:
-  one network for all splits.
-* hybridc's tolerance is max|Δs| (absolute, all layers), the paper's the mean over layers of ‖Δs‖/‖s‖.
+  block. The paper differentiates CE∘readout *inside* the nudged phase (the nudge −β ∂ℓ(readout(s_L), y)/∂s_L is
+  re-evaluated at every nudged step, raw per-sample gradient); hybridc nudges with the gradient δ at the free
+  equilibrium, fixed for the phase and normalised to unit RMS per sample (`GradientConfig.normalize`), so its β
+  is not the paper's raw-δ β.
+* The paper's one BatchNorm (block 1's feedforward entry, conv0 → pool → BN) is in block 1's input synapse
+  (norm policy `entry` keeps a norm that reads the block's inputs only): evaluated once per relaxation phase
+  with the batch's statistics in training (running statistics updated by the free phase only, never by the
+  feedback-gain probe), running statistics in eval; its affine parameters are trained by EP/ID through Φ, as the
+  reference trains them. At `max_block_size` 1 every activation, pool and norm is digital (each block is one
+  weight layer with a linear neuron), so n=1 is the feedforward net, BN included.
+* hybridc's tolerance is max|Δs| (absolute, all layers), the paper's the mean over layers of ‖Δs‖/‖s‖; and with
+  a tolerance set hybridc applies it to the nudged phases too (capped at max_steps), where the paper runs its T2
+  steps (tolerance on the free phase only).
 
 Rows are appended to a JSON-lines file (`--out`, default `benchmarks/results/splitting_<preset>.jsonl`) as
 each finishes; rows already there are skipped, so an interrupted run resumes where it stopped.
@@ -76,8 +87,8 @@ import torch
 import torch.nn.functional as F
 
 from hybridc.api import compile as hc_compile
-from hybridc.data.datasets import load_dataset
-from hybridc.errors import DataError, EquilibriumDivergedError
+from hybridc.data.fashion32 import load_32
+from hybridc.errors import EquilibriumDivergedError
 from hybridc.models import build_zoo_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -95,26 +106,27 @@ class Settings:
     gradients: tuple[str, ...] = ("ep", "id")
     seeds: tuple[int, ...] = (0, 1, 2)
     width: float = 0.0625
-    train_subset: int | None = 2000
+    train_subset: int | None = 5000
     test_subset: int | None = 2000
-    eq_subset: int = 1000
+    eq_subset: int = 500
     epochs: int = 3
-    batch_size: int = 64
-    lr: float = 1e-3
+    batch_size: int = 32
+    lr: float = 2e-3
     weight_decay: float = 0.0
     eta_min: float = 0.0
-    beta: float = 0.05
+    beta: float = 0.2
     solver: str = "tol"  # "tol" (stop on tolerance, capped at max_steps) or "fixed" (t1/t2 steps)
     t1: int = 60
     t2: int = 20
     tol: float = 1e-4
     max_steps: int = 100
     check_every: int = 1
+    mode: str = "async"  # the reference's even/odd updates (`asynchronous: true`); "sync" oscillates more
     slope: float = 1.0
-    init: str = "keep"  # "goe" (the paper's) or "keep" (the ordinary model's PyTorch init)
+    init: str = "keep"  # "goe-conv" (the reference's conv-only GOE), "goe" (every weight) or "keep" (PyTorch's)
     goe_variance: float = 8.351e-5
-    norm: str = "drop"
-    feedback_gain: float | None = 0.0  # None: the compiler's default guard (ρ ≤ 0.8); 0: off (the paper)
+    norm: str = "synapse"
+    feedback_gain: float | None = None  # None: the compiler's default guard (ρ ≤ 0.8); 0: off (the paper)
     id_tol: float = 1e-6
     device: str = "cpu"
     #: per-model overrides (the gpu preset's 12-layer net has its own T1/T2, slope, lr)
@@ -127,7 +139,7 @@ PRESETS: dict[str, Settings] = {
         data="cifar10", models={"vgg-paper": [6, 3, 2, 1], "vgg-paper-12": [4, 3, 2]}, width=1.0,
         train_subset=None, test_subset=None, eq_subset=2000, epochs=100, batch_size=128, lr=3e-4,
         weight_decay=3e-4, eta_min=1e-6, beta=0.2, solver="tol", t1=60, t2=20, tol=1e-6, max_steps=1580,
-        check_every=5, slope=0.65, norm="drop", device="cuda", init="goe",
+        check_every=5, slope=0.65, norm="synapse", device="cuda", init="goe-conv", feedback_gain=0.0,
         per_model={"vgg-paper-12": {"t1": 20, "t2": 5, "tol": 1e-4, "slope": 0.55, "lr": 5e-5,
                                     "goe_variance": 5.9e-5}}),
 }
@@ -145,8 +157,8 @@ def solver_dict(s: Settings, scale: int = 1) -> dict[str, Any]:
     """SolverConfig fields; `scale` multiplies the step budget (and divides the tolerance) for the 5× check."""
     if s.solver == "tol":
         return {"t1": s.t1, "t2": s.t2, "tol": s.tol / (10 if scale > 1 else 1), "max_steps": s.max_steps * scale,
-                "check_every": s.check_every}
-    return {"t1": s.t1 * scale, "t2": s.t2, "check_every": max(s.t1 * scale, s.t2)}
+                "check_every": s.check_every, "mode": s.mode}
+    return {"t1": s.t1 * scale, "t2": s.t2, "check_every": max(s.t1 * scale, s.t2), "mode": s.mode}
 
 
 def build(s: Settings, model_name: str, n: int, gradient: str, example: torch.Tensor) -> torch.nn.Module:
@@ -167,28 +179,10 @@ def block_layers(ff: torch.nn.Module) -> dict[str, int]:
 
 # ---- data -------------------------------------------------------------------------------------------------
 def load_data(s: Settings) -> tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(name, x_train, y_train, x_test, y_test), normalised, 32×32, the subsets fixed by seed 0."""
-    name = s.data
-    try:
-        train = load_dataset(name, split="train", pad_to=32, download=False)
-        test = load_dataset(name, split="test", pad_to=32, download=False)
-    except DataError:
-        if name == "fashion-mnist":
-            raise
-        print(f"{name} files not found: using Fashion-MNIST padded to 32×32", file=sys.stderr)
-        name = "fashion-mnist"
-        train = load_dataset(name, split="train", pad_to=32, download=False)
-        test = load_dataset(name, split="test", pad_to=32, download=False)
-    mean = torch.tensor(train.mean).view(1, -1, 1, 1)
-    std = torch.tensor(train.std).view(1, -1, 1, 1)
-    (xtr, ytr), (xte, yte) = train.tensors, test.tensors
-    g = torch.Generator().manual_seed(0)
-    if s.train_subset:
-        idx = torch.randperm(len(xtr), generator=g)[: s.train_subset]
-        xtr, ytr = xtr[idx], ytr[idx]
-    if s.test_subset:
-        xte, yte = xte[: s.test_subset], yte[: s.test_subset]
-    return name, (xtr - mean) / std, ytr, (xte - mean) / std, yte
+    """(name, x_train, y_train, x_test, y_test), normalised, 32×32, the subsets fixed by seed 0
+    (`hybridc.data.fashion32.load_32`: Fashion-MNIST when the preset's data set is not on disk)."""
+    d = load_32(s.data, train_subset=s.train_subset, test_subset=s.test_subset)
+    return d.name, d.x_train, d.y_train, d.x_test, d.y_test
 
 
 # ---- one row ----------------------------------------------------------------------------------------------
@@ -297,6 +291,29 @@ def run_row(s: Settings, data: tuple, model_name: str, n: int, gradient: str, se
 
 
 # ---- grid, results file, table ----------------------------------------------------------------------------
+#: Settings that are grid dimensions (or bookkeeping), not part of what a row measured.
+_GRID_FIELDS = ("models", "per_model", "seeds", "gradients")
+
+
+def row_settings(s: Settings) -> dict[str, Any]:
+    """What a row records of its settings (JSON-normalised: tuples as lists)."""
+    return json.loads(json.dumps({k: v for k, v in asdict(s).items() if k not in _GRID_FIELDS}, default=str))
+
+
+def settings_diff(row: dict[str, Any], s: Settings) -> str:
+    rec, now = row.get("settings", {}), row_settings(settings_for(s, row.get("model", "")))
+    diff = [f"{k}: {rec.get(k)!r} there, {now.get(k)!r} now" for k in sorted(set(rec) | set(now))
+            if k not in _GRID_FIELDS and rec.get(k) != now.get(k)]
+    return "; ".join(diff[:3]) or "no settings recorded"
+
+
+def same_settings(row: dict[str, Any], s: Settings) -> bool:
+    """Was `row` run with `s` (its model's per-model settings)? A resumed grid must not count rows of other
+    settings as done, nor mix them into its table."""
+    rec = {k: v for k, v in row.get("settings", {}).items() if k not in _GRID_FIELDS}
+    return rec == row_settings(settings_for(s, row.get("model", "")))
+
+
 def row_key(r: dict[str, Any]) -> tuple:
     return (r["model"], int(r["max_block_size"]), r["gradient"], int(r["seed"]))
 
@@ -382,11 +399,12 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     p.add_argument("--eq-subset", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--device", default=None)
-    p.add_argument("--init", choices=["goe", "keep"], default=None)
+    p.add_argument("--init", choices=["goe-conv", "goe", "keep"], default=None)
+    p.add_argument("--mode", choices=["async", "sync"], default=None, help="relaxation updates")
     p.add_argument("--goe-variance", type=float, default=None, help="GOE init variance (the paper's: 8.351e-5)")
     p.add_argument("--slope", type=float, default=None, help="hard-sigmoid slope")
     p.add_argument("--feedback-gain", type=float, default=None, help="equilibrium guard ρ bound (0 = off)")
-    p.add_argument("--norm", choices=["drop", "entry", "split"], default=None)
+    p.add_argument("--norm", choices=["drop", "entry", "synapse", "split"], default=None)
     p.add_argument("--beta", type=float, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -397,7 +415,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
         s = replace(s, solver="fixed", per_model={m: s.per_model.get(m, {}) | v for m, v in GPU_FIXED.items()})
     over: dict[str, Any] = {k: getattr(args, k) for k in ("solver", "epochs", "width", "train_subset",
                                                             "test_subset", "eq_subset", "batch_size", "device", "init", "lr",
-                                                            "feedback_gain", "norm", "beta", "goe_variance", "slope")
+                                                            "feedback_gain", "norm", "beta", "goe_variance", "slope", "mode")
                             if getattr(args, k) is not None}
     if args.seeds:
         over["seeds"] = tuple(int(v) for v in args.seeds.split(","))
@@ -420,7 +438,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
-    done = {row_key(r) for r in read_rows(out)}
+    rows = read_rows(out)
+    stale = [r for r in rows if not same_settings(r, s)]
+    if stale:
+        print(f"{out}: {len(stale)} of its {len(rows)} rows were run with other settings (e.g. "
+              f"{settings_diff(stale[0], s)}); give another --out, or move that file away", file=sys.stderr)
+        return 2
+    done = {row_key(r) for r in rows}
     todo = [k for k in grid(s) if k not in done]
     print(f"preset {args.preset}: {len(todo)} rows to run ({len(done)} already in {out}); settings: "
           f"{json.dumps(asdict(s), default=str)}", flush=True)
@@ -433,12 +457,12 @@ def main(argv: list[str] | None = None) -> int:
             row = run_row(ms, data, model_name, n, gradient, seed, args.checkpoints)
         except EquilibriumDivergedError as exc:  # a finding of the grid, not a crash of it
             row = {"model": model_name, "max_block_size": n, "gradient": gradient, "seed": seed,
-                   "diverged": str(exc).split(";")[0], "not_at_equilibrium": True}
+                   "diverged": str(exc).split(";")[0], "not_at_equilibrium": True, "settings": row_settings(ms)}
             append_row(out, row | {"preset": args.preset, "wall_s": time.time() - t0})
             print(f"{model_name} n={n} {gradient} seed {seed}: DIVERGED: {row['diverged']}", flush=True)
             continue
         row |= {"preset": args.preset, "solver": ms.solver, "wall_s": time.time() - t0,
-                "settings": {k: v for k, v in asdict(ms).items() if k not in ("models", "per_model")}}
+                "settings": row_settings(ms)}
         append_row(out, row)
         print(f"{model_name} n={n} {gradient} seed {seed}: acc {row['test_acc']:.4f}, "
               f"{statistics.mean(row['epoch_s']):.1f} s/epoch, steps/block {row['train_steps_per_block']}, "

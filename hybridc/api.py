@@ -86,8 +86,12 @@ def compile(model: nn.Module, example_inputs: Any, plan: Plan | None = None,
 
     `plan`: a Plan to build exactly (validated against the model); else one is made with
     `max_block_size` and `policies` (see `partition`). `gradient`: "ep", "id" or "bptt".
-    `solver`: SolverConfig fields (t1, t2, mode, tol, anderson, ...). `init`: "keep" (the model's own
-    weights) or "goe" (the paper's GOE init of analog weights, variance `goe_variance`). `analog`: device
+    `solver`: SolverConfig fields (t1, t2, mode, tol, anderson, ...); by default every analog block's free
+    phase runs to its fixed point (max|Δs| ≤ free_tol·max(1, max|s|), capped from its enforced feedback-gain
+    bound; a block hitting its cap warns and reports `last_converged = False`), while giving `t1` runs exactly
+    t1 free steps (the paper's fixed-iteration version). `init`: "keep" (the model's own
+    weights), "goe" (GOE init of every analog weight, variance `goe_variance`) or "goe-conv" (the reference
+    code's: analog convs only, `hybridc.targets.init.goe_reference_`). `analog`: device
     effects (AnalogSpec fields) written into the plan for every analog block.
     The compiled module owns deep copies of the model's layers: training it never changes `model`.
     `constrain` (on by default): equilibrium by construction (`hybridc.targets.contraction`): every
@@ -117,10 +121,10 @@ def compile(model: nn.Module, example_inputs: Any, plan: Plan | None = None,
         msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise PartitionError(f"invalid compile settings: {msgs}") from None
     compiled = FFEBM(plan, traced, solver_cfg, grad_cfg)
-    if init == "goe":
-        goe_init(compiled, goe_variance)
+    if init in ("goe", "goe-conv"):
+        goe_init(compiled, goe_variance, scope="conv" if init == "goe-conv" else "all")
     elif init != "keep":
-        raise PartitionError(f"init must be 'keep' or 'goe', not {init!r}")
+        raise PartitionError(f"init must be 'keep', 'goe' or 'goe-conv', not {init!r}")
     if constrain:
         from hybridc.targets.contraction import DEFAULT_FEEDBACK_GAIN, constrain_model
 

@@ -14,7 +14,7 @@ from hybridc.finite import FiniteFloat
 
 PLAN_VERSION = 1
 
-NormPolicy = Literal["split", "entry", "drop"]
+NormPolicy = Literal["split", "entry", "synapse", "drop"]
 PoolPolicy = Literal["digital", "absorb"]
 AttentionPolicy = Literal["digital", "analog"]
 ActivationPolicy = Literal["hardsigmoid", "keep"]

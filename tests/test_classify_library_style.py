@@ -392,6 +392,11 @@ def test_functional_norms_follow_the_norm_policies() -> None:
     assert removed == {"group_norm", "batch_norm", "instance_norm"}
     split = hc.partition(model, x, max_block_size=4, norm="split")
     assert [b.weight_layers for b in split.analog_blocks] == [["c1"], ["c2"], ["w"]]
+    # synapse: the block's entry norm (after c1, before any neuron) stays in its input synapse, deeper ones go
+    synapse = hc.partition(model, x, max_block_size=4, norm="synapse", layer_norm="split")
+    assert {d.node for d in synapse.decisions if d.action == "removed"} == {"batch_norm", "instance_norm"}
+    assert {d.node for d in synapse.decisions if d.action == "absorbed" and "input synapse" in d.reason} \
+        == {"group_norm"}
 
 
 # ---- 2. determinism and the cycle split ---------------------------------------------------------------------

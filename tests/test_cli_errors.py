@@ -25,7 +25,7 @@ def _run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int,
 
 @pytest.mark.parametrize(("argv", "needles"), [
     (["train", "--epochs", "abc"], ["'--epochs'", "integer"]),
-    (["partition", "mlp", "--norm", "sometimes"], ["'--norm'", "'split', 'entry', 'drop'"]),
+    (["partition", "mlp", "--norm", "sometimes"], ["'--norm'", "'split', 'entry', 'synapse', 'drop'"]),
     (["partition"], ["missing argument", "hybridc partition --help"]),
     (["partiton", "mlp"], ["no such command", "partiton"]),
     (["partition", "mlp", "--bogus"], ["no such option", "--bogus"]),

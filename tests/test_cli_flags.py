@@ -41,10 +41,15 @@ def test_experiment_copies_the_compiler_fields() -> None:
     and choices (the optional copies keep the choice order of their owner)."""
     from hybridc.runtime.settings import GradientConfig, SolverConfig
 
-    for name, owner, field in (("t1", SolverConfig, "t1"), ("t2", SolverConfig, "t2"),
+    for name, owner, field in (("t2", SolverConfig, "t2"), ("free_tol", SolverConfig, "free_tol"),
                                ("solver_mode", SolverConfig, "mode"), ("beta", GradientConfig, "beta")):
         assert ExperimentConfig.model_fields[name].metadata == owner.model_fields[field].metadata, name
         assert ExperimentConfig.model_fields[name].default == owner.model_fields[field].default, name
+    # t1 is optional: not given, each free phase runs to equilibrium; given, exactly T1 steps
+    assert ExperimentConfig.model_fields["t1"].metadata == SolverConfig.model_fields["t1"].metadata
+    assert ExperimentConfig().t1 is None
+    with pytest.raises(Exception, match="greater than or equal to 1"):
+        ExperimentConfig(t1=0)
     for name, info in PartitionConfig.model_fields.items():
         copy = ExperimentConfig.model_fields[name]
         assert copy.default is None and copy.metadata == info.metadata, name

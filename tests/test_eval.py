@@ -15,8 +15,8 @@ from rich.console import Console
 import hybridc
 from hybridc.data import load_dataset
 from hybridc.evaluate import EvalError, evaluate_run, load_run
-from hybridc.train.experiment import ConfigError, ExperimentConfig
 from hybridc.train.build import build_model, fit_model
+from hybridc.train.experiment import ConfigError, ExperimentConfig
 from hybridc.train.loop import train
 
 TINY = {"train_subset": 160, "test_subset": 64, "batch_size": 16, "epochs": 2, "t1": 8, "t2": 3,

@@ -51,6 +51,9 @@ def test_splitting_rows_resume_and_table(tmp_path: Path, monkeypatch: pytest.Mon
     assert splitting.main(argv) == 0  # resumes: nothing left to run
     text = capsys.readouterr().out
     assert "0 rows to run (2 already" in text
+    assert splitting.main(argv + ["--lr", "0.01"]) == 2  # other settings: the rows are not counted as done
+    assert "run with other settings (e.g. lr: 0.002 there, 0.01 now)" in capsys.readouterr().err
+    assert len(out.read_text().splitlines()) == 2
     table = splitting.table(rows)
     assert "| vgg-paper | n=3: 3+3 | ep | 1 |" in table and "| vgg-paper | n=3: 3+3 | id | 1 |" in table
     assert "1.00×" in table  # the largest block size run is its own speed-up baseline

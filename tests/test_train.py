@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from hybridc.plan import Plan
+from hybridc.train.build import build_model, compile_model
 from hybridc.train.checkpoint import load_checkpoint
 from hybridc.train.experiment import ConfigError, ExperimentConfig, resolve_config, validate_config
-from hybridc.train.build import build_model, compile_model
 from hybridc.train.loop import train
 
 #: a fast experiment: digits subset, small MLP, few relaxation steps

@@ -14,8 +14,8 @@ import torch
 from hybridc.evaluate import evaluate_run, load_run
 from hybridc.load_library import fit_library_model, library_label
 from hybridc.output_leaf import output_path
-from hybridc.train.experiment import ConfigError, validate_config
 from hybridc.train.build import build_model
+from hybridc.train.experiment import ConfigError, validate_config
 from hybridc.train.loop import Trainer, train
 
 pytest.importorskip("transformers")

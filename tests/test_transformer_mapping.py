@@ -57,7 +57,9 @@ def test_each_mlp_is_one_analog_block_with_token_wise_neurons(name: str) -> None
 def test_tokens_relax_independently() -> None:
     """An MLP block's tokens do not interact: changing one token's input moves only that token's state."""
     lm = small_zoo("vit")
-    ff = compile(lm.model, lm.example_inputs, max_block_size=2).double()
+    # fixed steps: a run-to-equilibrium phase stops on the whole batch's residual, so a batch and one token alone
+    # may stop at different steps (both within the tolerance); with equal steps they agree exactly
+    ff = compile(lm.model, lm.example_inputs, max_block_size=2, solver={"t1": 20}).double()
     blk = ff.analog_blocks["analog2"]
     torch.manual_seed(0)
     x = torch.randn(3, 17, 16, dtype=torch.float64)

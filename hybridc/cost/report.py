@@ -471,7 +471,10 @@ def cost_of_compiled(compiled: nn.Module, model_name: str = "", tile: tuple[int,
                      include_memory: bool = False) -> CostReport:
     """The cost report of a compiled ff-EBM (`hybridc.api.compile`), using its plan for shapes.
 
-    `t1`/`t2` default to the blocks' solver settings (free/nudged phase steps)."""
+    `t1`/`t2` default to the blocks' solver settings (free/nudged phase steps). A block whose free phase runs
+    to equilibrium is counted at the steps its last free phase took (`EnergyBlock.last_steps`: `cost_report`
+    runs the example batch first), or at its step cap (`EnergyBlock.free_cap`, an upper bound) when it has not
+    run; the settings' T1 is then the largest of these."""
     from hybridc.runtime.settings import SolverConfig
     from hybridc.targets.drn import DRNBlock
     from hybridc.targets.energy_block import EnergyBlock
@@ -480,10 +483,20 @@ def cost_of_compiled(compiled: nn.Module, model_name: str = "", tile: tuple[int,
     consts = constants or EnergyConstants()
     analog_mods = [m for m in compiled.blocks.values() if isinstance(m, EnergyBlock)]
     default = analog_mods[0].solver if analog_mods else SolverConfig()
-    t1 = default.t1 if t1 is None else t1
+    given_t1 = t1
     t2 = default.t2 if t2 is None else t2
-    if t1 < 1 or t2 < 1:
+    if (given_t1 is not None and given_t1 < 1) or t2 < 1:
         raise ReportError("--t1 and --t2 must be at least 1")
+
+    def free_steps(mod: EnergyBlock) -> int:
+        if given_t1 is not None:
+            return given_t1
+        cfg = mod.solver
+        if cfg.free == "equilibrium" and cfg.tol is None:
+            return int(mod.last_steps) or mod.free_cap()
+        return cfg.t1
+
+    t1 = max((free_steps(m) for m in analog_mods), default=default.t1)
     refs: dict[str, tuple[list[int] | None, str | None]] = {}
     for r in plan.graph_inputs:
         refs[r.node] = (r.shape, r.dtype)
@@ -513,7 +526,7 @@ def cost_of_compiled(compiled: nn.Module, model_name: str = "", tile: tuple[int,
                     layers, sizes = _analog_drn(mod, list(pb.weight_layers), in_refs, needs, tile)
                 else:
                     layers, sizes = _analog_dhn(mod, in_refs, needs, tile, consts)
-                _analog_cost(b, layers, sizes, out_numel, t1, t2)
+                _analog_cost(b, layers, sizes, out_numel, free_steps(mod), t2)
                 produces_grad = True
             else:
                 counter = _run_counter(mod, [_example(s, d) for s, d in in_refs])
@@ -585,6 +598,13 @@ def cost_report(model: nn.Module, example_inputs: Any, max_block_size: int | Non
         done(f"{len(plan.blocks)} blocks")
     phase("compile")
     compiled = api.compile(model, example_inputs, plan=plan)
+    with torch.no_grad():  # each equilibrium free phase's step count on the example (what is counted)
+        if isinstance(example_inputs, dict):
+            compiled(**example_inputs)
+        elif isinstance(example_inputs, (tuple, list)):
+            compiled(*example_inputs)
+        else:
+            compiled(example_inputs)
     done()
     phase("count costs per block")
     rep = cost_of_compiled(compiled, model_name=model_name, tile=tile, t1=t1, t2=t2, constants=constants,

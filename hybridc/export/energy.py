@@ -201,7 +201,8 @@ def describe_synapses(block: DHNBlock, input_names: Sequence[str]) -> list[Synap
     return synapses
 
 
-def describe_neurons(block: DHNBlock) -> list[NeuronInfo]:
+def describe_neurons(block: DHNBlock, batch_multiples: list[int] | None = None) -> list[NeuronInfo]:
+    """The manifest's neurons of `block`; `batch_multiples[j]`: rows of state j per sample (default 1)."""
     depths = _neuron_depths(block.synapses, block.n_inputs)
     out = []
     for j, name in enumerate(block.neuron_names):
@@ -209,6 +210,7 @@ def describe_neurons(block: DHNBlock) -> list[NeuronInfo]:
         if shape is None:
             raise UnsupportedOpError(f"analog block {block.name}: shape of neuron {name} unknown; re-run partition")
         out.append(NeuronInfo(name=name, shape=list(shape), activation=block.activation_specs[j],
+                              batch_multiple=batch_multiples[j] if batch_multiples else 1,
                               layer=depths[j], parity=depths[j] % 2, output=j in block.output_idx,
                               state_input=state_input_name(name), state_output=state_output_name(name)))
     return out

@@ -76,11 +76,11 @@ from hybridc.export.manifest import (
 )
 from hybridc.export.onnx_blocks import DEFAULT_OPSET, dim_spec, export_digital_block, export_onnx
 from hybridc.export.shared_weights import share_weights
-from hybridc.progress import StepProgress
 from hybridc.files import atomic_write_text, sha256_file
-from hybridc.train.run_lock import pid_alive
+from hybridc.progress import StepProgress
 from hybridc.runtime.settings import SolverConfig
 from hybridc.targets.dhn import DHNBlock
+from hybridc.train.run_lock import pid_alive
 
 if TYPE_CHECKING:
     from hybridc.export.verify import VerifyReport
@@ -426,7 +426,7 @@ def export_view(ff: FFEBM, steps: int | None = None) -> Iterator[ExportView]:
             if t.is_floating_point() and t.dtype != torch.float32:
                 saved_data.append((t, t.data))
                 t.data = t.data.to(torch.float32)
-        fixed = {n: export_solver(b.solver, steps) for n, b in analog.items()}
+        fixed = {n: export_solver(b.solver, steps, b.free_cap()) for n, b in analog.items()}
         view = ExportView(originals=dict(saved_solver), notes={n: note for n, (_, note) in fixed.items() if note})
         for n, b in analog.items():
             b.solver = fixed[n][0]
@@ -580,7 +580,8 @@ def _reference_envs(model: FFEBM, view: ExportView, structure: Any, sample_input
     analog = model.analog_blocks
     env_s = _run_env(model, sample_inputs)
     env_t = _run_env(model, trace_inputs)
-    changed = {n: s for n, s in view.originals.items() if s.tol is not None or s.anderson}
+    changed = {n: s for n, s in view.originals.items()
+               if s.tol is not None or s.anderson or s.free == "equilibrium"}
     if not changed:
         return env_s, env_t, None
     fixed = {n: analog[n].solver for n in changed}  # how far the fixed-step export is from the compiled solver
@@ -594,6 +595,18 @@ def _reference_envs(model: FFEBM, view: ExportView, structure: Any, sample_input
     return env_s, env_t, _max_abs(reference, _flat_outputs(structure, env_s))
 
 
+def _state_batch_multiples(states: list[torch.Tensor], inputs: list[torch.Tensor], specs: list[list[Any]]
+                            ) -> list[int]:
+    """Rows per sample of each state: its leading dim over the batch, read off the first input whose leading
+    dim scales with the batch ('batch' or 'k*batch' in its manifest shape); 1 when none does."""
+    for x, spec in zip(inputs, specs):
+        if spec and isinstance(spec[0], str):
+            k = int(spec[0].split("*")[0]) if "*" in spec[0] else 1
+            batch = x.shape[0] // k
+            return [max(1, s.shape[0] // batch) if batch and s.shape[0] % batch == 0 else 1 for s in states]
+    return [1] * len(states)
+
+
 def _export_analog(block: DHNBlock, name: str, ins: list[str], outs: list[str], env: dict[str, torch.Tensor],
                    tensors: dict[str, TensorInfo], staging: Path, opset: int, original: Any, note: str | None,
                    weight_layers: list[str]) -> AnalogBlockInfo:
@@ -603,7 +616,8 @@ def _export_analog(block: DHNBlock, name: str, ins: list[str], outs: list[str], 
     inputs = [env[i] for i in ins]
     gen = torch.Generator().manual_seed(0)
     states = [torch.rand(s.shape, generator=gen) for s in block.initial_states(inputs)]
-    state_specs = [["batch", *shape] for shape in block.neuron_shapes]
+    multiples = _state_batch_multiples(states, inputs, [tensors[i].shape for i in ins])
+    state_specs = [["batch" if k == 1 else f"{k}*batch", *shape] for k, shape in zip(multiples, block.neuron_shapes)]
     export_onnx(StepModule(block), [*inputs, *states], staging / step_rel,
                 [*ins, *(state_input_name(n) for n in block.neuron_names)],
                 [state_output_name(n) for n in block.neuron_names],
@@ -611,7 +625,7 @@ def _export_analog(block: DHNBlock, name: str, ins: list[str], outs: list[str], 
     share_weights(staging / step_rel, staging / weights_rel)  # the step file reads the weights, not a copy
     return AnalogBlockInfo(
         name=name, inputs=list(ins), outputs=list(outs), weights=weights_rel, step_onnx=step_rel,
-        neurons=describe_neurons(block), synapses=describe_synapses(block, ins),
+        neurons=describe_neurons(block, multiples), synapses=describe_synapses(block, ins),
         solver=SolverInfo(mode=block.solver.mode, steps=block.solver.t1, original=original.model_dump(),
                           note=note),
         weight_layers=list(weight_layers))

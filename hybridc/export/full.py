@@ -58,23 +58,29 @@ def _step(block: DHNBlock, prepared: Sequence[torch.Tensor], states: Sequence[to
     return list(block.step_map(list(prepared), list(states)))
 
 
-def export_solver(solver: SolverConfig, steps: int | None) -> tuple[SolverConfig, str | None]:
+def export_solver(solver: SolverConfig, steps: int | None, cap: int | None = None) -> tuple[SolverConfig, str | None]:
     """The fixed-step solver an export runs, and a note when it differs from `solver`.
 
-    Fixed steps: `steps` if given, else the solver's free-phase steps t1. A tolerance (`tol`) is dropped:
-    the exported relaxation always runs exactly that many steps (give `steps`, e.g. the block's typical
-    step count, for a converged equilibrium). Anderson mixing is dropped: plain fixed-point iteration.
+    Fixed steps: `steps` if given, else the solver's free-phase steps: t1 (`free="fixed"`), or for the default
+    run-to-equilibrium free phase `cap`, the block's step cap (`hybridc.targets.solver.free_schedule`: the
+    count its feedback-gain bound guarantees converged). A tolerance (`tol`) is dropped: the exported
+    relaxation always runs exactly that many steps (give `steps`, e.g. the block's typical step count, for a
+    converged equilibrium). Anderson mixing is dropped: plain fixed-point iteration.
     """
-    n = steps or solver.t1
+    equilibrium = solver.free == "equilibrium" and solver.tol is None and cap is not None
+    default = cap if equilibrium else solver.t1
+    n = steps or default
     notes = []
-    if steps is not None and steps != solver.t1:
-        notes.append(f"steps set to {steps} (solver t1 = {solver.t1})")
+    if steps is not None and steps != default:
+        notes.append(f"steps set to {steps} (solver {'step cap' if equilibrium else 't1'} = {default})")
+    if equilibrium:
+        notes.append(f"free phase to equilibrium (free_tol={solver.free_tol:g}) exported as {n} fixed steps")
     if solver.tol is not None:
         notes.append(f"tolerance mode (tol={solver.tol:g}, max_steps={solver.max_steps}) exported as "
                      f"{n} fixed steps")
     if solver.anderson:
         notes.append(f"Anderson mixing (m={solver.anderson}) dropped: plain fixed-point iteration")
-    fixed = SolverConfig(**(solver.model_dump() | {"t1": n, "tol": None, "anderson": 0}))
+    fixed = SolverConfig(**(solver.model_dump() | {"t1": n, "free": "fixed", "tol": None, "anderson": 0}))
     return fixed, "; ".join(notes) or None
 
 

@@ -123,7 +123,7 @@ def _feeds(manifest: Manifest, b: AnalogBlockInfo, rng: np.random.Generator) -> 
         else:  # token ids, masks: small non-negative integers (valid ids, true/false)
             feeds[name] = rng.integers(0, 2, shape).astype(np.dtype(dtype))
     for n in b.neurons:
-        feeds[n.state_input] = rng.uniform(-0.5, 1.5, (_BATCH, *n.shape)).astype(np.float32)
+        feeds[n.state_input] = rng.uniform(-0.5, 1.5, (n.batch_multiple * _BATCH, *n.shape)).astype(np.float32)
     return feeds
 
 

@@ -581,12 +581,31 @@ def partition_graph(traced: TracedGraph, cfg: PartitionConfig, example_shapes: l
     for d in decisions:
         d.block = in_block.get(next((n for n in p.nodes if n.name == d.node), None))
     identity: dict[tuple, list[str]] = {k: [] for k in topo}
+    after_neuron: dict[fx.Node, bool] = {}
+
+    def _after_neuron(n: fx.Node) -> bool:
+        """Does n read a neuron (activation) of its own block, directly or through block members?"""
+        if n not in after_neuron:
+            after_neuron[n] = any(block_key.get(a) == block_key[n] and (p.info[a].kind == "activation"
+                                                                        or _after_neuron(a))
+                                  for a in p._data_inputs(n))
+        return after_neuron[n]
+
     for n in p.nodes:
         info = p.info[n]
         k = block_key[n]
         analog = k[0] == "analog"
         policy = cfg.layer_norm if info.key in TOKEN_NORMS else cfg.norm
-        if info.kind == "norm" and p.eligible.get(n) and (analog or policy == "drop"):
+        if (info.kind == "norm" and analog and policy == "synapse" and cfg.eb_kind == "dhn" and p.eligible.get(n)
+                and not _after_neuron(n)):
+            # the paper's block entry (conv -> pool -> BN): the norm reads the block's inputs only, so it is
+            # part of the input synapse, evaluated once per relaxation phase (DHNBlock.prepare); a DRN block's
+            # synapses are its conductances only, so there the norm is removed as before
+            if n.target is not operator.getitem:  # item 0 of an exported norm's tuple: reported with the norm
+                decisions.append(Decision(node=n.name, action="absorbed", block=names[k],
+                                          reason=f"{info.key} kept in the block's input synapse (policy synapse: "
+                                                 "it reads the block's inputs only)"))
+        elif info.kind == "norm" and p.eligible.get(n) and (analog or policy == "drop"):
             identity[k].append(n.name)
             if n.target is operator.getitem:  # item 0 of an exported norm's tuple: removed with the norm
                 continue

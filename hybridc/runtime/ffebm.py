@@ -143,7 +143,10 @@ class FFEBM(nn.Module):
         return self
 
     def set_solver(self, **settings: Any) -> FFEBM:
-        """Change every analog block's solver settings (t1, t2, tol, mode, anderson, ...)."""
+        """Change every analog block's solver settings (t1, t2, tol, mode, anderson, ...). A `t1` given without
+        `free` asks for that many free steps (`free="fixed"`), as it does when compiling."""
+        if "t1" in settings and "free" not in settings:
+            settings = {**settings, "free": "fixed"}
         for blk in self.analog_blocks.values():
             blk.solver = SolverConfig(**(blk.solver.model_dump() | settings))
         return self

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -14,24 +14,43 @@ GradientMode = Literal["ep", "id", "bptt"]
 class SolverConfig(BaseModel):
     """Fixed-point relaxation of an energy-based block.
 
-    A phase runs a fixed number of steps (`t1` free, `t2` nudged) unless `tol` is set, in which case it
-    stops once max|s_{t+1} - s_t| < tol (checked every `check_every` steps, so a GPU syncs with the host
-    only that often) or after `max_steps`.
+    The free phase, by default (`free="equilibrium"`), runs until its fixed-point residual max|s_{t+1} − s_t|
+    is at most `free_tol`·max(1, max|s|) (read every `check_every` steps, so a GPU syncs with the host only
+    that often), capped at a step count derived from the block's enforced feedback-gain bound ρ
+    (`hybridc.targets.solver.free_step_cap`; `max_steps` for a block without one); a block that hits its cap
+    first warns (`UnconvergedWarning`) and reports `last_converged = False`. `free="fixed"` runs exactly `t1`
+    steps (the paper's fixed-iteration version); giving `t1` without `free` selects it. The nudged phase
+    runs `t2` steps (EP's T2) from the free equilibrium. `tol` (absolute) overrides both: each phase then
+    stops once max|Δs| < tol or after `max_steps`.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    t1: int = Field(20, ge=1, description="free-phase steps")
+    t1: int = Field(20, ge=1, description="free-phase steps (free='fixed'; giving t1 alone selects it)")
     t2: int = Field(5, ge=1, description="nudged-phase steps")
+    free: Literal["equilibrium", "fixed"] = Field(
+        "equilibrium", description="free phase: to its fixed point (free_tol, capped from the feedback-gain "
+                                   "bound) or exactly t1 steps")
+    free_tol: FiniteFloat = Field(1e-4, gt=0, description="free='equilibrium': stop when max|Δs| ≤ free_tol·max(1, max|s|)")
     mode: Literal["sync", "async"] = Field("sync", description="synchronous or even/odd asynchronous updates")
     tol: FiniteFloat | None = Field(None, gt=0, description="stop when max|Δs| < tol instead of fixed step counts")
-    max_steps: int = Field(1000, ge=1, description="step cap in tolerance mode")
+    max_steps: int = Field(1000, ge=1, description="step cap in tolerance mode (and free='equilibrium' without "
+                                                   "a feedback-gain bound)")
     check_every: int = Field(5, ge=1, description="steps between convergence/divergence checks")
     anderson: int = Field(0, ge=0, description="Anderson acceleration memory (0 = off)")
     anderson_beta: FiniteFloat = Field(1.0, gt=0, le=1.0, description="Anderson mixing")
     divergence_limit: FiniteFloat = Field(1e6, gt=0, description="|s| above this counts as divergence")
     fast_path: Literal["auto", "on", "off"] = Field(
         "auto", description="explicit transposed ops (on), autograd vjp (off), or fast when supported")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _explicit_t1_is_fixed(cls, data: Any) -> Any:
+        """An explicit `t1` without `free` asks for that many free steps: the fixed-iteration version. (A
+        stored config — `model_dump()` — carries `free`, so a round trip keeps its mode.)"""
+        if isinstance(data, dict) and "t1" in data and "free" not in data:
+            return {**data, "free": "fixed"}
+        return data
 
 
 class GradientConfig(BaseModel):

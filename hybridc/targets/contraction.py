@@ -103,7 +103,8 @@ from hybridc.plan import ActivationSpec
 
 #: Default bound on a DHN block's feedback gain ρ, chosen by measurement: the free phase must reach a fixed
 #: point in the default T1 = 20 steps (a contraction's residual after T1 steps is ≤ ρ^T1 of its first: 0.8^20 = 0.012,
-#: 0.9^20 = 0.12).
+#: 0.9^20 = 0.12). Since the default free phase runs to its tolerance (`hybridc.targets.solver`), the bound also
+#: sets each block's step cap (`free_step_cap`: ≈ 60-70 steps at 0.8); blocks converge well before it.
 #: At 0.8 the timm-style ResNet-18's blocks end at max|Δs| ≤ 2e-5 (at 0.9: 6e-4); on Fashion-MNIST the conv
 #: ff-EBM at 0.9 still trains 0.04 from its fixed point at T1 = 20 (benchmarks/equilibrium_guard.py).
 DEFAULT_FEEDBACK_GAIN = 0.8
@@ -268,7 +269,8 @@ class Coupling:
     def _probe(self, k: int) -> tuple[Sequence[torch.Tensor], list[torch.Tensor]]:
         """The prepared zero inputs of a probe and ∂Φ/∂s at states 0 (computed once per measurement)."""
         _, zeros_in, shapes = self._layout(k)
-        prepared = self.block.prepare(zeros_in)
+        with self.block.norm_stats_frozen():  # zero inputs must not reach an entry norm's running statistics
+            prepared = self.block.prepare(zeros_in)
         zero_states = [zeros_in[0].new_zeros(s) for s in shapes]
         return prepared, self.block.phi_grad(prepared, zero_states)
 

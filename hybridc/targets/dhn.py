@@ -111,8 +111,10 @@ class DHNBlock(EnergyBlock):
         return list(grads)
 
     def phi_per_sample(self, inputs: Sequence[torch.Tensor], states: States) -> torch.Tensor:
-        """Φ for every sample of the batch (differentiable w.r.t. parameters and inputs)."""
-        u = self.synapses(*inputs, *states)
+        """Φ for every sample of the batch (differentiable w.r.t. parameters and inputs). An entry norm uses
+        the batch's statistics, as in the phases, without updating its running statistics again."""
+        with self.norm_stats_held():
+            u = self.synapses(*inputs, *states)
         return sum((si * ui).reshape(si.shape[0], -1).sum(1) for si, ui in zip(states, u))
 
     def step_prepared(self, prepared: Sequence[torch.Tensor], states: States, nudge: States | None = None,

@@ -11,8 +11,10 @@ Contract used by `hybridc.runtime.gradients`:
 
 from __future__ import annotations
 
+import contextlib
+import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -22,7 +24,7 @@ from hybridc.errors import UnsupportedOpError
 from hybridc.plan import AnalogSpec
 from hybridc.runtime.settings import GradientConfig, SolverConfig
 from hybridc.targets.device import quantize_ste
-from hybridc.targets.solver import UnconvergedWarning, relax
+from hybridc.targets.solver import UnconvergedWarning, free_rule_text, free_schedule, free_step_cap, relax
 
 States = list[torch.Tensor]
 
@@ -44,6 +46,10 @@ class EnergyBlock(nn.Module):
         #: max|Δs| at the end of the last free phase (device tensor: read it per epoch, not per step)
         self.last_residual: torch.Tensor | None = None
         self.last_steps = 0
+        #: whether the last free phase met its stopping criterion (None: fixed steps, which have none) and the
+        #: step cap it ran under (`hybridc.targets.solver.free_schedule`)
+        self.last_converged: bool | None = None
+        self.last_cap = 0
         self.analog: AnalogSpec = AnalogSpec()
 
     def constrain_(self) -> None:
@@ -58,6 +64,38 @@ class EnergyBlock(nn.Module):
             from hybridc.targets.contraction import register_block
 
             register_block(self)
+
+    def _norms(self) -> list[nn.Module]:
+        """The block's normalisation layers with running statistics (an entry BatchNorm in an input synapse)."""
+        return [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
+
+    @contextlib.contextmanager
+    def norm_stats_held(self) -> Iterator[None]:
+        """Norms still normalise with batch statistics in training mode but do not update their running
+        statistics: one training step updates them once (the free phase), not again in the nudged phases, Φ's
+        evaluation or ID's map, which see the same batch (duplicated by centered EP)."""
+        held = [m for m in self._norms() if m.training and m.track_running_stats]
+        for m in held:
+            m.track_running_stats = False
+        try:
+            yield
+        finally:
+            for m in held:
+                m.track_running_stats = True
+
+    @contextlib.contextmanager
+    def norm_stats_frozen(self) -> Iterator[None]:
+        """Norms in eval mode (running statistics, no update) for the duration: for probes on synthetic inputs
+        (`hybridc.targets.contraction`'s ρ probe feeds zeros), which must neither move the statistics training
+        accumulates nor normalise a degenerate batch."""
+        frozen = [m for m in self._norms() if m.training]
+        for m in frozen:
+            m.train(False)
+        try:
+            yield
+        finally:
+            for m in frozen:
+                m.train(True)
 
     def read_noise(self, value: torch.Tensor, differentiable: bool) -> torch.Tensor:
         """Add the device's read noise to a neuron update (not inside ID/BPTT's differentiable maps)."""
@@ -76,8 +114,10 @@ class EnergyBlock(nn.Module):
 
     def step_map(self, inputs: Sequence[torch.Tensor], states: States, nudge: States | None = None,
                  differentiable: bool = False) -> States:
-        """One relaxation step (the fixed-point map T, nudged by `nudge` on output neurons)."""
-        return self.step_prepared(self.prepare(inputs), states, nudge, differentiable)
+        """One relaxation step (the fixed-point map T, nudged by `nudge` on output neurons). A single
+        evaluation (ID's map, probes): the block's norms do not update their running statistics."""
+        with self.norm_stats_held():
+            return self.step_prepared(self.prepare(inputs), states, nudge, differentiable)
 
     def phi_per_sample(self, inputs: Sequence[torch.Tensor], states: States) -> torch.Tensor:
         raise NotImplementedError
@@ -96,32 +136,54 @@ class EnergyBlock(nn.Module):
         return [torch.zeros(batch, *shape, dtype=ref.dtype, device=ref.device) for shape in self.neuron_shapes]
 
     def relax(self, inputs: Sequence[torch.Tensor], states: States, steps: int, phase: str,
-              nudge: States | None = None) -> States:
-        with torch.no_grad(), parametrize.cached():
+              nudge: States | None = None, rel_tol: float | None = None) -> States:
+        """Run `steps` relaxation steps (or to `rel_tol`, relative, with `steps` as the cap; or to the
+        solver's `tol`) from `states`; a free phase records its residual, steps and convergence. The inputs
+        are prepared once per phase (the input synapse, e.g. the paper's conv → pool → BatchNorm entry, is not
+        re-evaluated per step); only the free phase updates the norms' running statistics."""
+        held = contextlib.nullcontext() if phase == "free" else self.norm_stats_held()
+        with torch.no_grad(), parametrize.cached(), held:
             prepared = self.prepare(inputs)
-            out, residual, taken = relax(lambda s: self.step_prepared(prepared, s, nudge), states, steps,
-                                         self.solver, self.name, phase,
-                                         self._warn_unconverged if phase == "free" else None)
+            out = relax(lambda s: self.step_prepared(prepared, s, nudge), states, steps, self.solver, self.name,
+                        phase, (lambda r, p: self._warn_unconverged(r, p, steps)) if phase == "free" else None,
+                        rel_tol=rel_tol)
         if phase == "free":
-            self.last_residual = residual
-            self.last_steps = taken
-        return out
+            self.last_residual = out.residual
+            self.last_steps = out.steps
+            self.last_converged = out.converged
+            self.last_cap = steps if self.solver.tol is None else self.solver.max_steps
+        return out.states
 
-    def _warn_unconverged(self, residual: float, peak: float) -> None:
-        """Warn (once per block) that a free phase ended far from its fixed point."""
+    def feedback_bound(self) -> float | None:
+        """The enforced bound on this block's feedback gain ρ (`hybridc.targets.contraction`), None if none."""
+        constraint = getattr(self, "constraint", None)
+        return getattr(constraint, "target", None)
+
+    def free_cap(self) -> int:
+        """The free phase's step cap in run-to-equilibrium mode (`hybridc.targets.solver.free_step_cap`), from
+        the plan's neuron shapes; what an export's fixed-step relaxation runs by default."""
+        neurons = sum(math.prod(s) for s in self.neuron_shapes if s is not None) or 1
+        return free_step_cap(self.solver, self.feedback_bound(), neurons)
+
+    def _warn_unconverged(self, residual: float, peak: float, cap: int) -> None:
+        """Warn (once per block) that a free phase ended far from (or did not reach) its fixed point."""
         if getattr(self, "_warned_unconverged", False):
             return
         self._warned_unconverged = True
-        steps = f"tolerance {self.solver.tol:g}, {self.solver.max_steps} steps" if self.solver.tol is not None \
-            else f"T1={self.solver.t1}"
         warnings.warn(
             f"analog block {self.name!r}: the free phase ends {residual:.3g} away from a fixed point (last step's "
-            f"max|Δs|, max|s| {peak:.3g}, {steps}): its output is a transient and EP/ID gradients are estimated "
-            "off equilibrium. Compile with constrain=True (the default) or a lower feedback_gain, raise t1 or set "
-            "a solver tolerance.", UnconvergedWarning, stacklevel=2)
+            f"max|Δs|, max|s| {peak:.3g}, {free_rule_text(self.solver, cap)}): its output is a transient and "
+            "EP/ID gradients are estimated off equilibrium. Compile with constrain=True (the default) or a lower "
+            "feedback_gain, raise the step cap (max_steps) or t1, or set a solver tolerance.",
+            UnconvergedWarning, stacklevel=2)
 
     def free_phase(self, inputs: Sequence[torch.Tensor]) -> States:
-        return self.relax(inputs, self.initial_states(inputs), self.solver.t1, "free")
+        """The free phase from the zero state, under the solver's stopping rule (`free_schedule`: by default
+        to the fixed point, capped from the block's feedback-gain bound)."""
+        states = self.initial_states(inputs)
+        neurons = sum(s[0].numel() for s in states) if states and states[0].shape[0] else 1
+        steps, rel_tol = free_schedule(self.solver, self.feedback_bound(), neurons)
+        return self.relax(inputs, states, steps, "free", rel_tol=rel_tol)
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         from hybridc.runtime.gradients import run_block

@@ -117,8 +117,9 @@ def compile_model(cfg: ExperimentConfig, model: nn.Module, example: tuple[torch.
         return model
     from hybridc.api import compile as hc_compile
 
-    # One divergence check per phase (at its end) instead of every 5 steps: fewer host syncs per batch.
-    solver = {"t1": cfg.t1, "t2": cfg.t2, "mode": cfg.solver_mode, "check_every": max(cfg.t1, cfg.t2)}
+    solver: dict[str, Any] = {"t2": cfg.t2, "mode": cfg.solver_mode, "free_tol": cfg.free_tol}
+    if cfg.t1 is not None:  # fixed steps: one divergence check per phase (at its end), fewer host syncs
+        solver |= {"t1": cfg.t1, "free": "fixed", "check_every": max(cfg.t1, cfg.t2)}
     common: dict[str, Any] = {"gradient": cfg.algorithm, "solver": solver, "init": cfg.init, "beta": cfg.beta,
                               "goe_variance": cfg.goe_variance, "analog": cfg.analog or None,
                               # equilibrium by construction (None: the compiler's default gain, 0: off); the

@@ -49,6 +49,11 @@ def analog_text(plan: Plan | None, cfg: ExperimentConfig) -> str:
 
 
 
+def free_phase_text(cfg: ExperimentConfig) -> str:
+    """How the run's free phases end: `T1 20` (fixed steps) or `free phase to equilibrium (tol 1e-04)`."""
+    return f"T1 {cfg.t1}" if cfg.t1 is not None else f"free phase to equilibrium (tol {cfg.free_tol:g})"
+
+
 def epoch_line(r: dict[str, Any], epochs: int) -> str:
     """The line printed after each epoch: losses, accuracies, time, throughput, residual per block."""
     res = ", ".join(f"{k} {v:.1e}" for k, v in r["residual"].items())
@@ -92,7 +97,9 @@ def chance_causes(cfg: ExperimentConfig, plan: Plan | None, records: list[dict[s
         out.append("the device effects (--analog) may drown the signal: train once without them to check")
     bad = [k for k, v in recs[-1].get("residual", {}).items() if v > UNCONVERGED_RESIDUAL]
     if bad:
-        out.append(f"{', '.join(bad)} end their free phase far from equilibrium: raise --t1")
+        out.append(f"{', '.join(bad)} end their free phase far from equilibrium: "
+                   + ("raise --t1 or drop it (run to equilibrium)" if cfg.t1 is not None
+                      else "keep the blocks contractive (a lower --feedback-gain)"))
     high_lr = 0.01 if cfg.optimizer == "adam" else 0.5
     if cfg.lr > high_lr:
         out.append(f"--lr {cfg.lr:g} is high for {cfg.optimizer}: try {high_lr / 10:g}")

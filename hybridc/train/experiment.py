@@ -36,6 +36,16 @@ class ConfigError(HybridcError):
     """An experiment file or a combination of training options is invalid."""
 
 
+def _optional_t1() -> tuple[object, object]:
+    """`SolverConfig.t1` as the run's optional T1: not given (the default), each free phase runs to its
+    equilibrium; given, exactly that many steps (the paper's fixed-iteration version)."""
+    annotation, info = optional_fields(SolverConfig, ["t1"])["t1"]
+    info.description = "free-phase relaxation steps: exactly T1 per free phase (the paper's fixed-iteration version)"
+    info.json_schema_extra = {SHOWN: "none: each free phase runs to equilibrium (free_tol), capped from its block's "
+                                     "feedback-gain bound"}
+    return annotation, info
+
+
 #: The settings a run shares with the compiler, declared once where they live (`PartitionConfig`,
 #: `SolverConfig`, `GradientConfig`) and copied here: the partition policies as optional overrides (None:
 #: the partitioner's default), the relaxation and nudging settings with their defaults.
@@ -43,7 +53,8 @@ _CompilerSettings = create_model(
     "_CompilerSettings", __config__=ConfigDict(extra="forbid", validate_assignment=True),
     **optional_fields(PartitionConfig),
     beta=field_of(GradientConfig, "beta"),
-    t1=field_of(SolverConfig, "t1", description="free-phase relaxation steps"),
+    t1=_optional_t1(),
+    free_tol=field_of(SolverConfig, "free_tol"),
     t2=field_of(SolverConfig, "t2", description="nudged-phase relaxation steps (and BPTT unroll)"),
     solver_mode=field_of(SolverConfig, "mode"),
 )
@@ -78,8 +89,9 @@ class ExperimentConfig(_CompilerSettings):
         default_factory=dict, description="device effects of every analog block, AnalogSpec fields ("
                                           + ", ".join(AnalogSpec.model_fields) + ")", examples=[{"read_noise": 0.01}],
         json_schema_extra={SHOWN: "none (an ideal device)"})
-    init: Literal["keep", "goe"] = Field("keep", description="analog weights: keep (the model's init) or goe "
-                                                             "(the paper's GOE init)")
+    init: Literal["keep", "goe", "goe-conv"] = Field(
+        "keep", description="analog weights: keep (the model's init), goe (GOE for every analog weight) or goe-conv "
+                            "(the reference code's: convs only, biases zero, Linear layers kept)")
     goe_variance: FiniteFloat = Field(5e-5, gt=0, description="GOE init variance (init=goe)")
 
     # ---- gradient and solver ----------------------------------------------------------------------

@@ -67,6 +67,7 @@ from hybridc.train.console import (
     analog_text,
     chance_causes,
     epoch_line,
+    free_phase_text,
     progress_bars,
 )
 from hybridc.train.experiment import (
@@ -598,9 +599,13 @@ class Trainer:
         for name, r in residual.items():
             if r > UNCONVERGED_RESIDUAL and name not in self._warned:
                 self._warned.add(name)
+                fixed = self.cfg.t1 is not None
                 self._print(f"[yellow]warning: {name}'s free phase ends {r:.2g} away from a fixed point (mean "
-                            f"max|Δs| of its last step, T1={self.cfg.t1}): EP gradients are estimated off "
-                            "equilibrium. Raise --t1, try --solver-mode async"
+                            f"max|Δs| of its last step, {free_phase_text(self.cfg)}): EP gradients are estimated "
+                            "off equilibrium. "
+                            + ("Raise --t1 or drop it (run to equilibrium), try --solver-mode async" if fixed else
+                               "It hits its step cap: keep its blocks contractive (a lower --feedback-gain), try "
+                               "--solver-mode async")
                             + (", or lower --hardsigmoid-slope" if self._hardsigmoid() else "") + ".[/]")
 
     def _hardsigmoid(self) -> bool:
@@ -630,8 +635,8 @@ class Trainer:
             gain = getattr(self.module, "feedback_gain", None)
             parts.append(f"{len(self.block_names)} analog block(s) {analog_text(self.plan, self.cfg)}")
             partition = f"plan {cfg.plan}" if cfg.plan else (f"max_block_size {pc.max_block_size}" if pc else "-")
-            parts.append(f"partition {partition}, {activation_text(self.plan)}, β {cfg.beta:g}, solver {cfg.solver_mode} T1 {cfg.t1} "
-                         f"T2 {cfg.t2}, init {cfg.init}"
+            parts.append(f"partition {partition}, {activation_text(self.plan)}, β {cfg.beta:g}, solver {cfg.solver_mode} "
+                         f"{free_phase_text(cfg)} T2 {cfg.t2}, init {cfg.init}"
                          + (f", feedback gain ≤ {gain:g}" if gain else ", feedback gain unbounded"))
         parts.append(f"{cfg.epochs} epochs × {len(self.train_loader)} batches of {cfg.batch_size}, {cfg.optimizer} "
                      f"lr {cfg.lr:g} ({cfg.schedule}), augment {self.augment}, device {self.device}"
