@@ -40,10 +40,10 @@ from pathlib import Path
 import torch
 
 try:  # run from a checkout without installing the package
-    from hybridc.targets.analog_optim import AnalogSGD, TikiTaka
+    from hybridc.analog.optimizers import AnalogSGD, TikiTaka
 except ImportError:  # pragma: no cover
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from hybridc.targets.analog_optim import AnalogSGD, TikiTaka
+    from hybridc.analog.optimizers import AnalogSGD, TikiTaka
 
 DTYPE = torch.float64
 

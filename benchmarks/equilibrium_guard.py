@@ -50,8 +50,8 @@ from accuracy import Conv28  # noqa: E402
 
 from hybridc.api import compile as hc_compile  # noqa: E402
 from hybridc.data.datasets import load_dataset  # noqa: E402
+from hybridc.energy.contraction import constrain_model, feedback_norms  # noqa: E402
 from hybridc.models.mlp import MLP  # noqa: E402
-from hybridc.targets.contraction import constrain_model, feedback_norms  # noqa: E402
 
 ROWS: dict[str, dict[str, Any]] = {
     "conv-off": {"model": "conv", "constrain": False},

@@ -7,13 +7,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from hybridc.energy.goe import goe_init
+from hybridc.energy.settings import GradientConfig, SolverConfig
 from hybridc.errors import PartitionError
 from hybridc.passes.partition import partition_graph
 from hybridc.passes.trace import TracedGraph, trace_model
 from hybridc.plan import AnalogSpec, PartitionConfig, Plan
 from hybridc.runtime.ffebm import FFEBM, validate_plan
-from hybridc.runtime.settings import GradientConfig, SolverConfig
-from hybridc.targets.init import goe_init
 
 
 def _as_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
@@ -91,10 +91,10 @@ def compile(model: nn.Module, example_inputs: Any, plan: Plan | None = None,
     bound; a block hitting its cap warns and reports `last_converged = False`), while giving `t1` runs exactly
     t1 free steps (the paper's fixed-iteration version). `init`: "keep" (the model's own
     weights), "goe" (GOE init of every analog weight, variance `goe_variance`) or "goe-conv" (the reference
-    code's: analog convs only, `hybridc.targets.init.goe_reference_`). `analog`: device
+    code's: analog convs only, `hybridc.energy.goe.goe_reference_`). `analog`: device
     effects (AnalogSpec fields) written into the plan for every analog block.
     The compiled module owns deep copies of the model's layers: training it never changes `model`.
-    `constrain` (on by default): equilibrium by construction (`hybridc.targets.contraction`): every
+    `constrain` (on by default): equilibrium by construction (`hybridc.energy.contraction`): every
     multi-layer DHN block's feedback gain is bounded by `feedback_gain` (None = DEFAULT_FEEDBACK_GAIN, 0 =
     off), here and after every optimizer step; rescaled layers are recorded in `plan.decisions` (the compiled
     forward then differs from `model`'s; single-layer blocks stay exact). DRN conductances are kept ≥ 0.
@@ -126,7 +126,7 @@ def compile(model: nn.Module, example_inputs: Any, plan: Plan | None = None,
     elif init != "keep":
         raise PartitionError(f"init must be 'keep', 'goe' or 'goe-conv', not {init!r}")
     if constrain:
-        from hybridc.targets.contraction import DEFAULT_FEEDBACK_GAIN, constrain_model
+        from hybridc.energy.contraction import DEFAULT_FEEDBACK_GAIN, constrain_model
 
         if feedback_gain is not None and feedback_gain < 0:
             raise PartitionError(f"feedback_gain must be ≥ 0 (0 = off), got {feedback_gain}")

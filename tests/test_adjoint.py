@@ -1,4 +1,4 @@
-"""The adjoint fast path (hybridc.targets.adjoint) against autograd on hand-built synapse graphs.
+"""The adjoint fast path (hybridc.energy.transpose) against autograd on hand-built synapse graphs.
 
 Every synapse graph is ``forward(x_1..x_m, s_1..s_n) -> (u_1..u_n)``, affine in its arguments; the
 reference is Phi = sum_j <s_j, u_j>, g = dPhi/ds and h = dPhi/dx by torch.autograd (float64).
@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx import GraphModule, symbolic_trace
 
+from hybridc.energy.transpose import TransposeProgram, unsupported_reason
 from hybridc.errors import UnsupportedOpError
-from hybridc.targets.adjoint import AdjointProgram, unsupported_reason
 
 TOL = 1e-10
 
@@ -47,7 +47,7 @@ def _no_autograd(*args, **kwargs):
 def check(model, inputs, states):
     """Trace (unless already a GraphModule), run the fast path, compare with autograd."""
     gm = model if isinstance(model, GraphModule) else symbolic_trace(model)
-    prog = AdjointProgram(gm, len(inputs))
+    prog = TransposeProgram(gm, len(inputs))
     with torch.no_grad(), mock.patch.object(torch.autograd, "grad", _no_autograd):
         u, g, h = prog(inputs, states, need_input_feedback=True)
         u2, g2, h2 = prog(inputs, states)
@@ -356,7 +356,7 @@ class Product(nn.Module):
 def test_unsupported_ops_raise_naming_the_node(model, n_inputs, node_name, words):
     gm = symbolic_trace(model)
     with pytest.raises(UnsupportedOpError) as info:
-        AdjointProgram(gm, n_inputs)
+        TransposeProgram(gm, n_inputs)
     assert f"'{node_name}'" in str(info.value) and words in str(info.value)
     assert unsupported_reason(gm, n_inputs) == str(info.value)
 
@@ -371,7 +371,7 @@ def test_weight_dependent_on_state_is_rejected():
             return (F.linear(s1, s1),)
 
     with pytest.raises(UnsupportedOpError, match="weight"):
-        AdjointProgram(symbolic_trace(M()), 0)
+        TransposeProgram(symbolic_trace(M()), 0)
 
 
 # ---- differentiability ---------------------------------------------------------------------------
@@ -399,7 +399,7 @@ def test_fast_path_is_differentiable_like_double_backward(model_fn):
     xs = [x.clone().requires_grad_(True) for x in inputs]
     ss = [s.clone().requires_grad_(True) for s in states]
     with torch.enable_grad():
-        g = AdjointProgram(gm, len(inputs)).phi_grad(xs, ss)
+        g = TransposeProgram(gm, len(inputs)).phi_grad(xs, ss)
         loss = sum((gk * rk).sum() for gk, rk in zip(g, r))
         fast = torch.autograd.grad(loss, [*params, *xs, *ss], allow_unused=True)
 

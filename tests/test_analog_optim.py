@@ -1,4 +1,4 @@
-"""Tests of the analog optimizers (Analog SGD, Tiki-Taka) in hybridc.targets.analog_optim."""
+"""Tests of the analog optimizers (Analog SGD, Tiki-Taka) in hybridc.analog.optimizers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from hybridc.targets.analog_optim import AnalogSGD, TikiTaka, soft_bounds_update_
+from hybridc.analog.optimizers import AnalogSGD, TikiTaka, soft_bounds_update_
 
 DT = torch.float64
 

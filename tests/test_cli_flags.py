@@ -39,7 +39,7 @@ def test_every_experiment_field_is_a_train_flag() -> None:
 def test_experiment_copies_the_compiler_fields() -> None:
     """The experiment's partition policies, t1/t2/solver_mode and beta are the compiler's fields: same bounds
     and choices (the optional copies keep the choice order of their owner)."""
-    from hybridc.runtime.settings import GradientConfig, SolverConfig
+    from hybridc.energy.settings import GradientConfig, SolverConfig
 
     for name, owner, field in (("t2", SolverConfig, "t2"), ("free_tol", SolverConfig, "free_tol"),
                                ("solver_mode", SolverConfig, "mode"), ("beta", GradientConfig, "beta")):

@@ -1,4 +1,4 @@
-"""The feedback-gain bound of hybridc.targets.contraction: ρ = ‖D_a^½ A D_a^½‖ measured through the block's own
+"""The feedback-gain bound of hybridc.energy.contraction: ρ = ‖D_a^½ A D_a^½‖ measured through the block's own
 ∂Φ/∂s matches the norm built by hand from the weights, the compile-time calibration brings ρ to the gain
 (also with an identity skip inside the block, which cannot be rescaled), a block whose skips alone give
 ρ_I ≥ 1 is reported instead of being zeroed, and a bounded block relaxes to one fixed point from any start,
@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from hybridc.api import compile
+from hybridc.energy.contraction import feedback_layers, feedback_norms, spectral_norm
 from hybridc.models.mlp import MLP
-from hybridc.targets.contraction import feedback_layers, feedback_norms, spectral_norm
 
 
 def test_power_iteration_matches_the_exact_operator_norm() -> None:

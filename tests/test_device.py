@@ -79,7 +79,7 @@ def test_dac_adc_bits(bits: int) -> None:
     assert torch.allclose(torch.round(out.detach() / step) * step, out.detach(), atol=1e-5)
     assert float(out.detach().abs().max()) <= 2.0 + 1e-6
     # zero is a level: a zero input (image background) crosses the DAC unchanged
-    from hybridc.targets.device import quantize_ste
+    from hybridc.analog.nonideal import quantize_ste
 
     z = quantize_ste(torch.tensor([0.0, 0.01, -2.5, 2.5]), bits, 2.0)
     assert z[0] == 0 and z[2] == -2.0 and z[3] == 2.0

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from hybridc.api import compile, partition
+from hybridc.energy.drn import DRNBlock
 from hybridc.errors import UnsupportedOpError
 from hybridc.gradcheck import gradcheck
-from hybridc.targets.drn import DRNBlock
 
 
 def _mlp(*sizes: int) -> nn.Sequential:

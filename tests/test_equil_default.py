@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from hybridc.api import compile
+from hybridc.energy import block as energy_block
+from hybridc.energy.settings import SolverConfig
+from hybridc.energy.solver import UnconvergedWarning, free_schedule, free_step_cap
 from hybridc.export.full import export_solver
-from hybridc.runtime.settings import SolverConfig
-from hybridc.targets import energy_block
-from hybridc.targets.solver import UnconvergedWarning, free_schedule, free_step_cap
 
 
 def _mlp(scale: float = 6.0, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:

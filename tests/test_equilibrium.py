@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from hybridc.api import compile
+from hybridc.energy.contraction import DEFAULT_FEEDBACK_GAIN, feedback_norms
+from hybridc.energy.solver import UnconvergedWarning
 from hybridc.errors import EquilibriumDivergedError
 from hybridc.models.mlp import MLP
-from hybridc.targets.contraction import DEFAULT_FEEDBACK_GAIN, feedback_norms
-from hybridc.targets.solver import UnconvergedWarning
 from hybridc.train.experiment import ExperimentConfig
 from hybridc.train.loop import train
 
@@ -286,7 +286,7 @@ def test_nan_gradients_raise_naming_the_block_before_the_optimizer(mode: str) ->
 
 
 def test_a_rule_returning_nan_raises_naming_the_block(monkeypatch: pytest.MonkeyPatch) -> None:
-    from hybridc.runtime import gradients
+    from hybridc.energy import estimators as gradients
 
     def nan_rule(*args):  # noqa: ANN002, ANN202
         in_grads, p_grads = gradients.ep_gradients(*args)

@@ -330,8 +330,8 @@ def test_unsupported_op_names_op_and_block_and_keeps_previous_export(exports: di
 
 
 def test_device_effects_and_other_block_kinds_are_refused_clearly(tmp_path: Path) -> None:
+    from hybridc.analog.nonideal import apply_device_effects
     from hybridc.plan import AnalogSpec
-    from hybridc.targets.device import apply_device_effects
 
     ff = _tiny()
     name, blk = next(iter(ff.analog_blocks.items()))

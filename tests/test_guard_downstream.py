@@ -1,4 +1,4 @@
-"""The feedback guard moves its rescale downstream where that is exact (hybridc.targets.contraction,
+"""The feedback guard moves its rescale downstream where that is exact (hybridc.energy.contraction,
 `plan_compensation`): a guard step that scales a block's top layer (weight and bias) by t and the weight reading
 its output by 1/t leaves the ff-EBM's feedforward function unchanged and only shrinks the block's top-down
 feedback by t²; where the path to the next weight is not positively homogeneous the plain rescale applies and
@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from hybridc.api import compile
+from hybridc.energy.contraction import constrain_model, feedback_layers, plan_compensation
 from hybridc.models.mlp import MLP
 from hybridc.plan import ActivationSpec
-from hybridc.targets.contraction import constrain_model, feedback_layers, plan_compensation
 
 SOLVER = {"t1": 400, "check_every": 400}
 SLOPE = 0.5
@@ -139,7 +139,7 @@ def test_downstream_of_the_block_sees_the_unscaled_output(kind: str) -> None:
         out = ff(x)
         env = {"x": x}
         for bname in ff.blocks:
-            ins, outs = ff._io[bname]
+            ins, outs = ff.io(bname)
             net = ff if bname == name else before  # the guarded block as it is now, the rest as it was
             values = net.run_block(bname, [env[i] for i in ins])
             if bname == name:

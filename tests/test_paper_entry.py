@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from hybridc.api import compile as hc_compile
+from hybridc.energy.goe import goe_init, goe_reference_
 from hybridc.models import build_zoo_model
-from hybridc.targets.init import goe_init, goe_reference_
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

@@ -198,7 +198,7 @@ def test_no_host_sync_per_batch_in_the_loop(tmp_path: Path, monkeypatch: pytest.
     """Count tensor->host reads made by hybridc code outside the solver (whose end-of-phase divergence
     check is its own, documented sync): with log_every above the batch count they happen only per epoch."""
     counts = {"n": 0}
-    solver = str(Path("hybridc", "targets", "solver.py"))
+    solver = str(Path("hybridc", "energy", "solver.py"))
     pkg = str(Path(__file__).resolve().parents[1] / "hybridc")
 
     def counting(name: str):  # noqa: ANN202

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hybridc.targets.analog_optim import AnalogSGD, TikiTaka
+from hybridc.analog.optimizers import AnalogSGD, TikiTaka
 from hybridc.train.experiment import ExperimentConfig
 from hybridc.train.loop import Trainer, train
 from hybridc.train.metrics import strip_timings

@@ -51,8 +51,8 @@ def eval_command(
     device effects (--analog) averaged over --seeds draws."""
     from rich.console import Console
 
+    from hybridc.energy.solver import UnconvergedWarning
     from hybridc.evaluate import evaluate_run
-    from hybridc.targets.solver import UnconvergedWarning
 
     spec = parse_json_object(analog, "--analog", '{"read_noise": 0.02}')
     with warnings.catch_warnings(record=True) as caught:

@@ -26,8 +26,8 @@ def validation_message(exc: BaseException) -> str:
     "unknown key" (with the model's valid keys when pydantic names the model and it is one of hybridc's)."""
     fields: list[str] = []
     try:
+        import hybridc.energy.settings as settings_models
         import hybridc.plan as plan_models
-        import hybridc.runtime.settings as settings_models
 
         cls = getattr(plan_models, exc.title, None) or getattr(settings_models, exc.title, None)
         fields = list(getattr(cls, "model_fields", {}))

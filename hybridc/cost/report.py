@@ -475,9 +475,9 @@ def cost_of_compiled(compiled: nn.Module, model_name: str = "", tile: tuple[int,
     to equilibrium is counted at the steps its last free phase took (`EnergyBlock.last_steps`: `cost_report`
     runs the example batch first), or at its step cap (`EnergyBlock.free_cap`, an upper bound) when it has not
     run; the settings' T1 is then the largest of these."""
-    from hybridc.runtime.settings import SolverConfig
-    from hybridc.targets.drn import DRNBlock
-    from hybridc.targets.energy_block import EnergyBlock
+    from hybridc.energy.block import EnergyBlock
+    from hybridc.energy.drn import DRNBlock
+    from hybridc.energy.settings import SolverConfig
 
     plan = compiled.plan
     consts = constants or EnergyConstants()

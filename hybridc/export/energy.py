@@ -15,9 +15,9 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from hybridc.energy.dhn import DHNBlock, _neuron_depths
 from hybridc.errors import UnsupportedOpError
 from hybridc.export.manifest import NeuronInfo, OpInfo, SynapseInfo
-from hybridc.targets.dhn import DHNBlock, _neuron_depths
 
 #: more paths than this means the synapse graph is not a sum of simple paths worth listing
 MAX_PATHS = 4096

@@ -43,6 +43,8 @@ import torch.fx as fx
 from torch import nn
 
 from hybridc.data.preprocess import InputTransform
+from hybridc.energy.dhn import DHNBlock
+from hybridc.energy.settings import SolverConfig
 from hybridc.errors import HybridcError, UnsupportedOpError
 from hybridc.export.energy import (
     describe_neurons,
@@ -78,8 +80,6 @@ from hybridc.export.onnx_blocks import DEFAULT_OPSET, dim_spec, export_digital_b
 from hybridc.export.shared_weights import share_weights
 from hybridc.files import atomic_write_text, sha256_file
 from hybridc.progress import StepProgress
-from hybridc.runtime.settings import SolverConfig
-from hybridc.targets.dhn import DHNBlock
 from hybridc.train.run_lock import pid_alive
 
 if TYPE_CHECKING:
@@ -141,7 +141,7 @@ def _random_inputs(ff: FFEBM, batch: int, gen: torch.Generator) -> list[torch.Te
     """Graph inputs of `batch` samples shaped like the plan's example inputs (batch axis first)."""
     refs = {r.node: r for r in ff.plan.graph_inputs}
     out = []
-    for name in ff._inputs:
+    for name in ff.input_names:
         ref = refs.get(name)
         if ref is None or not ref.shape:
             raise ExportError(f"the plan records no shape for graph input {name!r}; re-create the plan")
@@ -157,27 +157,28 @@ def _random_inputs(ff: FFEBM, batch: int, gen: torch.Generator) -> list[torch.Te
 
 
 def _run_env(ff: FFEBM, inputs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Every graph input and block output of one forward pass (eval mode, no grad), by tensor name."""
-    env: dict[str, Any] = dict(zip(ff._inputs, inputs))
+    """Every graph input and block output of one forward pass (eval mode, no grad), by tensor name: the
+    model's own block loop (`FFEBM.run`), each block's failure or non-tensor output an ExportError."""
     batch = inputs[0].shape[0] if inputs else 0
+
+    def call(name: str, _block: Any, xs: list[torch.Tensor]) -> Any:
+        try:
+            values = ff.run_block(name, xs)
+        except HybridcError:
+            raise
+        except Exception as exc:
+            raise ExportError(
+                f"block {name} fails on a batch of {batch} samples ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}): export needs a model that runs at any batch "
+                "size (a reshape to a literal batch size breaks that)") from None
+        for o, v in zip(ff.io(name)[1], values):
+            if not isinstance(v, torch.Tensor):
+                raise ExportError(f"block {name} hands on {o!r}, a {type(v).__name__}, not a tensor: "
+                                  "only tensors can cross block boundaries in an export")
+        return values
+
     with torch.no_grad():
-        for name in ff.blocks:
-            ins, outs = ff._io[name]
-            try:
-                values = ff.run_block(name, [env[i] for i in ins])
-            except HybridcError:
-                raise
-            except Exception as exc:
-                raise ExportError(
-                    f"block {name} fails on a batch of {batch} samples ({type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0] if str(exc) else ''}): export needs a model that runs at any batch "
-                    "size (a reshape to a literal batch size breaks that)") from None
-            for o, v in zip(outs, values):
-                if not isinstance(v, torch.Tensor):
-                    raise ExportError(f"block {name} hands on {o!r}, a {type(v).__name__}, not a tensor: "
-                                      "only tensors can cross block boundaries in an export")
-                env[o] = v
-    return env
+        return ff.run(inputs, call)
 
 
 def _output_structure(ff: FFEBM) -> Any:
@@ -471,9 +472,9 @@ def _export(model: FFEBM, out: Path, view: ExportView, *, source: SourceInfo | N
                             f"{dev:.2e} (max abs): raise --steps for a converged equilibrium")
 
     tensors: dict[str, TensorInfo] = {}
-    producers = {n: "input" for n in model._inputs}
+    producers = {n: "input" for n in model.input_names}
     for name in model.blocks:
-        producers.update({o: name for o in model._io[name][1]})
+        producers.update({o: name for o in model.io(name)[1]})
     for name, value in env_s.items():
         tensors[name] = TensorInfo(
             shape=dim_spec(tuple(env_t[name].shape), tuple(value.shape), trace_batch, batch, f"tensor {name}"),
@@ -486,7 +487,7 @@ def _export(model: FFEBM, out: Path, view: ExportView, *, source: SourceInfo | N
         (staging / BLOCK_DIR).mkdir()
         blocks: list[DigitalBlockInfo | AnalogBlockInfo] = []
         for name, block in model.blocks.items():
-            ins, outs = model._io[name]
+            ins, outs = model.io(name)
             pblock = plan.block(name)
             analog_block = isinstance(block, DHNBlock)
             with step(f"block {name} ({'analog' if analog_block else 'digital'})") as detail:
@@ -506,11 +507,11 @@ def _export(model: FFEBM, out: Path, view: ExportView, *, source: SourceInfo | N
         full_info = None
         if full:
             full_steps = {name: blk.solver.t1 for name, blk in analog.items()}
-            module = FullModel(model.blocks, model._io, model._inputs, outputs, full_steps, relaxation,
+            module = FullModel(model.blocks, {n: model.io(n) for n in model.blocks}, model.input_names, outputs, full_steps, relaxation,
                                preprocess=preprocess.module() if preprocess is not None else None)
             if relaxation == "loop":
                 module.prepare_loops(env_t)
-            full_inputs, full_specs, full_args = list(model._inputs), [tensors[i].shape for i in model._inputs], \
+            full_inputs, full_specs, full_args = list(model.input_names), [tensors[i].shape for i in model.input_names], \
                 trace_inputs
             if raw is not None:  # model.onnx takes the raw images
                 full_inputs[0], full_specs[0] = pre_info.raw_input, ["batch", *pre_info.raw_shape]
@@ -534,7 +535,7 @@ def _export(model: FFEBM, out: Path, view: ExportView, *, source: SourceInfo | N
             hybridc_version=_hybridc_version(), torch_version=torch.__version__,
             created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             opset=opset, source=source or SourceInfo(kind="python", model_class=plan.model.model_class),
-            plan=PLAN_FILE, graph_inputs=list(model._inputs), graph_outputs=outputs,
+            plan=PLAN_FILE, graph_inputs=list(model.input_names), graph_outputs=outputs,
             output_structure=structure, tensors=tensors, blocks=blocks, full=full_info,
             preprocess=pre_info if raw is not None else None,
             samples=SamplesInfo(file=SAMPLES_FILE, batch=batch, seed=seed, tensors=sorted(sample_values)),

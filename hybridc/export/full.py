@@ -2,7 +2,7 @@
 
 An analog block's forward is a relaxation: from zero states, `steps` applications of the fixed-point map
 T(s)_j = σ_j(∂Φ/∂s_j) (synchronous, or even layers then odd layers). ∂Φ/∂s = u + (top-down adjoint terms)
-is computed with explicit transposed ops (`hybridc.targets.adjoint.AdjointProgram`: conv -> transposed
+is computed with explicit transposed ops (`hybridc.energy.transpose.TransposeProgram`: conv -> transposed
 conv, max-pool -> scatter into the arg-max, ...), never autograd, so torch.export captures it as plain ops.
 
 - `StepModule`: one application of T, `(inputs..., states...) -> next states` (the per-block step file).
@@ -23,9 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from hybridc.energy.dhn import DHNBlock
+from hybridc.energy.settings import SolverConfig
 from hybridc.errors import UnsupportedOpError
-from hybridc.runtime.settings import SolverConfig
-from hybridc.targets.dhn import DHNBlock
+from hybridc.runtime.ffebm import run_blocks
 
 
 def ensure_fast_path(block: DHNBlock) -> None:
@@ -34,11 +35,11 @@ def ensure_fast_path(block: DHNBlock) -> None:
     once-per-phase `prefix`) where it has one, else the whole synapse graph."""
     if block.fast is not None:
         return
-    from hybridc.targets.adjoint import AdjointProgram
+    from hybridc.energy.transpose import TransposeProgram
 
     gm, n_in = (block.core, block.n_cut) if hasattr(block, "core") else (block.synapses, block.n_inputs)
     try:
-        block.fast = AdjointProgram(gm, n_in)
+        block.fast = TransposeProgram(gm, n_in)
     except UnsupportedOpError as exc:
         raise UnsupportedOpError(
             f"analog block {block.name}: its relaxation cannot be exported: ∂Φ/∂s needs the transpose of "
@@ -62,7 +63,7 @@ def export_solver(solver: SolverConfig, steps: int | None, cap: int | None = Non
     """The fixed-step solver an export runs, and a note when it differs from `solver`.
 
     Fixed steps: `steps` if given, else the solver's free-phase steps: t1 (`free="fixed"`), or for the default
-    run-to-equilibrium free phase `cap`, the block's step cap (`hybridc.targets.solver.free_schedule`: the
+    run-to-equilibrium free phase `cap`, the block's step cap (`hybridc.energy.solver.free_schedule`: the
     count its feedback-gain bound guarantees converged). A tolerance (`tol`) is dropped: the exported
     relaxation always runs exactly that many steps (give `steps`, e.g. the block's typical step count, for a
     converged equilibrium). Anderson mixing is dropped: plain fixed-point iteration.
@@ -186,20 +187,18 @@ class FullModel(nn.Module):
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.preprocess is not None:
             args = (self.preprocess(args[0]), *args[1:])
-        env: dict[str, Any] = dict(zip(self.input_names, args))
-        for name, block in self.blocks.items():
-            ins, outs = self.io[name]
-            xs = [env[i] for i in ins]
-            if isinstance(block, DHNBlock):
-                if self.relaxation == "loop":
-                    states = relax_loop(block, xs, self.steps[name], self.bodies[name])
-                else:
-                    states = relax_unrolled(block, xs, self.steps[name])
-                values: Sequence[torch.Tensor] = [states[i] for i in block.output_idx]
-            else:
-                values = block(*xs)
-            env.update(zip(outs, values))
+        env = run_blocks(self.blocks, self.io, dict(zip(self.input_names, args)), self._run_block)
         return tuple(env[o] for o in self.output_names)
+
+    def _run_block(self, name: str, block: nn.Module, xs: list[torch.Tensor]) -> Sequence[torch.Tensor]:
+        """A digital block as it is; an analog block's relaxation unrolled (or as a Loop) for its export steps."""
+        if not isinstance(block, DHNBlock):
+            return block(*xs)
+        if self.relaxation == "loop":
+            states = relax_loop(block, xs, self.steps[name], self.bodies[name])
+        else:
+            states = relax_unrolled(block, xs, self.steps[name])
+        return [states[i] for i in block.output_idx]
 
 
 def preprocess_samples(model: nn.Module, transform: Any, batch: int, trace_batch: int, gen: torch.Generator,
@@ -213,7 +212,7 @@ def preprocess_samples(model: nn.Module, transform: Any, batch: int, trace_batch
     from hybridc.errors import HybridcError
     from hybridc.export.manifest import PreprocessInfo
 
-    names = list(model._inputs)
+    names = list(model.input_names)
     ref = {r.node: r for r in model.plan.graph_inputs}.get(names[0]) if names else None
     if len(names) != 1 or ref is None or not ref.shape or tuple(ref.shape[1:]) != tuple(transform.model_shape):
         got = tuple(ref.shape[1:]) if ref is not None and ref.shape else None

@@ -52,7 +52,7 @@ def _elu(u: np.ndarray, alpha: float = 1.0) -> np.ndarray:
 
 _SELU_A, _SELU_S = 1.6732632423543772, 1.0507009873554805
 
-#: numpy σ for each activation kind of `hybridc.targets.activations` (same parameters and defaults)
+#: numpy σ for each activation kind of `hybridc.energy.activations` (same parameters and defaults)
 ACTIVATIONS: dict[str, Callable[..., np.ndarray]] = {
     "hardsigmoid": lambda u, slope=1.0: np.clip(u * slope, 0.0, 1.0),
     "identity": lambda u: u,

@@ -15,17 +15,17 @@ import torch.fx as fx
 import torch.utils._pytree as pytree
 from torch import nn
 
+from hybridc.analog.nonideal import apply_device_effects
+from hybridc.energy.block import EnergyBlock
+from hybridc.energy.dhn import DHNBlock
+from hybridc.energy.drn import DRNBlock
+from hybridc.energy.settings import GradientConfig, SolverConfig
 from hybridc.errors import PlanMismatchError
 from hybridc.passes.classify import free_nodes
 from hybridc.passes.lower import block_io, lower_digital, lower_synapses
 from hybridc.passes.partition import graph_hash
 from hybridc.passes.trace import TracedGraph
 from hybridc.plan import AnalogSpec, Plan
-from hybridc.runtime.settings import GradientConfig, SolverConfig
-from hybridc.targets.device import apply_device_effects
-from hybridc.targets.dhn import DHNBlock
-from hybridc.targets.drn import DRNBlock
-from hybridc.targets.energy_block import EnergyBlock
 
 
 def validate_plan(plan: Plan, traced: TracedGraph) -> None:
@@ -126,7 +126,7 @@ class FFEBM(nn.Module):
         # a graph made by torch.export without an OutputSpec returns a flat tuple its codegen unflattens
         info = getattr(gm.graph._codegen, "pytree_info", None)
         self._out_spec = getattr(info, "out_spec", None) if traced.outputs is None else None
-        #: DHN feedback-gain bound set by `hybridc.targets.contraction.constrain_model` (None = unconstrained)
+        #: DHN feedback-gain bound set by `hybridc.energy.contraction.constrain_model` (None = unconstrained)
         self.feedback_gain: float | None = None
         #: per guarded DHN block, whether its guard's factor is moved downstream and why not (`constrain_model`)
         self.guard_compensation: dict[str, dict[str, Any]] = {}
@@ -211,7 +211,7 @@ class FFEBM(nn.Module):
 
     def constrain_(self, only: set[int] | None = None) -> FFEBM:
         """Project every analog block back into the set where its relaxation provably converges (DHN: feedback
-        gain ρ ≤ `feedback_gain`, DRN: conductances ≥ 0; see `hybridc.targets.contraction`). Runs at compile
+        gain ρ ≤ `feedback_gain`, DRN: conductances ≥ 0; see `hybridc.energy.contraction`). Runs at compile
         time and, by a global optimizer post-step hook, after every step of any torch.optim optimizer holding
         the parameters (`only`: ids of the parameters that optimizer holds). Device ops only, no host sync."""
         for blk in self.analog_blocks.values():

@@ -123,7 +123,7 @@ def compile_model(cfg: ExperimentConfig, model: nn.Module, example: tuple[torch.
     common: dict[str, Any] = {"gradient": cfg.algorithm, "solver": solver, "init": cfg.init, "beta": cfg.beta,
                               "goe_variance": cfg.goe_variance, "analog": cfg.analog or None,
                               # equilibrium by construction (None: the compiler's default gain, 0: off); the
-                              # bound is kept after every optimizer step by hybridc.targets.contraction's hook
+                              # bound is kept after every optimizer step by hybridc.energy.contraction's hook
                               "feedback_gain": cfg.feedback_gain}
     if plan is not None:
         return hc_compile(model, example, plan=plan, **common)
@@ -169,7 +169,7 @@ def resolved_config(cfg: ExperimentConfig, fit: Any, shape: tuple[int, ...], pla
         if cfg.plan is None and plan is not None:
             updates |= {k: getattr(plan.config, k) for k in PartitionConfig.model_fields if getattr(cfg, k) is None}
         if cfg.feedback_gain is None:
-            from hybridc.targets.contraction import DEFAULT_FEEDBACK_GAIN
+            from hybridc.energy.contraction import DEFAULT_FEEDBACK_GAIN
 
             updates["feedback_gain"] = DEFAULT_FEEDBACK_GAIN
     return validate_config(cfg.model_dump() | updates, "resolved run config")

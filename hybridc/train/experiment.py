@@ -14,11 +14,11 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
+from hybridc.energy.settings import GradientConfig, SolverConfig
 from hybridc.errors import HybridcError
 from hybridc.fields import SHOWN, field_of, optional_fields
 from hybridc.finite import FiniteFloat
 from hybridc.plan import AnalogSpec, PartitionConfig
-from hybridc.runtime.settings import GradientConfig, SolverConfig
 
 Algorithm = Literal["ep", "id", "bptt", "bp"]
 
@@ -100,7 +100,7 @@ class ExperimentConfig(_CompilerSettings):
     feedback_gain: FiniteFloat | None = Field(
         None, ge=0, description="equilibrium by construction: bound every multi-layer Hopfield block's feedback "
                                 "gain ρ = ‖D_a^½ A D_a^½‖ (its free phase is then a contraction) at compile time "
-                                "and after every optimizer step (hybridc.targets.contraction); 0 = off",
+                                "and after every optimizer step (hybridc.energy.contraction); 0 = off",
         json_schema_extra={SHOWN: f"0.8; {EMBEDDED_FEEDBACK_GAIN} for the embedded default"})
 
     # ---- data -------------------------------------------------------------------------------------

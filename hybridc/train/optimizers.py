@@ -1,6 +1,6 @@
 """The optimizers of a training run: one for the digital parameters (Adam/SGD) and, with
 `analog_optimizer`, a second one for the weights that live on analog crossbars (ideal SGD, Analog SGD or
-Tiki-Taka on a soft-bounds device, see `hybridc.targets.analog_optim`).
+Tiki-Taka on a soft-bounds device, see `hybridc.analog.optimizers`).
 
 Analog weights are the ≥2-D parameters of analog blocks (weight matrices, conv kernels, DRN conductances);
 their biases stay digital (peripheral current sources). For `algorithm="bp"` the original model has no
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hybridc.targets.analog_optim import AnalogSGD, TikiTaka
+from hybridc.analog.optimizers import AnalogSGD, TikiTaka
 from hybridc.train.experiment import ConfigError, ExperimentConfig
 
 _ANALOG_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)

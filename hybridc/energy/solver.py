@@ -21,8 +21,8 @@ from typing import NamedTuple
 
 import torch
 
+from hybridc.energy.settings import SolverConfig
 from hybridc.errors import EquilibriumDivergedError
-from hybridc.runtime.settings import SolverConfig
 
 States = list[torch.Tensor]
 StepFn = Callable[[States], States]
@@ -43,7 +43,7 @@ UNCONVERGED_RELATIVE = 1e-2
 
 
 #: Slack on a block's enforced bound ρ when deriving its free-phase step cap: the post-step guard measures ρ by
-#: power iteration from a fixed start, which underestimates it by ≈1-3 % (`hybridc.targets.contraction`).
+#: power iteration from a fixed start, which underestimates it by ≈1-3 % (`hybridc.energy.contraction`).
 RHO_SLACK = 0.03
 
 

@@ -1,7 +1,7 @@
 """What every energy-based (analog) block kind shares: relaxation phases, state bookkeeping, and the
 autograd entry point. A kind (DHN, DRN) supplies the fixed-point map and the energy.
 
-Contract used by `hybridc.runtime.gradients`:
+Contract used by `hybridc.energy.estimators`:
 - `step_map(inputs, states, nudge=None, differentiable=False)`: one relaxation step; the free equilibrium
   is its fixed point; `nudge[j]` (for output neurons) adds ⟨nudge_j, s_j⟩ to the energy;
 - `phi_per_sample(inputs, states)`: Φ = −(the θ- and x-dependent part of the energy), per sample, so that
@@ -20,11 +20,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from hybridc.analog.nonideal import quantize_ste
+from hybridc.energy.settings import GradientConfig, SolverConfig
+from hybridc.energy.solver import UnconvergedWarning, free_rule_text, free_schedule, free_step_cap, relax
 from hybridc.errors import UnsupportedOpError
 from hybridc.plan import AnalogSpec
-from hybridc.runtime.settings import GradientConfig, SolverConfig
-from hybridc.targets.device import quantize_ste
-from hybridc.targets.solver import UnconvergedWarning, free_rule_text, free_schedule, free_step_cap, relax
 
 States = list[torch.Tensor]
 
@@ -47,21 +47,21 @@ class EnergyBlock(nn.Module):
         self.last_residual: torch.Tensor | None = None
         self.last_steps = 0
         #: whether the last free phase met its stopping criterion (None: fixed steps, which have none) and the
-        #: step cap it ran under (`hybridc.targets.solver.free_schedule`)
+        #: step cap it ran under (`hybridc.energy.solver.free_schedule`)
         self.last_converged: bool | None = None
         self.last_cap = 0
         self.analog: AnalogSpec = AnalogSpec()
 
     def constrain_(self) -> None:
         """Project the block's parameters back into the set where its relaxation provably converges
-        (`hybridc.targets.contraction`); device ops only. A kind without constraints does nothing."""
+        (`hybridc.energy.contraction`); device ops only. A kind without constraints does nothing."""
 
     def __setstate__(self, state: dict) -> None:
         """As nn.Module's; a copy (`copy.deepcopy`, unpickling) of a block kept within its constraints after
-        optimizer steps is kept within them too (`hybridc.targets.contraction.register_block`)."""
+        optimizer steps is kept within them too (`hybridc.energy.contraction.register_block`)."""
         super().__setstate__(state)
         if state.get("keep_constrained"):
-            from hybridc.targets.contraction import register_block
+            from hybridc.energy.contraction import register_block
 
             register_block(self)
 
@@ -86,7 +86,7 @@ class EnergyBlock(nn.Module):
     @contextlib.contextmanager
     def norm_stats_frozen(self) -> Iterator[None]:
         """Norms in eval mode (running statistics, no update) for the duration: for probes on synthetic inputs
-        (`hybridc.targets.contraction`'s ρ probe feeds zeros), which must neither move the statistics training
+        (`hybridc.energy.contraction`'s ρ probe feeds zeros), which must neither move the statistics training
         accumulates nor normalise a degenerate batch."""
         frozen = [m for m in self._norms() if m.training]
         for m in frozen:
@@ -155,12 +155,12 @@ class EnergyBlock(nn.Module):
         return out.states
 
     def feedback_bound(self) -> float | None:
-        """The enforced bound on this block's feedback gain ρ (`hybridc.targets.contraction`), None if none."""
+        """The enforced bound on this block's feedback gain ρ (`hybridc.energy.contraction`), None if none."""
         constraint = getattr(self, "constraint", None)
         return getattr(constraint, "target", None)
 
     def free_cap(self) -> int:
-        """The free phase's step cap in run-to-equilibrium mode (`hybridc.targets.solver.free_step_cap`), from
+        """The free phase's step cap in run-to-equilibrium mode (`hybridc.energy.solver.free_step_cap`), from
         the plan's neuron shapes; what an export's fixed-step relaxation runs by default."""
         neurons = sum(math.prod(s) for s in self.neuron_shapes if s is not None) or 1
         return free_step_cap(self.solver, self.feedback_bound(), neurons)
@@ -186,7 +186,7 @@ class EnergyBlock(nn.Module):
         return self.relax(inputs, states, steps, "free", rel_tol=rel_tol)
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        from hybridc.runtime.gradients import run_block
+        from hybridc.energy.estimators import run_block
 
         spec = self.analog
         device_type = inputs[0].device.type

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from hybridc.targets.solver import check_gradients_finite, flatten_states, unflatten_states
+from hybridc.energy.solver import check_gradients_finite, flatten_states, unflatten_states
 
 if TYPE_CHECKING:
-    from hybridc.targets.energy_block import EnergyBlock as DHNBlock
+    from hybridc.energy.block import EnergyBlock as DHNBlock
 
 
 def _params(block: DHNBlock) -> list[torch.nn.Parameter]:
@@ -150,9 +150,9 @@ def id_gradients(block: DHNBlock, inputs: list[torch.Tensor], s_star: list[torch
                  deltas: list[torch.Tensor | None], need_in: list[bool], need_p: list[bool]
                  ) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
     """Implicit differentiation at the fixed point s* = T(s*): solve λ = δ + Jᵀλ (GMRES by default, or the
-    plain iteration: `GradientConfig.id_solver`, `hybridc.runtime.adjoint_solver`), then ∂L/∂θ = (∂T/∂θ)ᵀλ.
+    plain iteration: `GradientConfig.id_solver`, `hybridc.energy.implicit`), then ∂L/∂θ = (∂T/∂θ)ᵀλ.
     Records `block.last_adjoint_steps` (vjps) and `block.last_adjoint_residual` (relative, device scalar)."""
-    from hybridc.runtime import adjoint_solver as adj
+    from hybridc.energy import implicit as adj
 
     cfg = block.gradient
     params = _params(block)

@@ -23,9 +23,9 @@ import torch.fx as fx
 from torch import nn
 from torch.nn.utils import parametrize
 
+from hybridc.energy.block import EnergyBlock, States
+from hybridc.energy.settings import GradientConfig, SolverConfig
 from hybridc.errors import UnsupportedOpError
-from hybridc.runtime.settings import GradientConfig, SolverConfig
-from hybridc.targets.energy_block import EnergyBlock, States
 
 
 def _linear_weights(synapses: fx.GraphModule) -> list[tuple[str, torch.Tensor, torch.Tensor | None]]:
@@ -120,7 +120,7 @@ class DRNBlock(EnergyBlock):
 
     def constrain_(self) -> None:
         """A DRN relaxes by exact coordinate descent on a convex energy while its conductances are ≥ 0: its
-        constraint is that projection (run after every optimizer step by `hybridc.targets.contraction`)."""
+        constraint is that projection (run after every optimizer step by `hybridc.energy.contraction`)."""
         self.project_()
 
     def _bounds(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,7 +17,7 @@ class SolverConfig(BaseModel):
     The free phase, by default (`free="equilibrium"`), runs until its fixed-point residual max|s_{t+1} − s_t|
     is at most `free_tol`·max(1, max|s|) (read every `check_every` steps, so a GPU syncs with the host only
     that often), capped at a step count derived from the block's enforced feedback-gain bound ρ
-    (`hybridc.targets.solver.free_step_cap`; `max_steps` for a block without one); a block that hits its cap
+    (`hybridc.energy.solver.free_step_cap`; `max_steps` for a block without one); a block that hits its cap
     first warns (`UnconvergedWarning`) and reports `last_converged = False`. `free="fixed"` runs exactly `t1`
     steps (the paper's fixed-iteration version); giving `t1` without `free` selects it. The nudged phase
     runs `t2` steps (EP's T2) from the free equilibrium. `tol` (absolute) overrides both: each phase then

@@ -2,8 +2,8 @@
 
 The synapse graph (lowered from the plan) computes the pre-activations u_j. The fixed-point map is
 T(s)_j = σ_j(∂Φ/∂s_j − nudge_j); ∂Φ/∂s_j = u_j + Σ_k (∂u_k/∂s_j)^T s_k (bottom-up plus top-down).
-It is computed either by explicit transposed ops (fast path, `hybridc.targets.adjoint`) or by autograd
-(generic path); both are tested to agree. Gradients come from `hybridc.runtime.gradients`.
+It is computed either by explicit transposed ops (fast path, `hybridc.energy.transpose`) or by autograd
+(generic path); both are tested to agree. Gradients come from `hybridc.energy.estimators`.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from collections.abc import Sequence
 import torch
 import torch.fx as fx
 
+from hybridc.energy.activations import Activation, make_activation
+from hybridc.energy.block import EnergyBlock
+from hybridc.energy.settings import GradientConfig, SolverConfig
 from hybridc.errors import UnsupportedOpError
 from hybridc.passes.lower import split_synapses
 from hybridc.plan import ActivationSpec
-from hybridc.runtime.settings import GradientConfig, SolverConfig
-from hybridc.targets.activations import Activation, make_activation
-from hybridc.targets.energy_block import EnergyBlock
 
 States = list[torch.Tensor]
 
@@ -68,24 +68,30 @@ class DHNBlock(EnergyBlock):
         prefix, core, self.n_cut = split_synapses(synapses, n_inputs)
         # a plain tuple: prefix and core share the synapses' layers, which must appear once in state_dict
         self._split = (prefix, core)
-        #: the feedback-gain bound (`hybridc.targets.contraction.DHNConstraint`), None = unconstrained
+        #: the feedback-gain bound (`hybridc.energy.contraction.DHNConstraint`), None = unconstrained
         self.constraint = None
         self.fast = None
         self.fast_reason = "fast path disabled"
         if solver.fast_path != "off":
             try:
-                from hybridc.targets.adjoint import AdjointProgram
+                from hybridc.energy.transpose import TransposeProgram
 
-                self.fast = AdjointProgram(core, self.n_cut)
+                self.fast = TransposeProgram(core, self.n_cut)
                 self.fast_reason = ""
             except UnsupportedOpError as exc:
                 self.fast_reason = str(exc)
                 if solver.fast_path == "on":
                     raise
 
+    @property
+    def core(self) -> fx.GraphModule:
+        """The per-step part of the synapses (fed by `prepare`'s once-per-phase prefix, `n_cut` inputs): what
+        every relaxation step, and so ∂Φ/∂s and its export, reads."""
+        return self._split[1]
+
     # ---- equilibrium by construction ---------------------------------------------------------------
     def constrain_(self) -> None:
-        """Keep the feedback gain ρ within its bound (set up by `hybridc.targets.contraction` at compile)."""
+        """Keep the feedback gain ρ within its bound (set up by `hybridc.energy.contraction` at compile)."""
         if self.constraint is not None:
             self.constraint.apply_()
 

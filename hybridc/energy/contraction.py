@@ -103,7 +103,7 @@ from hybridc.plan import ActivationSpec
 
 #: Default bound on a DHN block's feedback gain ρ, chosen by measurement: the free phase must reach a fixed
 #: point in the default T1 = 20 steps (a contraction's residual after T1 steps is ≤ ρ^T1 of its first: 0.8^20 = 0.012,
-#: 0.9^20 = 0.12). Since the default free phase runs to its tolerance (`hybridc.targets.solver`), the bound also
+#: 0.9^20 = 0.12). Since the default free phase runs to its tolerance (`hybridc.energy.solver`), the bound also
 #: sets each block's step cap (`free_step_cap`: ≈ 60-70 steps at 0.8); blocks converge well before it.
 #: At 0.8 the timm-style ResNet-18's blocks end at max|Δs| ≤ 2e-5 (at 0.9: 6e-4); on Fashion-MNIST the conv
 #: ff-EBM at 0.9 still trains 0.04 from its fixed point at T1 = 20 (benchmarks/equilibrium_guard.py).
@@ -550,8 +550,8 @@ def plan_compensation(model: nn.Module, name: str, scaled: Sequence[tuple[str, t
     """Decide, at compile time, whether analog block `name` of `model` (an FFEBM) can move its guard's factor
     downstream (module docstring): which top neurons and biases scale with t, which weights of later blocks
     scale by 1/t, and the ops in between; or why not (`reason`). `scaled`: the block's rescaled weights."""
+    from hybridc.energy.dhn import DHNBlock
     from hybridc.passes.ops import WEIGHT_OPS, op_key
-    from hybridc.targets.dhn import DHNBlock
 
     blk = model.blocks[name]
     comp = Compensation()
@@ -578,7 +578,7 @@ def plan_compensation(model: nn.Module, name: str, scaled: Sequence[tuple[str, t
         feedback_ids = {id(w) for b in model.analog_blocks.values() if isinstance(b, DHNBlock)
                         for _, w in feedback_layers(b)}
         for bname in model.blocks:  # topological order; the guarded block's own weights count as uses too
-            ins, outs = model._io[bname]
+            ins, outs = model.io(bname)
             gm = _block_graph(model, bname)
             analog = bname in model.analog_blocks
             reads = any(carried.get(x, 0) for x in ins)
@@ -856,7 +856,7 @@ def constrain_model(model: nn.Module, gain: float | None, compensate: bool = Tru
     Returns one record per calibrated block (see `DHNConstraint.calibrate`)."""
     import warnings
 
-    from hybridc.targets.dhn import DHNBlock
+    from hybridc.energy.dhn import DHNBlock
 
     plan = model.plan.model_copy(deep=True)
     plan.decisions = [d for d in plan.decisions if d.action not in _RECORDED]
@@ -876,7 +876,7 @@ def constrain_model(model: nn.Module, gain: float | None, compensate: bool = Tru
             plans[name] = Compensation(reason=f"the path could not be analysed ({type(exc).__name__}: {exc})")
     for name in guarded:
         blk = model.blocks[name]
-        in_shapes = [shapes.get(n) for n in model._io[name][0]]
+        in_shapes = [shapes.get(n) for n in model.io(name)[0]]
         if any(s is None for s in in_shapes):
             from hybridc.errors import PlanMismatchError
 
@@ -904,7 +904,7 @@ def feedback_norms(model: nn.Module, iters: int = COMPILE_ITERS, starts: int = C
                    ) -> dict[str, float]:
     """ρ = ‖D_a^{1/2} A D_a^{1/2}‖ of every multi-layer DHN block of an FFEBM, constrained or not (reads the
     values to the host: for diagnostics and tests, not the training loop)."""
-    from hybridc.targets.dhn import DHNBlock
+    from hybridc.energy.dhn import DHNBlock
 
     shapes = _shapes(model)
     out: dict[str, float] = {}
@@ -913,7 +913,7 @@ def feedback_norms(model: nn.Module, iters: int = COMPILE_ITERS, starts: int = C
             if blk.constraint is not None:
                 coupling = blk.constraint.coupling
             else:
-                in_shapes = [shapes[n] for n in model._io[name][0]]
+                in_shapes = [shapes[n] for n in model.io(name)[0]]
                 coupling = Coupling(blk, [s[1:] for s in in_shapes], example_batch=in_shapes[0][0])
                 coupling.settle()
             out[name] = float(coupling.norm(iters, starts))
