@@ -46,8 +46,13 @@ class Conv28(nn.Module):
     def __init__(self, c1: int = 16, c2: int = 32, num_classes: int = 10) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+            nn.Conv2d(1, c1, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(c2 * 7 * 7, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,27 +71,52 @@ def conv28_wide() -> nn.Module:
 
 # row -> (absolute target, baseline row, largest allowed gap to the baseline)
 TARGETS: dict[str, tuple[float | None, str | None, float | None]] = {
-    "mlp-ep": (0.88, "mlp-bp", 0.015), "mlp-bp": (None, None, None), "conv-ep": (0.90, None, None),
-    "vit-ep": (None, "vit-bp", 0.02), "vit-bp": (None, None, None)}
+    "mlp-ep": (0.88, "mlp-bp", 0.015),
+    "mlp-bp": (None, None, None),
+    "conv-ep": (0.90, None, None),
+    "vit-ep": (None, "vit-bp", 0.02),
+    "vit-bp": (None, None, None),
+}
 
 
 def experiments(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """The ExperimentConfig fields of every row (common settings + per-row ones)."""
-    common: dict[str, Any] = {"data": "fashion-mnist", "epochs": args.epochs, "batch_size": args.batch_size,
-                              "lr": args.lr, "schedule": "cosine", "seed": args.seed, "progress": args.progress,
-                              "test_batch_size": 1000, "device": args.device}
+    common: dict[str, Any] = {
+        "data": "fashion-mnist",
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "schedule": "cosine",
+        "seed": args.seed,
+        "progress": args.progress,
+        "test_batch_size": 1000,
+        "device": args.device,
+    }
     if args.data_dir:
         common["data_dir"] = args.data_dir
     if args.quick:
         common |= {"epochs": 1, "train_subset": 2000, "test_subset": 1000}
-    ep: dict[str, Any] = {"algorithm": "ep", "max_block_size": 2, "beta": args.beta, "t1": args.t1,
-                          "t2": args.t2, "solver_mode": args.solver_mode, "init": args.init,
-                          "hardsigmoid_slope": args.slope, "feedback_gain": args.feedback_gain}
+    ep: dict[str, Any] = {
+        "algorithm": "ep",
+        "max_block_size": 2,
+        "beta": args.beta,
+        "t1": args.t1,
+        "t2": args.t2,
+        "solver_mode": args.solver_mode,
+        "init": args.init,
+        "hardsigmoid_slope": args.slope,
+        "feedback_gain": args.feedback_gain,
+    }
     return {
         "mlp-ep": common | ep | {"model": "mlp"},
         "mlp-bp": common | {"model": "mlp", "algorithm": "bp", "lr": args.bp_lr},
-        "conv-ep": common | ep | {"model": f"{Path(__file__).resolve()}:{args.conv_factory}", "lr": args.conv_lr,
-                                  "epochs": common["epochs"] if args.quick else (args.conv_epochs or common["epochs"])},
+        "conv-ep": common
+        | ep
+        | {
+            "model": f"{Path(__file__).resolve()}:{args.conv_factory}",
+            "lr": args.conv_lr,
+            "epochs": common["epochs"] if args.quick else (args.conv_epochs or common["epochs"]),
+        },
         "vit-ep": common | ep | {"model": "vit", "hardsigmoid_slope": args.vit_slope, "lr": args.vit_lr},
         "vit-bp": common | {"model": "vit", "algorithm": "bp", "lr": args.vit_lr},
     }
@@ -98,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from hybridc.train.benchmark_rows import run_rows, select_rows
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--parts", default="mlp-ep,mlp-bp,conv-ep", help="comma-separated rows to run")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 epoch on 2,000 training samples")
     p.add_argument("--epochs", type=int, default=5)
@@ -111,14 +142,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--conv-epochs", type=int, default=None, help="epochs of conv-ep (default: --epochs)")
     p.add_argument("--vit-lr", type=float, default=1e-3)
     p.add_argument("--vit-slope", type=float, default=0.5, help="hard-sigmoid slope of the ViT MLP neurons")
-    p.add_argument("--merge", type=Path, action="append", default=[], help="earlier --json results to tabulate too")
+    p.add_argument(
+        "--merge", type=Path, action="append", default=[], help="earlier --json results to tabulate too"
+    )
     p.add_argument("--beta", type=float, default=0.05)
     p.add_argument("--t1", type=int, default=20)
     p.add_argument("--t2", type=int, default=5)
-    p.add_argument("--slope", type=float, default=0.25, help="hard-sigmoid slope (0.25: tuned, see the module docstring)")
+    p.add_argument(
+        "--slope", type=float, default=0.25, help="hard-sigmoid slope (0.25: tuned, see the module docstring)"
+    )
     p.add_argument("--init", choices=["keep", "goe"], default="keep")
-    p.add_argument("--feedback-gain", type=float, default=None,
-                   help="bound the feedback gain of multi-layer blocks (train --feedback-gain) [off]")
+    p.add_argument(
+        "--feedback-gain",
+        type=float,
+        default=None,
+        help="bound the feedback gain of multi-layer blocks (train --feedback-gain) [off]",
+    )
     p.add_argument("--solver-mode", choices=["sync", "async"], default="sync")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -136,9 +175,21 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(exc))
     results = run_rows(rows, wanted, args.out, console, args.merge)
 
-    table = Table(title=f"Fashion-MNIST accuracy{' (quick smoke run)' if args.quick else ''}", title_justify="left")
-    for col in ("run", "algorithm", "epochs", "test acc (final)", "best", "target", "median epoch (s)", "samples/s",
-                "threads", "verdict"):
+    table = Table(
+        title=f"Fashion-MNIST accuracy{' (quick smoke run)' if args.quick else ''}", title_justify="left"
+    )
+    for col in (
+        "run",
+        "algorithm",
+        "epochs",
+        "test acc (final)",
+        "best",
+        "target",
+        "median epoch (s)",
+        "samples/s",
+        "threads",
+        "verdict",
+    ):
         table.add_column(col, justify="right" if col not in ("run", "algorithm", "verdict") else "left")
     for name, r in results.items():
         target, baseline, gap = TARGETS[name]
@@ -152,9 +203,18 @@ def main(argv: list[str] | None = None) -> int:
             if baseline in results:
                 checks.append(results[baseline]["final_test_acc"] - acc <= gap + 1e-9)
         verdict = "-" if args.quick or not checks else ("pass" if all(checks) else "miss")
-        table.add_row(name, r["config"]["algorithm"], str(r["epochs"]), f"{100 * acc:.2f}%",
-                      f"{100 * r['best_test_acc']:.2f}%", ", ".join(wants) or "-", f"{r['median_epoch_time_s']:.1f}",
-                      f"{r['samples_per_s']:.0f}", str(r.get("threads", "-")), verdict)
+        table.add_row(
+            name,
+            r["config"]["algorithm"],
+            str(r["epochs"]),
+            f"{100 * acc:.2f}%",
+            f"{100 * r['best_test_acc']:.2f}%",
+            ", ".join(wants) or "-",
+            f"{r['median_epoch_time_s']:.1f}",
+            f"{r['samples_per_s']:.0f}",
+            str(r.get("threads", "-")),
+            verdict,
+        )
     console.print(table)
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -27,8 +27,9 @@ measuring = StepProgress("adjoint_solve", None, rich=False, numbered=False).step
 MODELS = {"vgg-paper": ({"width": 0.25}, 3), "resnet18": ({"base": 8}, 4)}
 
 
-def _id_grads(ff: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, solver: str, tol: float
-              ) -> tuple[torch.Tensor, float, dict[str, int]]:
+def _id_grads(
+    ff: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, solver: str, tol: float
+) -> tuple[torch.Tensor, float, dict[str, int]]:
     ff.set_gradient("id", id_solver=solver, id_tol=tol, id_max_steps=20000)
     ff.zero_grad(set_to_none=True)
     loss = F.cross_entropy(ff(x), y)
@@ -48,8 +49,16 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     table = Table(title=f"adjoint solve, float64, tol {args.tol:g} (relative residual)")
-    for col in ("model", "blocks (neurons)", "fixed-point vjps", "GMRES vjps", "fixed-point s", "GMRES s",
-                "speed-up", "max rel. diff of grads"):
+    for col in (
+        "model",
+        "blocks (neurons)",
+        "fixed-point vjps",
+        "GMRES vjps",
+        "fixed-point s",
+        "GMRES s",
+        "speed-up",
+        "max rel. diff of grads",
+    ):
         table.add_column(col, justify="left" if col == "model" else "right")
     for name in args.models.split(","):
         kwargs, n = MODELS[name]
@@ -57,20 +66,37 @@ def main() -> None:
             lm = load_model(name, **kwargs)
             x = torch.randn(args.batch, *lm.example_inputs[0].shape[1:], dtype=torch.float64)
             y = torch.randint(0, 10, (args.batch,))
-            ff = compile(lm.model.double(), x, max_block_size=n, solver={"tol": 1e-13, "max_steps": 5000,
-                                                                         "check_every": 10}).double().eval()
+            ff = (
+                compile(
+                    lm.model.double(),
+                    x,
+                    max_block_size=n,
+                    solver={"tol": 1e-13, "max_steps": 5000, "check_every": 10},
+                )
+                .double()
+                .eval()
+            )
             res = {}
             for solver in ("fixed_point", "gmres"):
                 runs = [_id_grads(ff, x, y, solver, args.tol) for _ in range(args.repeats)]
                 res[solver] = (runs[0][0], min(r[1] for r in runs), runs[0][2])
             # both solved much tighter: their difference is then the solvers' disagreement, not the tolerance
             tight = {s: _id_grads(ff, x, y, s, 1e-13)[0] for s in ("fixed_point", "gmres")}
-            diff = float((tight["gmres"] - tight["fixed_point"]).abs().max() / tight["fixed_point"].abs().max())
+            diff = float(
+                (tight["gmres"] - tight["fixed_point"]).abs().max() / tight["fixed_point"].abs().max()
+            )
             fp, gm = res["fixed_point"], res["gmres"]
             sizes = ", ".join(f"{k} ({len(b.neuron_names)})" for k, b in ff.analog_blocks.items())
-            table.add_row(name, sizes, " ".join(str(v) for v in fp[2].values()),
-                          " ".join(str(v) for v in gm[2].values()), f"{fp[1]:.2f}", f"{gm[1]:.2f}",
-                          f"{fp[1] / gm[1]:.1f}x", f"{diff:.1e}")
+            table.add_row(
+                name,
+                sizes,
+                " ".join(str(v) for v in fp[2].values()),
+                " ".join(str(v) for v in gm[2].values()),
+                f"{fp[1]:.2f}",
+                f"{gm[1]:.2f}",
+                f"{fp[1] / gm[1]:.1f}x",
+                f"{diff:.1e}",
+            )
     Console(width=200).print(table)
 
 

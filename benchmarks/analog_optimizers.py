@@ -92,7 +92,11 @@ def run(
     sample_seed: int,
 ) -> list[dict[str, float]]:
     """Run ``method`` for every config (one param group each) and return final metrics."""
-    print(f"running {method}: {len(configs)} settings x {seeds} seeds, {steps} steps", file=sys.stderr, flush=True)
+    print(
+        f"running {method}: {len(configs)} settings x {seeds} seeds, {steps} steps",
+        file=sys.stderr,
+        flush=True,
+    )
     a, b, w_star, h = prob["A"], prob["b"], prob["w_star"], prob["H"]
     n, d = a.shape
     ws = [w0.expand(seeds, d).clone() for _ in configs]

@@ -61,11 +61,25 @@ IN_THE_LOOP: list[tuple[str, dict[str, Any]]] = [
 def train_config(args: argparse.Namespace) -> dict[str, Any]:
     """ExperimentConfig fields of the ideal training run."""
     cfg: dict[str, Any] = {
-        "model": "mlp", "model_kwargs": {"sizes": [784, *args.hidden, 10]}, "data": "fashion-mnist",
-        "algorithm": "ep", "max_block_size": 2, "hardsigmoid_slope": args.slope, "beta": args.beta,
-        "t1": args.t1, "t2": args.t2, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-        "optimizer": "adam", "schedule": "cosine", "seed": args.seed, "test_batch_size": 1000,
-        "device": args.device, "progress": args.progress}
+        "model": "mlp",
+        "model_kwargs": {"sizes": [784, *args.hidden, 10]},
+        "data": "fashion-mnist",
+        "algorithm": "ep",
+        "max_block_size": 2,
+        "hardsigmoid_slope": args.slope,
+        "beta": args.beta,
+        "t1": args.t1,
+        "t2": args.t2,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "optimizer": "adam",
+        "schedule": "cosine",
+        "seed": args.seed,
+        "test_batch_size": 1000,
+        "device": args.device,
+        "progress": args.progress,
+    }
     if args.data_dir:
         cfg["data_dir"] = args.data_dir
     if args.quick:
@@ -89,8 +103,9 @@ def load_run(run_dir: Path, device: str) -> tuple[Any, Any, Any, dict[str, Any]]
     model, example = build_model(cfg, train_ds.input_shape, train_ds.num_classes)
     ff = compile_model(cfg, model, example, Plan.load(run_dir / "plan.json"))
     ff.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["model"])
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    dev = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    )
     return ff.to(dev), train_ds, test_ds, cfg.model_dump(mode="json")
 
 
@@ -120,7 +135,9 @@ def fine_tune(ff: Any, loader: Any, lr: float, epochs: int = 1) -> float:
     """Train `ff` (effects as installed) by its own gradient rule with Adam and a cosine schedule; seconds."""
     opt = torch.optim.Adam(ff.parameters(), lr=lr)
     steps = max(1, epochs * len(loader))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps))
+    )
     ff.train()
     t0 = time.perf_counter()
     for epoch in range(epochs):
@@ -143,11 +160,19 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--from", dest="run_from", type=Path, default=None,
-                   help="a finished `hybridc train` run directory to evaluate instead of training one")
-    p.add_argument("--quick", action="store_true", help="smoke run: 1 epoch on 2,000 samples, 1,000 test samples")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--from",
+        dest="run_from",
+        type=Path,
+        default=None,
+        help="a finished `hybridc train` run directory to evaluate instead of training one",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run: 1 epoch on 2,000 samples, 1,000 test samples"
+    )
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--hidden", type=int, nargs="+", default=[256, 256], help="hidden widths of the MLP")
     p.add_argument("--batch-size", type=int, default=128)
@@ -157,14 +182,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--t2", type=int, default=5)
     p.add_argument("--slope", type=float, default=0.25, help="hard-sigmoid slope of the analog neurons")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--seeds", type=int, default=3, help="seeds of the stochastic effects (program/read noise)")
+    p.add_argument(
+        "--seeds", type=int, default=3, help="seeds of the stochastic effects (program/read noise)"
+    )
     p.add_argument("--effects", default=",".join(SWEEP), help="comma-separated effects to sweep")
-    p.add_argument("--in-the-loop", action=argparse.BooleanOptionalAction, default=True,
-                   help="also fine-tune 1 epoch with an effect on (hardware-aware training)")
-    p.add_argument("--ft-lr", type=float, default=1e-4, help="Adam learning rate of the in-the-loop fine-tuning")
+    p.add_argument(
+        "--in-the-loop",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also fine-tune 1 epoch with an effect on (hardware-aware training)",
+    )
+    p.add_argument(
+        "--ft-lr", type=float, default=1e-4, help="Adam learning rate of the in-the-loop fine-tuning"
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", type=Path, default=Path("runs") / f"device-effects-{time.strftime('%Y%m%d-%H%M%S')}")
+    p.add_argument(
+        "--out", type=Path, default=Path("runs") / f"device-effects-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stdout.isatty())
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     args = p.parse_args(argv)
@@ -184,8 +219,11 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = args.out / "train"
         console.rule("training (ideal devices)")
         res = train(ExperimentConfig(**train_config(args)), out=run_dir, console=console)
-        train_info = {"final_test_acc": res.summary["final_test_acc"], "wall_time_s": res.summary["wall_time_s"],
-                      "epoch_times_s": [r["epoch_time_s"] for r in res.records]}
+        train_info = {
+            "final_test_acc": res.summary["final_test_acc"],
+            "wall_time_s": res.summary["wall_time_s"],
+            "epoch_times_s": [r["epoch_time_s"] for r in res.records],
+        }
     ff, train_ds, test_ds, cfg = load_run(run_dir, args.device)
     dev = next(ff.parameters()).device
     if args.quick:
@@ -198,8 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     ideal = accuracy(ff, test_loader)
     eval_s = time.perf_counter() - t0
-    console.print(f"ideal devices: {100 * ideal:.2f}% ({eval_s:.1f} s per evaluation)"
-                  + (f"; the run reported {100 * train_info['final_test_acc']:.2f}%" if train_info else ""))
+    console.print(
+        f"ideal devices: {100 * ideal:.2f}% ({eval_s:.1f} s per evaluation)"
+        + (f"; the run reported {100 * train_info['final_test_acc']:.2f}%" if train_info else "")
+    )
     rows: list[dict[str, Any]] = [{"effect": "ideal", "level": None, "accs": [ideal]}]
     for effect in effects:
         for level in SWEEP[effect]:
@@ -215,9 +255,13 @@ def main(argv: list[str] | None = None) -> int:
         # control: the same epoch of fine-tuning on ideal devices (same batches), evaluated with each effect
         torch.manual_seed(args.seed)
         ctrl_s = fine_tune(ff, train_loader, args.ft_lr)
-        control = {label: evaluate(ff, test_loader, spec, seeds if any(k in spec for k in STOCHASTIC) else seeds[:1])
-                   for label, spec in IN_THE_LOOP}
-        console.print(f"  control: ideal fine-tuning ({ctrl_s:.0f} s) → {100 * accuracy(ff, test_loader):.2f}% ideal")
+        control = {
+            label: evaluate(ff, test_loader, spec, seeds if any(k in spec for k in STOCHASTIC) else seeds[:1])
+            for label, spec in IN_THE_LOOP
+        }
+        console.print(
+            f"  control: ideal fine-tuning ({ctrl_s:.0f} s) → {100 * accuracy(ff, test_loader):.2f}% ideal"
+        )
         for label, spec in IN_THE_LOOP:
             ff.set_analog(None)
             ff.load_state_dict(ideal_state)
@@ -228,18 +272,30 @@ def main(argv: list[str] | None = None) -> int:
             ft_s = fine_tune(ff, train_loader, args.ft_lr)
             after = evaluate(ff, test_loader, spec, seeds if stochastic else seeds[:1])
             after_ideal = accuracy(ff, test_loader)
-            loop_rows.append({"effect": label, "spec": spec, "before": before, "control": control[label], "after": after,
-                              "after_ideal_devices": after_ideal, "fine_tune_s": ft_s})
+            loop_rows.append(
+                {
+                    "effect": label,
+                    "spec": spec,
+                    "before": before,
+                    "control": control[label],
+                    "after": after,
+                    "after_ideal_devices": after_ideal,
+                    "fine_tune_s": ft_s,
+                }
+            )
             console.print(f"  in the loop, {label}: {_fmt(before)} → {_fmt(after)} ({ft_s:.0f} s)")
         ff.set_analog(None)
         ff.load_state_dict(ideal_state)
 
     n_train = cfg.get("train_subset") or len(train_ds)
     sizes = "-".join(map(str, cfg["model_kwargs"].get("sizes", [])))
-    title = (f"Fashion-MNIST, {cfg['model']} {sizes} "
-             f"EP-trained {cfg['epochs']} epoch(s) on {n_train} samples with ideal devices; test accuracy on "
-             f"{len(test_ds)} samples under one device effect at a time ({torch.get_num_threads()} CPU thread(s)"
-             + (", CUDA" if dev.type == "cuda" else "") + ")")
+    title = (
+        f"Fashion-MNIST, {cfg['model']} {sizes} "
+        f"EP-trained {cfg['epochs']} epoch(s) on {n_train} samples with ideal devices; test accuracy on "
+        f"{len(test_ds)} samples under one device effect at a time ({torch.get_num_threads()} CPU thread(s)"
+        + (", CUDA" if dev.type == "cuda" else "")
+        + ")"
+    )
     table = Table(title=title, title_justify="left")
     for col in ("effect", "level", "test acc", "Δ vs ideal (points)", "seeds"):
         table.add_column(col, justify="left" if col == "effect" else "right")
@@ -249,33 +305,77 @@ def main(argv: list[str] | None = None) -> int:
             table.add_section()
         last = r["effect"]
         m = statistics.fmean(r["accs"])
-        table.add_row(r["effect"], "-" if r["level"] is None else f"{r['level']:g}", _fmt(r["accs"]),
-                      "-" if r["level"] is None else f"{100 * (m - ideal):+.2f}", str(len(r["accs"])))
+        table.add_row(
+            r["effect"],
+            "-" if r["level"] is None else f"{r['level']:g}",
+            _fmt(r["accs"]),
+            "-" if r["level"] is None else f"{100 * (m - ideal):+.2f}",
+            str(len(r["accs"])),
+        )
     console.print(table)
     if loop_rows:
-        lt = Table(title="In the loop: 1 epoch of EP fine-tuning from the ideal model with the effect on (Adam "
-                         f"{args.ft_lr:g}, cosine), against the same epoch on ideal devices; accuracy with the effect",
-                   title_justify="left")
-        for col in ("effect", "before", "ideal fine-tune", "in-the-loop fine-tune", "Δ vs ideal fine-tune",
-                    "in-the-loop model, ideal devices", "fine-tune (s)"):
+        lt = Table(
+            title="In the loop: 1 epoch of EP fine-tuning from the ideal model with the effect on (Adam "
+            f"{args.ft_lr:g}, cosine), against the same epoch on ideal devices; accuracy with the effect",
+            title_justify="left",
+        )
+        for col in (
+            "effect",
+            "before",
+            "ideal fine-tune",
+            "in-the-loop fine-tune",
+            "Δ vs ideal fine-tune",
+            "in-the-loop model, ideal devices",
+            "fine-tune (s)",
+        ):
             lt.add_column(col, justify="left" if col == "effect" else "right")
         for r in loop_rows:
             gain = statistics.fmean(r["after"]) - statistics.fmean(r["control"])
-            lt.add_row(r["effect"], _fmt(r["before"]), _fmt(r["control"]), _fmt(r["after"]), f"{100 * gain:+.2f}",
-                       f"{100 * r['after_ideal_devices']:.2f}%", f"{r['fine_tune_s']:.0f}")
+            lt.add_row(
+                r["effect"],
+                _fmt(r["before"]),
+                _fmt(r["control"]),
+                _fmt(r["after"]),
+                f"{100 * gain:+.2f}",
+                f"{100 * r['after_ideal_devices']:.2f}%",
+                f"{r['fine_tune_s']:.0f}",
+            )
         console.print(lt)
     total = time.perf_counter() - t_start
-    console.print(f"total {total:.0f} s" + (f" (training {train_info['wall_time_s']:.0f} s, epochs "
-                                             + ", ".join(f"{t:.0f}" for t in train_info["epoch_times_s"]) + " s)"
-                                             if train_info else ""))
+    console.print(
+        f"total {total:.0f} s"
+        + (
+            f" (training {train_info['wall_time_s']:.0f} s, epochs "
+            + ", ".join(f"{t:.0f}" for t in train_info["epoch_times_s"])
+            + " s)"
+            if train_info
+            else ""
+        )
+    )
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "run_dir": str(run_dir), "config": cfg, "training": train_info, "ideal_test_acc": ideal,
-            "test_samples": len(test_ds), "seeds": seeds,
-            "sweep": [r | {"mean": statistics.fmean(r["accs"]), "delta": statistics.fmean(r["accs"]) - ideal}
-                      for r in rows],
-            "in_the_loop": loop_rows, "total_s": total, "threads": torch.get_num_threads()}, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "run_dir": str(run_dir),
+                    "config": cfg,
+                    "training": train_info,
+                    "ideal_test_acc": ideal,
+                    "test_samples": len(test_ds),
+                    "seeds": seeds,
+                    "sweep": [
+                        r
+                        | {"mean": statistics.fmean(r["accs"]), "delta": statistics.fmean(r["accs"]) - ideal}
+                        for r in rows
+                    ],
+                    "in_the_loop": loop_rows,
+                    "total_s": total,
+                    "threads": torch.get_num_threads(),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0
 
 

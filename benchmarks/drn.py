@@ -57,20 +57,41 @@ def drn1h() -> nn.Module:
 
 def experiments(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """The ExperimentConfig fields of every row (common settings + per-row ones)."""
-    common: dict[str, Any] = {"data": "fashion-mnist", "model": f"{Path(__file__).resolve()}:drn1h",
-                              "algorithm": "ep", "max_block_size": 2, "epochs": args.epochs,
-                              "batch_size": args.batch_size, "schedule": "cosine", "seed": args.seed,
-                              "progress": args.progress, "test_batch_size": 1000, "device": args.device}
+    common: dict[str, Any] = {
+        "data": "fashion-mnist",
+        "model": f"{Path(__file__).resolve()}:drn1h",
+        "algorithm": "ep",
+        "max_block_size": 2,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "schedule": "cosine",
+        "seed": args.seed,
+        "progress": args.progress,
+        "test_batch_size": 1000,
+        "device": args.device,
+    }
     if args.data_dir:
         common["data_dir"] = args.data_dir
     if args.train_subset:
         common["train_subset"] = args.train_subset
     if args.quick:
         common |= {"epochs": 1, "train_subset": 2000, "test_subset": 1000}
-    drn = {"eb_kind": "drn", "drn_gamma": args.gamma, "beta": args.beta, "t1": args.sweeps, "t2": args.sweeps,
-           "lr": args.lr}
-    dhn = {"eb_kind": "dhn", "beta": args.dhn_beta, "t1": args.dhn_t1, "t2": args.dhn_t2, "lr": args.dhn_lr,
-           "hardsigmoid_slope": args.dhn_slope}
+    drn = {
+        "eb_kind": "drn",
+        "drn_gamma": args.gamma,
+        "beta": args.beta,
+        "t1": args.sweeps,
+        "t2": args.sweeps,
+        "lr": args.lr,
+    }
+    dhn = {
+        "eb_kind": "dhn",
+        "beta": args.dhn_beta,
+        "t1": args.dhn_t1,
+        "t2": args.dhn_t2,
+        "lr": args.dhn_lr,
+        "hardsigmoid_slope": args.dhn_slope,
+    }
     if args.dhn_epochs and not args.quick:
         dhn["epochs"] = args.dhn_epochs
     return {"drn": common | drn, "dhn": common | dhn}
@@ -82,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from hybridc.train.benchmark_rows import run_rows, select_rows
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--parts", default="drn,dhn", help="comma-separated rows to run (drn, dhn)")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 epoch on 2,000 training samples")
     p.add_argument("--epochs", type=int, default=12)
@@ -98,8 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dhn-beta", type=float, default=0.05)
     p.add_argument("--dhn-t1", type=int, default=20)
     p.add_argument("--dhn-t2", type=int, default=5)
-    p.add_argument("--dhn-slope", type=float, default=0.25, help="hard-sigmoid slope of the DHN hidden neurons")
-    p.add_argument("--merge", type=Path, action="append", default=[], help="earlier --json results to tabulate too")
+    p.add_argument(
+        "--dhn-slope", type=float, default=0.25, help="hard-sigmoid slope of the DHN hidden neurons"
+    )
+    p.add_argument(
+        "--merge", type=Path, action="append", default=[], help="earlier --json results to tabulate too"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", default=None)
@@ -116,11 +142,25 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(exc))
     results = run_rows(rows, wanted, args.out, console, args.merge)
 
-    table = Table(title=f"DRN-1H on Fashion-MNIST, EP ({'quick smoke run' if args.quick else 'full'}, "
-                        f"{torch.get_num_threads()} CPU threads" + (", CUDA" if torch.cuda.is_available() else "")
-                        + f"; paper: DRN-1H {100 * PAPER_ERROR:.2f} % test error)", title_justify="left")
-    for col in ("run", "eb kind", "settings", "epochs", "test error", "test acc", "median epoch (s)", "samples/s",
-                "target", "verdict"):
+    table = Table(
+        title=f"DRN-1H on Fashion-MNIST, EP ({'quick smoke run' if args.quick else 'full'}, "
+        f"{torch.get_num_threads()} CPU threads"
+        + (", CUDA" if torch.cuda.is_available() else "")
+        + f"; paper: DRN-1H {100 * PAPER_ERROR:.2f} % test error)",
+        title_justify="left",
+    )
+    for col in (
+        "run",
+        "eb kind",
+        "settings",
+        "epochs",
+        "test error",
+        "test acc",
+        "median epoch (s)",
+        "samples/s",
+        "target",
+        "verdict",
+    ):
         table.add_column(col, justify="left" if col in ("run", "eb kind", "settings", "verdict") else "right")
     for name, r in results.items():
         c = r["config"]
@@ -131,11 +171,23 @@ def main(argv: list[str] | None = None) -> int:
             partial = r.get("quick") or c.get("train_subset") or c.get("test_subset")
             verdict = "-" if partial else ("pass" if 1 - acc <= TARGET_ERROR + 1e-12 else "miss")
         else:
-            settings = (f"slope {c['hardsigmoid_slope']:g}, β {c['beta']:g}, t1/t2 {c['t1']}/{c['t2']}, "
-                        f"lr {c['lr']:g}")
+            settings = (
+                f"slope {c['hardsigmoid_slope']:g}, β {c['beta']:g}, t1/t2 {c['t1']}/{c['t2']}, "
+                f"lr {c['lr']:g}"
+            )
             target, verdict = "-", "-"
-        table.add_row(name, c["eb_kind"], settings, str(r["epochs"]), f"{100 * (1 - acc):.2f}%", f"{100 * acc:.2f}%",
-                      f"{r['median_epoch_time_s']:.1f}", f"{r['samples_per_s']:.0f}", target, verdict)
+        table.add_row(
+            name,
+            c["eb_kind"],
+            settings,
+            str(r["epochs"]),
+            f"{100 * (1 - acc):.2f}%",
+            f"{100 * acc:.2f}%",
+            f"{r['median_epoch_time_s']:.1f}",
+            f"{r['samples_per_s']:.0f}",
+            target,
+            verdict,
+        )
     console.print(table)
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -66,7 +66,12 @@ ROWS: dict[str, dict[str, Any]] = {
     "mlp-0.9": {"model": "mlp", "gain": 0.9},
     "mlp-off-dro": {"model": "mlp", "constrain": False, "policies": {"readout": "digital"}},
     "mlp-0.9-dro": {"model": "mlp", "gain": 0.9, "policies": {"readout": "digital"}},
-    "mlp-0.9-dro-plain": {"model": "mlp", "gain": 0.9, "compensate": False, "policies": {"readout": "digital"}},
+    "mlp-0.9-dro-plain": {
+        "model": "mlp",
+        "gain": 0.9,
+        "compensate": False,
+        "policies": {"readout": "digital"},
+    },
 }
 
 
@@ -88,15 +93,16 @@ def _model(kind: str) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def _evaluate(ff: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, t1: int, solver: dict[str, Any]
-              ) -> tuple[float, float]:
+def _evaluate(
+    ff: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, t1: int, solver: dict[str, Any]
+) -> tuple[float, float]:
     """Test accuracy and the largest (over blocks) mean final residual, with the free phase at `t1`."""
     ff.set_solver(**(solver | {"t1": t1, "max_steps": 4 * t1}))
     ff.eval()
     correct, res, n = 0, {}, 0
     for i in range(0, len(x), 1000):
-        out = ff(x[i:i + 1000])
-        correct += int((out.argmax(1) == y[i:i + 1000]).sum())
+        out = ff(x[i : i + 1000])
+        correct += int((out.argmax(1) == y[i : i + 1000]).sum())
         for k, v in ff.equilibrium_residuals().items():
             res[k] = res.get(k, 0.0) + v
         n += 1
@@ -104,8 +110,9 @@ def _evaluate(ff: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, t1: int, so
     return correct / len(x), max((v / n for v in res.values()), default=0.0)
 
 
-def run_row(name: str, spec: dict[str, Any], data: tuple[torch.Tensor, ...], args: argparse.Namespace
-            ) -> dict[str, Any]:
+def run_row(
+    name: str, spec: dict[str, Any], data: tuple[torch.Tensor, ...], args: argparse.Namespace
+) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     xtr, ytr, xte, yte = data
     model = _model(spec["model"])
@@ -116,10 +123,17 @@ def run_row(name: str, spec: dict[str, Any], data: tuple[torch.Tensor, ...], arg
     mbs = spec.get("mbs", 2 if spec["model"] == "conv" else 3)
     t0 = time.time()
     constrain, compensate = spec.get("constrain", True), spec.get("compensate", True)
-    ff = hc_compile(model, xtr[:8], max_block_size=mbs, hardsigmoid_slope=spec.get("slope", args.slope),
-                    beta=args.beta,
-                    solver=solver | {"max_steps": 4 * t1}, constrain=constrain and compensate,
-                    feedback_gain=spec.get("gain"), **spec.get("policies", {}))
+    ff = hc_compile(
+        model,
+        xtr[:8],
+        max_block_size=mbs,
+        hardsigmoid_slope=spec.get("slope", args.slope),
+        beta=args.beta,
+        solver=solver | {"max_steps": 4 * t1},
+        constrain=constrain and compensate,
+        feedback_gain=spec.get("gain"),
+        **spec.get("policies", {}),
+    )
     if constrain and not compensate:  # the compiler's guard without moving the factor downstream
         constrain_model(ff, spec["gain"], compensate=False)
     compile_s = time.time() - t0
@@ -132,7 +146,7 @@ def run_row(name: str, spec: dict[str, Any], data: tuple[torch.Tensor, ...], arg
     for _ in range(args.epochs):
         perm = torch.randperm(len(xtr), generator=g)
         for i in range(0, len(xtr), args.batch_size):
-            b = perm[i:i + args.batch_size]
+            b = perm[i : i + args.batch_size]
             loss = F.cross_entropy(ff(xtr[b]), ytr[b])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -145,10 +159,19 @@ def run_row(name: str, spec: dict[str, Any], data: tuple[torch.Tensor, ...], arg
     rhos = feedback_norms(ff)
     rescaled = sorted({d.block for d in ff.plan.decisions if d.action == "rescaled"})
     comp = {b: c["mode"] for b, c in getattr(ff, "guard_compensation", {}).items()}
-    return {"row": name, "acc_t1": acc1, "res_t1": res1, "acc_5t1": acc5, "res_5t1": res5,
-            "train_residual_last": train_res[-1], "rho_final": rhos, "rescaled_blocks": rescaled,
-            "compensation": comp,
-            "compile_s": compile_s, "train_s": train_s}
+    return {
+        "row": name,
+        "acc_t1": acc1,
+        "res_t1": res1,
+        "acc_5t1": acc5,
+        "res_5t1": res5,
+        "train_residual_last": train_res[-1],
+        "rho_final": rhos,
+        "rescaled_blocks": rescaled,
+        "compensation": comp,
+        "compile_s": compile_s,
+        "train_s": train_s,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,15 +201,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             with args.json.open("a") as f:
                 f.write(json.dumps(r) + "\n")
-    print(f"\nFashion-MNIST, {args.epochs} epoch(s) on {args.train_subset} training samples, "
-          f"{args.test_subset} test samples, T1={args.t1}, T2={args.t2}, β={args.beta}, slope {args.slope}")
-    print(f"{'row':<18} {'acc@T1':>7} {'resid@T1':>9} {'acc@5T1':>8} {'resid@5T1':>9} {'ρ final':>16} "
-          f"{'guard':>10} {'train s':>8}")
+    print(
+        f"\nFashion-MNIST, {args.epochs} epoch(s) on {args.train_subset} training samples, "
+        f"{args.test_subset} test samples, T1={args.t1}, T2={args.t2}, β={args.beta}, slope {args.slope}"
+    )
+    print(
+        f"{'row':<18} {'acc@T1':>7} {'resid@T1':>9} {'acc@5T1':>8} {'resid@5T1':>9} {'ρ final':>16} "
+        f"{'guard':>10} {'train s':>8}"
+    )
     for r in results:
         rho = ",".join(f"{v:.3f}" for v in r["rho_final"].values()) or "-"
         guard = ",".join(r["compensation"].values()) or "-"
-        print(f"{r['row']:<18} {100 * r['acc_t1']:>6.2f}% {r['res_t1']:>9.1e} {100 * r['acc_5t1']:>7.2f}% "
-              f"{r['res_5t1']:>9.1e} {rho:>16} {guard:>10} {r['train_s']:>8.0f}")
+        print(
+            f"{r['row']:<18} {100 * r['acc_t1']:>6.2f}% {r['res_t1']:>9.1e} {100 * r['acc_5t1']:>7.2f}% "
+            f"{r['res_5t1']:>9.1e} {rho:>16} {guard:>10} {r['train_s']:>8.0f}"
+        )
     return 0
 
 

@@ -49,17 +49,30 @@ def load(train_subset: int, batch: int) -> tuple[torch.Tensor, torch.Tensor, tor
 
 
 def policies(args: argparse.Namespace) -> dict[str, Any]:
-    return {"max_block_size": args.max_block_size, "norm": "drop", "readout": "digital",
-            "hardsigmoid_slope": args.slope, "feedback_gain": 0.0}
+    return {
+        "max_block_size": args.max_block_size,
+        "norm": "drop",
+        "readout": "digital",
+        "hardsigmoid_slope": args.slope,
+        "feedback_gain": 0.0,
+    }
 
 
-def train_in_place(model: torch.nn.Module, xtr: torch.Tensor, ytr: torch.Tensor, args: argparse.Namespace) -> float:
+def train_in_place(
+    model: torch.nn.Module, xtr: torch.Tensor, ytr: torch.Tensor, args: argparse.Namespace
+) -> float:
     """Train the ff-EBM compiled from `model` by EP and copy its weights back into `model`; returns the last
     epoch's mean training loss."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ff = hc_compile(model, xtr[:8], gradient="ep", beta=args.beta32,
-                        solver={"t1": 60, "t2": 20, "tol": 1e-4, "max_steps": 100, "check_every": 1}, **policies(args))
+        ff = hc_compile(
+            model,
+            xtr[:8],
+            gradient="ep",
+            beta=args.beta32,
+            solver={"t1": 60, "t2": 20, "tol": 1e-4, "max_steps": 100, "check_every": 1},
+            **policies(args),
+        )
     opt = torch.optim.Adam(ff.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(1)
     loss_sum = 0.0
@@ -67,14 +80,17 @@ def train_in_place(model: torch.nn.Module, xtr: torch.Tensor, ytr: torch.Tensor,
         perm = torch.randperm(len(xtr), generator=g)
         loss_sum, t0 = 0.0, time.perf_counter()
         for i in range(0, len(xtr), 64):
-            b = perm[i:i + 64]
+            b = perm[i : i + 64]
             loss = F.cross_entropy(ff(xtr[b]), ytr[b])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             loss_sum += float(loss) * len(b)
-        print(f"  training epoch {epoch + 1}/{args.epochs}: loss {loss_sum / len(xtr):.4f} "
-              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        print(
+            f"  training epoch {epoch + 1}/{args.epochs}: loss {loss_sum / len(xtr):.4f} "
+            f"({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
     names = original_parameter_names(ff, model)
     own = dict(model.named_parameters())
     with torch.no_grad():
@@ -84,20 +100,41 @@ def train_in_place(model: torch.nn.Module, xtr: torch.Tensor, ytr: torch.Tensor,
     return loss_sum / len(xtr)
 
 
-def check(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype, beta: float,
-          args: argparse.Namespace) -> GradcheckReport:
+def check(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    dtype: torch.dtype,
+    beta: float,
+    args: argparse.Namespace,
+) -> GradcheckReport:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return gradcheck(model, x[:2], beta=beta, dtype=dtype, batch_data=(x, y), init="keep",
-                         **policies(args))
+        return gradcheck(
+            model, x[:2], beta=beta, dtype=dtype, batch_data=(x, y), init="keep", **policies(args)
+        )
 
 
 def summary(rep: GradcheckReport) -> dict[str, Any]:
     rows = [p for p in rep.checked(analog_only=False) if p.name.endswith("weight")]
-    return {"dtype": rep.dtype, "beta": rep.beta, "loss": rep.loss, "tol": rep.tol,
-            "residuals": rep.equilibrium_residuals,
-            "layers": [{"name": p.name, "block": p.block, "analog": p.analog, "cos": p.cos_ep_id, "relerr": p.relerr_ep_id,
-                        "cos_id_bptt": p.cos_id_bptt} for p in rows]}
+    return {
+        "dtype": rep.dtype,
+        "beta": rep.beta,
+        "loss": rep.loss,
+        "tol": rep.tol,
+        "residuals": rep.equilibrium_residuals,
+        "layers": [
+            {
+                "name": p.name,
+                "block": p.block,
+                "analog": p.analog,
+                "cos": p.cos_ep_id,
+                "relerr": p.relerr_ep_id,
+                "cos_id_bptt": p.cos_id_bptt,
+            }
+            for p in rows
+        ],
+    }
 
 
 def plot(results: dict[str, dict[str, Any]], path: Path, title: str) -> None:
@@ -109,8 +146,9 @@ def plot(results: dict[str, dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     stages = [s for s in ("init", "trained") if any(k.startswith(s) for k in results)]
-    fig, axes = plt.subplots(2, len(stages), figsize=(6.2 * len(stages), 6.8), squeeze=False, sharey="row",
-                             sharex="col")
+    fig, axes = plt.subplots(
+        2, len(stages), figsize=(6.2 * len(stages), 6.8), squeeze=False, sharey="row", sharex="col"
+    )
     colours = {"float32": "tab:blue", "float64": "tab:orange"}
     for c, stage in enumerate(stages):
         runs = [(k.split("/")[1], v) for k, v in results.items() if k.startswith(stage)]
@@ -119,22 +157,38 @@ def plot(results: dict[str, dict[str, Any]], path: Path, title: str) -> None:
         for r, (metric, label) in enumerate((("1mcos", "1 − cos(EP, ID)"), ("relerr", "‖EP − ID‖ / ‖ID‖"))):
             ax = axes[r][c]
             for k, (dt, rep) in enumerate(runs):
-                vals = [max(1e-17, (1 - row["cos"]) if metric == "1mcos" else row["relerr"]) for row in rep["layers"]]
+                vals = [
+                    max(1e-17, (1 - row["cos"]) if metric == "1mcos" else row["relerr"])
+                    for row in rep["layers"]
+                ]
                 res = max(rep["residuals"].values(), default=0.0)
-                ax.bar([i + (k - (len(runs) - 1) / 2) * width for i in range(len(layers))], vals, width,
-                       color=colours.get(dt, "gray"), label=f"{dt}, β={rep['beta']:g} (free residual {res:.0e})")
+                ax.bar(
+                    [i + (k - (len(runs) - 1) / 2) * width for i in range(len(layers))],
+                    vals,
+                    width,
+                    color=colours.get(dt, "gray"),
+                    label=f"{dt}, β={rep['beta']:g} (free residual {res:.0e})",
+                )
             ax.set_yscale("log")
             ax.grid(axis="y", alpha=0.3)
             if c == 0:
                 ax.set_ylabel(label)
             if r == 0:
-                ax.set_title(f"{'at initialisation' if stage == 'init' else 'after EP training'}", fontsize=10)
+                ax.set_title(
+                    f"{'at initialisation' if stage == 'init' else 'after EP training'}", fontsize=10
+                )
                 ax.legend(fontsize=7, loc="upper left")
             if r == 1:
                 ax.set_xticks(range(len(layers)))
-                ax.set_xticklabels([f"{n.removesuffix('.weight')}\n[{row.get('block', '?')}]"
-                                    for n, row in zip(layers, runs[0][1]["layers"])], rotation=45, ha="right",
-                                   fontsize=7)
+                ax.set_xticklabels(
+                    [
+                        f"{n.removesuffix('.weight')}\n[{row.get('block', '?')}]"
+                        for n, row in zip(layers, runs[0][1]["layers"])
+                    ],
+                    rotation=45,
+                    ha="right",
+                    fontsize=7,
+                )
             blocks = [row.get("block") for row in runs[0][1]["layers"]]
             for i in range(1, len(blocks)):
                 if blocks[i] != blocks[i - 1]:
@@ -146,9 +200,11 @@ def plot(results: dict[str, dict[str, Any]], path: Path, title: str) -> None:
 
 
 def title_of(meta: dict[str, Any]) -> str:
-    return (f"EP vs implicit differentiation per weight layer — vgg-paper (width {meta['width']:g}) split "
-            f"--max-block-size {meta['max_block_size']}, digital readout, hard-sigmoid slope {meta['slope']:g}, "
-            f"{meta['batch']} Fashion-MNIST test images; trained {meta['epochs']} epoch(s) on {meta['train_subset']}")
+    return (
+        f"EP vs implicit differentiation per weight layer — vgg-paper (width {meta['width']:g}) split "
+        f"--max-block-size {meta['max_block_size']}, digital readout, hard-sigmoid slope {meta['slope']:g}, "
+        f"{meta['batch']} Fashion-MNIST test images; trained {meta['epochs']} epoch(s) on {meta['train_subset']}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--beta64", type=float, default=1e-4)
     p.add_argument("--batch", type=int, default=16, help="test images in the checked batch")
     p.add_argument("--train-subset", type=int, default=2000)
-    p.add_argument("--epochs", type=int, default=1, help="EP training epochs before the second check (0: none)")
+    p.add_argument(
+        "--epochs", type=int, default=1, help="EP training epochs before the second check (0: none)"
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path, default=RESULTS / "paper_gradients")
     p.add_argument("--plot-only", action="store_true", help="redraw the PNG from the JSON of an earlier run")
@@ -187,20 +245,32 @@ def main(argv: list[str] | None = None) -> int:
             s = summary(rep)
             results[f"{stage}/{s['dtype']}"] = s
             worst = min(s["layers"], key=lambda r: r["cos"])
-            print(f"{stage:8s} {s['dtype']:8s} β={beta:g}: min cos {worst['cos']:.6f} ({worst['name']}), max relerr "
-                  f"{max(r['relerr'] for r in s['layers']):.2e}, residuals "
-                  f"{ {k: f'{v:.1e}' for k, v in s['residuals'].items()} } ({time.perf_counter() - t0:.0f} s)",
-                  flush=True)
+            print(
+                f"{stage:8s} {s['dtype']:8s} β={beta:g}: min cos {worst['cos']:.6f} ({worst['name']}), max relerr "
+                f"{max(r['relerr'] for r in s['layers']):.2e}, residuals "
+                f"{ {k: f'{v:.1e}' for k, v in s['residuals'].items()} } ({time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"model": "vgg-paper", "width": args.width, "max_block_size": args.max_block_size, "slope": args.slope,
-            "batch": args.batch, "epochs": args.epochs, "train_subset": args.train_subset, "data": "fashion-mnist 32x32"}
+    meta = {
+        "model": "vgg-paper",
+        "width": args.width,
+        "max_block_size": args.max_block_size,
+        "slope": args.slope,
+        "batch": args.batch,
+        "epochs": args.epochs,
+        "train_subset": args.train_subset,
+        "data": "fashion-mnist 32x32",
+    }
     args.out.with_suffix(".json").write_text(json.dumps({"settings": meta, "results": results}, indent=1))
     plot(results, args.out.with_suffix(".png"), title_of(meta))
     print("| stage | dtype | β | layer | analog | 1 − cos | rel. err |\n|---|---|---|---|---|---|---|")
     for key, s in results.items():
         for row in s["layers"]:
-            print(f"| {key.split('/')[0]} | {s['dtype']} | {s['beta']:g} | {row['name']} | {row['analog']} | "
-                  f"{1 - row['cos']:.1e} | {row['relerr']:.1e} |")
+            print(
+                f"| {key.split('/')[0]} | {s['dtype']} | {s['beta']:g} | {row['name']} | {row['analog']} | "
+                f"{1 - row['cos']:.1e} | {row['relerr']:.1e} |"
+            )
     print(f"wrote {args.out.with_suffix('.png')} and {args.out.with_suffix('.json')}")
     return 0
 

@@ -78,67 +78,193 @@ def _style(factory: str) -> str:
 
 
 ROWS: list[Row] = [
-    Row("resnet", "ResNet (basic)", "hf:resnet,embedding_size=16,hidden_sizes=[16,32],depths=[1,1],"
-        "layer_type=basic,num_labels=10", IMG, "timm:resnet10t,num_classes=10"),
-    Row("resnet-bottleneck", "ResNet (bottleneck)", "hf:resnet,embedding_size=16,hidden_sizes=[32,64],"
-        "depths=[1,1],layer_type=bottleneck,num_labels=10", IMG, "timm:resnet26,num_classes=10"),
-    Row("timm-resnet-style", "ResNet (timm style: x += shortcut, zero-init BN)", _style("timm_resnet"),
-        "3,8,8"),
-    Row("convnext", "ConvNeXt", "hf:convnext,hidden_sizes=[16,32],depths=[1,1],num_stages=2,num_labels=10", IMG,
-        "timm:convnext_atto,num_classes=10,depths=[1,1,1,1],dims=[16,16,32,32]"),
-    Row("efficientnet", "EfficientNet", "hf:efficientnet,image_size=32,width_coefficient=0.25,"
+    Row(
+        "resnet",
+        "ResNet (basic)",
+        "hf:resnet,embedding_size=16,hidden_sizes=[16,32],depths=[1,1],layer_type=basic,num_labels=10",
+        IMG,
+        "timm:resnet10t,num_classes=10",
+    ),
+    Row(
+        "resnet-bottleneck",
+        "ResNet (bottleneck)",
+        "hf:resnet,embedding_size=16,hidden_sizes=[32,64],depths=[1,1],layer_type=bottleneck,num_labels=10",
+        IMG,
+        "timm:resnet26,num_classes=10",
+    ),
+    Row(
+        "timm-resnet-style",
+        "ResNet (timm style: x += shortcut, zero-init BN)",
+        _style("timm_resnet"),
+        "3,8,8",
+    ),
+    Row(
+        "convnext",
+        "ConvNeXt",
+        "hf:convnext,hidden_sizes=[16,32],depths=[1,1],num_stages=2,num_labels=10",
+        IMG,
+        "timm:convnext_atto,num_classes=10,depths=[1,1,1,1],dims=[16,16,32,32]",
+    ),
+    Row(
+        "efficientnet",
+        "EfficientNet",
+        "hf:efficientnet,image_size=32,width_coefficient=0.25,"
         "depth_coefficient=1.0,in_channels=[32,16],out_channels=[16,24],kernel_sizes=[3,3],strides=[1,2],"
-        "num_block_repeats=[1,1],expand_ratios=[1,4],hidden_dim=320,num_labels=10", IMG,
-        "timm:efficientnet_b0,num_classes=10", reinit=True),
-    Row("mobilenet-v2", "MobileNetV2", "hf:mobilenet_v2,image_size=16,depth_multiplier=0.25,num_labels=10", "3,16,16",
-        "timm:mobilenetv2_035,num_classes=10"),
-    Row("mobilenet-v3", "MobileNetV3 (timm style)", _style("mobilenetv3_style"), "3,16,16",
-        "timm:mobilenetv3_small_050,num_classes=10"),
-    Row("regnet", "RegNet", "hf:regnet,embedding_size=16,hidden_sizes=[16,32],depths=[1,1],groups_width=8,"
-        "num_labels=10", IMG, "timm:regnetx_002,num_classes=10"),
-    Row("densenet", "DenseNet (timm style)", _style("densenet_style"), "3,8,8",
-        "timm:densenet121,num_classes=10,growth_rate=8,block_config=[1,1,1,1]"),
-    Row("efficientnet-style", "EfficientNet (timm style: BatchNormAct2d, SE, MBConv)",
-        _style("efficientnet_style"), "3,8,8"),
-    Row("convnext-style", "ConvNeXt (timm style: LayerNorm2d, layer scale)", _style("convnext_style"), "3,16,16"),
-    Row("vit", "ViT", "hf:vit,image_size=32,patch_size=8,hidden_size=32,num_hidden_layers=1,"
-        "num_attention_heads=2,intermediate_size=64,num_labels=10", IMG,
-        "timm:vit_tiny_patch16_224,img_size=32,patch_size=8,embed_dim=32,depth=1,num_heads=2,num_classes=10"),
-    Row("vit-style", "ViT (timm style: PatchEmbed _assert, SDPA, attn_mask=None)", _style("vit_style"),
-        "3,16,16"),
-    Row("deit", "DeiT", "hf:deit,image_size=32,patch_size=8,hidden_size=32,num_hidden_layers=1,"
-        "num_attention_heads=2,intermediate_size=64,num_labels=10", IMG,
-        "timm:deit_tiny_patch16_224,img_size=32,patch_size=8,embed_dim=32,depth=1,num_heads=2,num_classes=10"),
-    Row("swin", "Swin", "hf:swin,image_size=32,patch_size=4,embed_dim=16,depths=[1,1],num_heads=[1,2],"
-        "window_size=4,num_labels=10", IMG,
+        "num_block_repeats=[1,1],expand_ratios=[1,4],hidden_dim=320,num_labels=10",
+        IMG,
+        "timm:efficientnet_b0,num_classes=10",
+        reinit=True,
+    ),
+    Row(
+        "mobilenet-v2",
+        "MobileNetV2",
+        "hf:mobilenet_v2,image_size=16,depth_multiplier=0.25,num_labels=10",
+        "3,16,16",
+        "timm:mobilenetv2_035,num_classes=10",
+    ),
+    Row(
+        "mobilenet-v3",
+        "MobileNetV3 (timm style)",
+        _style("mobilenetv3_style"),
+        "3,16,16",
+        "timm:mobilenetv3_small_050,num_classes=10",
+    ),
+    Row(
+        "regnet",
+        "RegNet",
+        "hf:regnet,embedding_size=16,hidden_sizes=[16,32],depths=[1,1],groups_width=8,num_labels=10",
+        IMG,
+        "timm:regnetx_002,num_classes=10",
+    ),
+    Row(
+        "densenet",
+        "DenseNet (timm style)",
+        _style("densenet_style"),
+        "3,8,8",
+        "timm:densenet121,num_classes=10,growth_rate=8,block_config=[1,1,1,1]",
+    ),
+    Row(
+        "efficientnet-style",
+        "EfficientNet (timm style: BatchNormAct2d, SE, MBConv)",
+        _style("efficientnet_style"),
+        "3,8,8",
+    ),
+    Row(
+        "convnext-style",
+        "ConvNeXt (timm style: LayerNorm2d, layer scale)",
+        _style("convnext_style"),
+        "3,16,16",
+    ),
+    Row(
+        "vit",
+        "ViT",
+        "hf:vit,image_size=32,patch_size=8,hidden_size=32,num_hidden_layers=1,"
+        "num_attention_heads=2,intermediate_size=64,num_labels=10",
+        IMG,
+        "timm:vit_tiny_patch16_224,img_size=32,patch_size=8,embed_dim=32,depth=1,num_heads=2,num_classes=10",
+    ),
+    Row(
+        "vit-style",
+        "ViT (timm style: PatchEmbed _assert, SDPA, attn_mask=None)",
+        _style("vit_style"),
+        "3,16,16",
+    ),
+    Row(
+        "deit",
+        "DeiT",
+        "hf:deit,image_size=32,patch_size=8,hidden_size=32,num_hidden_layers=1,"
+        "num_attention_heads=2,intermediate_size=64,num_labels=10",
+        IMG,
+        "timm:deit_tiny_patch16_224,img_size=32,patch_size=8,embed_dim=32,depth=1,num_heads=2,num_classes=10",
+    ),
+    Row(
+        "swin",
+        "Swin",
+        "hf:swin,image_size=32,patch_size=4,embed_dim=16,depths=[1,1],num_heads=[1,2],"
+        "window_size=4,num_labels=10",
+        IMG,
         "timm:swin_tiny_patch4_window7_224,img_size=32,window_size=4,embed_dim=16,depths=[1,1],num_heads=[1,2],"
-        "num_classes=10"),
-    Row("mlp-mixer", "MLP-Mixer (timm style)", _style("mixer_style"), "3,16,16",
-        "timm:mixer_s16_224,img_size=32,patch_size=8,embed_dim=32,num_blocks=1,num_classes=10"),
-    Row("levit", "LeViT", "hf:levit,image_size=32,patch_size=16,hidden_sizes=[32,48,64],"
+        "num_classes=10",
+    ),
+    Row(
+        "mlp-mixer",
+        "MLP-Mixer (timm style)",
+        _style("mixer_style"),
+        "3,16,16",
+        "timm:mixer_s16_224,img_size=32,patch_size=8,embed_dim=32,num_blocks=1,num_classes=10",
+    ),
+    Row(
+        "levit",
+        "LeViT",
+        "hf:levit,image_size=32,patch_size=16,hidden_sizes=[32,48,64],"
         "num_attention_heads=[2,2,2],depths=[1,1,1],key_dim=[8,8,8],mlp_ratio=[2,2,2],attention_ratio=[2,2,2],"
-        "drop_path_rate=0,num_labels=10", IMG, "timm:levit_128s,img_size=32,num_classes=10", reinit=True),
-    Row("mobilevit", "MobileViT", "hf:mobilevit,image_size=16,patch_size=2,hidden_sizes=[16,24,32],"
-        "neck_hidden_sizes=[8,8,16,16,24,32,64],num_labels=10", "3,16,16", reinit=True),
-    Row("dinov2", "DINOv2", "hf:dinov2,image_size=32,patch_size=8,hidden_size=32,num_hidden_layers=1,"
-        "num_attention_heads=2,mlp_ratio=2,num_labels=10", IMG),
-    Row("poolformer", "PoolFormer", "hf:poolformer,hidden_sizes=[16,16,32,32],depths=[1,1,1,1],num_labels=10",
-        IMG),
-    Row("bert", "BERT", "hf:bert,vocab_size=128,hidden_size=32,num_hidden_layers=1,num_attention_heads=2,"
-        "intermediate_size=64,max_position_embeddings=32"),
+        "drop_path_rate=0,num_labels=10",
+        IMG,
+        "timm:levit_128s,img_size=32,num_classes=10",
+        reinit=True,
+    ),
+    Row(
+        "mobilevit",
+        "MobileViT",
+        "hf:mobilevit,image_size=16,patch_size=2,hidden_sizes=[16,24,32],"
+        "neck_hidden_sizes=[8,8,16,16,24,32,64],num_labels=10",
+        "3,16,16",
+        reinit=True,
+    ),
+    Row(
+        "dinov2",
+        "DINOv2",
+        "hf:dinov2,image_size=32,patch_size=8,hidden_size=32,num_hidden_layers=1,"
+        "num_attention_heads=2,mlp_ratio=2,num_labels=10",
+        IMG,
+    ),
+    Row(
+        "poolformer",
+        "PoolFormer",
+        "hf:poolformer,hidden_sizes=[16,16,32,32],depths=[1,1,1,1],num_labels=10",
+        IMG,
+    ),
+    Row(
+        "bert",
+        "BERT",
+        "hf:bert,vocab_size=128,hidden_size=32,num_hidden_layers=1,num_attention_heads=2,"
+        "intermediate_size=64,max_position_embeddings=32",
+    ),
     Row("bert-style", "BERT (HF style: config, dataclass output, tanh GELU)", _style("bert_style"), "8"),
-    Row("distilbert", "DistilBERT", "hf:distilbert,vocab_size=128,dim=32,n_layers=1,n_heads=2,hidden_dim=64,"
-        "max_position_embeddings=32"),
-    Row("roberta", "RoBERTa", "hf:roberta,vocab_size=128,hidden_size=32,num_hidden_layers=1,"
-        "num_attention_heads=2,intermediate_size=64,max_position_embeddings=34"),
-    Row("albert", "ALBERT", "hf:albert,vocab_size=128,embedding_size=16,hidden_size=32,num_hidden_layers=1,"
-        "num_attention_heads=2,intermediate_size=64,max_position_embeddings=32"),
-    Row("electra", "ELECTRA", "hf:electra,vocab_size=128,embedding_size=16,hidden_size=32,num_hidden_layers=1,"
-        "num_attention_heads=2,intermediate_size=64,max_position_embeddings=32"),
-    Row("gpt2", "GPT-2", "hf:gpt2,vocab_size=128,n_embd=32,n_layer=1,n_head=2,n_positions=32,use_cache=False,"
-        "bos_token_id=0,eos_token_id=0"),
-    Row("t5-encoder", "T5 encoder", "hf:T5EncoderModel,vocab_size=128,d_model=32,d_ff=64,d_kv=16,num_layers=1,"
-        "num_heads=2"),
+    Row(
+        "distilbert",
+        "DistilBERT",
+        "hf:distilbert,vocab_size=128,dim=32,n_layers=1,n_heads=2,hidden_dim=64,max_position_embeddings=32",
+    ),
+    Row(
+        "roberta",
+        "RoBERTa",
+        "hf:roberta,vocab_size=128,hidden_size=32,num_hidden_layers=1,"
+        "num_attention_heads=2,intermediate_size=64,max_position_embeddings=34",
+    ),
+    Row(
+        "albert",
+        "ALBERT",
+        "hf:albert,vocab_size=128,embedding_size=16,hidden_size=32,num_hidden_layers=1,"
+        "num_attention_heads=2,intermediate_size=64,max_position_embeddings=32",
+    ),
+    Row(
+        "electra",
+        "ELECTRA",
+        "hf:electra,vocab_size=128,embedding_size=16,hidden_size=32,num_hidden_layers=1,"
+        "num_attention_heads=2,intermediate_size=64,max_position_embeddings=32",
+    ),
+    Row(
+        "gpt2",
+        "GPT-2",
+        "hf:gpt2,vocab_size=128,n_embd=32,n_layer=1,n_head=2,n_positions=32,use_cache=False,"
+        "bos_token_id=0,eos_token_id=0",
+    ),
+    Row(
+        "t5-encoder",
+        "T5 encoder",
+        "hf:T5EncoderModel,vocab_size=128,d_model=32,d_ff=64,d_kv=16,num_layers=1,num_heads=2",
+    ),
 ]
 
 
@@ -200,7 +326,11 @@ def first_line(exc: BaseException) -> str:
 
 def leaves(out: Any) -> list[Any]:
     """The leaves of a model output: pytree leaves, with plain dataclasses opened field by field."""
-    if dataclasses.is_dataclass(out) and not isinstance(out, type) and type(out) not in pytree.SUPPORTED_NODES:
+    if (
+        dataclasses.is_dataclass(out)
+        and not isinstance(out, type)
+        and type(out) not in pytree.SUPPORTED_NODES
+    ):
         return [v for f in dataclasses.fields(out) for v in leaves(getattr(out, f.name))]
     return pytree.tree_leaves(out)
 
@@ -256,8 +386,9 @@ class Sweep:
         self.plan: Any = None
         self.ff: nn.Module | None = None
 
-    def stage(self, name: str, fn: Callable[[], tuple[bool, str]], needs: str = "plan",
-              limit: float = 0.0) -> None:
+    def stage(
+        self, name: str, fn: Callable[[], tuple[bool, str]], needs: str = "plan", limit: float = 0.0
+    ) -> None:
         """Run one stage; `needs`: "plan" (a partition, even one that failed its share check) or "compile"."""
         missing = self.plan is None if needs == "plan" else getattr(self, "ff", None) is None
         if missing:
@@ -285,8 +416,10 @@ class Sweep:
                 model, example = lm.model, lm.example_inputs
         except Exception as exc:
             for s in STAGES:
-                self.result.stages[s] = StageResult(False if s == "partition" else None,
-                                                    "load: " + first_line(exc) if s == "partition" else "skipped")
+                self.result.stages[s] = StageResult(
+                    False if s == "partition" else None,
+                    "load: " + first_line(exc) if s == "partition" else "skipped",
+                )
             return False
         if self.row.reinit:
             healthy_init(model, example)
@@ -304,15 +437,22 @@ class Sweep:
         n_analog = len(self.plan.analog_blocks)
         eligible = outside - tied
         share = analog / eligible if eligible else 0.0
-        self.result.figures.update(blocks=len(self.plan.blocks), analog_blocks=n_analog, analog_layers=analog,
-                                   weight_layers=eligible, attention_layers=inside, tied_layers=tied,
-                                   analog_share=share)
+        self.result.figures.update(
+            blocks=len(self.plan.blocks),
+            analog_blocks=n_analog,
+            analog_layers=analog,
+            weight_layers=eligible,
+            attention_layers=inside,
+            tied_layers=tied,
+            analog_share=share,
+        )
         if n_analog == 0:
             return False, "no analog block"
         if analog < eligible:
             return False, f"{eligible - analog} of {eligible} weight layers outside attention stay digital"
-        return True, f"{len(self.plan.blocks)} blocks, {n_analog} analog" + (f", {tied} tied weight(s) digital"
-                                                                            if tied else "")
+        return True, f"{len(self.plan.blocks)} blocks, {n_analog} analog" + (
+            f", {tied} tied weight(s) digital" if tied else ""
+        )
 
     def compile(self) -> tuple[bool, str]:
         from hybridc.api import compile as hc_compile
@@ -366,7 +506,9 @@ class Sweep:
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(first_tensor(ff(*self.example)))
             loss.backward()
-            bad = [n for n, p in ff.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+            bad = [
+                n for n, p in ff.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()
+            ]
             if bad:
                 return False, f"non-finite EP gradient in {bad[0]} ({len(bad)} tensors)"
             opt.step()
@@ -389,12 +531,16 @@ class Sweep:
         if not scored:
             return False, "every analog tensor's true gradient is structurally zero"
         worst = min(scored, key=lambda p: p.cos_ep_id)
-        self.result.figures.update(min_cos_ep_id=worst.cos_ep_id, relerr_ep_id=worst.relerr_ep_id,
-                                   zero_grad_tensors=len(analog) - len(scored))
+        self.result.figures.update(
+            min_cos_ep_id=worst.cos_ep_id,
+            relerr_ep_id=worst.relerr_ep_id,
+            zero_grad_tensors=len(analog) - len(scored),
+        )
         bad = report.unconverged()
         if worst.cos_ep_id < COS_MIN:
             return False, f"cos(EP,ID) {worst.cos_ep_id:.5f} on {worst.name}" + (
-                f" (unconverged: {', '.join(bad)})" if bad else "")
+                f" (unconverged: {', '.join(bad)})" if bad else ""
+            )
         return True, f"min cos {worst.cos_ep_id:.6f}"
 
     def export(self) -> tuple[bool, str]:
@@ -458,8 +604,12 @@ def healthy_init(model: nn.Module, example: tuple[torch.Tensor, ...], batches: i
     model.train()
     with torch.no_grad():
         for _ in range(batches):
-            model(*[torch.randn(t.shape, generator=gen, dtype=t.dtype) if t.is_floating_point() else t
-                    for t in example])
+            model(
+                *[
+                    torch.randn(t.shape, generator=gen, dtype=t.dtype) if t.is_floating_point() else t
+                    for t in example
+                ]
+            )
     for m in norms:
         m.momentum = 0.1
     return model.eval()
@@ -521,8 +671,16 @@ def print_table(results: list[ModelResult]) -> None:
     from rich.table import Table
 
     t = Table(title="hybridc on real models (random init, tiny sizes)")
-    for col in ("model", "blocks (analog)", "analog share", *STAGES, "residual", "free steps", "min cos EP·ID",
-                "reason"):
+    for col in (
+        "model",
+        "blocks (analog)",
+        "analog share",
+        *STAGES,
+        "residual",
+        "free steps",
+        "min cos EP·ID",
+        "reason",
+    ):
         t.add_column(col, overflow="fold")
     for r in results:
         f = r.figures
@@ -531,25 +689,37 @@ def print_table(results: list[ModelResult]) -> None:
         res = f"{f['residual']:.1e}" if "residual" in f else "-"
         cos = f"{f['min_cos_ep_id']:.6f}" if "min_cos_ep_id" in f else "-"
         steps = str(f["free_steps"]) if "free_steps" in f else "-"
-        t.add_row(r.name, blocks, share, *[mark(r.stages.get(s)) for s in STAGES], res, steps, cos, r.reason())
+        t.add_row(
+            r.name, blocks, share, *[mark(r.stages.get(s)) for s in STAGES], res, steps, cos, r.reason()
+        )
     Console(width=200).print(t)
     passed = sum(r.passed for r in results)
     per_stage = {s: sum(bool(r.stages.get(s) and r.stages[s].ok) for r in results) for s in STAGES}
-    print(f"{passed}/{len(results)} models pass every stage; per stage: "
-          + ", ".join(f"{s} {n}/{len(results)}" for s, n in per_stage.items()))
+    print(
+        f"{passed}/{len(results)} models pass every stage; per stage: "
+        + ", ".join(f"{s} {n}/{len(results)}" for s, n in per_stage.items())
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default=None, help=f"comma-separated rows (default all: {', '.join(r.name for r in ROWS)})")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--models",
+        default=None,
+        help=f"comma-separated rows (default all: {', '.join(r.name for r in ROWS)})",
+    )
     p.add_argument("--quick", action="store_true", help="5 EP steps, 60 s per gradcheck")
     p.add_argument("--steps", type=int, default=None, help="EP steps on the fixed batch [20; 5 with --quick]")
     p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate of the EP steps")
     p.add_argument("--stage-limit", type=float, default=120.0, help="seconds per stage before it is failed")
-    p.add_argument("--gradcheck-limit", type=float, default=None, help="seconds for gradcheck [180; 60 --quick]")
-    p.add_argument("--no-timm", action="store_true", help="use the transformers / timm-style rows even when "
-                                                          "timm imports")
+    p.add_argument(
+        "--gradcheck-limit", type=float, default=None, help="seconds for gradcheck [180; 60 --quick]"
+    )
+    p.add_argument(
+        "--no-timm", action="store_true", help="use the transformers / timm-style rows even when timm imports"
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     args = p.parse_args(argv)
     args.steps = args.steps or (5 if args.quick else 20)
@@ -563,8 +733,12 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         res = Sweep(row, spec, args).run()
         res.figures["seconds"] = time.perf_counter() - t0
-        print(f"{row.name:20s} " + " ".join(f"{s}:{mark(res.stages.get(s))}" for s in STAGES)
-              + f"  {res.figures['seconds']:.0f}s  {res.reason()}", flush=True)
+        print(
+            f"{row.name:20s} "
+            + " ".join(f"{s}:{mark(res.stages.get(s))}" for s in STAGES)
+            + f"  {res.figures['seconds']:.0f}s  {res.reason()}",
+            flush=True,
+        )
         results.append(res)
     print_table(results)
     if args.json:

@@ -123,7 +123,9 @@ class Settings:
     check_every: int = 1
     mode: str = "async"  # the reference's even/odd updates (`asynchronous: true`); "sync" oscillates more
     slope: float = 1.0
-    init: str = "keep"  # "goe-conv" (the reference's conv-only GOE), "goe" (every weight) or "keep" (PyTorch's)
+    init: str = (
+        "keep"  # "goe-conv" (the reference's conv-only GOE), "goe" (every weight) or "keep" (PyTorch's)
+    )
     goe_variance: float = 8.351e-5
     norm: str = "synapse"
     feedback_gain: float | None = None  # None: the compiler's default guard (ρ ≤ 0.8); 0: off (the paper)
@@ -136,16 +138,46 @@ class Settings:
 PRESETS: dict[str, Settings] = {
     "cpu": Settings(),
     "gpu": Settings(
-        data="cifar10", models={"vgg-paper": [6, 3, 2, 1], "vgg-paper-12": [4, 3, 2]}, width=1.0,
-        train_subset=None, test_subset=None, eq_subset=2000, epochs=100, batch_size=128, lr=3e-4,
-        weight_decay=3e-4, eta_min=1e-6, beta=0.2, solver="tol", t1=60, t2=20, tol=1e-6, max_steps=1580,
-        check_every=5, slope=0.65, norm="synapse", device="cuda", init="goe-conv", feedback_gain=0.0,
-        per_model={"vgg-paper-12": {"t1": 20, "t2": 5, "tol": 1e-4, "slope": 0.55, "lr": 5e-5,
-                                    "goe_variance": 5.9e-5}}),
+        data="cifar10",
+        models={"vgg-paper": [6, 3, 2, 1], "vgg-paper-12": [4, 3, 2]},
+        width=1.0,
+        train_subset=None,
+        test_subset=None,
+        eq_subset=2000,
+        epochs=100,
+        batch_size=128,
+        lr=3e-4,
+        weight_decay=3e-4,
+        eta_min=1e-6,
+        beta=0.2,
+        solver="tol",
+        t1=60,
+        t2=20,
+        tol=1e-6,
+        max_steps=1580,
+        check_every=5,
+        slope=0.65,
+        norm="synapse",
+        device="cuda",
+        init="goe-conv",
+        feedback_gain=0.0,
+        per_model={
+            "vgg-paper-12": {
+                "t1": 20,
+                "t2": 5,
+                "tol": 1e-4,
+                "slope": 0.55,
+                "lr": 5e-5,
+                "goe_variance": 5.9e-5,
+            }
+        },
+    ),
 }
 #: The gpu preset's fixed-step version (`--solver fixed`): the paper's splitting_small / splitting_large.
-GPU_FIXED = {"vgg-paper": {"slope": 1.0, "lr": 1e-4, "epochs": 200},
-             "vgg-paper-12": {"slope": 1.0, "lr": 5e-5, "epochs": 200}}
+GPU_FIXED = {
+    "vgg-paper": {"slope": 1.0, "lr": 1e-4, "epochs": 200},
+    "vgg-paper-12": {"slope": 1.0, "lr": 5e-5, "epochs": 200},
+}
 
 
 # ---- compiling the paper's splits -------------------------------------------------------------------------
@@ -156,19 +188,38 @@ def settings_for(s: Settings, model: str) -> Settings:
 def solver_dict(s: Settings, scale: int = 1) -> dict[str, Any]:
     """SolverConfig fields; `scale` multiplies the step budget (and divides the tolerance) for the 5× check."""
     if s.solver == "tol":
-        return {"t1": s.t1, "t2": s.t2, "tol": s.tol / (10 if scale > 1 else 1), "max_steps": s.max_steps * scale,
-                "check_every": s.check_every, "mode": s.mode}
+        return {
+            "t1": s.t1,
+            "t2": s.t2,
+            "tol": s.tol / (10 if scale > 1 else 1),
+            "max_steps": s.max_steps * scale,
+            "check_every": s.check_every,
+            "mode": s.mode,
+        }
     return {"t1": s.t1 * scale, "t2": s.t2, "check_every": max(s.t1 * scale, s.t2), "mode": s.mode}
 
 
 def build(s: Settings, model_name: str, n: int, gradient: str, example: torch.Tensor) -> torch.nn.Module:
     """The ff-EBM hybridc compiles from the ordinary zoo model at max_block_size `n`."""
-    model = build_zoo_model(model_name, width=s.width, in_channels=example.shape[1], image_size=example.shape[-1])
+    model = build_zoo_model(
+        model_name, width=s.width, in_channels=example.shape[1], image_size=example.shape[-1]
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ff = hc_compile(model, example, max_block_size=n, norm=s.norm, readout="digital", hardsigmoid_slope=s.slope,
-                        gradient=gradient, beta=s.beta, init=s.init, goe_variance=s.goe_variance,
-                        solver=solver_dict(s), feedback_gain=s.feedback_gain)
+        ff = hc_compile(
+            model,
+            example,
+            max_block_size=n,
+            norm=s.norm,
+            readout="digital",
+            hardsigmoid_slope=s.slope,
+            gradient=gradient,
+            beta=s.beta,
+            init=s.init,
+            goe_variance=s.goe_variance,
+            solver=solver_dict(s),
+            feedback_gain=s.feedback_gain,
+        )
     ff.set_gradient(id_solver="fixed_point", id_tol=s.id_tol)
     return ff.to(s.device)
 
@@ -187,15 +238,16 @@ def load_data(s: Settings) -> tuple[str, torch.Tensor, torch.Tensor, torch.Tenso
 
 # ---- one row ----------------------------------------------------------------------------------------------
 @torch.no_grad()
-def evaluate(ff: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, s: Settings, scale: int = 1,
-             batch: int = 500) -> tuple[torch.Tensor, float, dict[str, float]]:
+def evaluate(
+    ff: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, s: Settings, scale: int = 1, batch: int = 500
+) -> tuple[torch.Tensor, float, dict[str, float]]:
     """(per-sample hits (bool, CPU), worst block's mean final free-phase residual, mean free-phase steps per
     block)."""
     ff.set_solver(**solver_dict(s, scale))
     ff.eval()
     hits, res, steps, batches = [], {}, {}, 0
     for i in range(0, len(x), batch):
-        xb, yb = x[i:i + batch].to(s.device), y[i:i + batch].to(s.device)
+        xb, yb = x[i : i + batch].to(s.device), y[i : i + batch].to(s.device)
         hits.append((ff(xb).argmax(1) == yb).cpu())
         for k, v in ff.equilibrium_residuals().items():
             res[k] = res.get(k, 0.0) + v
@@ -204,8 +256,11 @@ def evaluate(ff: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, s: Settings,
         batches += 1
     ff.train()
     ff.set_solver(**solver_dict(s))
-    return (torch.cat(hits), max((v / batches for v in res.values()), default=0.0),
-            {k: v / batches for k, v in steps.items()})
+    return (
+        torch.cat(hits),
+        max((v / batches for v in res.values()), default=0.0),
+        {k: v / batches for k, v in steps.items()},
+    )
 
 
 def gradient_gap(ff: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, s: Settings) -> dict[str, float]:
@@ -228,8 +283,9 @@ def gradient_gap(ff: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, s: Setti
     return {"ep_id_1mcos": 1.0 - cos, "ep_id_relerr": float((ep - gid).norm() / gid.norm().clamp_min(1e-30))}
 
 
-def run_row(s: Settings, data: tuple, model_name: str, n: int, gradient: str, seed: int,
-            ckpt_dir: Path | None) -> dict[str, Any]:
+def run_row(
+    s: Settings, data: tuple, model_name: str, n: int, gradient: str, seed: int, ckpt_dir: Path | None
+) -> dict[str, Any]:
     data_name, xtr, ytr, xte, yte = data
     torch.manual_seed(seed)
     ff = build(s, model_name, n, gradient, xtr[:8])
@@ -251,7 +307,7 @@ def run_row(s: Settings, data: tuple, model_name: str, n: int, gradient: str, se
             perm = torch.randperm(len(xtr), generator=g)
             total = torch.zeros((), device=s.device)
             for i in range(0, len(xtr), s.batch_size):
-                b = perm[i:i + s.batch_size]
+                b = perm[i : i + s.batch_size]
                 loss = F.cross_entropy(ff(xtr[b].to(s.device)), ytr[b].to(s.device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -265,28 +321,49 @@ def run_row(s: Settings, data: tuple, model_name: str, n: int, gradient: str, se
                 torch.cuda.synchronize()
             epoch_s.append(time.perf_counter() - t0)
             losses.append(float(total) / len(xtr))
-            print(f"  {model_name} n={n} {gradient} seed {seed}: epoch {len(epoch_s)}/{s.epochs} loss {losses[-1]:.4f} "
-                  f"({epoch_s[-1]:.0f} s)", flush=True)
+            print(
+                f"  {model_name} n={n} {gradient} seed {seed}: epoch {len(epoch_s)}/{s.epochs} loss {losses[-1]:.4f} "
+                f"({epoch_s[-1]:.0f} s)",
+                flush=True,
+            )
         unconverged = sum(1 for w in caught if "fixed point" in str(w.message))
         hits, residual, test_steps = evaluate(ff, xte, yte, s)
         eq = min(s.eq_subset, len(xte))
-        acc, acc_eq = float(hits.float().mean()), float(hits[:eq].float().mean())  # the 1× run on the check's samples
+        acc, acc_eq = (
+            float(hits.float().mean()),
+            float(hits[:eq].float().mean()),
+        )  # the 1× run on the check's samples
         hits_5x, residual_5x, steps_5x = evaluate(ff, xte[:eq], yte[:eq], s, scale=5)
         acc_5x = float(hits_5x.float().mean())
-        gap = gradient_gap(ff, xtr[:s.batch_size], ytr[:s.batch_size], s)
+        gap = gradient_gap(ff, xtr[: s.batch_size], ytr[: s.batch_size], s)
     train_steps = {k: v / n_steps for k, v in steps_sum.items()}
     if ckpt_dir is not None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         torch.save(ff.state_dict(), ckpt_dir / f"{model_name}-n{n}-{gradient}-s{seed}.pt")
     flag = residual > RESIDUAL_FLAG or acc_5x < acc_eq - DROP_FLAG
     return {
-        "model": model_name, "max_block_size": n, "gradient": gradient, "seed": seed, "data": data_name,
-        "blocks": layers, "test_acc": acc, "epoch_s": epoch_s, "train_loss": losses,
-        "train_steps_per_block": train_steps, "test_steps_per_block": test_steps,
+        "model": model_name,
+        "max_block_size": n,
+        "gradient": gradient,
+        "seed": seed,
+        "data": data_name,
+        "blocks": layers,
+        "test_acc": acc,
+        "epoch_s": epoch_s,
+        "train_loss": losses,
+        "train_steps_per_block": train_steps,
+        "test_steps_per_block": test_steps,
         "layer_steps": sum(train_steps[k] * layers[k] for k in layers),
-        "residual": residual, "acc_eq": acc_eq, "acc_5x": acc_5x, "residual_5x": residual_5x,
-        "steps_5x_per_block": steps_5x, "unconverged_warnings": unconverged, "not_at_equilibrium": flag,
-        **gap, "threads": torch.get_num_threads(), "device": s.device,
+        "residual": residual,
+        "acc_eq": acc_eq,
+        "acc_5x": acc_5x,
+        "residual_5x": residual_5x,
+        "steps_5x_per_block": steps_5x,
+        "unconverged_warnings": unconverged,
+        "not_at_equilibrium": flag,
+        **gap,
+        "threads": torch.get_num_threads(),
+        "device": s.device,
     }
 
 
@@ -302,8 +379,11 @@ def row_settings(s: Settings) -> dict[str, Any]:
 
 def settings_diff(row: dict[str, Any], s: Settings) -> str:
     rec, now = row.get("settings", {}), row_settings(settings_for(s, row.get("model", "")))
-    diff = [f"{k}: {rec.get(k)!r} there, {now.get(k)!r} now" for k in sorted(set(rec) | set(now))
-            if k not in _GRID_FIELDS and rec.get(k) != now.get(k)]
+    diff = [
+        f"{k}: {rec.get(k)!r} there, {now.get(k)!r} now"
+        for k in sorted(set(rec) | set(now))
+        if k not in _GRID_FIELDS and rec.get(k) != now.get(k)
+    ]
     return "; ".join(diff[:3]) or "no settings recorded"
 
 
@@ -353,26 +433,33 @@ def table(rows: list[dict[str, Any]]) -> str:
         ok = [r for r in rs if "diverged" not in r]
         if n == biggest and ok:
             base[(m, g)] = statistics.mean(statistics.mean(r["epoch_s"]) for r in ok)
-    lines = ["| model | blocks (layers) | grad | seeds | test acc % | s/epoch | speed-up | steps/block | "
-             "layer-steps | residual | EP/ID 1−cos | EP/ID rel.err | acc 5× % | eq |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | blocks (layers) | grad | seeds | test acc % | s/epoch | speed-up | steps/block | "
+        "layer-steps | residual | EP/ID 1−cos | EP/ID rel.err | acc 5× % | eq |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for (m, n, g), every in groups.items():
         rs = [r for r in every if "diverged" not in r]
         lost = len(every) - len(rs)
         if not rs:
-            lines.append(f"| {m} | n={n} | {g} | {len(every)} | diverged ({lost} of {lost}) | | | | | | | | | ! |")
+            lines.append(
+                f"| {m} | n={n} | {g} | {len(every)} | diverged ({lost} of {lost}) | | | | | | | | | ! |"
+            )
             continue
         sizes = "+".join(str(v) for v in rs[0]["blocks"].values())
         es = [statistics.mean(r["epoch_s"]) for r in rs]
         steps = [statistics.mean(r["train_steps_per_block"].values()) for r in rs]
         speed = base.get((m, g), float("nan")) / statistics.mean(es)
-        flag = ("!" if any(r["not_at_equilibrium"] for r in rs) else "ok") + (f" ({lost} diverged)" if lost else "")
+        flag = ("!" if any(r["not_at_equilibrium"] for r in rs) else "ok") + (
+            f" ({lost} diverged)" if lost else ""
+        )
         lines.append(
             f"| {m} | n={n}: {sizes} | {g} | {len(rs)} | {_ms([r['test_acc'] for r in rs], '.2f', 100)} | "
             f"{_ms(es, '.1f')} | {speed:.2f}× | {_ms(steps, '.1f')} | {_ms([r['layer_steps'] for r in rs], '.0f')} | "
             f"{max(r['residual'] for r in rs):.1e} | {statistics.mean(r['ep_id_1mcos'] for r in rs):.1e} | "
             f"{statistics.mean(r['ep_id_relerr'] for r in rs):.2f} | {_ms([r['acc_5x'] for r in rs], '.2f', 100)} | "
-            f"{flag} |")
+            f"{flag} |"
+        )
     return "\n".join(lines)
 
 
@@ -385,7 +472,9 @@ def grid(s: Settings) -> list[tuple[str, int, str, int]]:
 def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    p.add_argument("--out", type=Path, default=None, help="JSON-lines results (default results/splitting_<preset>.jsonl)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="JSON-lines results (default results/splitting_<preset>.jsonl)"
+    )
     p.add_argument("--table-only", action="store_true", help="print the table of the rows so far and exit")
     p.add_argument("--solver", choices=["tol", "fixed"], default=None, help="tolerance or fixed-step version")
     p.add_argument("--epochs", type=int, default=None)
@@ -401,7 +490,9 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     p.add_argument("--device", default=None)
     p.add_argument("--init", choices=["goe-conv", "goe", "keep"], default=None)
     p.add_argument("--mode", choices=["async", "sync"], default=None, help="relaxation updates")
-    p.add_argument("--goe-variance", type=float, default=None, help="GOE init variance (the paper's: 8.351e-5)")
+    p.add_argument(
+        "--goe-variance", type=float, default=None, help="GOE init variance (the paper's: 8.351e-5)"
+    )
     p.add_argument("--slope", type=float, default=None, help="hard-sigmoid slope")
     p.add_argument("--feedback-gain", type=float, default=None, help="equilibrium guard ρ bound (0 = off)")
     p.add_argument("--norm", choices=["drop", "entry", "synapse", "split"], default=None)
@@ -412,11 +503,31 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     args = p.parse_args(argv)
     s = PRESETS[args.preset]
     if args.preset == "gpu" and args.solver == "fixed":
-        s = replace(s, solver="fixed", per_model={m: s.per_model.get(m, {}) | v for m, v in GPU_FIXED.items()})
-    over: dict[str, Any] = {k: getattr(args, k) for k in ("solver", "epochs", "width", "train_subset",
-                                                            "test_subset", "eq_subset", "batch_size", "device", "init", "lr",
-                                                            "feedback_gain", "norm", "beta", "goe_variance", "slope", "mode")
-                            if getattr(args, k) is not None}
+        s = replace(
+            s, solver="fixed", per_model={m: s.per_model.get(m, {}) | v for m, v in GPU_FIXED.items()}
+        )
+    over: dict[str, Any] = {
+        k: getattr(args, k)
+        for k in (
+            "solver",
+            "epochs",
+            "width",
+            "train_subset",
+            "test_subset",
+            "eq_subset",
+            "batch_size",
+            "device",
+            "init",
+            "lr",
+            "feedback_gain",
+            "norm",
+            "beta",
+            "goe_variance",
+            "slope",
+            "mode",
+        )
+        if getattr(args, k) is not None
+    }
     if args.seeds:
         over["seeds"] = tuple(int(v) for v in args.seeds.split(","))
     if args.gradients:
@@ -441,13 +552,19 @@ def main(argv: list[str] | None = None) -> int:
     rows = read_rows(out)
     stale = [r for r in rows if not same_settings(r, s)]
     if stale:
-        print(f"{out}: {len(stale)} of its {len(rows)} rows were run with other settings (e.g. "
-              f"{settings_diff(stale[0], s)}); give another --out, or move that file away", file=sys.stderr)
+        print(
+            f"{out}: {len(stale)} of its {len(rows)} rows were run with other settings (e.g. "
+            f"{settings_diff(stale[0], s)}); give another --out, or move that file away",
+            file=sys.stderr,
+        )
         return 2
     done = {row_key(r) for r in rows}
     todo = [k for k in grid(s) if k not in done]
-    print(f"preset {args.preset}: {len(todo)} rows to run ({len(done)} already in {out}); settings: "
-          f"{json.dumps(asdict(s), default=str)}", flush=True)
+    print(
+        f"preset {args.preset}: {len(todo)} rows to run ({len(done)} already in {out}); settings: "
+        f"{json.dumps(asdict(s), default=str)}",
+        flush=True,
+    )
     if todo:
         data = load_data(s)
     for model_name, n, gradient, seed in todo:
@@ -456,18 +573,32 @@ def main(argv: list[str] | None = None) -> int:
         try:
             row = run_row(ms, data, model_name, n, gradient, seed, args.checkpoints)
         except EquilibriumDivergedError as exc:  # a finding of the grid, not a crash of it
-            row = {"model": model_name, "max_block_size": n, "gradient": gradient, "seed": seed,
-                   "diverged": str(exc).split(";")[0], "not_at_equilibrium": True, "settings": row_settings(ms)}
+            row = {
+                "model": model_name,
+                "max_block_size": n,
+                "gradient": gradient,
+                "seed": seed,
+                "diverged": str(exc).split(";")[0],
+                "not_at_equilibrium": True,
+                "settings": row_settings(ms),
+            }
             append_row(out, row | {"preset": args.preset, "wall_s": time.time() - t0})
             print(f"{model_name} n={n} {gradient} seed {seed}: DIVERGED: {row['diverged']}", flush=True)
             continue
-        row |= {"preset": args.preset, "solver": ms.solver, "wall_s": time.time() - t0,
-                "settings": row_settings(ms)}
+        row |= {
+            "preset": args.preset,
+            "solver": ms.solver,
+            "wall_s": time.time() - t0,
+            "settings": row_settings(ms),
+        }
         append_row(out, row)
-        print(f"{model_name} n={n} {gradient} seed {seed}: acc {row['test_acc']:.4f}, "
-              f"{statistics.mean(row['epoch_s']):.1f} s/epoch, steps/block {row['train_steps_per_block']}, "
-              f"residual {row['residual']:.2e}, acc 5x {row['acc_5x']:.4f}, EP/ID 1-cos {row['ep_id_1mcos']:.2e}, "
-              f"wall {row['wall_s']:.0f} s", flush=True)
+        print(
+            f"{model_name} n={n} {gradient} seed {seed}: acc {row['test_acc']:.4f}, "
+            f"{statistics.mean(row['epoch_s']):.1f} s/epoch, steps/block {row['train_steps_per_block']}, "
+            f"residual {row['residual']:.2e}, acc 5x {row['acc_5x']:.4f}, EP/ID 1-cos {row['ep_id_1mcos']:.2e}, "
+            f"wall {row['wall_s']:.0f} s",
+            flush=True,
+        )
     print(table(read_rows(out)))
     return 0
 

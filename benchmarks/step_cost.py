@@ -45,8 +45,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, warmup: int,
-               device: torch.device) -> tuple[float, float, float | None]:
+def time_steps(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, warmup: int, device: torch.device
+) -> tuple[float, float, float | None]:
     """Median ms per step (forward, backward, Adam step), MB saved for backward, CUDA peak MB."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     times = []
@@ -74,8 +75,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--batch", type=int, default=None, help="batch size (default 128 on CUDA, 32 on CPU)")
-    ap.add_argument("--vgg-width", type=float, default=None, help="VGG channel multiplier (1 = paper; "
-                    "default 1 on CUDA, 0.25 on CPU)")
+    ap.add_argument(
+        "--vgg-width",
+        type=float,
+        default=None,
+        help="VGG channel multiplier (1 = paper; default 1 on CUDA, 0.25 on CPU)",
+    )
     ap.add_argument("--t1", type=int, default=20)
     ap.add_argument("--t2", type=int, default=5)
     ap.add_argument("--steps", type=int, default=5)
@@ -92,8 +97,11 @@ def main() -> None:
         batch, width = 8, 0.0625
     ideal = (args.t1 + 2 * args.t2) * 2 / 3
     configs = [
-        ("mlp 784-256-256-10" if args.quick else "mlp 784-1024-1024-10", load_model("mlp", sizes=(784, 256, 256, 10) if args.quick else (784, 1024, 1024, 10)),
-         [2]),
+        (
+            "mlp 784-256-256-10" if args.quick else "mlp 784-1024-1024-10",
+            load_model("mlp", sizes=(784, 256, 256, 10) if args.quick else (784, 1024, 1024, 10)),
+            [2],
+        ),
         (f"vgg-paper (width {width:g})", load_model("vgg-paper", width=width), [2, 3]),
     ]
     rows = []
@@ -103,29 +111,75 @@ def main() -> None:
         base = lm.model.to(device).train()
         with measuring(f"{label}: bp (original)"):
             bp_ms, bp_saved, bp_peak = time_steps(base, x, y, steps, warmup, device)
-        rows.append({"model": label, "block": "-", "algorithm": "bp (original)", "ms": bp_ms, "ratio": 1.0,
-                     "ideal": None, "saved_mb": bp_saved, "peak_mb": bp_peak})
+        rows.append(
+            {
+                "model": label,
+                "block": "-",
+                "algorithm": "bp (original)",
+                "ms": bp_ms,
+                "ratio": 1.0,
+                "ideal": None,
+                "saved_mb": bp_saved,
+                "peak_mb": bp_peak,
+            }
+        )
         for n in sizes:
-            ff = compile(lm.model, lm.example_inputs, max_block_size=n, init="goe",
-                         solver={"t1": args.t1, "t2": args.t2}).to(device).train()
+            ff = (
+                compile(
+                    lm.model,
+                    lm.example_inputs,
+                    max_block_size=n,
+                    init="goe",
+                    solver={"t1": args.t1, "t2": args.t2},
+                )
+                .to(device)
+                .train()
+            )
             for mode in ("ep", "id", "bptt"):
                 ff.set_gradient(mode, bptt_steps=args.t2, id_tol=1e-6, id_max_steps=50)
                 with measuring(f"{label}: block size {n}, {mode}"):
                     ms, saved, peak = time_steps(ff, x, y, steps, warmup, device)
-                rows.append({"model": label, "block": n, "algorithm": mode, "ms": ms, "ratio": ms / bp_ms,
-                             "ideal": ideal if mode == "ep" else None, "saved_mb": saved, "peak_mb": peak})
+                rows.append(
+                    {
+                        "model": label,
+                        "block": n,
+                        "algorithm": mode,
+                        "ms": ms,
+                        "ratio": ms / bp_ms,
+                        "ideal": ideal if mode == "ep" else None,
+                        "saved_mb": saved,
+                        "peak_mb": peak,
+                    }
+                )
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    t = Table(title=f"training step cost on {device} ({torch.cuda.get_device_name(device) if cuda else 'CPU'}), "
-                    f"batch {batch}, T1={args.t1}, T2={args.t2}, torch {torch.__version__}")
-    for col in ("model", "block size", "algorithm", "ms / step", "× BP", "ideal × BP", "saved for bwd MB",
-                "CUDA peak MB"):
+    t = Table(
+        title=f"training step cost on {device} ({torch.cuda.get_device_name(device) if cuda else 'CPU'}), "
+        f"batch {batch}, T1={args.t1}, T2={args.t2}, torch {torch.__version__}"
+    )
+    for col in (
+        "model",
+        "block size",
+        "algorithm",
+        "ms / step",
+        "× BP",
+        "ideal × BP",
+        "saved for bwd MB",
+        "CUDA peak MB",
+    ):
         t.add_column(col, justify="left" if col in ("model", "algorithm") else "right")
     for r in rows:
-        t.add_row(r["model"], str(r["block"]), r["algorithm"], f"{r['ms']:.1f}", f"{r['ratio']:.1f}",
-                  "-" if r["ideal"] is None else f"{r['ideal']:.1f}", f"{r['saved_mb']:.1f}",
-                  "-" if r["peak_mb"] is None else f"{r['peak_mb']:.0f}")
+        t.add_row(
+            r["model"],
+            str(r["block"]),
+            r["algorithm"],
+            f"{r['ms']:.1f}",
+            f"{r['ratio']:.1f}",
+            "-" if r["ideal"] is None else f"{r['ideal']:.1f}",
+            f"{r['saved_mb']:.1f}",
+            "-" if r["peak_mb"] is None else f"{r['peak_mb']:.0f}",
+        )
     Console(width=160).print(t)
 
 

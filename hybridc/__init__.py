@@ -22,7 +22,11 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     from pathlib import Path as _Path
 
     _pyproject = _Path(__file__).resolve().parent.parent / "pyproject.toml"
-    _found = _re.search(r'^version\s*=\s*"([^"]+)"', _pyproject.read_text(), _re.M) if _pyproject.is_file() else None
+    _found = (
+        _re.search(r'^version\s*=\s*"([^"]+)"', _pyproject.read_text(), _re.M)
+        if _pyproject.is_file()
+        else None
+    )
     __version__ = _found.group(1) if _found else "0.0.0+unknown"
 
 # public name -> (module, attribute)

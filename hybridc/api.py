@@ -42,8 +42,10 @@ def _partition(traced: TracedGraph, cfg: PartitionConfig, model: nn.Module) -> P
     plan = partition_graph(traced, cfg, _example_shapes(traced))
     plan.model.model_class = type(model).__name__
     owner = {n: b.name for b in plan.blocks for n in b.nodes}
-    plan.decisions = [Decision(node=node, action=action, reason=reason, block=owner.get(node))  # type: ignore[arg-type]
-                      for node, action, reason in traced.decisions] + plan.decisions
+    plan.decisions = [
+        Decision(node=node, action=action, reason=reason, block=owner.get(node))  # type: ignore[arg-type]
+        for node, action, reason in traced.decisions
+    ] + plan.decisions
     return plan
 
 
@@ -66,8 +68,9 @@ def make_config(max_block_size: int | None = None, **policies: Any) -> Partition
         raise PartitionError(f"invalid partition settings: {msgs}") from None
 
 
-def partition(model: nn.Module, example_inputs: Any, max_block_size: int | None = None,
-              **policies: Any) -> Plan:
+def partition(
+    model: nn.Module, example_inputs: Any, max_block_size: int | None = None, **policies: Any
+) -> Plan:
     """Partition `model` into analog (energy-based) and digital blocks and return the plan.
 
     Policies: norm=split|entry|drop, pool=digital|absorb, attention=digital|analog,
@@ -77,11 +80,21 @@ def partition(model: nn.Module, example_inputs: Any, max_block_size: int | None 
     return _partition(trace(model, example_inputs), cfg, model)
 
 
-def compile(model: nn.Module, example_inputs: Any, plan: Plan | None = None,
-            max_block_size: int | None = None, gradient: str = "ep", solver: dict | SolverConfig | None = None,
-            init: str = "keep", beta: float | None = None, goe_variance: float = 5e-5,
-            analog: dict | AnalogSpec | None = None, constrain: bool = True, feedback_gain: float | None = None,
-            **policies: Any) -> FFEBM:
+def compile(
+    model: nn.Module,
+    example_inputs: Any,
+    plan: Plan | None = None,
+    max_block_size: int | None = None,
+    gradient: str = "ep",
+    solver: dict | SolverConfig | None = None,
+    init: str = "keep",
+    beta: float | None = None,
+    goe_variance: float = 5e-5,
+    analog: dict | AnalogSpec | None = None,
+    constrain: bool = True,
+    feedback_gain: float | None = None,
+    **policies: Any,
+) -> FFEBM:
     """Compile `model` into a trainable ff-EBM (an nn.Module).
 
     `plan`: a Plan to build exactly (validated against the model); else one is made with
@@ -106,7 +119,9 @@ def compile(model: nn.Module, example_inputs: Any, plan: Plan | None = None,
         plan = _partition(traced, make_config(max_block_size, **policies), model)
     else:
         if max_block_size is not None or policies:
-            raise PartitionError("give either a plan or partition settings (max_block_size, policies), not both")
+            raise PartitionError(
+                "give either a plan or partition settings (max_block_size, policies), not both"
+            )
         validate_plan(plan, traced)
     if analog is not None:
         plan = plan.model_copy(deep=True)

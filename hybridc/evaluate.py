@@ -46,8 +46,16 @@ class TrainedModel(nn.Module):
     ep/id/bptt runs: `ffebm`). `config` is the run's ExperimentConfig, `checkpoint` the file the weights came
     from, `epoch` the epochs it had finished. Loaded on the CPU in eval mode; `.to(device)` moves it."""
 
-    def __init__(self, net: nn.Module, transform: InputTransform, *, config: Any = None,
-                 run_dir: Path | None = None, checkpoint: Path | None = None, epoch: int | None = None):
+    def __init__(
+        self,
+        net: nn.Module,
+        transform: InputTransform,
+        *,
+        config: Any = None,
+        run_dir: Path | None = None,
+        checkpoint: Path | None = None,
+        epoch: int | None = None,
+    ):
         super().__init__()
         self.preprocess = Preprocess(transform)
         self.net = net
@@ -68,8 +76,9 @@ class TrainedModel(nn.Module):
         return self.net(self.preprocess(x))
 
 
-def load_run(run_dir: str | Path, checkpoint: str | Path | None = None,
-             device: str | torch.device | None = None) -> TrainedModel:
+def load_run(
+    run_dir: str | Path, checkpoint: str | Path | None = None, device: str | torch.device | None = None
+) -> TrainedModel:
     """The trained model of a `hybridc train` run directory, with its input preprocessing.
 
     `checkpoint`: None or "last" (the last epoch, RUN_DIR/checkpoint.pt), "best" (the epoch with the best
@@ -78,8 +87,14 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None,
     from hybridc.train.saved_run import read_run
 
     run = read_run(run_dir, checkpoint)
-    model = TrainedModel(run.module, run.transform, config=run.config, run_dir=run.run_dir,
-                         checkpoint=run.checkpoint, epoch=run.epoch).eval()
+    model = TrainedModel(
+        run.module,
+        run.transform,
+        config=run.config,
+        run_dir=run.run_dir,
+        checkpoint=run.checkpoint,
+        epoch=run.epoch,
+    ).eval()
     return model.to(device) if device is not None else model
 
 
@@ -122,10 +137,18 @@ class EvalResult:
         acc = f"{100 * self.accuracy:.2f} %"
         if len(self.accuracies) > 1:
             acc += f" ± {100 * self.accuracy_std:.2f} (std over {len(self.accuracies)} device draws)"
-        rows = [("checkpoint", self.checkpoint), ("data", f"{self.data} {self.split}, {self.samples:,} samples"),
-                ("device effects", "as trained" if self.analog is None else
-                 (", ".join(f"{k}={v}" for k, v in self.analog.items()) or "none (ideal device)")),
-                ("accuracy", acc), ("loss", f"{self.loss:.4f}")]
+        rows = [
+            ("checkpoint", self.checkpoint),
+            ("data", f"{self.data} {self.split}, {self.samples:,} samples"),
+            (
+                "device effects",
+                "as trained"
+                if self.analog is None
+                else (", ".join(f"{k}={v}" for k, v in self.analog.items()) or "none (ideal device)"),
+            ),
+            ("accuracy", acc),
+            ("loss", f"{self.loss:.4f}"),
+        ]
         rows += [(f"residual {k}", f"{v:.2e}") for k, v in self.residual.items()]
         rows += [("time", f"{self.time_s:.1f} s on {self.device}")]
         for k, v in rows:
@@ -143,9 +166,15 @@ def _analog_spec(analog: Any) -> Any:
     try:
         return AnalogSpec(**analog)
     except ValidationError as exc:
-        reasons = "; ".join(f"{'.'.join(map(str, e['loc']))}: "
-                            + ("unknown key (valid keys: " + ", ".join(AnalogSpec.model_fields) + ")"
-                               if e["type"] == "extra_forbidden" else e["msg"]) for e in exc.errors())
+        reasons = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: "
+            + (
+                "unknown key (valid keys: " + ", ".join(AnalogSpec.model_fields) + ")"
+                if e["type"] == "extra_forbidden"
+                else e["msg"]
+            )
+            for e in exc.errors()
+        )
         raise EvalError(f"invalid device effects (analog): {reasons}") from None
 
 
@@ -159,10 +188,20 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate_run(run_dir: str | Path, data: str | None = None, analog: dict[str, Any] | Any = None, *,
-                 checkpoint: str | Path | None = None, split: str = "test", data_dir: str | Path | None = None,
-                 subset: int | None = None, batch_size: int = 500, seeds: int = 1, seed: int = 0,
-                 device: str | torch.device | None = "auto") -> EvalResult:
+def evaluate_run(
+    run_dir: str | Path,
+    data: str | None = None,
+    analog: dict[str, Any] | Any = None,
+    *,
+    checkpoint: str | Path | None = None,
+    split: str = "test",
+    data_dir: str | Path | None = None,
+    subset: int | None = None,
+    batch_size: int = 500,
+    seeds: int = 1,
+    seed: int = 0,
+    device: str | torch.device | None = "auto",
+) -> EvalResult:
     """Accuracy, loss and per-block equilibrium residuals of a trained run on a dataset split.
 
     `data`: a dataset whose images have the run's data shape and classes (default: the run's dataset);
@@ -181,10 +220,15 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, analog: dict[str,
     cfg = model.config
     name = canonical_name(data) if data is not None else cfg.data
     info, run_info = DATASETS[name], DATASETS[cfg.data]
-    if tuple(info.input_shape) != tuple(model.transform.raw_shape) or info.num_classes != run_info.num_classes:
-        raise EvalError(f"{name} ({'x'.join(map(str, info.input_shape))}, {info.num_classes} classes) does not fit "
-                        f"the run's model, trained on {cfg.data} ({'x'.join(map(str, model.transform.raw_shape))}, "
-                        f"{run_info.num_classes} classes)")
+    if (
+        tuple(info.input_shape) != tuple(model.transform.raw_shape)
+        or info.num_classes != run_info.num_classes
+    ):
+        raise EvalError(
+            f"{name} ({'x'.join(map(str, info.input_shape))}, {info.num_classes} classes) does not fit "
+            f"the run's model, trained on {cfg.data} ({'x'.join(map(str, model.transform.raw_shape))}, "
+            f"{run_info.num_classes} classes)"
+        )
     ds = load_dataset(name, data_dir if data_dir is not None else cfg.data_dir, split, download=cfg.download)
     if subset is not None:
         ds.x, ds.y = ds.x[:subset], ds.y[:subset]
@@ -192,8 +236,10 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, analog: dict[str,
         raise DataError(f"{name} {split} has no samples to evaluate on")
     ff = model.ffebm
     if spec is not None and ff is None:
-        raise EvalError("this run trained the original model by backprop (algorithm=bp): it has no analog blocks "
-                        "to simulate device effects on")
+        raise EvalError(
+            "this run trained the original model by backprop (algorithm=bp): it has no analog blocks "
+            "to simulate device effects on"
+        )
     model = model.to(dev).eval()
     loader = ds.loader(batch_size, shuffle=False, device=dev, normalize=False)  # raw: the model normalises
     t0 = time.perf_counter()
@@ -226,8 +272,17 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, analog: dict[str,
     residual = {k: v / max(n_batches, 1) for k, v in residual_sum.items()}
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
-    return EvalResult(run_dir=str(run_dir), checkpoint=str(model.checkpoint), data=name, split=split,
-                      samples=len(ds.y), accuracy=sum(accs) / len(accs), loss=sum(losses) / len(losses),
-                      accuracies=accs, residual=residual,
-                      analog=spec.model_dump(exclude_defaults=True) if spec is not None else None,
-                      device=str(dev), time_s=time.perf_counter() - t0)
+    return EvalResult(
+        run_dir=str(run_dir),
+        checkpoint=str(model.checkpoint),
+        data=name,
+        split=split,
+        samples=len(ds.y),
+        accuracy=sum(accs) / len(accs),
+        loss=sum(losses) / len(losses),
+        accuracies=accs,
+        residual=residual,
+        analog=spec.model_dump(exclude_defaults=True) if spec is not None else None,
+        device=str(dev),
+        time_s=time.perf_counter() - t0,
+    )

@@ -25,7 +25,9 @@ def field_of(model: type[BaseModel], name: str, **changes: Any) -> tuple[Any, Fi
     return _annotated(info), info
 
 
-def optional_fields(model: type[BaseModel], names: list[str] | None = None) -> dict[str, tuple[Any, FieldInfo]]:
+def optional_fields(
+    model: type[BaseModel], names: list[str] | None = None
+) -> dict[str, tuple[Any, FieldInfo]]:
     """`model`'s fields (all, or `names`) as optional overrides for `pydantic.create_model`: same type,
     bounds and description, default None ("not given": the owner's default applies later), which is what
     `shown_default` reports for them."""

@@ -24,14 +24,30 @@ class SettingError(HybridcError):
     """A numeric setting is not finite or out of its range."""
 
 
-def check_float(value: float, name: str, *, gt: float | None = None, ge: float | None = None,
-                lt: float | None = None, le: float | None = None) -> float:
+def check_float(
+    value: float,
+    name: str,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+) -> float:
     """`value` if finite and within the bounds given, else a SettingError naming `name` and the range."""
-    bounds = [f"> {gt:g}" if gt is not None else "", f">= {ge:g}" if ge is not None else "",
-              f"< {lt:g}" if lt is not None else "", f"<= {le:g}" if le is not None else ""]
+    bounds = [
+        f"> {gt:g}" if gt is not None else "",
+        f">= {ge:g}" if ge is not None else "",
+        f"< {lt:g}" if lt is not None else "",
+        f"<= {le:g}" if le is not None else "",
+    ]
     wanted = " and ".join(b for b in bounds if b)
-    ok = math.isfinite(value) and (gt is None or value > gt) and (ge is None or value >= ge) \
-        and (lt is None or value < lt) and (le is None or value <= le)
+    ok = (
+        math.isfinite(value)
+        and (gt is None or value > gt)
+        and (ge is None or value >= ge)
+        and (lt is None or value < lt)
+        and (le is None or value <= le)
+    )
     if not ok:
         raise SettingError(f"{name} must be a finite number{' ' + wanted if wanted else ''}, not {value!r}")
     return float(value)

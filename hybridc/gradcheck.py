@@ -139,8 +139,10 @@ def _grads(model: nn.Module, call: _Call, target: torch.Tensor) -> tuple[dict, f
     model.zero_grad(set_to_none=True)
     loss = _loss(call.output(model), target)
     loss.backward()
-    return {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
-            for n, p in model.named_parameters()}, float(loss.detach())
+    return {
+        n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
+        for n, p in model.named_parameters()
+    }, float(loss.detach())
 
 
 def _random_batch(example: Any, batch: int, dtype: torch.dtype, gen: torch.Generator) -> Any:
@@ -163,6 +165,7 @@ def _to(example: Any, dtype: torch.dtype | None = None, device: torch.device | N
         if not isinstance(t, torch.Tensor):
             return t
         return t.to(device=device, dtype=dtype if (dtype is not None and t.is_floating_point()) else None)
+
     return pytree.tree_map(conv, example)
 
 
@@ -180,14 +183,19 @@ def _free_phase_reuse(compiled: FFEBM) -> Iterator[None]:
     from zero, which is most of a gradient check's time."""
     cache: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
     for name, blk in compiled.analog_blocks.items():
+
         def reuse(inputs: Any, _blk: Any = blk, _name: str = name) -> list[torch.Tensor]:
             hit = cache.get(_name)
-            if hit is not None and len(hit[0]) == len(inputs) and all(
-                    a.shape == b.shape and torch.equal(a, b) for a, b in zip(hit[0], inputs)):
+            if (
+                hit is not None
+                and len(hit[0]) == len(inputs)
+                and all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(hit[0], inputs))
+            ):
                 return _blk.relax(inputs, [s.clone() for s in hit[1]], _blk.solver.t1, "free")
             states = type(_blk).free_phase(_blk, inputs)
             cache[_name] = ([x.detach().clone() for x in inputs], [s.detach().clone() for s in states])
             return states
+
         blk.free_phase = reuse
     try:
         yield
@@ -218,11 +226,23 @@ def _residual_text(values: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.1e}" for k, v in values.items())
 
 
-def gradcheck(model: nn.Module, example_inputs: Any, max_block_size: int = 2, beta: float | None = None,
-              dtype: torch.dtype = torch.float64, batch: int = 2, seed: int = 0, bptt_steps: int | None = None,
-              solver: dict | None = None, init: str = "keep", device: str | torch.device = "cpu",
-              output: str | int | None = None, progress: Any | None = None,
-              batch_data: tuple[Any, torch.Tensor] | None = None, **policies: Any) -> GradcheckReport:
+def gradcheck(
+    model: nn.Module,
+    example_inputs: Any,
+    max_block_size: int = 2,
+    beta: float | None = None,
+    dtype: torch.dtype = torch.float64,
+    batch: int = 2,
+    seed: int = 0,
+    bptt_steps: int | None = None,
+    solver: dict | None = None,
+    init: str = "keep",
+    device: str | torch.device = "cpu",
+    output: str | int | None = None,
+    progress: Any | None = None,
+    batch_data: tuple[Any, torch.Tensor] | None = None,
+    **policies: Any,
+) -> GradcheckReport:
     """Compare EP, ID and BPTT gradients of `model` compiled at `max_block_size` on a random batch.
 
     The loss is taken on one tensor of the model's output: `output` names it by its path (`"logits"`, `0`,
@@ -248,15 +268,24 @@ def gradcheck(model: nn.Module, example_inputs: Any, max_block_size: int = 2, be
     build_model = copy.deepcopy(model).to(build_dtype)
     model = model.to(dtype)
     example = _to(example_inputs, dtype)
-    inputs = _to(batch_data[0], dtype) if batch_data is not None else _random_batch(example, batch, dtype, gen)
+    inputs = (
+        _to(batch_data[0], dtype) if batch_data is not None else _random_batch(example, batch, dtype, gen)
+    )
     if beta is None:
         beta = 1e-6 if dtype == torch.float64 else 1e-2
     tight = {"tol": 1e-13 if dtype == torch.float64 else 1e-6, "max_steps": 5000, "check_every": 10}
     with torch.no_grad():  # a wrong `output` fails here, before the compile
         path = select_path(model(*_call_parts(inputs)[0], **_call_parts(inputs)[1]), output)
     with phase("compile") as info:
-        compiled: FFEBM = compile(build_model, _to(example_inputs, build_dtype), max_block_size=max_block_size,
-                                  beta=beta, solver={**tight, **(solver or {})}, init=init, **policies)
+        compiled: FFEBM = compile(
+            build_model,
+            _to(example_inputs, build_dtype),
+            max_block_size=max_block_size,
+            beta=beta,
+            solver={**tight, **(solver or {})},
+            init=init,
+            **policies,
+        )
         compiled = compiled.to(device=device, dtype=dtype).eval()
         info["detail"] = f"{len(compiled.analog_blocks)} analog blocks"
     model = model.to(device)
@@ -269,8 +298,11 @@ def gradcheck(model: nn.Module, example_inputs: Any, max_block_size: int = 2, be
         with phase("free phase") as info, torch.no_grad():
             out = call.output(compiled)  # the free phase whose residuals are reported
             target = (batch_data[1] if batch_data is not None else _targets(out, gen)).to(device)
-            residuals = {k: float(v.last_residual) for k, v in compiled.analog_blocks.items()
-                         if v.last_residual is not None}
+            residuals = {
+                k: float(v.last_residual)
+                for k, v in compiled.analog_blocks.items()
+                if v.last_residual is not None
+            }
             free_steps = max((int(v.last_steps) for v in compiled.analog_blocks.values()), default=0)
             if bptt_steps is None:
                 bptt_steps = max(20, math.ceil(1.5 * free_steps))
@@ -280,10 +312,16 @@ def gradcheck(model: nn.Module, example_inputs: Any, max_block_size: int = 2, be
         with phase("ID") as info:
             compiled.set_gradient("id")
             idg, _ = _grads(compiled, call, target)
-            adj_res = {k: float(b.last_adjoint_residual) for k, b in compiled.analog_blocks.items()
-                       if getattr(b, "last_adjoint_residual", None) is not None}
-            adj_steps = {k: int(b.last_adjoint_steps) for k, b in compiled.analog_blocks.items()
-                         if getattr(b, "last_adjoint_steps", None) is not None}
+            adj_res = {
+                k: float(b.last_adjoint_residual)
+                for k, b in compiled.analog_blocks.items()
+                if getattr(b, "last_adjoint_residual", None) is not None
+            }
+            adj_steps = {
+                k: int(b.last_adjoint_steps)
+                for k, b in compiled.analog_blocks.items()
+                if getattr(b, "last_adjoint_steps", None) is not None
+            }
             info["detail"] = "adjoint residual " + _residual_text(adj_res)
         with phase("BPTT") as info:
             info["detail"] = f"{bptt_steps} steps unrolled"
@@ -301,18 +339,36 @@ def gradcheck(model: nn.Module, example_inputs: Any, max_block_size: int = 2, be
         with torch.enable_grad():
             ref, _ = _grads(model, call, target)
 
-    rows = _rows(compiled, model, ep, idg, bp, ref if single else None,
-                 zero_rtol=1e-12 if dtype == torch.float64 else 1e-6)
-    return GradcheckReport(forward_max_abs_diff=fwd_diff, params=rows, beta=beta, init=init,
-                           equilibrium_residuals=residuals, tol=compiled_tol(compiled),
-                           dtype=str(dtype).replace("torch.", ""), loss=loss, adjoint_residuals=adj_res,
-                           adjoint_steps=adj_steps, output=path_text(path),
-                           zero_rtol=1e-12 if dtype == torch.float64 else 1e-6, seconds=phase.seconds,
-                           bptt_steps=bptt_steps)
+    rows = _rows(
+        compiled,
+        model,
+        ep,
+        idg,
+        bp,
+        ref if single else None,
+        zero_rtol=1e-12 if dtype == torch.float64 else 1e-6,
+    )
+    return GradcheckReport(
+        forward_max_abs_diff=fwd_diff,
+        params=rows,
+        beta=beta,
+        init=init,
+        equilibrium_residuals=residuals,
+        tol=compiled_tol(compiled),
+        dtype=str(dtype).replace("torch.", ""),
+        loss=loss,
+        adjoint_residuals=adj_res,
+        adjoint_steps=adj_steps,
+        output=path_text(path),
+        zero_rtol=1e-12 if dtype == torch.float64 else 1e-6,
+        seconds=phase.seconds,
+        bptt_steps=bptt_steps,
+    )
 
 
-def _rows(compiled: FFEBM, model: nn.Module, ep: dict, idg: dict, bp: dict, ref: dict | None,
-          zero_rtol: float) -> list[ParamCheck]:
+def _rows(
+    compiled: FFEBM, model: nn.Module, ep: dict, idg: dict, bp: dict, ref: dict | None, zero_rtol: float
+) -> list[ParamCheck]:
     """One row per distinct parameter tensor (a tied one once, with every block that uses it)."""
     owners: dict[int, list[str]] = {}
     for bname, blk in compiled.blocks.items():
@@ -327,19 +383,30 @@ def _rows(compiled: FFEBM, model: nn.Module, ep: dict, idg: dict, bp: dict, ref:
     for n, p in compiled.named_parameters():
         orig = traced.get(n, n)
         blocks = owners.get(id(p), ["?"])
-        rows.append(ParamCheck(
-            name=orig, block="+".join(blocks), analog=any(b in analog for b in blocks), numel=p.numel(),
-            cos_ep_id=_cos(ep[n], idg[n]), relerr_ep_id=_relerr(ep[n], idg[n]),
-            cos_id_bptt=_cos(idg[n], bp[n]), relerr_id_bptt=_relerr(bp[n], idg[n]),
-            cos_ep_autograd=_cos(ep[n], ref[orig]) if ref is not None and orig in ref else None,
-            relerr_ep_autograd=_relerr(ep[n], ref[orig]) if ref is not None and orig in ref else None,
-            id_norm=id_norms[n], ep_norm=float(ep[n].norm()),
-            structural_zero=id_norms[n] <= zero_rtol * largest))
+        rows.append(
+            ParamCheck(
+                name=orig,
+                block="+".join(blocks),
+                analog=any(b in analog for b in blocks),
+                numel=p.numel(),
+                cos_ep_id=_cos(ep[n], idg[n]),
+                relerr_ep_id=_relerr(ep[n], idg[n]),
+                cos_id_bptt=_cos(idg[n], bp[n]),
+                relerr_id_bptt=_relerr(bp[n], idg[n]),
+                cos_ep_autograd=_cos(ep[n], ref[orig]) if ref is not None and orig in ref else None,
+                relerr_ep_autograd=_relerr(ep[n], ref[orig]) if ref is not None and orig in ref else None,
+                id_norm=id_norms[n],
+                ep_norm=float(ep[n].norm()),
+                structural_zero=id_norms[n] <= zero_rtol * largest,
+            )
+        )
     return rows
 
 
 def compiled_tol(compiled: FFEBM) -> float:
-    return min((b.solver.tol or 0.0) for b in compiled.analog_blocks.values()) if compiled.analog_blocks else 0.0
+    return (
+        min((b.solver.tol or 0.0) for b in compiled.analog_blocks.values()) if compiled.analog_blocks else 0.0
+    )
 
 
 def original_parameter_names(compiled: FFEBM, model: nn.Module) -> dict[str, str]:
@@ -376,19 +443,31 @@ def plot_report(report: GradcheckReport, path: str) -> None:
     rows = report.params
     x = list(range(len(rows)))
     floor = 1e-17  # below float64 resolution: an exact match is drawn at the floor, not dropped
-    series = [("EP vs ID", [r.relerr_ep_id for r in rows], [1 - r.cos_ep_id for r in rows], "tab:blue"),
-              ("ID vs BPTT", [r.relerr_id_bptt for r in rows], [1 - r.cos_id_bptt for r in rows], "tab:orange")]
+    series = [
+        ("EP vs ID", [r.relerr_ep_id for r in rows], [1 - r.cos_ep_id for r in rows], "tab:blue"),
+        ("ID vs BPTT", [r.relerr_id_bptt for r in rows], [1 - r.cos_id_bptt for r in rows], "tab:orange"),
+    ]
     if any(r.cos_ep_autograd is not None for r in rows):
-        series.append(("EP vs autograd", [r.relerr_ep_autograd if r.relerr_ep_autograd is not None else float("nan")
-                                          for r in rows],
-                       [1 - r.cos_ep_autograd if r.cos_ep_autograd is not None else float("nan") for r in rows],
-                       "tab:green"))
+        series.append(
+            (
+                "EP vs autograd",
+                [r.relerr_ep_autograd if r.relerr_ep_autograd is not None else float("nan") for r in rows],
+                [1 - r.cos_ep_autograd if r.cos_ep_autograd is not None else float("nan") for r in rows],
+                "tab:green",
+            )
+        )
     width = 0.8 / len(series)
     fig, axes = plt.subplots(2, 1, sharex=True, figsize=(max(7, 0.32 * len(rows) + 3), 7.5))
     for ax, which, label in ((axes[0], 1, "relative error ‖g − g_ref‖/‖g_ref‖"), (axes[1], 2, "1 − cosine")):
         for k, item in enumerate(series):
             vals = [float("nan") if r.structural_zero else max(floor, v) for r, v in zip(rows, item[which])]
-            ax.bar([i + (k - (len(series) - 1) / 2) * width for i in x], vals, width, label=item[0], color=item[3])
+            ax.bar(
+                [i + (k - (len(series) - 1) / 2) * width for i in x],
+                vals,
+                width,
+                label=item[0],
+                color=item[3],
+            )
         ax.set_yscale("log")
         ax.set_ylabel(label)
         ax.grid(axis="y", which="major", alpha=0.3)
@@ -399,16 +478,29 @@ def plot_report(report: GradcheckReport, path: str) -> None:
                 ax.axvspan(i - 0.5, i + 0.5, color="0.96", zorder=-1)
     zero = [i for i, r in enumerate(rows) if r.structural_zero]
     for i in zero:
-        axes[0].text(i, 0.5, "zero grad", rotation=90, ha="center", va="center", fontsize=7, color="0.35",
-                     transform=axes[0].get_xaxis_transform())
+        axes[0].text(
+            i,
+            0.5,
+            "zero grad",
+            rotation=90,
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="0.35",
+            transform=axes[0].get_xaxis_transform(),
+        )
     axes[0].legend(loc="lower left", bbox_to_anchor=(0.0, 1.01), ncol=len(series), fontsize=8, frameon=False)
     axes[1].set_xticks(x)
-    axes[1].set_xticklabels([r.name + ("" if r.analog else " (digital)") for r in rows], rotation=75, ha="right",
-                            fontsize=7)
+    axes[1].set_xticklabels(
+        [r.name + ("" if r.analog else " (digital)") for r in rows], rotation=75, ha="right", fontsize=7
+    )
     on = "" if not report.output or report.output.startswith("(") else f", loss on output '{report.output}'"
     note = f"\n{len(zero)} tensors with a structurally zero true gradient (shaded, no bars)" if zero else ""
-    fig.suptitle(f"gradient check: {report.dtype}, beta={report.beta:g}, init={report.init}{on}{note}\n"
-                 f"(values below {floor:g} drawn at {floor:g}; light background: digital tensor)", fontsize=9)
+    fig.suptitle(
+        f"gradient check: {report.dtype}, beta={report.beta:g}, init={report.init}{on}{note}\n"
+        f"(values below {floor:g} drawn at {floor:g}; light background: digital tensor)",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

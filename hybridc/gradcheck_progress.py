@@ -15,8 +15,9 @@ PHASES = ("compile", "free phase", "EP", "ID", "BPTT", "autograd")
 class PhaseProgress(StepProgress):
     """`start(phase)` / `done(phase, detail)` from `hybridc.gradcheck.gradcheck`; `close()` at the end."""
 
-    def __init__(self, phases: list[str], stream: TextIO | None = None, rich: bool | None = None,
-                 every: float = 15.0):
+    def __init__(
+        self, phases: list[str], stream: TextIO | None = None, rich: bool | None = None, every: float = 15.0
+    ):
         super().__init__("gradcheck", len(phases), stream, rich, every, numbered=False)
         self.phases = phases
 

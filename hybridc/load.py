@@ -35,13 +35,16 @@ def parse_shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
     except ValueError:
-        raise ModelLoadError(f"--input-shape {text!r} is not a comma-separated list of integers "
-                             "(e.g. 3,32,32)") from None
+        raise ModelLoadError(
+            f"--input-shape {text!r} is not a comma-separated list of integers (e.g. 3,32,32)"
+        ) from None
     if not shape or any(d <= 0 for d in shape):
         raise ModelLoadError(f"--input-shape {text!r} must list positive sizes (e.g. 3,32,32)")
     if math.prod(shape) > MAX_SAMPLE_ELEMENTS:
-        raise ModelLoadError(f"--input-shape {text!r} has {math.prod(shape):,} values per sample, more than the "
-                             f"{MAX_SAMPLE_ELEMENTS:,} hybridc accepts (a typo?)")
+        raise ModelLoadError(
+            f"--input-shape {text!r} has {math.prod(shape):,} values per sample, more than the "
+            f"{MAX_SAMPLE_ELEMENTS:,} hybridc accepts (a typo?)"
+        )
     return shape
 
 
@@ -56,8 +59,10 @@ def _import_file(path: Path) -> ModuleType:
     try:
         spec.loader.exec_module(module)
     except SystemExit as exc:  # a script run on import would otherwise end hybridc silently (exit 0)
-        raise ModelLoadError(f"importing {path} called sys.exit({exc.code!r}): a model file must define a model, "
-                             "not run a program (put script code under `if __name__ == \"__main__\":`)") from None
+        raise ModelLoadError(
+            f"importing {path} called sys.exit({exc.code!r}): a model file must define a model, "
+            'not run a program (put script code under `if __name__ == "__main__":`)'
+        ) from None
     except Exception as exc:
         raise ModelLoadError(f"importing {path} failed: {type(exc).__name__}: {exc}") from None
     finally:
@@ -73,8 +78,11 @@ def _module_classes(module: ModuleType) -> list[type[nn.Module]]:
                 sig = inspect.signature(obj.__init__)
             except (TypeError, ValueError):
                 continue
-            required = [p for p in list(sig.parameters.values())[1:]
-                        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+            required = [
+                p
+                for p in list(sig.parameters.values())[1:]
+                if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            ]
             if not required:
                 out.append(obj)
     return out
@@ -97,12 +105,15 @@ def _build_from_file(path: Path, factory: str | None) -> tuple[nn.Module, Module
                 raise ModelLoadError(
                     f"{path}: cannot tell which model to build (nn.Module classes constructible without "
                     f"arguments: {found}). Add a `def model() -> nn.Module` factory, or name one: "
-                    f"{path}:ClassName")
+                    f"{path}:ClassName"
+                )
             fn = classes[0]
     try:
         built = fn()
     except SystemExit as exc:
-        raise ModelLoadError(f"{where}() called sys.exit({exc.code!r}) instead of returning a model") from None
+        raise ModelLoadError(
+            f"{where}() called sys.exit({exc.code!r}) instead of returning a model"
+        ) from None
     except Exception as exc:
         raise ModelLoadError(f"{where}() failed: {type(exc).__name__}: {exc}") from None
     if not isinstance(built, nn.Module):
@@ -110,14 +121,17 @@ def _build_from_file(path: Path, factory: str | None) -> tuple[nn.Module, Module
     return built, module
 
 
-def load_model(spec: str, input_shape: str | tuple[int, ...] | None = None, batch: int = 2,
-               **zoo_kwargs: object) -> LoadedModel:
+def load_model(
+    spec: str, input_shape: str | tuple[int, ...] | None = None, batch: int = 2, **zoo_kwargs: object
+) -> LoadedModel:
     """Build the model named by `spec` and an example input batch of `batch` samples."""
     shape = parse_shape(input_shape) if isinstance(input_shape, str) else input_shape
     if is_library_spec(spec):
         if zoo_kwargs:
-            raise ModelLoadError(f"MODEL {spec!r}: give a library model's settings in the spec "
-                                 f"({spec},key=value), not as model kwargs {sorted(zoo_kwargs)}")
+            raise ModelLoadError(
+                f"MODEL {spec!r}: give a library model's settings in the spec "
+                f"({spec},key=value), not as model kwargs {sorted(zoo_kwargs)}"
+            )
         model, example = build_library_model(spec, shape, batch)
         return LoadedModel(model=model, example_inputs=example, source=spec)
     if spec in ZOO:
@@ -133,7 +147,8 @@ def load_model(spec: str, input_shape: str | tuple[int, ...] | None = None, batc
         if not path.exists():
             raise ModelLoadError(
                 f"MODEL {spec!r} is neither a zoo model ({', '.join(zoo_names())}), a library model "
-                "(timm:NAME, hf:MODEL_TYPE) nor an existing file")
+                "(timm:NAME, hf:MODEL_TYPE) nor an existing file"
+            )
         if path.is_dir():
             raise ModelLoadError(f"MODEL {spec!r} is a directory; give a .py file")
         model, module = _build_from_file(path, factory or None)
@@ -149,5 +164,6 @@ def load_model(spec: str, input_shape: str | tuple[int, ...] | None = None, batc
     else:
         raise ModelLoadError(
             f"no example input for {spec}: pass --input-shape C,H,W, or define INPUT_SHAPE = (C, H, W) or "
-            "`def example_input() -> torch.Tensor` in the file")
+            "`def example_input() -> torch.Tensor` in the file"
+        )
     return LoadedModel(model=model, example_inputs=example, source=source)

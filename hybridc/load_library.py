@@ -92,14 +92,18 @@ def parse_library_spec(spec: str) -> LibrarySpec:
     library, _, rest = spec.partition(":")
     parts = _split_top_level(rest)
     if not parts or "=" in parts[0]:
-        raise ModelLoadError(f"MODEL {spec!r} names no model after '{library}:' (e.g. "
-                             f"{'timm:resnet18,img_size=32' if library == 'timm' else 'hf:bert,hidden_size=64'})")
+        raise ModelLoadError(
+            f"MODEL {spec!r} names no model after '{library}:' (e.g. "
+            f"{'timm:resnet18,img_size=32' if library == 'timm' else 'hf:bert,hidden_size=64'})"
+        )
     kwargs: dict[str, Any] = {}
     for part in parts[1:]:
         key, eq, value = part.partition("=")
         key = key.strip()
         if not eq or not key.isidentifier():
-            raise ModelLoadError(f"MODEL {spec!r}: {part!r} is not a key=value override (e.g. hidden_size=64)")
+            raise ModelLoadError(
+                f"MODEL {spec!r}: {part!r} is not a key=value override (e.g. hidden_size=64)"
+            )
         if key in kwargs:
             raise ModelLoadError(f"MODEL {spec!r}: {key!r} is given twice")
         kwargs[key] = parse_value(value.strip())
@@ -114,17 +118,23 @@ def _import_timm() -> Any:
         import timm
     except ModuleNotFoundError as exc:
         if exc.name == "timm":
-            raise ModelLoadError("timm: models need the timm package, which is not installed: "
-                                 "pip install 'hybridc[models]' timm (timm needs a torchvision built for this "
-                                 "torch), or use an hf: model") from None
-        raise ModelLoadError(f"timm is installed but does not import: {type(exc).__name__}: {exc} (timm imports "
-                             "torchvision: install the torchvision build that matches this torch), or use an hf: "
-                             "model") from None
+            raise ModelLoadError(
+                "timm: models need the timm package, which is not installed: "
+                "pip install 'hybridc[models]' timm (timm needs a torchvision built for this "
+                "torch), or use an hf: model"
+            ) from None
+        raise ModelLoadError(
+            f"timm is installed but does not import: {type(exc).__name__}: {exc} (timm imports "
+            "torchvision: install the torchvision build that matches this torch), or use an hf: "
+            "model"
+        ) from None
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else ""
-        raise ModelLoadError(f"timm is installed but does not import: {type(exc).__name__}: {first} (timm imports "
-                             "torchvision: install the torchvision build that matches this torch), or use an hf: "
-                             "model") from None
+        raise ModelLoadError(
+            f"timm is installed but does not import: {type(exc).__name__}: {first} (timm imports "
+            "torchvision: install the torchvision build that matches this torch), or use an hf: "
+            "model"
+        ) from None
     return timm
 
 
@@ -138,20 +148,24 @@ def _timm_input_shape(model: nn.Module, kwargs: dict[str, Any]) -> tuple[int, ..
     return (c, int(h), int(w))
 
 
-def build_timm(spec: LibrarySpec, input_shape: tuple[int, ...] | None, batch: int
-               ) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+def build_timm(
+    spec: LibrarySpec, input_shape: tuple[int, ...] | None, batch: int
+) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     """timm.create_model(name, pretrained=False, **kwargs) and pixels of its input size."""
     timm = _import_timm()
     if spec.name not in timm.list_models():
         close = timm.list_models(f"*{spec.name}*")[:8]
-        raise ModelLoadError(f"timm has no model {spec.name!r}" + (f"; similar: {', '.join(close)}" if close else
-                                                                   "; see timm.list_models()"))
+        raise ModelLoadError(
+            f"timm has no model {spec.name!r}"
+            + (f"; similar: {', '.join(close)}" if close else "; see timm.list_models()")
+        )
     try:
         model = timm.create_model(spec.name, pretrained=False, **spec.kwargs)
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else ""
-        raise ModelLoadError(f"timm.create_model({spec.name!r}, {spec.kwargs}) failed: {type(exc).__name__}: "
-                             f"{first}") from None
+        raise ModelLoadError(
+            f"timm.create_model({spec.name!r}, {spec.kwargs}) failed: {type(exc).__name__}: {first}"
+        ) from None
     shape = input_shape or _timm_input_shape(model, spec.kwargs)
     return model, (torch.randn(batch, *shape),)
 
@@ -164,8 +178,10 @@ def _import_transformers() -> Any:
         import transformers
     except ModuleNotFoundError as exc:
         if exc.name == "transformers":
-            raise ModelLoadError("hf: models need the transformers package, which is not installed: "
-                                 "pip install 'hybridc[models]'") from None
+            raise ModelLoadError(
+                "hf: models need the transformers package, which is not installed: "
+                "pip install 'hybridc[models]'"
+            ) from None
         raise ModelLoadError(f"transformers does not import: {type(exc).__name__}: {exc}") from None
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else ""
@@ -199,9 +215,14 @@ def _resolve_name(transformers: Any, name: str) -> tuple[str, str | None]:
         return model_type, name
     lowered = name.lower().replace("-", "_")
     close = sorted(mt for mt in CONFIG_MAPPING_NAMES if lowered in mt.replace("-", "_"))[:8]
-    raise ModelLoadError(f"transformers has no model type, config class or model class {name!r}"
-                         + (f"; similar model types: {', '.join(close)}" if close else
-                            " (model types are e.g. bert, gpt2, vit; see transformers.CONFIG_MAPPING)"))
+    raise ModelLoadError(
+        f"transformers has no model type, config class or model class {name!r}"
+        + (
+            f"; similar model types: {', '.join(close)}"
+            if close
+            else " (model types are e.g. bert, gpt2, vit; see transformers.CONFIG_MAPPING)"
+        )
+    )
 
 
 def _default_task(model_type: str, config: Any) -> str:
@@ -225,23 +246,40 @@ def _check_config_keys(config_class: Any, kwargs: dict[str, Any], spec: str) -> 
     known |= set(inspect.signature(config_class.__init__).parameters) - {"self", "kwargs"}
     bad = sorted(k for k in kwargs if k not in known and not hasattr(default, k))
     if bad:
-        sizes = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                             "image_size", "vocab_size") if k in known]
-        raise ModelLoadError(f"MODEL {spec!r}: {config_class.__name__} has no field {', '.join(map(repr, bad))}"
-                             + (f" (its sizes are e.g. {', '.join(sizes)})" if sizes else ""))
+        sizes = [
+            k
+            for k in (
+                "hidden_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "intermediate_size",
+                "image_size",
+                "vocab_size",
+            )
+            if k in known
+        ]
+        raise ModelLoadError(
+            f"MODEL {spec!r}: {config_class.__name__} has no field {', '.join(map(repr, bad))}"
+            + (f" (its sizes are e.g. {', '.join(sizes)})" if sizes else "")
+        )
 
 
-def _hf_example(model: nn.Module, config: Any, input_shape: tuple[int, ...] | None, batch: int, spec: str
-                ) -> tuple[torch.Tensor, ...]:
+def _hf_example(
+    model: nn.Module, config: Any, input_shape: tuple[int, ...] | None, batch: int, spec: str
+) -> tuple[torch.Tensor, ...]:
     main = getattr(model, "main_input_name", "input_ids")
     if main == "input_ids":
         if input_shape is not None and len(input_shape) != 1:
-            raise ModelLoadError(f"MODEL {spec!r} reads token ids: --input-shape is the sequence length (e.g. 8), "
-                                 f"not {','.join(map(str, input_shape))}")
+            raise ModelLoadError(
+                f"MODEL {spec!r} reads token ids: --input-shape is the sequence length (e.g. 8), "
+                f"not {','.join(map(str, input_shape))}"
+            )
         seq = input_shape[0] if input_shape else DEFAULT_SEQ_LEN
         limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         if isinstance(limit, int) and seq > limit > 0:
-            raise ModelLoadError(f"MODEL {spec!r}: sequence length {seq} exceeds max_position_embeddings {limit}")
+            raise ModelLoadError(
+                f"MODEL {spec!r}: sequence length {seq} exceeds max_position_embeddings {limit}"
+            )
         vocab = int(getattr(config, "vocab_size", 0) or 0)
         if vocab <= 0:
             raise ModelLoadError(f"MODEL {spec!r}: the config has no vocab_size to draw token ids from")
@@ -253,13 +291,16 @@ def _hf_example(model: nn.Module, config: Any, input_shape: tuple[int, ...] | No
             h, w = (size, size) if isinstance(size, int) else tuple(size)
             input_shape = (int(getattr(config, "num_channels", 3)), int(h), int(w))
         return (torch.randn(batch, *input_shape),)
-    raise ModelLoadError(f"MODEL {spec!r}: {type(model).__name__} reads {main!r}; hybridc makes example inputs "
-                         "for token ids (text) and pixel values (vision) only: use a text or vision model, or "
-                         "write a model file with example_input()")
+    raise ModelLoadError(
+        f"MODEL {spec!r}: {type(model).__name__} reads {main!r}; hybridc makes example inputs "
+        "for token ids (text) and pixel values (vision) only: use a text or vision model, or "
+        "write a model file with example_input()"
+    )
 
 
-def _apply_input_shape(config_class: Any, kwargs: dict[str, Any], input_shape: tuple[int, ...] | None,
-                       model_type: str) -> dict[str, Any]:
+def _apply_input_shape(
+    config_class: Any, kwargs: dict[str, Any], input_shape: tuple[int, ...] | None, model_type: str
+) -> dict[str, Any]:
     """For vision configs, --input-shape C,H,W sets num_channels/image_size unless the spec gives them."""
     if input_shape is None or len(input_shape) != 3 or model_type not in _mapping("image-classification"):
         return kwargs
@@ -272,8 +313,9 @@ def _apply_input_shape(config_class: Any, kwargs: dict[str, Any], input_shape: t
     return out
 
 
-def _hf_config_and_class(spec: LibrarySpec, input_shape: tuple[int, ...] | None, text: str
-                         ) -> tuple[Any, Any, str]:
+def _hf_config_and_class(
+    spec: LibrarySpec, input_shape: tuple[int, ...] | None, text: str
+) -> tuple[Any, Any, str]:
     """The config (spec keys checked, --input-shape applied) and the model class `spec` names, without
     building the model (fitting to a dataset asks what the model reads before building it)."""
     transformers = _import_transformers()
@@ -293,14 +335,17 @@ def _hf_config_and_class(spec: LibrarySpec, input_shape: tuple[int, ...] | None,
         config = AutoConfig.for_model(model_type, **kwargs)
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else ""
-        raise ModelLoadError(f"MODEL {text!r}: {config_class.__name__}({kwargs}) failed: {type(exc).__name__}: "
-                             f"{first}") from None
+        raise ModelLoadError(
+            f"MODEL {text!r}: {config_class.__name__}({kwargs}) failed: {type(exc).__name__}: {first}"
+        ) from None
     if class_name is None:
         task = task or _default_task(model_type, config)
         names = _mapping(task).get(model_type)
         if names is None:
             have = [t for t in HF_TASKS if model_type in _mapping(t)]
-            raise ModelLoadError(f"MODEL {text!r}: {model_type} has no {task} model; it has: {', '.join(have)}")
+            raise ModelLoadError(
+                f"MODEL {text!r}: {model_type} has no {task} model; it has: {', '.join(have)}"
+            )
         class_name = _first(names)
     model_class = getattr(transformers, class_name, None)
     if model_class is None:
@@ -308,15 +353,18 @@ def _hf_config_and_class(spec: LibrarySpec, input_shape: tuple[int, ...] | None,
     return config, model_class, class_name
 
 
-def build_hf(spec: LibrarySpec, input_shape: tuple[int, ...] | None, batch: int, text: str
-             ) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+def build_hf(
+    spec: LibrarySpec, input_shape: tuple[int, ...] | None, batch: int, text: str
+) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     """A randomly initialised transformers model for `spec` and an example batch made from its config."""
     config, model_class, class_name = _hf_config_and_class(spec, input_shape, text)
     try:
         model = model_class(config)
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else ""
-        raise ModelLoadError(f"MODEL {text!r}: {class_name}(config) failed: {type(exc).__name__}: {first}") from None
+        raise ModelLoadError(
+            f"MODEL {text!r}: {class_name}(config) failed: {type(exc).__name__}: {first}"
+        ) from None
     return model, _hf_example(model, config, input_shape, batch, text)
 
 
@@ -327,14 +375,16 @@ def with_kwargs(spec: LibrarySpec, extra: dict[str, Any] | None, text: str) -> L
         return spec
     clash = sorted(k for k, v in extra.items() if k in spec.kwargs and spec.kwargs[k] != v)
     if clash:
-        both = ", ".join(f"{k}={spec.kwargs[k]!r} in the spec but {extra[k]!r} in model_kwargs" for k in clash)
+        both = ", ".join(
+            f"{k}={spec.kwargs[k]!r} in the spec but {extra[k]!r} in model_kwargs" for k in clash
+        )
         raise ModelLoadError(f"MODEL {text!r}: {both}; give each setting once")
     return LibrarySpec(spec.library, spec.name, {**spec.kwargs, **extra})
 
 
-def build_library_model(spec: str, input_shape: tuple[int, ...] | None, batch: int,
-                        extra_kwargs: dict[str, Any] | None = None
-                        ) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+def build_library_model(
+    spec: str, input_shape: tuple[int, ...] | None, batch: int, extra_kwargs: dict[str, Any] | None = None
+) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     """Model and example inputs for a `timm:` or `hf:` spec (random init, no network access); `extra_kwargs`
     are keyword overrides on top of the spec's own (see `with_kwargs`)."""
     parsed = with_kwargs(parse_library_spec(spec), extra_kwargs, spec)
@@ -364,16 +414,26 @@ class LibraryFit:
     how: str = "as is"
 
 
-def _fitted(given: dict[str, Any], key: str, value: Any, known: set[str], out: dict[str, Any], notes: list[str],
-            text: str, what: str) -> None:
+def _fitted(
+    given: dict[str, Any],
+    key: str,
+    value: Any,
+    known: set[str],
+    out: dict[str, Any],
+    notes: list[str],
+    text: str,
+    what: str,
+) -> None:
     """Fill `key` with the data's `value` unless the user gave it; a given value that contradicts the data
     (a classifier with 5 labels for 10 classes) is an error, not silently overridden."""
     if key not in known:
         return
     if key in given:
         if given[key] != value:
-            raise ModelLoadError(f"MODEL {text!r} sets {key}={given[key]!r}, but the data has {value} {what}: "
-                                 f"drop {key} (hybridc fits it to the data) or set it to {value}")
+            raise ModelLoadError(
+                f"MODEL {text!r} sets {key}={given[key]!r}, but the data has {value} {what}: "
+                f"drop {key} (hybridc fits it to the data) or set it to {value}"
+            )
         return
     out[key] = value
     notes.append(f"{key}={value}")
@@ -391,8 +451,14 @@ def _fit_patch(default: Any, side: int) -> int | None:
     return divisors[0] if divisors else None
 
 
-def _fit_hf(spec: LibrarySpec, given: dict[str, Any], shape: tuple[int, int, int], classes: int,
-            input_size: int | None, text: str) -> LibraryFit:
+def _fit_hf(
+    spec: LibrarySpec,
+    given: dict[str, Any],
+    shape: tuple[int, int, int],
+    classes: int,
+    input_size: int | None,
+    text: str,
+) -> LibraryFit:
     c, h, w = shape
     config, model_class, class_name = _hf_config_and_class(spec, None, text)
     main = getattr(model_class, "main_input_name", "input_ids")
@@ -401,7 +467,8 @@ def _fit_hf(spec: LibrarySpec, given: dict[str, Any], shape: tuple[int, int, int
             f"MODEL {text!r} is {'a text model' if main == 'input_ids' else 'not an image model'} ({class_name} "
             f"reads {'token ids' if main == 'input_ids' else main}), "
             f"but the training data are images ({c}x{h}x{w}): train an hf vision model (hf:vit, hf:convnext, "
-            "hf:resnet, ...); text models can be partitioned, compiled, gradchecked and exported, not trained")
+            "hf:resnet, ...); text models can be partitioned, compiled, gradchecked and exported, not trained"
+        )
     defaults = type(config)().to_dict()
     known = set(defaults) | {"num_labels"}
     out: dict[str, Any] = {}
@@ -425,8 +492,9 @@ def _fit_hf(spec: LibrarySpec, given: dict[str, Any], shape: tuple[int, int, int
     return LibraryFit(out, size, ", ".join(notes) or "as is")
 
 
-def _fit_timm(given: dict[str, Any], shape: tuple[int, int, int], classes: int, input_size: int | None,
-              text: str) -> LibraryFit:
+def _fit_timm(
+    given: dict[str, Any], shape: tuple[int, int, int], classes: int, input_size: int | None, text: str
+) -> LibraryFit:
     """timm models take num_classes and in_chans; the image size only where the user names it (img_size,
     which also resizes the data) or gives input_size (CNNs pool globally and take any size)."""
     c, h, w = shape
@@ -439,8 +507,9 @@ def _fit_timm(given: dict[str, Any], shape: tuple[int, int, int], classes: int, 
     return LibraryFit(out, size, ", ".join(notes) or "as is")
 
 
-def _resize(given: dict[str, Any], key: str, hw: tuple[int, int], input_size: int | None, text: str,
-            notes: list[str]) -> tuple[int, int] | None:
+def _resize(
+    given: dict[str, Any], key: str, hw: tuple[int, int], input_size: int | None, text: str, notes: list[str]
+) -> tuple[int, int] | None:
     """The size the data is resized to before the model (None: kept at `hw`): the config's `key`
     (image_size / img_size) where the user set it, which must agree with `input_size`, else `input_size`.
     Appends the note the run header shows."""
@@ -460,8 +529,13 @@ def _resize(given: dict[str, Any], key: str, hw: tuple[int, int], input_size: in
     return None
 
 
-def fit_library_model(spec: str, shape: tuple[int, ...], classes: int, extra_kwargs: dict[str, Any] | None = None,
-                      input_size: int | None = None) -> LibraryFit:
+def fit_library_model(
+    spec: str,
+    shape: tuple[int, ...],
+    classes: int,
+    extra_kwargs: dict[str, Any] | None = None,
+    input_size: int | None = None,
+) -> LibraryFit:
     """How library model `spec` (plus `extra_kwargs`) is fitted to images of per-sample `shape` (C, H, W) and
     `classes` classes, resized to `input_size` x `input_size` first where given.
 

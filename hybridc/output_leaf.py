@@ -57,8 +57,10 @@ def select_path(out: Any, output: str | int | None) -> Path:
         if path_text(path) == want:
             return path
     named = ", ".join(path_text(p) for p, _ in leaves[:12])
-    raise HybridcError(f"the model's output ({type(out).__name__}) has no tensor at {want!r}; its tensors are at: "
-                       f"{named}. Pass one of these as output= (CLI: --output)")
+    raise HybridcError(
+        f"the model's output ({type(out).__name__}) has no tensor at {want!r}; its tensors are at: "
+        f"{named}. Pass one of these as output= (CLI: --output)"
+    )
 
 
 def logits_path(out: Any) -> Path:
@@ -82,8 +84,10 @@ def leaf_at(out: Any, path: Path, reference: Any | None = None) -> torch.Tensor:
         ref = [p for p, _ in tensor_leaves(reference)]
         if len(ref) == len(leaves) and path in ref:
             return leaves[ref.index(path)][1]
-    raise HybridcError(f"the compiled model's output ({type(out).__name__}) has no tensor at {path_text(path)!r} "
-                       f"where the original model's has one; compare their outputs")
+    raise HybridcError(
+        f"the compiled model's output ({type(out).__name__}) has no tensor at {path_text(path)!r} "
+        f"where the original model's has one; compare their outputs"
+    )
 
 
 def _index(out: Any, path: Path) -> Any:
@@ -123,11 +127,21 @@ def narrow_output(model: nn.Module, path: Path) -> nn.Module:
 
         @functools.wraps(original)
         def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-            return _index(original(self, *args, **kwargs), path)  # no checks: a trace sees proxies, not tensors
+            return _index(
+                original(self, *args, **kwargs), path
+            )  # no checks: a trace sees proxies, not tensors
 
-        sub = type(cls.__name__, (cls,), {"forward": forward, "_hybridc_output_path": path,
-                                          "__module__": cls.__module__, "__qualname__": cls.__qualname__,
-                                          "__doc__": cls.__doc__})
+        sub = type(
+            cls.__name__,
+            (cls,),
+            {
+                "forward": forward,
+                "_hybridc_output_path": path,
+                "__module__": cls.__module__,
+                "__qualname__": cls.__qualname__,
+                "__doc__": cls.__doc__,
+            },
+        )
         _NARROWED[key] = sub
     model.__class__ = sub
     return model

@@ -42,12 +42,15 @@ class PartitionConfig(_Strict):
     activation: ActivationPolicy = Field("hardsigmoid", description="neuron activation in analog blocks")
     hardsigmoid_slope: FiniteFloat = Field(0.5, gt=0, le=1e3, description="a in clamp(a*u, 0, 1)")
     non_monotone: NonMonotonePolicy = Field(
-        "substitute", description="GELU/SiLU/... under `keep`: substitute ReLU or keep the op digital")
+        "substitute", description="GELU/SiLU/... under `keep`: substitute ReLU or keep the op digital"
+    )
     eb_kind: EBKind = Field("dhn", description="energy-based block kind for analog blocks")
     drn_gamma: FiniteFloat = Field(1.0, gt=0, description="drn input voltage gain γ (sources γ·[x, −x])")
     readout: ReadoutPolicy = Field(
-        "analog", description="weight layers that produce the model's output: analog, or digital (the ff-EBM "
-        "paper's readout, a digital Linear read of the last block)")
+        "analog",
+        description="weight layers that produce the model's output: analog, or digital (the ff-EBM "
+        "paper's readout, a digital Linear read of the last block)",
+    )
 
 
 class AnalogSpec(_Strict):
@@ -55,14 +58,24 @@ class AnalogSpec(_Strict):
     (effective) weights with straight-through gradients, so training sees the device and updates the ideal
     weights; read noise acts on every relaxation step; DAC/ADC quantise values entering/leaving a block."""
 
-    program_noise: FiniteFloat = Field(0.0, ge=0, description="std of weight programming noise, relative to the "
-                                 "range (or the tensor's max |w|); resampled whenever the weights change")
-    weight_range: FiniteFloat | None = Field(None, gt=0, description="|w| ≤ range (conductance range); none = unbounded")
+    program_noise: FiniteFloat = Field(
+        0.0,
+        ge=0,
+        description="std of weight programming noise, relative to the "
+        "range (or the tensor's max |w|); resampled whenever the weights change",
+    )
+    weight_range: FiniteFloat | None = Field(
+        None, gt=0, description="|w| ≤ range (conductance range); none = unbounded"
+    )
     weight_levels: int | None = Field(None, ge=2, description="programmable levels across the range")
-    read_noise: FiniteFloat = Field(0.0, ge=0, description="std of Gaussian noise added to every neuron update")
+    read_noise: FiniteFloat = Field(
+        0.0, ge=0, description="std of Gaussian noise added to every neuron update"
+    )
     dac_bits: int | None = Field(None, ge=2, le=32, description="bits of block inputs (digital → analog)")
     adc_bits: int | None = Field(None, ge=2, le=32, description="bits of block outputs (analog → digital)")
-    io_range: FiniteFloat | None = Field(None, gt=0, description="DAC/ADC full scale ±range; none = per-batch max |x|")
+    io_range: FiniteFloat | None = Field(
+        None, gt=0, description="DAC/ADC full scale ±range; none = per-batch max |x|"
+    )
 
     @property
     def weights_affected(self) -> bool:
@@ -118,9 +131,12 @@ class Neuron(_Strict):
     activation: ActivationSpec
     preactivation: Literal["input", "self"] = "self"
     shape: list[int] | None = None
-    source: str | None = Field(None, description="composite activation (an element-wise function written out "
-                               "with several ops, e.g. GELU with tanh): the node whose value is the "
-                               "pre-activation; None: the activation node's own input")
+    source: str | None = Field(
+        None,
+        description="composite activation (an element-wise function written out "
+        "with several ops, e.g. GELU with tanh): the node whose value is the "
+        "pre-activation; None: the activation node's own input",
+    )
 
 
 class Block(_Strict):
@@ -129,11 +145,16 @@ class Block(_Strict):
     nodes: list[str]
     weight_layers: list[str] = Field(default_factory=list)
     neurons: list[Neuron] = Field(default_factory=list)
-    identity_nodes: list[str] = Field(default_factory=list,
-                                      description="nodes replaced by identity (removed norms, dropout)")
+    identity_nodes: list[str] = Field(
+        default_factory=list, description="nodes replaced by identity (removed norms, dropout)"
+    )
     eb_kind: EBKind | None = None
-    eb_params: dict[str, FiniteFloat] = Field(default_factory=dict, description="kind-specific settings (drn: gamma)")
-    analog: AnalogSpec | None = Field(None, description="device effects for this block (overrides the plan's)")
+    eb_params: dict[str, FiniteFloat] = Field(
+        default_factory=dict, description="kind-specific settings (drn: gamma)"
+    )
+    analog: AnalogSpec | None = Field(
+        None, description="device effects for this block (overrides the plan's)"
+    )
     inputs: list[TensorRef] = Field(default_factory=list)
     outputs: list[TensorRef] = Field(default_factory=list)
     params: int = 0
@@ -143,7 +164,9 @@ class Decision(_Strict):
     """A record of something the partitioner changed or kept digital, and why."""
 
     node: str
-    action: Literal["removed", "absorbed", "substituted", "kept_digital", "split", "rescaled", "unconstrained"]
+    action: Literal[
+        "removed", "absorbed", "substituted", "kept_digital", "split", "rescaled", "unconstrained"
+    ]
     reason: str
     block: str | None = None
 
@@ -189,9 +212,11 @@ class Plan(_Strict):
                 j = producer.get(r.node)
                 if j is not None and j >= i:
                     where = "itself" if j == i else f"the later block {self.blocks[j].name}"
-                    raise ValueError(f"block {b.name} reads {r.node}, an output of {where}: blocks must run in "
-                                     "order (a cycle, or blocks reordered by hand?); re-create the plan with "
-                                     "`hybridc partition`")
+                    raise ValueError(
+                        f"block {b.name} reads {r.node}, an output of {where}: blocks must run in "
+                        "order (a cycle, or blocks reordered by hand?); re-create the plan with "
+                        "`hybridc partition`"
+                    )
         return self
 
     def to_json(self) -> str:
@@ -240,7 +265,9 @@ def read_plan(path: str | Path) -> Plan:
     `blocks.0.neurons.1.activation: hardsigmoid slope must be > 0`, instead of pydantic's bare count."""
     path = Path(path)
     if not path.is_file():
-        raise PlanFileError(f"plan {path} does not exist" if not path.exists() else f"plan {path} is not a file")
+        raise PlanFileError(
+            f"plan {path} does not exist" if not path.exists() else f"plan {path} is not a file"
+        )
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
@@ -250,5 +277,9 @@ def read_plan(path: str | Path) -> Plan:
     except ValidationError as exc:
         lines = _validation_lines(exc)
         more = f"\n  ... and {len(lines) - 10} more" if len(lines) > 10 else ""
-        raise PlanFileError(f"{path} is not a valid plan:\n  - " + "\n  - ".join(lines[:10]) + more
-                            + "\n  Re-create it with `hybridc partition MODEL -f json -o FILE`.") from None
+        raise PlanFileError(
+            f"{path} is not a valid plan:\n  - "
+            + "\n  - ".join(lines[:10])
+            + more
+            + "\n  Re-create it with `hybridc partition MODEL -f json -o FILE`."
+        ) from None

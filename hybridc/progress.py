@@ -21,8 +21,15 @@ class StepProgress:
     `<label> [  14.0 s] [3/9] block digital2 (digital) done in 1.7 s`; `numbered=False` leaves out the
     `[3/9]` (phases or rows that name themselves)."""
 
-    def __init__(self, label: str, total: int | None, stream: TextIO | None = None, rich: bool | None = None,
-                 every: float = 15.0, numbered: bool = True):
+    def __init__(
+        self,
+        label: str,
+        total: int | None,
+        stream: TextIO | None = None,
+        rich: bool | None = None,
+        every: float = 15.0,
+        numbered: bool = True,
+    ):
         self.label = label
         self.numbered = numbered
         self.total = None if total is None else max(int(total), 1)  # None: not known yet ("[1/?]")
@@ -42,9 +49,15 @@ class StepProgress:
             from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-            self._bar = Progress(TextColumn(f"{label}: {{task.description}}"), BarColumn(), TimeElapsedColumn(),
-                                 TextColumn("ETA"), TimeRemainingColumn(),
-                                 console=Console(file=self.stream), transient=False)
+            self._bar = Progress(
+                TextColumn(f"{label}: {{task.description}}"),
+                BarColumn(),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=Console(file=self.stream),
+                transient=False,
+            )
             self._task = self._bar.add_task("starting", total=self.total)  # None: an indeterminate bar
             self._bar.start()
 

@@ -17,10 +17,12 @@ def _io(refs: list) -> str:
 
 def plan_table(plan: Plan) -> Table:
     cfg = plan.config
-    title = (f"{plan.model.model_class}: {len(plan.analog_blocks)} analog / "
-             f"{len(plan.blocks) - len(plan.analog_blocks)} digital blocks  "
-             f"(max_block_size={cfg.max_block_size}, norm={cfg.norm}, layer_norm={cfg.layer_norm}, "
-             f"pool={cfg.pool}, attention={cfg.attention}, activation={cfg.activation}, trace={plan.model.trace})")
+    title = (
+        f"{plan.model.model_class}: {len(plan.analog_blocks)} analog / "
+        f"{len(plan.blocks) - len(plan.analog_blocks)} digital blocks  "
+        f"(max_block_size={cfg.max_block_size}, norm={cfg.norm}, layer_norm={cfg.layer_norm}, "
+        f"pool={cfg.pool}, attention={cfg.attention}, activation={cfg.activation}, trace={plan.model.trace})"
+    )
     t = Table(title=title, title_justify="left", show_lines=False)
     for col in ("block", "kind", "weight layers", "params", "in → out (per sample)", "notes"):
         t.add_column(col, overflow="fold")
@@ -37,8 +39,14 @@ def plan_table(plan: Plan) -> Table:
         if b.identity_nodes:
             notes.append(f"{len(b.identity_nodes)} removed")
         style = "bold yellow" if b.kind == "analog" else "cyan"
-        t.add_row(f"[{style}]{b.name}[/]", b.kind, "\n".join(b.weight_layers) or "-", f"{b.params:,}",
-                  f"{_io(b.inputs)} → {_io(b.outputs)}", "; ".join(notes))
+        t.add_row(
+            f"[{style}]{b.name}[/]",
+            b.kind,
+            "\n".join(b.weight_layers) or "-",
+            f"{b.params:,}",
+            f"{_io(b.inputs)} → {_io(b.outputs)}",
+            "; ".join(notes),
+        )
     return t
 
 
@@ -53,11 +61,17 @@ def decisions_table(plan: Plan) -> Table:
 
 def plan_dot(plan: Plan) -> str:
     """The block graph: analog blocks orange, digital blocks blue, edges labelled with tensor shapes."""
-    lines = ["digraph hybrid {", "  rankdir=TB;", '  node [shape=box, style="rounded,filled", fontname="Helvetica"];']
+    lines = [
+        "digraph hybrid {",
+        "  rankdir=TB;",
+        '  node [shape=box, style="rounded,filled", fontname="Helvetica"];',
+    ]
     producer: dict[str, str] = {}
     for r in plan.graph_inputs:
         producer[r.node] = f"in_{r.node}"
-        lines.append(f'  "in_{r.node}" [label="input {r.node}\\n{_shape(r.shape)}", shape=ellipse, fillcolor="#eeeeee"];')
+        lines.append(
+            f'  "in_{r.node}" [label="input {r.node}\\n{_shape(r.shape)}", shape=ellipse, fillcolor="#eeeeee"];'
+        )
     for b in plan.blocks:
         for o in b.outputs:
             producer[o.node] = b.name
@@ -82,21 +96,52 @@ def plan_dot(plan: Plan) -> str:
 def gradcheck_table(report) -> Table:  # noqa: ANN001 - GradcheckReport (avoid importing torch-heavy module)
     """One row per tensor; a structurally-zero true gradient shows its norm and "zero" for the comparisons
     (its cosines compare rounding noise)."""
-    t = Table(title=f"gradient check: {report.dtype}, beta={report.beta:g}, init={report.init}, "
-                    f"loss={report.loss:.4g} on output {report.output or '?'}", title_justify="left")
-    for col in ("parameter", "block", "|grad ID|", "cos EP·ID", "relerr EP·ID", "cos ID·BPTT", "relerr ID·BPTT",
-                "cos EP·autograd"):
+    t = Table(
+        title=f"gradient check: {report.dtype}, beta={report.beta:g}, init={report.init}, "
+        f"loss={report.loss:.4g} on output {report.output or '?'}",
+        title_justify="left",
+    )
+    for col in (
+        "parameter",
+        "block",
+        "|grad ID|",
+        "cos EP·ID",
+        "relerr EP·ID",
+        "cos ID·BPTT",
+        "relerr ID·BPTT",
+        "cos EP·autograd",
+    ):
         t.add_column(col, justify="right" if col != "parameter" else "left")
     for p in report.params:
         ag = "-" if p.cos_ep_autograd is None else f"{p.cos_ep_autograd:.6f}"
         style = "" if p.analog else "dim"
         if p.structural_zero:
-            t.add_row(p.name, p.block, f"{p.id_norm:.1e}", "zero", "zero", "zero", "zero", "-" if ag == "-" else "zero",
-                      style="dim italic")
+            t.add_row(
+                p.name,
+                p.block,
+                f"{p.id_norm:.1e}",
+                "zero",
+                "zero",
+                "zero",
+                "zero",
+                "-" if ag == "-" else "zero",
+                style="dim italic",
+            )
             continue
-        t.add_row(p.name, p.block, f"{p.id_norm:.2e}", f"{p.cos_ep_id:.6f}", f"{p.relerr_ep_id:.2e}",
-                  f"{p.cos_id_bptt:.6f}", f"{p.relerr_id_bptt:.2e}", ag, style=style)
+        t.add_row(
+            p.name,
+            p.block,
+            f"{p.id_norm:.2e}",
+            f"{p.cos_ep_id:.6f}",
+            f"{p.relerr_ep_id:.2e}",
+            f"{p.cos_id_bptt:.6f}",
+            f"{p.relerr_id_bptt:.2e}",
+            ag,
+            style=style,
+        )
     if any(p.structural_zero for p in report.params):
-        t.caption = (f"zero: true gradient structurally zero (norm <= {report.zero_rtol:g} of the largest); "
-                     "left out of the summary")
+        t.caption = (
+            f"zero: true gradient structurally zero (norm <= {report.zero_rtol:g} of the largest); "
+            "left out of the summary"
+        )
     return t

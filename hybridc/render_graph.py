@@ -39,9 +39,14 @@ def plan_graph(plan: Plan) -> nx.DiGraph:
             producer[o.node] = b.name
             shapes[o.node] = o.shape
         layers = len(b.weight_layers)
-        size = f"{layers} weight layer{'s' if layers != 1 else ''}, {b.params:,} params" if layers else \
-            f"{b.params:,} params"
-        g.add_node(b.name, label=f"{b.name} ({b.kind})\n{size}", color=ANALOG if b.kind == "analog" else DIGITAL)
+        size = (
+            f"{layers} weight layer{'s' if layers != 1 else ''}, {b.params:,} params"
+            if layers
+            else f"{b.params:,} params"
+        )
+        g.add_node(
+            b.name, label=f"{b.name} ({b.kind})\n{size}", color=ANALOG if b.kind == "analog" else DIGITAL
+        )
     for b in plan.blocks:
         for r in b.inputs:
             src = producer.get(r.node)
@@ -92,7 +97,9 @@ def draw_plan(plan: Plan, path: str | Path, fmt: str = "png") -> None:
     pos = _layout(g)
     lanes = _lanes(g, pos)
     depth = 1 + max((-y for _, y in pos.values()), default=0)
-    breadth = max((sum(1 for p in pos.values() if p[1] == y) for y in {p[1] for p in pos.values()}), default=1)
+    breadth = max(
+        (sum(1 for p in pos.values() if p[1] == y) for y in {p[1] for p in pos.values()}), default=1
+    )
     xs = [p[0] for p in pos.values()] + list(lanes.values())
     span = max(xs) - min(xs) + 1.6
     fig = Figure(figsize=(max(5.0, 3.2 * max(breadth, span / 1.6)), max(3.0, 1.05 * depth)))
@@ -111,18 +118,35 @@ def draw_plan(plan: Plan, path: str | Path, fmt: str = "png") -> None:
         if data.get("label"):
             ax.text(*label_at, data["label"], fontsize=7, color="0.3", va="center")
     for n, (x, y) in pos.items():
-        ax.text(x, y, g.nodes[n]["label"], ha="center", va="center", fontsize=8,
-                bbox={"boxstyle": "round,pad=0.4", "facecolor": g.nodes[n]["color"], "edgecolor": "0.4"})
+        ax.text(
+            x,
+            y,
+            g.nodes[n]["label"],
+            ha="center",
+            va="center",
+            fontsize=8,
+            bbox={"boxstyle": "round,pad=0.4", "facecolor": g.nodes[n]["color"], "edgecolor": "0.4"},
+        )
     ax.set_xlim(min(xs) - 0.8, max(xs) + 0.8)
     ax.set_ylim(-depth + 0.5, 0.6)
     ax.axis("off")
     n_analog = len(plan.analog_blocks)
     readout = getattr(plan.config, "readout", "analog")
-    ax.set_title(f"{plan.model.model_class}: {n_analog} analog / {len(plan.blocks) - n_analog} digital blocks "
-                 f"(max_block_size={plan.config.max_block_size}"
-                 + (f", readout={readout}" if readout != "analog" else "") + ")", fontsize=9)
-    ax.legend(handles=[Patch(facecolor=ANALOG, edgecolor="0.4", label="analog (energy-based)"),
-                       Patch(facecolor=DIGITAL, edgecolor="0.4", label="digital")],
-              loc="upper right", fontsize=7, frameon=False)
+    ax.set_title(
+        f"{plan.model.model_class}: {n_analog} analog / {len(plan.blocks) - n_analog} digital blocks "
+        f"(max_block_size={plan.config.max_block_size}"
+        + (f", readout={readout}" if readout != "analog" else "")
+        + ")",
+        fontsize=9,
+    )
+    ax.legend(
+        handles=[
+            Patch(facecolor=ANALOG, edgecolor="0.4", label="analog (energy-based)"),
+            Patch(facecolor=DIGITAL, edgecolor="0.4", label="digital"),
+        ],
+        loc="upper right",
+        fontsize=7,
+        frameon=False,
+    )
     fig.tight_layout()
     fig.savefig(path, format=fmt, dpi=120)

@@ -29,8 +29,17 @@ def _seed() -> None:
 
 #: The smoke subset (`python -m pytest -m smoke`, well under a minute): one fast file per stage a user meets
 #: first — the public API, help and errors of the CLI, the zoo, partition, the plan, EP against ID, a run.
-SMOKE_FILES = frozenset({"test_public_api.py", "test_cli_help.py", "test_cli_errors.py", "test_zoo.py",
-                         "test_plan.py", "test_gradcheck_batch.py", "test_cli_eval.py"})
+SMOKE_FILES = frozenset(
+    {
+        "test_public_api.py",
+        "test_cli_help.py",
+        "test_cli_errors.py",
+        "test_zoo.py",
+        "test_plan.py",
+        "test_gradcheck_batch.py",
+        "test_cli_eval.py",
+    }
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

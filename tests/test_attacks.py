@@ -30,8 +30,17 @@ from hybridc.train.loop import train
 from hybridc.train.metrics import strip_timings
 from hybridc.train.run_lock import LOCK_NAME, RunDirError, RunLock
 
-BASE = {"train_subset": 96, "test_subset": 32, "batch_size": 16, "epochs": 1, "t1": 4, "t2": 2,
-        "model_kwargs": {"sizes": [64, 32, 32, 10]}, "progress": False, "lr": 1e-2}
+BASE = {
+    "train_subset": 96,
+    "test_subset": 32,
+    "batch_size": 16,
+    "epochs": 1,
+    "t1": 4,
+    "t2": 2,
+    "model_kwargs": {"sizes": [64, 32, 32, 10]},
+    "progress": False,
+    "lr": 1e-2,
+}
 
 
 def cfg(**kw: object) -> ExperimentConfig:
@@ -51,8 +60,9 @@ def _tree(d: Path) -> dict[str, bytes]:
 # ---- run directories: one writer, unique names, nobody else's files -------------------------------------
 
 
-def test_default_run_dirs_started_together_are_distinct_and_resumable(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_run_dirs_started_together_are_distinct_and_resumable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import hybridc.train.loop as T
 
     monkeypatch.chdir(tmp_path)
@@ -161,7 +171,9 @@ def test_checkpoint_of_unsafe_objects_gets_no_unsafe_advice(tmp_path: Path) -> N
 
 def _tiny(mode: str = "sync") -> object:
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+    net = nn.Sequential(
+        nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3)
+    )
     return hc_compile(net, (torch.randn(2, 3, 4),), max_block_size=3, solver={"t1": 6, "mode": mode})
 
 
@@ -175,7 +187,9 @@ def good_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _tanh_net() -> object:
     """A model whose tanh neurons onnxruntime computes ~1e-7 away from torch: a check at 1e-12 fails."""
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 3))
+    net = nn.Sequential(
+        nn.Flatten(), nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 3)
+    )
     return hc_compile(net, (torch.randn(2, 3, 4),), max_block_size=2, activation="keep", solver={"t1": 6})
 
 
@@ -198,10 +212,16 @@ def test_failed_check_keeps_the_previous_export_and_stale_staging_is_removed(tmp
     assert left == sorted(["pub", res.kept.name, running.name])
 
 
-@pytest.mark.parametrize("kw,fragment", [({"tol": -1.0}, "--tol must be"), ({"tol": float("nan")}, "--tol must be"),
-                                         ({"opset": 99}, "--opset 99 is not supported"),
-                                         ({"opset": 16}, "--opset 16 is not supported"),
-                                         ({"batch": 10**9}, "out of range")])
+@pytest.mark.parametrize(
+    "kw,fragment",
+    [
+        ({"tol": -1.0}, "--tol must be"),
+        ({"tol": float("nan")}, "--tol must be"),
+        ({"opset": 99}, "--opset 99 is not supported"),
+        ({"opset": 16}, "--opset 16 is not supported"),
+        ({"batch": 10**9}, "out of range"),
+    ],
+)
 def test_export_settings_are_validated_before_any_work(tmp_path: Path, kw: dict, fragment: str) -> None:
     ff = _tiny()
     with pytest.raises(ExportError, match=fragment):
@@ -245,11 +265,13 @@ def test_manifest_that_lies_fails_verify(good_export: Path, tmp_path: Path) -> N
     def opset(m: Manifest) -> None:
         m.opset = 19
 
-    for edit, fragment in ((tanh, "does not apply the manifest's activation tanh"),
-                           (slope, r"activation hardsigmoid\(slope=0.7\)"),
-                           (mode, "solver mode is async in the manifest"),
-                           (identity, "described as identity, but the step graph applies Clip"),
-                           (opset, "not the opset 19 the manifest records")):
+    for edit, fragment in (
+        (tanh, "does not apply the manifest's activation tanh"),
+        (slope, r"activation hardsigmoid\(slope=0.7\)"),
+        (mode, "solver mode is async in the manifest"),
+        (identity, "described as identity, but the step graph applies Clip"),
+        (opset, "not the opset 19 the manifest records"),
+    ):
         d = tmp_path / edit.__name__
         _reseal(good_export, d, edit)
         with pytest.raises(ExportError, match=fragment):
@@ -271,16 +293,19 @@ def test_async_export_verifies_and_its_mode_is_checked(tmp_path: Path) -> None:
 # ---- finite settings, everywhere --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fields,fragment", [
-    ({"hardsigmoid_slope": float("inf")}, "hardsigmoid_slope: Input should be a finite number"),
-    ({"hardsigmoid_slope": -0.5}, "hardsigmoid_slope: Input should be greater than 0"),
-    ({"beta": 1e6}, "beta: Input should be less than or equal to 1"),
-    ({"beta": float("nan")}, "beta: Input should be a finite number"),
-    ({"lr": float("inf")}, "lr: Input should be a finite number"),
-    ({"analog": {"read_noise": float("nan")}}, "read_noise: Input should be a finite number"),
-    ({"analog": {"nope": 1}}, "nope: unknown key"),
-    ({"seed": 10**20}, "seed: Input should be less than or equal to 4294967295"),
-])
+@pytest.mark.parametrize(
+    "fields,fragment",
+    [
+        ({"hardsigmoid_slope": float("inf")}, "hardsigmoid_slope: Input should be a finite number"),
+        ({"hardsigmoid_slope": -0.5}, "hardsigmoid_slope: Input should be greater than 0"),
+        ({"beta": 1e6}, "beta: Input should be less than or equal to 1"),
+        ({"beta": float("nan")}, "beta: Input should be a finite number"),
+        ({"lr": float("inf")}, "lr: Input should be a finite number"),
+        ({"analog": {"read_noise": float("nan")}}, "read_noise: Input should be a finite number"),
+        ({"analog": {"nope": 1}}, "nope: unknown key"),
+        ({"seed": 10**20}, "seed: Input should be less than or equal to 4294967295"),
+    ],
+)
 def test_experiment_floats_must_be_finite_and_in_range(fields: dict, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
         validate_config(fields)
@@ -306,8 +331,11 @@ def test_plan_floats_and_order_are_validated(tmp_path: Path) -> None:
     def cycle(d: dict) -> None:
         d["blocks"].reverse()
 
-    for edit, fragment in ((neg_slope, "hardsigmoid slope must be > 0"), (inf_slope, "finite number"),
-                           (cycle, "an output of the later block")):
+    for edit, fragment in (
+        (neg_slope, "hardsigmoid slope must be > 0"),
+        (inf_slope, "finite number"),
+        (cycle, "an output of the later block"),
+    ):
         with pytest.raises(PlanFileError, match=fragment):
             read_plan(_plan_file(tmp_path, edit))
     (tmp_path / "plan.json").write_text('{"version": 1, "model"')
@@ -319,8 +347,20 @@ def test_plan_floats_and_order_are_validated(tmp_path: Path) -> None:
 
 
 def test_exploding_loss_and_chance_accuracy_are_warned(tmp_path: Path) -> None:
-    boom = train(cfg(algorithm="bp", optimizer="sgd", lr=0.3, momentum=0.9, epochs=4, schedule="none",
-                     train_subset=320, test_subset=64, model_kwargs={}), out=tmp_path / "boom")  # 2.0 -> 82
+    boom = train(
+        cfg(
+            algorithm="bp",
+            optimizer="sgd",
+            lr=0.3,
+            momentum=0.9,
+            epochs=4,
+            schedule="none",
+            train_subset=320,
+            test_subset=64,
+            model_kwargs={},
+        ),
+        out=tmp_path / "boom",
+    )  # 2.0 -> 82
     assert any("blowing up" in w for w in boom.summary["warnings"]), boom.records
     still = train(cfg(lr=1e-9, epochs=3), out=tmp_path / "still")
     assert any("at chance" in w for w in still.summary["warnings"])
@@ -350,11 +390,13 @@ def test_zero_sample_dataset_is_an_error(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_model_producing_nan_on_its_own_is_an_error(tmp_path: Path) -> None:
     src = tmp_path / "logmodel.py"
-    src.write_text("import torch, torch.nn as nn\nINPUT_SHAPE = (1, 8, 8)\n"
-                   "class M(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
-                   "        self.a = nn.Linear(64, 32)\n        self.b = nn.Linear(32, 10)\n"
-                   "    def forward(self, x):\n        return self.b(torch.relu(self.a(torch.log(x.flatten(1)))))\n"
-                   "def model():\n    return M()\n")
+    src.write_text(
+        "import torch, torch.nn as nn\nINPUT_SHAPE = (1, 8, 8)\n"
+        "class M(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.a = nn.Linear(64, 32)\n        self.b = nn.Linear(32, 10)\n"
+        "    def forward(self, x):\n        return self.b(torch.relu(self.a(torch.log(x.flatten(1)))))\n"
+        "def model():\n    return M()\n"
+    )
     with pytest.raises(ConfigError, match="outputs NaN/Inf on the first .* before any training"):
         train(ExperimentConfig(**(BASE | {"model": str(src), "model_kwargs": {}})), out=tmp_path / "run")
 
@@ -436,10 +478,16 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("argv,fragment", CASES, ids=[" ".join(a[:3]) + f" [{i}]" for i, (a, _) in enumerate(CASES)])
+@pytest.mark.parametrize(
+    "argv,fragment", CASES, ids=[" ".join(a[:3]) + f" [{i}]" for i, (a, _) in enumerate(CASES)]
+)
 def test_cli_bad_input_is_one_clear_error(files: dict[str, Path], argv: list[str], fragment: str) -> None:
-    args = [a.replace("{root}", str(files["root"])).replace("{mine}", str(files["mine"]))
-            .replace("{run}", str(files["run"])) for a in argv]
+    args = [
+        a.replace("{root}", str(files["root"]))
+        .replace("{mine}", str(files["mine"]))
+        .replace("{run}", str(files["run"]))
+        for a in argv
+    ]
     code, text = _cli(*args)
     assert code == 2, text
     assert fragment in text, text
@@ -455,9 +503,26 @@ def test_sigterm_during_export_removes_its_staging_directory(tmp_path: Path) -> 
     import time
 
     out = tmp_path / "pub"
-    proc = subprocess.Popen([sys.executable, "-m", "hybridc", "export", "mlp", "--model-kwargs",
-                             '{"sizes": [784, 16, 10]}', "-n", "2", "--t1", "5", "-o", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hybridc",
+            "export",
+            "mlp",
+            "--model-kwargs",
+            '{"sizes": [784, 16, 10]}',
+            "-n",
+            "2",
+            "--t1",
+            "5",
+            "-o",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not any(p.name.startswith(".pub.tmp-") for p in tmp_path.iterdir()):
         time.sleep(0.05)

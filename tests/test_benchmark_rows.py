@@ -10,8 +10,17 @@ import pytest
 
 from hybridc.train.benchmark_rows import run_rows, select_rows
 
-TINY = {"train_subset": 96, "test_subset": 48, "batch_size": 16, "epochs": 1, "t1": 6, "t2": 3,
-        "model_kwargs": {"sizes": [64, 32, 32, 10]}, "progress": False, "lr": 1e-2}
+TINY = {
+    "train_subset": 96,
+    "test_subset": 48,
+    "batch_size": 16,
+    "epochs": 1,
+    "t1": 6,
+    "t2": 3,
+    "model_kwargs": {"sizes": [64, 32, 32, 10]},
+    "progress": False,
+    "lr": 1e-2,
+}
 
 
 def test_rows_run_resume_and_merge(tmp_path: Path) -> None:
@@ -22,7 +31,9 @@ def test_rows_run_resume_and_merge(tmp_path: Path) -> None:
     saved = tmp_path / "first.json"
     saved.write_text(json.dumps(first))
     again = run_rows(rows, ["ep", "bp"], tmp_path)
-    assert (tmp_path / "ep" / "checkpoint.pt").stat().st_mtime_ns == stamp  # finished: read back, not retrained
+    assert (
+        tmp_path / "ep" / "checkpoint.pt"
+    ).stat().st_mtime_ns == stamp  # finished: read back, not retrained
     assert again["ep"]["final_test_acc"] == first["ep"]["final_test_acc"]
     merged = run_rows(rows, [], tmp_path, merge=[saved])
     assert merged == json.loads(saved.read_text())

@@ -36,8 +36,15 @@ class BNAct(nn.BatchNorm1d):
 class BatchNormAct2d(nn.BatchNorm2d):
     """timm.layers.norm_act.BatchNormAct2d: batch norm, then drop, then the activation, in one module."""
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, apply_act: bool = True,
-                 act_layer: type[nn.Module] = nn.ReLU, inplace: bool = True) -> None:
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        apply_act: bool = True,
+        act_layer: type[nn.Module] = nn.ReLU,
+        inplace: bool = True,
+    ) -> None:
         super().__init__(num_features, eps=eps, momentum=momentum)
         self.drop = nn.Identity()
         self.act = act_layer(inplace=inplace) if apply_act else nn.Identity()
@@ -69,11 +76,19 @@ class BatchNormAct2d(nn.BatchNorm2d):
 class ConvNormAct(nn.Module):
     """timm.layers.conv_bn_act.ConvNormAct."""
 
-    def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1, groups: int = 1,
-                 apply_act: bool = True) -> None:
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        groups: int = 1,
+        apply_act: bool = True,
+    ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding=kernel_size // 2, groups=groups,
-                              bias=False)
+        self.conv = nn.Conv2d(
+            in_chs, out_chs, kernel_size, stride, padding=kernel_size // 2, groups=groups, bias=False
+        )
         self.bn = BatchNormAct2d(out_chs, apply_act=apply_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,8 +149,9 @@ def get_same_padding(x: int, kernel_size: int, stride: int, dilation: int) -> in
     return max((math.ceil(x / stride) - 1) * stride + (kernel_size - 1) * dilation + 1 - x, 0)
 
 
-def pad_same(x: torch.Tensor, kernel_size: list[int], stride: list[int], dilation: list[int] = (1, 1),
-             value: float = 0) -> torch.Tensor:
+def pad_same(
+    x: torch.Tensor, kernel_size: list[int], stride: list[int], dilation: list[int] = (1, 1), value: float = 0
+) -> torch.Tensor:
     ih, iw = x.size()[-2:]
     pad_h = get_same_padding(ih, kernel_size[0], stride[0], dilation[0])
     pad_w = get_same_padding(iw, kernel_size[1], stride[1], dilation[1])
@@ -176,7 +192,11 @@ class NewGELUActivation(nn.Module):
     """transformers.activations.NewGELUActivation (GPT-2's gelu_new)."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002
-        return 0.5 * input * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (input + 0.044715 * torch.pow(input, 3.0))))
+        return (
+            0.5
+            * input
+            * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (input + 0.044715 * torch.pow(input, 3.0))))
+        )
 
 
 class GELUActivation(nn.Module):
@@ -213,7 +233,9 @@ class Conv1D(nn.Module):
 
 
 class GPT2MLP(nn.Module):
-    def __init__(self, intermediate_size: int, embed_dim: int, act: type[nn.Module] = NewGELUActivation) -> None:
+    def __init__(
+        self, intermediate_size: int, embed_dim: int, act: type[nn.Module] = NewGELUActivation
+    ) -> None:
         super().__init__()
         self.c_fc = Conv1D(intermediate_size, embed_dim)
         self.c_proj = Conv1D(embed_dim, intermediate_size)
@@ -355,7 +377,8 @@ def test_subclasses_with_own_forward_are_traced_into_exactly() -> None:
     with torch.no_grad():
         assert torch.allclose(ff(x), model(x), atol=1e-5)
     assert all(b.fast_reason == "" for b in ff.analog_blocks.values()), [
-        b.fast_reason for b in ff.analog_blocks.values()]
+        b.fast_reason for b in ff.analog_blocks.values()
+    ]
 
 
 class FunctionalNorms(nn.Module):
@@ -384,7 +407,11 @@ def test_functional_norms_follow_the_norm_policies() -> None:
     x = torch.randn(2, 3, 6, 6)
     info = _info_by_name(model, x)
     assert {i.key for i in info.values() if i.kind == "norm"} == {
-        "group_norm", "batch_norm", "instance_norm", "layer_norm"}
+        "group_norm",
+        "batch_norm",
+        "instance_norm",
+        "layer_norm",
+    }
     assert sum(i.kind == "weight" for i in info.values()) == 3  # c1, c2 and F.linear with a parameter
     entry = hc.partition(model, x, max_block_size=4, norm="entry", layer_norm="split")
     assert [b.weight_layers for b in entry.analog_blocks] == [["c1", "c2", "w"]]
@@ -395,8 +422,9 @@ def test_functional_norms_follow_the_norm_policies() -> None:
     # synapse: the block's entry norm (after c1, before any neuron) stays in its input synapse, deeper ones go
     synapse = hc.partition(model, x, max_block_size=4, norm="synapse", layer_norm="split")
     assert {d.node for d in synapse.decisions if d.action == "removed"} == {"batch_norm", "instance_norm"}
-    assert {d.node for d in synapse.decisions if d.action == "absorbed" and "input synapse" in d.reason} \
-        == {"group_norm"}
+    assert {d.node for d in synapse.decisions if d.action == "absorbed" and "input synapse" in d.reason} == {
+        "group_norm"
+    }
 
 
 # ---- 2. determinism and the cycle split ---------------------------------------------------------------------
@@ -432,8 +460,15 @@ def test_plans_do_not_depend_on_pythonhashseed() -> None:
     procs = []
     for seed in ("0", "1", "2", "12345"):
         env = dict(os.environ, PYTHONHASHSEED=seed, OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, "-c", code, str(_FIXTURES)], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", code, str(_FIXTURES)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outs = []
     for p in procs:
         out, err = p.communicate(timeout=300)
@@ -445,9 +480,16 @@ def test_plans_do_not_depend_on_pythonhashseed() -> None:
 
 # ---- 3. composite activations, addmm names, shape ops, ties, zero init ---------------------------------------
 
-@pytest.mark.parametrize(("act", "name"), [
-    (NewGELUActivation, "gelu (tanh approximation)"), (GELUActivation, "computing gelu"),
-    (QuickGELUActivation, "quick_gelu"), (SiLUActivation, "silu")])
+
+@pytest.mark.parametrize(
+    ("act", "name"),
+    [
+        (NewGELUActivation, "gelu (tanh approximation)"),
+        (GELUActivation, "computing gelu"),
+        (QuickGELUActivation, "quick_gelu"),
+        (SiLUActivation, "silu"),
+    ],
+)
 def test_written_out_activations_are_one_neuron(act: type[nn.Module], name: str) -> None:
     torch.manual_seed(0)
     model = GPT2BlockMLP(act=act)
@@ -556,7 +598,9 @@ def test_zero_init_residual_bn_and_head_partition_sensibly() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return F.relu(x + self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
 
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), Block(), nn.Flatten(), nn.Linear(4 * 36, 3))
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), Block(), nn.Flatten(), nn.Linear(4 * 36, 3)
+    )
     nn.init.zeros_(model[4].weight)  # zero-init head
     x = torch.randn(2, 3, 6, 6)
     plan = hc.partition(model, x, max_block_size=4)

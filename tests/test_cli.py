@@ -15,8 +15,9 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hybridc", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "hybridc", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
 
 
 def test_partition_table_json_dot(tmp_path: Path) -> None:
@@ -42,7 +43,8 @@ def test_partition_model_file_with_factory(tmp_path: Path) -> None:
         "def build():\n"
         "    return nn.Sequential(nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))\n"
         "def other():\n"
-        "    return nn.Sequential(nn.Linear(12, 3))\n")
+        "    return nn.Sequential(nn.Linear(12, 3))\n"
+    )
     r = run("partition", str(src), "-n", "3", "-f", "json")
     assert r.returncode == 0, r.stderr
     assert [len(b.weight_layers) for b in Plan.from_json(r.stdout).analog_blocks] == [3]
@@ -80,20 +82,34 @@ def test_bad_inputs(tmp_path: Path) -> None:
     empty.write_text("x = 1\n")
     _one_clear_error(run("partition", str(empty), "--input-shape", "4"), "Add a `def model()")
     two = tmp_path / "two.py"
-    two.write_text("import torch.nn as nn\nclass A(nn.Linear):\n    def __init__(self):\n"
-                   "        super().__init__(2, 2)\nclass B(A):\n    pass\n")
+    two.write_text(
+        "import torch.nn as nn\nclass A(nn.Linear):\n    def __init__(self):\n"
+        "        super().__init__(2, 2)\nclass B(A):\n    pass\n"
+    )
     _one_clear_error(run("partition", str(two), "--input-shape", "2"), "A, B")
     _one_clear_error(run("partition", "mlp", "--input-shape", "3,x"), "--input-shape")
     _one_clear_error(run("partition", "mlp", "--norm", "sometimes"), "sometimes")
-    _one_clear_error(run("partition", f"{FIXTURES / 'unseen_models.py'}:DataDependent", "--input-shape", "8"),
-                     "cannot capture the graph", "x.sum() > 0")
+    _one_clear_error(
+        run("partition", f"{FIXTURES / 'unseen_models.py'}:DataDependent", "--input-shape", "8"),
+        "cannot capture the graph",
+        "x.sum() > 0",
+    )
     _one_clear_error(run("partition", "mlp", "--input-shape", "3,32,32"), "does not run on the example input")
 
 
 def test_gradcheck_json() -> None:
-    r = run("gradcheck", str(FIXTURES / "small_mlp.py"), "--max-block-size", "1", "--activation", "keep",
-            "--format", "json",
-            "--batch", "2")
+    r = run(
+        "gradcheck",
+        str(FIXTURES / "small_mlp.py"),
+        "--max-block-size",
+        "1",
+        "--activation",
+        "keep",
+        "--format",
+        "json",
+        "--batch",
+        "2",
+    )
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert data["forward_max_abs_diff"] is not None and data["forward_max_abs_diff"] <= 1e-10
@@ -103,8 +119,16 @@ def test_gradcheck_json() -> None:
 
 def test_gradcheck_table_and_plot(tmp_path: Path) -> None:
     png = tmp_path / "g.png"
-    r = run("gradcheck", str(FIXTURES / "small_mlp.py"), "--max-block-size", "2", "--batch", "2",
-            "--plot", str(png))
+    r = run(
+        "gradcheck",
+        str(FIXTURES / "small_mlp.py"),
+        "--max-block-size",
+        "2",
+        "--batch",
+        "2",
+        "--plot",
+        str(png),
+    )
     assert r.returncode == 0, r.stderr
     assert "cos EP·ID" in r.stdout and "n/a (multi-layer blocks)" in r.stdout
     assert png.stat().st_size > 1000

@@ -23,20 +23,24 @@ def _run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int,
     return exc.value.code, [ln for ln in captured.err.splitlines() if ln.strip()]
 
 
-@pytest.mark.parametrize(("argv", "needles"), [
-    (["train", "--epochs", "abc"], ["'--epochs'", "integer"]),
-    (["partition", "mlp", "--norm", "sometimes"], ["'--norm'", "'split', 'entry', 'synapse', 'drop'"]),
-    (["partition"], ["missing argument", "hybridc partition --help"]),
-    (["partiton", "mlp"], ["no such command", "partiton"]),
-    (["partition", "mlp", "--bogus"], ["no such option", "--bogus"]),
-    (["gradcheck", "mlp", "--init", "random"], ["'--init'", "'keep', 'goe'"]),
-    (["export", "mlp"], ["missing option", "--output"]),
-    (["partition", "mlp", "-f", "png"], ["-o blocks.png"]),
-    (["partition", "mlp", "--model-kwargs", "[1]"], ["--model-kwargs", "JSON object"]),
-    (["report", "mlp", "--model-kwargs", '{"widht": 2}'], ["widht"]),
-])
-def test_usage_mistakes_are_one_error_line(argv: list[str], needles: list[str],
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("argv", "needles"),
+    [
+        (["train", "--epochs", "abc"], ["'--epochs'", "integer"]),
+        (["partition", "mlp", "--norm", "sometimes"], ["'--norm'", "'split', 'entry', 'synapse', 'drop'"]),
+        (["partition"], ["missing argument", "hybridc partition --help"]),
+        (["partiton", "mlp"], ["no such command", "partiton"]),
+        (["partition", "mlp", "--bogus"], ["no such option", "--bogus"]),
+        (["gradcheck", "mlp", "--init", "random"], ["'--init'", "'keep', 'goe'"]),
+        (["export", "mlp"], ["missing option", "--output"]),
+        (["partition", "mlp", "-f", "png"], ["-o blocks.png"]),
+        (["partition", "mlp", "--model-kwargs", "[1]"], ["--model-kwargs", "JSON object"]),
+        (["report", "mlp", "--model-kwargs", '{"widht": 2}'], ["widht"]),
+    ],
+)
+def test_usage_mistakes_are_one_error_line(
+    argv: list[str], needles: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     code, lines = _run_main(argv, capsys)
     assert code == 2, lines
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
@@ -75,8 +79,9 @@ def test_validation_error_is_one_line() -> None:
     assert "read_noise: Input should be greater than or equal to 0" in message
 
 
-def test_torchrun_error_line_reaches_torchruns_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_torchrun_error_line_reaches_torchruns_summary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     error_file = tmp_path / "error.json"
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -96,10 +101,31 @@ def test_torchrun_data_error(tmp_path: Path) -> None:
     """A real two-process run with a missing dataset: each process prints one `error:` line (no Python
     traceback from ours), and torchrun's summary shows the failing process's line as its root cause."""
     env = {**os.environ, "HYBRIDC_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "hybridc",
-                        "train", "--data", "cifar10", "--data-dir", str(tmp_path), "--epochs", "1",
-                        "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=600, env=env,
-                       cwd=tmp_path)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "hybridc",
+            "train",
+            "--data",
+            "cifar10",
+            "--data-dir",
+            str(tmp_path),
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=tmp_path,
+    )
     assert r.returncode != 0
     assert "[rank0]: Traceback" not in r.stderr and "[rank1]: Traceback" not in r.stderr, r.stderr
     assert r.stderr.count("error: CIFAR-10") >= 2, r.stderr  # the process's own line, and torchrun's summary
@@ -107,8 +133,9 @@ def test_torchrun_data_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("command", ["partition", "gradcheck", "report", "export", "train"])
-def test_model_kwargs_not_json_is_one_error_line(command: str, tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_model_kwargs_not_json_is_one_error_line(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     argv = [command] + (["mlp"] if command != "train" else []) + ["--model-kwargs", "{width: 2}"]
     argv += ["-o", str(tmp_path / "x")] if command == "export" else []
     code, lines = _run_main(argv, capsys)
@@ -128,8 +155,9 @@ def test_run_script_gives_benchmarks_the_same_error_line(capsys: pytest.CaptureF
     with pytest.raises(SystemExit) as exc:
         run_script(missing)
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    assert exc.value.code == 2 and lines == ["error: Fashion-MNIST not found in /nowhere (install "
-                                             "dataset-fashion-mnist)"]
+    assert exc.value.code == 2 and lines == [
+        "error: Fashion-MNIST not found in /nowhere (install dataset-fashion-mnist)"
+    ]
     with pytest.raises(SystemExit) as exc:
         run_script(lambda: 3)
     assert exc.value.code == 3

@@ -13,9 +13,26 @@ import pytest
 from hybridc.cli import main
 from hybridc.evaluate import evaluate_run
 
-TRAIN = ["train", "--train-subset", "128", "--test-subset", "64", "--batch-size", "32", "--epochs", "1",
-         "--t1", "6", "--t2", "2", "--model-kwargs", '{"sizes": [36, 32, 10]}', "--input-size", "6",
-         "--no-progress"]
+TRAIN = [
+    "train",
+    "--train-subset",
+    "128",
+    "--test-subset",
+    "64",
+    "--batch-size",
+    "32",
+    "--epochs",
+    "1",
+    "--t1",
+    "6",
+    "--t2",
+    "2",
+    "--model-kwargs",
+    '{"sizes": [36, 32, 10]}',
+    "--input-size",
+    "6",
+    "--no-progress",
+]
 
 
 def _main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, list[str]]:
@@ -57,8 +74,23 @@ def test_eval_prints_accuracy_and_residuals(run_dir: Path, capsys: pytest.Captur
 
 
 def test_eval_json_under_device_effects(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = _main(["eval", str(run_dir), "--subset", "64", "--analog", '{"read_noise": 0.05}',
-                            "--seeds", "3", "--checkpoint", "best", "-f", "json"], capsys)
+    code, out, err = _main(
+        [
+            "eval",
+            str(run_dir),
+            "--subset",
+            "64",
+            "--analog",
+            '{"read_noise": 0.05}',
+            "--seeds",
+            "3",
+            "--checkpoint",
+            "best",
+            "-f",
+            "json",
+        ],
+        capsys,
+    )
     assert code == 0, err
     result = json.loads(out)
     assert result["analog"] == {"read_noise": 0.05} and len(result["accuracies"]) == 3
@@ -69,17 +101,26 @@ def test_eval_json_under_device_effects(run_dir: Path, capsys: pytest.CaptureFix
     assert len(err) == len({ln.split(":", 2)[1] for ln in err})
 
 
-@pytest.mark.parametrize(("argv", "needle"), [
-    (["eval", "{tmp}/missing"], "not a run directory"),
-    (["eval", "{tmp}"], "no checkpoint"),
-    (["eval", "{run}", "--analog", '{"read_nois": 0.1}'], "read_nois: unknown key (valid keys: program_noise"),
-    (["eval", "{run}", "--analog", "[1]"], "--analog must be a JSON object"),
-    (["eval", "{run}", "--data", "cifar10"], "does not fit the run's model"),
-    (["eval", "{run}", "--checkpoint", "{tmp}/nope.pt"], "does not exist"),
-    (["eval", "{run}", "--seeds", "0"], "'--seeds'"),
-])
-def test_eval_mistakes_are_one_error_line(argv: list[str], needle: str, run_dir: Path, tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = _main([a.replace("{tmp}", str(tmp_path)).replace("{run}", str(run_dir)) for a in argv], capsys)
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["eval", "{tmp}/missing"], "not a run directory"),
+        (["eval", "{tmp}"], "no checkpoint"),
+        (
+            ["eval", "{run}", "--analog", '{"read_nois": 0.1}'],
+            "read_nois: unknown key (valid keys: program_noise",
+        ),
+        (["eval", "{run}", "--analog", "[1]"], "--analog must be a JSON object"),
+        (["eval", "{run}", "--data", "cifar10"], "does not fit the run's model"),
+        (["eval", "{run}", "--checkpoint", "{tmp}/nope.pt"], "does not exist"),
+        (["eval", "{run}", "--seeds", "0"], "'--seeds'"),
+    ],
+)
+def test_eval_mistakes_are_one_error_line(
+    argv: list[str], needle: str, run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = _main(
+        [a.replace("{tmp}", str(tmp_path)).replace("{run}", str(run_dir)) for a in argv], capsys
+    )
     assert code == 2 and out == ""
     assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err

@@ -41,8 +41,12 @@ def test_experiment_copies_the_compiler_fields() -> None:
     and choices (the optional copies keep the choice order of their owner)."""
     from hybridc.energy.settings import GradientConfig, SolverConfig
 
-    for name, owner, field in (("t2", SolverConfig, "t2"), ("free_tol", SolverConfig, "free_tol"),
-                               ("solver_mode", SolverConfig, "mode"), ("beta", GradientConfig, "beta")):
+    for name, owner, field in (
+        ("t2", SolverConfig, "t2"),
+        ("free_tol", SolverConfig, "free_tol"),
+        ("solver_mode", SolverConfig, "mode"),
+        ("beta", GradientConfig, "beta"),
+    ):
         assert ExperimentConfig.model_fields[name].metadata == owner.model_fields[field].metadata, name
         assert ExperimentConfig.model_fields[name].default == owner.model_fields[field].default, name
     # t1 is optional: not given, each free phase runs to equilibrium; given, exactly T1 steps
@@ -76,8 +80,19 @@ def test_a_new_field_becomes_a_flag_with_its_help_default_and_value() -> None:
     runner = CliRunner()
     r = runner.invoke(toy, ["--help"], env={"TERMINAL_WIDTH": "1000", "COLUMNS": "1000"})
     assert r.exit_code == 0, r.output
-    for text in ("--colour", "<red|green>", "paint colour", "[default: green]", "--size", "[default: 3]",
-                 "--shiny", "--no-shiny", "[default: no-shiny]", "--extra", "'{\"a\": 1}'"):
+    for text in (
+        "--colour",
+        "<red|green>",
+        "paint colour",
+        "[default: green]",
+        "--size",
+        "[default: 3]",
+        "--shiny",
+        "--no-shiny",
+        "[default: no-shiny]",
+        "--extra",
+        "'{\"a\": 1}'",
+    ):
         assert text in r.output, text
     r = runner.invoke(toy, ["x", "--colour", "red", "--shiny", "--extra", '{"b": 2}'])
     assert r.exit_code == 0, r.output

@@ -18,7 +18,16 @@ from hybridc.cli import app
 COMMANDS = sorted(typer.main.get_command(app).commands)
 
 #: options that have no default by nature: a file or directory to read or write, a run to resume.
-NO_DEFAULT = {"--output", "--plan", "--resume", "--config", "--constants", "--checkpoint", "--plot", "--model-kwargs"}
+NO_DEFAULT = {
+    "--output",
+    "--plan",
+    "--resume",
+    "--config",
+    "--constants",
+    "--checkpoint",
+    "--plot",
+    "--model-kwargs",
+}
 
 
 def _help(*args: str) -> list[str]:
@@ -60,9 +69,17 @@ def test_defaults_are_the_config_models_defaults() -> None:
     from hybridc.train.experiment import ExperimentConfig
 
     lines = _help("train")
-    for field, flag in (("epochs", "--epochs"), ("batch_size", "--batch-size"), ("lr", "--lr"), ("beta", "--beta"),
-                        ("optimizer", "--optimizer"), ("device", "--device"), ("data", "--data"),
-                        ("algorithm", "--algorithm"), ("schedule", "--schedule")):
+    for field, flag in (
+        ("epochs", "--epochs"),
+        ("batch_size", "--batch-size"),
+        ("lr", "--lr"),
+        ("beta", "--beta"),
+        ("optimizer", "--optimizer"),
+        ("device", "--device"),
+        ("data", "--data"),
+        ("algorithm", "--algorithm"),
+        ("schedule", "--schedule"),
+    ):
         assert f"[default: {ExperimentConfig.model_fields[field].default}]" in _row(lines, flag), flag
     for field in ("norm", "layer_norm", "pool", "attention", "activation", "eb_kind", "max_block_size"):
         flag = "--" + field.replace("_", "-")
@@ -85,10 +102,12 @@ def test_short_help_and_version() -> None:
 
 def test_version_without_package_metadata() -> None:
     """A source tree that was never installed reads the version from pyproject.toml."""
-    code = ("import importlib.metadata as m\n"
-            "def missing(name):\n    raise m.PackageNotFoundError(name)\n"
-            "m.version = missing\n"
-            "import hybridc\nprint(hybridc.__version__)\n")
+    code = (
+        "import importlib.metadata as m\n"
+        "def missing(name):\n    raise m.PackageNotFoundError(name)\n"
+        "m.version = missing\n"
+        "import hybridc\nprint(hybridc.__version__)\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()

@@ -17,8 +17,11 @@ from hybridc.plan import PartitionConfig
 
 SMALL = ["mlp", "--model-kwargs", '{"sizes": [784, 16, 10]}']
 #: every command that offers partition policies (the ones with --norm)
-POLICY_COMMANDS = sorted(name for name, cmd in typer.main.get_command(app).commands.items()
-                         if any("--norm" in p.opts for p in cmd.params))
+POLICY_COMMANDS = sorted(
+    name
+    for name, cmd in typer.main.get_command(app).commands.items()
+    if any("--norm" in p.opts for p in cmd.params)
+)
 
 
 def _main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -44,8 +47,11 @@ def test_partition_readout_reaches_the_plan(readout: str, capsys: pytest.Capture
     assert code == 0, err
     plan = json.loads(out)
     assert plan["config"]["readout"] == readout
-    last = next(b for b in plan["blocks"] if "net.3" in b["weight_layers"] or
-                any(n.startswith("net_3") for n in b.get("nodes", [])))
+    last = next(
+        b
+        for b in plan["blocks"]
+        if "net.3" in b["weight_layers"] or any(n.startswith("net_3") for n in b.get("nodes", []))
+    )
     assert last["kind"] == readout
 
 
@@ -61,8 +67,12 @@ def test_report_readout(capsys: pytest.CaptureFixture[str]) -> None:
     for readout in ("analog", "digital"):
         code, out, err = _main(["report", *SMALL, "--readout", readout, "-f", "json"], capsys)
         assert code == 0, err
-        analog_weights[readout] = sum(b["weights"] for b in json.loads(out)["blocks"] if b["kind"] == "analog")
-    assert analog_weights["analog"] - analog_weights["digital"] == 16 * 10  # the 16 -> 10 readout left the array
+        analog_weights[readout] = sum(
+            b["weights"] for b in json.loads(out)["blocks"] if b["kind"] == "analog"
+        )
+    assert (
+        analog_weights["analog"] - analog_weights["digital"] == 16 * 10
+    )  # the 16 -> 10 readout left the array
 
 
 def test_export_readout_refused_for_a_run_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -86,9 +96,31 @@ def test_train_readout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     if "readout" not in ExperimentConfig.model_fields:
         pytest.skip("ExperimentConfig has no readout field yet (requested in /tmp/coord/requests.md)")
     out = tmp_path / "run"
-    code, _, err = _main(["train", "--train-subset", "64", "--test-subset", "32", "--batch-size", "32",
-                          "--epochs", "1", "--t1", "4", "--t2", "2", "--model-kwargs", '{"sizes": [64, 16, 10]}',
-                          "--readout", "digital", "--no-progress", "--out", str(out)], capsys)
+    code, _, err = _main(
+        [
+            "train",
+            "--train-subset",
+            "64",
+            "--test-subset",
+            "32",
+            "--batch-size",
+            "32",
+            "--epochs",
+            "1",
+            "--t1",
+            "4",
+            "--t2",
+            "2",
+            "--model-kwargs",
+            '{"sizes": [64, 16, 10]}',
+            "--readout",
+            "digital",
+            "--no-progress",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     assert code == 0, err
     plan = json.loads((out / "plan.json").read_text())
     assert plan["config"]["readout"] == "digital"

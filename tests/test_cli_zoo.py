@@ -34,7 +34,9 @@ def test_zoo_json_lists_every_model_with_valid_kwargs(capsys: pytest.CaptureFixt
         assert set(r["fits"]) == set(DATASETS), r["name"]
         assert r["kwargs"], r["name"]
         with torch.device("meta"):  # what is listed is what --model-kwargs accepts
-            build_zoo_model(r["name"], **{k: tuple(v) if isinstance(v, list) else v for k, v in r["kwargs"].items()})
+            build_zoo_model(
+                r["name"], **{k: tuple(v) if isinstance(v, list) else v for k, v in r["kwargs"].items()}
+            )
     vgg12 = next(r for r in rows if r["name"] == "vgg-paper-12")
     assert vgg12["kwargs"]["layers"] == 12  # the factory's value, not the class default
 
@@ -50,12 +52,15 @@ def test_zoo_table(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["png", "svg"])
-def test_partition_draws_the_block_graph(fmt: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_partition_draws_the_block_graph(
+    fmt: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # no Graphviz (no `dot`) on the PATH
     out = tmp_path / f"blocks.{fmt}"
-    code, stdout, err = _main(["partition", "mlp", "--model-kwargs", '{"sizes": [784, 16, 16, 10]}', "-f", fmt,
-                               "-o", str(out)], capsys)
+    code, stdout, err = _main(
+        ["partition", "mlp", "--model-kwargs", '{"sizes": [784, 16, 16, 10]}', "-f", fmt, "-o", str(out)],
+        capsys,
+    )
     assert code == 0, err
     assert f"wrote {out}" in err and stdout == ""
     data = out.read_bytes()

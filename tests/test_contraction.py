@@ -24,8 +24,9 @@ def test_power_iteration_matches_the_exact_operator_norm() -> None:
     assert abs(float(spectral_norm(lin, (20,), iters=200)) - exact) <= 1e-6 * exact
     conv = nn.Conv2d(2, 3, 3, padding=1).double()
     shape = (2, 5, 5)
-    dense = torch.autograd.functional.jacobian(lambda u: conv._conv_forward(u, conv.weight, None),
-                                               torch.zeros(1, *shape, dtype=torch.float64)).reshape(75, 50)
+    dense = torch.autograd.functional.jacobian(
+        lambda u: conv._conv_forward(u, conv.weight, None), torch.zeros(1, *shape, dtype=torch.float64)
+    ).reshape(75, 50)
     exact = float(torch.linalg.matrix_norm(dense, 2))
     assert abs(float(spectral_norm(conv, shape, iters=300)) - exact) <= 1e-4 * exact
 
@@ -46,8 +47,8 @@ def _hand_norm(w2: torch.Tensor, w3: torch.Tensor, a: float = 0.5) -> float:
     """‖D^½ A D^½‖ with A = [[0, W2ᵀ, 0], [W2, 0, W3ᵀ], [0, W3, 0]], slopes (a, a, 1)."""
     n1, n2, n3 = w2.shape[1], w2.shape[0], w3.shape[0]
     A = torch.zeros(n1 + n2 + n3, n1 + n2 + n3, dtype=torch.float64)
-    A[n1:n1 + n2, :n1] = w2
-    A[n1 + n2:, n1:n1 + n2] = w3
+    A[n1 : n1 + n2, :n1] = w2
+    A[n1 + n2 :, n1 : n1 + n2] = w3
     A = A + A.T
     d = torch.tensor([a] * (n1 + n2) + [1.0] * n3, dtype=torch.float64).sqrt()
     return float(torch.linalg.matrix_norm(d[:, None] * A * d[None, :], 2))
@@ -69,7 +70,11 @@ def test_compile_bounds_the_gain_rescales_only_state_reading_layers_and_records_
     w1, w2, w3 = [m.weight for m in blk.modules() if isinstance(m, nn.Linear)]
     assert torch.equal(w1, lins[0].weight)  # reads the block input only: no feedback through it
     factor = float(w2[0, 0].detach() / lins[1].weight[0, 0].detach())
-    assert factor < 1 and torch.allclose(w2, factor * lins[1].weight) and torch.allclose(w3, factor * lins[2].weight)
+    assert (
+        factor < 1
+        and torch.allclose(w2, factor * lins[1].weight)
+        and torch.allclose(w3, factor * lins[2].weight)
+    )
     assert _hand_norm(w2.detach(), w3.detach()) == pytest.approx(0.7, rel=1e-4)
     rescaled = [d for d in ff.plan.decisions if d.action == "rescaled"]
     assert [d.block for d in rescaled] == [blk.name] * 2 and f"×{factor:.4g}" in rescaled[0].reason

@@ -11,8 +11,7 @@ from hybridc.gradcheck import gradcheck
 
 from .conftest import small_zoo
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
 @pytest.mark.parametrize("name", ["mlp", "vgg-paper", "resnet18", "transformer"])
@@ -35,8 +34,14 @@ def test_ep_matches_id_on_cuda(name: str, n: int) -> None:
 
 def test_training_step_on_cuda_with_drn_and_device_effects() -> None:
     lm = small_zoo("mlp")
-    ff = compile(lm.model, lm.example_inputs, max_block_size=2, eb_kind="drn", drn_gamma=4.0,
-                 analog={"read_noise": 0.01, "adc_bits": 8}).cuda()
+    ff = compile(
+        lm.model,
+        lm.example_inputs,
+        max_block_size=2,
+        eb_kind="drn",
+        drn_gamma=4.0,
+        analog={"read_noise": 0.01, "adc_bits": 8},
+    ).cuda()
     x = torch.rand(16, 1, 28, 28, device="cuda")
     loss = F.cross_entropy(ff(x), torch.arange(16, device="cuda") % 10)
     loss.backward()

@@ -18,8 +18,18 @@ from hybridc.train.experiment import ExperimentConfig
 from hybridc.train.metrics import strip_timings
 
 GLOBAL_BATCH = 9  # odd on purpose: shards of 5 and 4 samples must still average to the global mean
-CFG = {"train_subset": 150, "test_subset": 61, "batch_size": 15, "epochs": 2, "t1": 6, "t2": 3,
-       "model_kwargs": {"sizes": [64, 24, 24, 10]}, "progress": False, "lr": 1e-2, "device": "cpu"}
+CFG = {
+    "train_subset": 150,
+    "test_subset": 61,
+    "batch_size": 15,
+    "epochs": 2,
+    "t1": 6,
+    "t2": 3,
+    "model_kwargs": {"sizes": [64, 24, 24, 10]},
+    "progress": False,
+    "lr": 1e-2,
+    "device": "cpu",
+}
 
 
 def _compiled():  # noqa: ANN202
@@ -37,8 +47,15 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
+    os.environ.update(
+        {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank),
+        }
+    )
     torch.set_num_threads(1)
     ctx, device = D.init_distributed("cpu")
     assert ctx.world_size == world and ctx.rank == rank and ctx.backend == "gloo"
@@ -56,8 +73,12 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     import hybridc.train.metrics as M
 
     writes = []
-    for mod, name in ((T, "atomic_write_text"), (T, "save_checkpoint"), (T, "plot_curves"),
-                      (M, "atomic_write_text")):
+    for mod, name in (
+        (T, "atomic_write_text"),
+        (T, "save_checkpoint"),
+        (T, "plot_curves"),
+        (M, "atomic_write_text"),
+    ):
         orig = getattr(mod, name)
 
         def counted(*a, _orig=orig, _name=name, **k):  # noqa: ANN002, ANN003, ANN202
@@ -66,8 +87,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
         setattr(mod, name, counted)
     res = T.train(ExperimentConfig(**CFG), out=Path(out) / "run")
-    (Path(out) / f"rank{rank}.json").write_text(json.dumps(
-        {"writes": writes, "run_dir": str(res.run_dir), "records": res.records}))
+    (Path(out) / f"rank{rank}.json").write_text(
+        json.dumps({"writes": writes, "run_dir": str(res.run_dir), "records": res.records})
+    )
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +110,9 @@ def test_two_process_gradients_equal_one_process(two_process_run: Path) -> None:
         torch.testing.assert_close(ddp_grads[n], p.grad, rtol=1e-4, atol=1e-6, msg=n)
 
 
-def test_two_process_training_matches_one_and_only_rank0_writes(two_process_run: Path, tmp_path: Path) -> None:
+def test_two_process_training_matches_one_and_only_rank0_writes(
+    two_process_run: Path, tmp_path: Path
+) -> None:
     from hybridc.train.loop import train
 
     r0 = json.loads((two_process_run / "rank0.json").read_text())

@@ -38,8 +38,9 @@ def test_weight_range_and_levels() -> None:
         assert w.abs().max() <= 0.1 + 1e-7
         values = torch.unique(w.detach())
         assert len(values) <= 5
-        assert torch.allclose(values, torch.tensor([-0.1, -0.05, 0.0, 0.05, 0.1])[: len(values)], atol=1e-7) or \
-            all(min(abs(v - g) for g in (-0.1, -0.05, 0.0, 0.05, 0.1)) < 1e-7 for v in values.tolist())
+        assert torch.allclose(
+            values, torch.tensor([-0.1, -0.05, 0.0, 0.05, 0.1])[: len(values)], atol=1e-7
+        ) or all(min(abs(v - g) for g in (-0.1, -0.05, 0.0, 0.05, 0.1)) < 1e-7 for v in values.tolist())
 
 
 def test_programming_noise_is_fixed_until_weights_change() -> None:
@@ -100,8 +101,13 @@ def test_spec_is_validated() -> None:
 
 def test_drn_conductances_stay_non_negative_under_effects() -> None:
     model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4))
-    ff = compile(model, X, max_block_size=2, eb_kind="drn",
-                 analog={"weight_range": 0.5, "weight_levels": 9, "program_noise": 0.0})
+    ff = compile(
+        model,
+        X,
+        max_block_size=2,
+        eb_kind="drn",
+        analog={"weight_range": 0.5, "weight_levels": 9, "program_noise": 0.0},
+    )
     block = next(iter(ff.analog_blocks.values()))
     opt = torch.optim.SGD(ff.parameters(), lr=1.0)
     for _ in range(3):
@@ -132,7 +138,9 @@ def test_set_then_clear_restores_the_ideal_model_exactly() -> None:
     ideal_sd = {k: v.clone() for k, v in ff.state_dict().items()}
     with torch.no_grad():
         ideal = ff(X)
-    ff.set_analog({"program_noise": 0.05, "weight_levels": 8, "read_noise": 0.02, "adc_bits": 4, "dac_bits": 4})
+    ff.set_analog(
+        {"program_noise": 0.05, "weight_levels": 8, "read_noise": 0.02, "adc_bits": 4, "dac_bits": 4}
+    )
     assert ff.plan.analog.weight_levels == 8 and all(b.analog is None for b in ff.plan.analog_blocks)
     with torch.no_grad():
         assert not torch.equal(ff(X), ideal)
@@ -179,8 +187,12 @@ def test_set_analog_weight_levels() -> None:
     ff = _trained()
     ff.set_analog({"weight_levels": 4})
     weights = _weights(ff)
-    assert weights and all(parametrize.is_parametrized(m, "weight")
-                           for blk in ff.analog_blocks.values() for m in blk.modules() if isinstance(m, nn.Linear))
+    assert weights and all(
+        parametrize.is_parametrized(m, "weight")
+        for blk in ff.analog_blocks.values()
+        for m in blk.modules()
+        if isinstance(m, nn.Linear)
+    )
     for w in weights:
         assert len(torch.unique(w.detach())) <= 4
 

@@ -47,7 +47,7 @@ def test_bcd_sweep_minimises_the_power() -> None:
             free = s.abs() > 1e-9
             assert g[free].abs().max() < 1e-8
             n = s.shape[-1]
-            assert (s[:, : n - n // 2] >= 0).all() and (s[:, n - n // 2:] <= 0).all()
+            assert (s[:, : n - n // 2] >= 0).all() and (s[:, n - n // 2 :] <= 0).all()
         else:  # linear outputs
             assert g.abs().max() < 1e-8
 
@@ -65,8 +65,16 @@ def test_drn_gradients_match_id_and_bptt() -> None:
 
 def test_conductances_stay_non_negative_and_chain_with_digital_blocks() -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8), nn.LayerNorm(8),
-                          nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    model = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(16, 32),
+        nn.ReLU(),
+        nn.Linear(32, 8),
+        nn.LayerNorm(8),
+        nn.Linear(8, 8),
+        nn.ReLU(),
+        nn.Linear(8, 3),
+    )
     x = torch.rand(64, 16)
     y = (x[:, 0] > x[:, 1]).long() + (x[:, 2] > 0.8).long()
     ff = compile(model, x, max_block_size=2, eb_kind="drn", drn_gamma=4.0, solver={"t1": 6, "t2": 4})
@@ -107,8 +115,16 @@ def test_float32_ep_gradients_survive_a_large_input_gain() -> None:
     y = torch.randint(0, 10, (64,))
     grads = {}
     for dtype, mode in ((torch.float64, "id"), (torch.float32, "ep")):
-        ff = compile(model.to(dtype), x[:2].to(dtype), max_block_size=2, eb_kind="drn", drn_gamma=100.0,
-                     solver={"t1": 8, "t2": 8}, beta=0.5, gradient=mode).to(dtype)
+        ff = compile(
+            model.to(dtype),
+            x[:2].to(dtype),
+            max_block_size=2,
+            eb_kind="drn",
+            drn_gamma=100.0,
+            solver={"t1": 8, "t2": 8},
+            beta=0.5,
+            gradient=mode,
+        ).to(dtype)
         F.cross_entropy(ff(x.to(dtype)), y).backward()
         grads[mode] = [p.grad.double() for p in ff.parameters()]
     for ep, ref in zip(grads["ep"], grads["id"]):

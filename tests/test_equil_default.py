@@ -58,7 +58,7 @@ def test_step_cap_follows_the_bound() -> None:
     # ρ'^T·√n ≤ tol at the cap (ρ' with the power-iteration slack), and not a check earlier
     rate = 0.8 * 1.03
     cap = free_step_cap(cfg, 0.8, 256)
-    assert rate ** cap * 16 <= cfg.free_tol < rate ** (cap - cfg.check_every) * 16
+    assert rate**cap * 16 <= cfg.free_tol < rate ** (cap - cfg.check_every) * 16
     assert free_step_cap(cfg, None) == cfg.max_steps
     assert free_step_cap(SolverConfig(max_steps=30), 0.95, 256) == 30
     assert free_step_cap(SolverConfig(free_tol=1e-8), 0.8) > cap
@@ -79,8 +79,10 @@ def test_default_reaches_the_fixed_point_where_fixed_t1_does_not() -> None:
     assert 10 < blk.last_steps <= blk.last_cap and blk.last_steps % cfg.check_every == 0
     res = float(blk.last_residual)
     assert res <= cfg.free_tol * 1.5  # states in [0, 1] and a linear readout: max(1, max|s|) is ~1
-    assert res * 10 < float(fixed.last_residual) and float(fixed.last_residual) > cfg.free_tol, \
-        (res, float(fixed.last_residual))
+    assert res * 10 < float(fixed.last_residual) and float(fixed.last_residual) > cfg.free_tol, (
+        res,
+        float(fixed.last_residual),
+    )
 
 
 def test_a_block_that_misses_its_cap_warns_and_is_flagged() -> None:
@@ -112,7 +114,9 @@ def test_nudged_phase_keeps_t2_and_free_phase_its_rule(monkeypatch: pytest.Monke
     ff(x).pow(2).sum().backward()
     free = [c for c in calls if c[0] == "free"]
     nudged = [c for c in calls if c[0] == "nudged"]
-    assert free and all(rel == ff.analog_blocks[next(iter(ff.analog_blocks))].solver.free_tol for _, _, rel in free)
+    assert free and all(
+        rel == ff.analog_blocks[next(iter(ff.analog_blocks))].solver.free_tol for _, _, rel in free
+    )
     assert nudged and all(steps == 3 and rel is None for _, steps, rel in nudged)
 
 

@@ -27,7 +27,9 @@ from hybridc.train.loop import train
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -60,9 +62,12 @@ class ResNet(nn.Module):
         self.act1 = nn.ReLU(inplace=True)
         inplanes, stages = width, []
         for i in range(4):
-            planes, stride = width * 2 ** i, 1 if i == 0 else 2
-            ds = None if stride == 1 and inplanes == planes else nn.Sequential(
-                nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+            planes, stride = width * 2**i, 1 if i == 0 else 2
+            ds = (
+                None
+                if stride == 1 and inplanes == planes
+                else nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+            )
             stages.append(nn.Sequential(BasicBlock(inplanes, planes, stride, ds), BasicBlock(planes, planes)))
             inplanes = planes
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
@@ -237,7 +242,9 @@ def test_drn_conductances_stay_nonnegative_through_the_same_hook() -> None:
     x = torch.rand(8, 6)
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
     for constrain in (True, False):
-        ff = compile(model, x, max_block_size=2, eb_kind="drn", constrain=constrain, solver={"t1": 4, "t2": 2})
+        ff = compile(
+            model, x, max_block_size=2, eb_kind="drn", constrain=constrain, solver={"t1": 4, "t2": 2}
+        )
         opt = torch.optim.SGD(ff.parameters(), lr=50.0)
         ff(x).pow(2).sum().backward()
         opt.step()
@@ -248,8 +255,11 @@ def test_drn_conductances_stay_nonnegative_through_the_same_hook() -> None:
 def test_single_layer_blocks_and_constrain_off_keep_the_weights_exact() -> None:
     model, x = _large_mlp()
     original = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
-    for kw in ({"max_block_size": 1}, {"max_block_size": 3, "constrain": False},
-               {"max_block_size": 3, "feedback_gain": 0}):
+    for kw in (
+        {"max_block_size": 1},
+        {"max_block_size": 3, "constrain": False},
+        {"max_block_size": 3, "feedback_gain": 0},
+    ):
         ff = compile(model, x, **kw)
         compiled = [m.weight for m in ff.modules() if isinstance(m, nn.Linear)]
         assert len(compiled) == 3 and all(torch.equal(a, b) for a, b in zip(compiled, original)), kw
@@ -295,7 +305,9 @@ def test_a_rule_returning_nan_raises_naming_the_block(monkeypatch: pytest.Monkey
     monkeypatch.setattr(gradients._EPFunction, "rule", staticmethod(nan_rule))
     model, x = _large_mlp()
     ff = compile(model, x, max_block_size=3)
-    with pytest.raises(EquilibriumDivergedError, match=r"analog1.*EP gradient is NaN/Inf.*from a fixed point"):
+    with pytest.raises(
+        EquilibriumDivergedError, match=r"analog1.*EP gradient is NaN/Inf.*from a fixed point"
+    ):
         ff(x).pow(2).sum().backward()
 
 
@@ -317,13 +329,22 @@ def test_unconverged_free_phase_warns_once_per_block() -> None:
 
 
 def test_the_trainer_uses_the_same_mechanism(tmp_path: Path) -> None:
-    cfg = ExperimentConfig(train_subset=160, test_subset=64, batch_size=16, epochs=1, t1=8, t2=3,
-                           model_kwargs={"sizes": [64, 32, 32, 10]}, progress=False, lr=0.05,
-                           feedback_gain=0.5)
+    cfg = ExperimentConfig(
+        train_subset=160,
+        test_subset=64,
+        batch_size=16,
+        epochs=1,
+        t1=8,
+        t2=3,
+        model_kwargs={"sizes": [64, 32, 32, 10]},
+        progress=False,
+        lr=0.05,
+        feedback_gain=0.5,
+    )
     train(cfg, out=tmp_path / "r")
     state = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)["model"]
     w2 = [v for k, v in state.items() if k.endswith("weight") and tuple(v.shape) == (32, 32)]
     # the 2-layer block (hidden: hard sigmoid a = 0.5, output linear): ρ = √a · σ_max(W2)
-    assert len(w2) == 1 and 0.5 ** 0.5 * float(torch.linalg.matrix_norm(w2[0], 2)) <= 0.5 * 1.01
+    assert len(w2) == 1 and 0.5**0.5 * float(torch.linalg.matrix_norm(w2[0], 2)) <= 0.5 * 1.01
     with pytest.raises(ValueError, match="feedback_gain"):
         ExperimentConfig(feedback_gain=-0.5)

@@ -19,8 +19,17 @@ from hybridc.train.build import build_model, fit_model
 from hybridc.train.experiment import ConfigError, ExperimentConfig
 from hybridc.train.loop import train
 
-TINY = {"train_subset": 160, "test_subset": 64, "batch_size": 16, "epochs": 2, "t1": 8, "t2": 3,
-        "model_kwargs": {"sizes": [64, 64, 64, 10]}, "progress": False, "lr": 1e-2}
+TINY = {
+    "train_subset": 160,
+    "test_subset": 64,
+    "batch_size": 16,
+    "epochs": 2,
+    "t1": 8,
+    "t2": 3,
+    "model_kwargs": {"sizes": [64, 64, 64, 10]},
+    "progress": False,
+    "lr": 1e-2,
+}
 
 
 def tiny(**kw: object) -> ExperimentConfig:
@@ -85,12 +94,15 @@ def test_evaluate_run_accuracy_residuals_and_device_effects(run_dir: Path) -> No
     summary = json.loads((run_dir / "summary.json").read_text())
     ideal = evaluate_run(run_dir, subset=64, device="cpu")
     assert ideal.accuracy == pytest.approx(summary["final_test_acc"], abs=1e-9) and ideal.samples == 64
-    assert set(ideal.residual) == set(json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
-                                      ["residual"])
+    assert set(ideal.residual) == set(
+        json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["residual"]
+    )
     assert all(v >= 0 for v in ideal.residual.values()) and ideal.analog is None
     same = evaluate_run(run_dir, analog={}, subset=64, device="cpu")  # {} = the ideal device: as trained here
     assert same.accuracy == ideal.accuracy and same.analog == {}
-    noisy = evaluate_run(run_dir, analog={"read_noise": 0.3, "weight_levels": 3}, subset=64, seeds=3, device="cpu")
+    noisy = evaluate_run(
+        run_dir, analog={"read_noise": 0.3, "weight_levels": 3}, subset=64, seeds=3, device="cpu"
+    )
     assert len(noisy.accuracies) == 3 and noisy.analog == {"read_noise": 0.3, "weight_levels": 3}
     # read noise on every relaxation step keeps the free phase from settling: the residual shows it
     assert max(noisy.residual.values()) > 10 * max(max(ideal.residual.values()), 1e-6)
@@ -130,8 +142,17 @@ def test_every_zoo_model_fits_the_bundled_digits(name: str) -> None:
 
 def test_vgg_on_digits_trains_upsampled_and_loads_for_raw_pixels(tmp_path: Path) -> None:
     con, buf = console()
-    cfg = ExperimentConfig(model="vgg-paper", model_kwargs={"width": 0.0625}, epochs=1, train_subset=32,
-                           test_subset=16, batch_size=16, t1=3, t2=2, progress=False)
+    cfg = ExperimentConfig(
+        model="vgg-paper",
+        model_kwargs={"width": 0.0625},
+        epochs=1,
+        train_subset=32,
+        test_subset=16,
+        batch_size=16,
+        t1=3,
+        t2=2,
+        progress=False,
+    )
     train(cfg, out=tmp_path / "vgg", console=con)
     assert "input upsampled 8x8 -> 16x16" in buf.getvalue()
     saved = json.loads((tmp_path / "vgg" / "config.json").read_text())
@@ -143,15 +164,19 @@ def test_vgg_on_digits_trains_upsampled_and_loads_for_raw_pixels(tmp_path: Path)
         up = torch.nn.functional.interpolate(raw, size=(16, 16), mode="bilinear")
         torch.testing.assert_close(model(raw), model.net((up - 0.3053) / 0.3760))
     summary = json.loads((tmp_path / "vgg" / "summary.json").read_text())
-    assert evaluate_run(tmp_path / "vgg", subset=16, device="cpu").accuracy == \
-        pytest.approx(summary["final_test_acc"], abs=1e-9)
+    assert evaluate_run(tmp_path / "vgg", subset=16, device="cpu").accuracy == pytest.approx(
+        summary["final_test_acc"], abs=1e-9
+    )
 
 
 # ------------------------------------------------------------------------------ what the trainer says
 def test_header_states_block_kind_gamma_device_effects_and_real_activation(tmp_path: Path) -> None:
     con, buf = console()
-    train(tiny(epochs=1, eb_kind="drn", drn_gamma=2.0, analog={"read_noise": 0.01}), out=tmp_path / "d",
-          console=con)
+    train(
+        tiny(epochs=1, eb_kind="drn", drn_gamma=2.0, analog={"read_noise": 0.01}),
+        out=tmp_path / "d",
+        console=con,
+    )
     head = buf.getvalue()
     assert "drn (γ 2)" in head and "device effects read_noise=0.01" in head
     con, buf = console()

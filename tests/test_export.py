@@ -76,13 +76,24 @@ def _onnx_ops(path: Path) -> set[str]:
 # ---- decompositions of the pooling transposes (no ONNX conversion exists for the ATen ops) -------------
 
 
-@pytest.mark.parametrize("k,s,p,ceil,cip,div", [
-    (2, 2, 0, False, True, None), (2, 2, 0, True, True, None), (3, 2, 1, False, True, None),
-    (3, 2, 1, True, True, None), (3, 2, 1, True, False, None), (3, 1, 1, False, False, None),
-    (2, 3, 1, True, False, None), (3, 3, 1, True, True, None), (3, 2, 1, True, True, 5),
-    (2, 1, 0, False, False, 3)])
-def test_avg_pool_backward_decomposition_exact(k: int, s: int, p: int, ceil: bool, cip: bool,
-                                              div: int | None) -> None:
+@pytest.mark.parametrize(
+    "k,s,p,ceil,cip,div",
+    [
+        (2, 2, 0, False, True, None),
+        (2, 2, 0, True, True, None),
+        (3, 2, 1, False, True, None),
+        (3, 2, 1, True, True, None),
+        (3, 2, 1, True, False, None),
+        (3, 1, 1, False, False, None),
+        (2, 3, 1, True, False, None),
+        (3, 3, 1, True, True, None),
+        (3, 2, 1, True, True, 5),
+        (2, 1, 0, False, False, 3),
+    ],
+)
+def test_avg_pool_backward_decomposition_exact(
+    k: int, s: int, p: int, ceil: bool, cip: bool, div: int | None
+) -> None:
     x = torch.randn(2, 3, 9, 8, dtype=torch.float64)
     g = torch.randn_like(torch.nn.functional.avg_pool2d(x, k, s, p, ceil, cip, div))
     args = (g, x, [k, k], [s, s], [p, p], ceil, cip, div)
@@ -90,8 +101,10 @@ def test_avg_pool_backward_decomposition_exact(k: int, s: int, p: int, ceil: boo
     torch.testing.assert_close(DECOMPOSITIONS[aten.avg_pool2d_backward.default](*args), ref)
 
 
-@pytest.mark.parametrize("size,out", [((7, 9), (1, 1)), ((7, 9), (3, 4)), ((8, 8), (2, 2)), ((5, 6), (5, 3)),
-                                      ((5, 6, 7), (2, 3, 1))])
+@pytest.mark.parametrize(
+    "size,out",
+    [((7, 9), (1, 1)), ((7, 9), (3, 4)), ((8, 8), (2, 2)), ((5, 6), (5, 3)), ((5, 6, 7), (2, 3, 1))],
+)
 def test_adaptive_pool_backward_decomposition_exact(size: tuple, out: tuple) -> None:
     x = torch.randn(2, 3, *size, dtype=torch.float64)
     g = torch.randn(2, 3, *out, dtype=torch.float64)
@@ -104,8 +117,9 @@ def test_avg_pool3d_backward_decomposition_exact() -> None:
     for k, s, p, ceil, cip in [(2, 2, 0, True, True), (3, 2, 1, False, False), (3, 1, 1, True, True)]:
         g = torch.randn_like(torch.nn.functional.avg_pool3d(x, k, s, p, ceil, cip))
         args = (g, x, [k] * 3, [s] * 3, [p] * 3, ceil, cip, None)
-        torch.testing.assert_close(DECOMPOSITIONS[aten.avg_pool3d_backward.default](*args),
-                                   aten.avg_pool3d_backward(*args))
+        torch.testing.assert_close(
+            DECOMPOSITIONS[aten.avg_pool3d_backward.default](*args), aten.avg_pool3d_backward(*args)
+        )
 
 
 # ---- every zoo model exports and verifies --------------------------------------------------------------
@@ -155,11 +169,18 @@ def test_resnet_digital_blocks_batchnorm_eval_and_residual_adds(exports: dict) -
     for a, c in zip(full, one):
         np.testing.assert_allclose(a[:1], c, atol=1e-6)
     # the analog block with the absorbed global average pool exports its transpose (decomposed)
-    assert any(op.op == "AdaptiveAvgPool2d" for b in m.blocks if isinstance(b, AnalogBlockInfo)
-               for s in b.synapses for op in s.path)
+    assert any(
+        op.op == "AdaptiveAvgPool2d"
+        for b in m.blocks
+        if isinstance(b, AnalogBlockInfo)
+        for s in b.synapses
+        for op in s.path
+    )
     # residual adds inside analog blocks: two synapses into one neuron
     analog = [b for b in m.blocks if isinstance(b, AnalogBlockInfo)]
-    assert any(len({s.source for s in b.synapses if s.target == n.name}) > 1 for b in analog for n in b.neurons)
+    assert any(
+        len({s.source for s in b.synapses if s.target == n.name}) > 1 for b in analog for n in b.neurons
+    )
 
 
 def test_transformer_attention_and_layernorm_blocks(exports: dict) -> None:
@@ -178,7 +199,8 @@ def test_full_model_matches_torch_on_new_batch_sizes(exports: dict, name: str) -
     ff, res = exports[name]
     m = res.manifest
     assert m.full.relaxation == FULL[name] and ("Loop" in _onnx_ops(res.directory / m.full.onnx)) == (
-        FULL[name] == "loop")
+        FULL[name] == "loop"
+    )
     sess = onnx_session(res.directory / m.full.onnx)
     shape = m.tensors[m.graph_inputs[0]].shape[1:]
     for batch in (1, 5):
@@ -374,7 +396,9 @@ def test_export_restores_the_model_and_handles_float64_async_tolerance(tmp_path:
     after = ff.state_dict()
     assert all(after[k].dtype == torch.float64 and torch.equal(after[k], v) for k, v in before.items())
     analog = [b for b in m.blocks if isinstance(b, AnalogBlockInfo)]
-    assert all(b.solver.mode == "async" and b.solver.steps == 60 and "tolerance" in b.solver.note for b in analog)
+    assert all(
+        b.solver.mode == "async" and b.solver.steps == 60 and "tolerance" in b.solver.note for b in analog
+    )
     assert any("tolerance" in w for w in m.warnings)
     assert m.checks["fixed_steps_vs_compiled_solver_max_abs"] < 1e-4  # 60 steps reach the tolerance solution
 
@@ -417,20 +441,31 @@ def test_run_dir_exports_trained_weights_batchnorm_statistics_and_input_transfor
     res = export_ffebm(loaded.ff, tmp_path / "out", full=True, source=loaded.source)
     assert res.report.ok and res.manifest.source.kind == "run"
     pre = res.manifest.preprocess
-    assert pre is not None and pre.applied_by_full_model and pre.raw_shape == [1, 8, 8] and pre.resize_to == [6, 6]
+    assert (
+        pre is not None
+        and pre.applied_by_full_model
+        and pre.raw_shape == [1, 8, 8]
+        and pre.resize_to == [6, 6]
+    )
     assert pre.mean == [pytest.approx(0.3053)] and res.manifest.full.inputs == [pre.raw_input]
     sess = onnx_session(res.directory / res.manifest.full.onnx)
     raw = torch.rand(4, 1, 8, 8)
     x = (torch.nn.functional.interpolate(raw, size=(6, 6), mode="bilinear") - 0.3053) / 0.3760
     with torch.no_grad():
         want = ff.eval()(x).numpy()
-        fresh = hc_compile(load_model(str(src)).model, lm.example_inputs, plan=ff.plan,
-                           solver={"t1": 8}).eval()(x).numpy()
+        fresh = (
+            hc_compile(load_model(str(src)).model, lm.example_inputs, plan=ff.plan, solver={"t1": 8})
+            .eval()(x)
+            .numpy()
+        )
     got = sess.run(None, {pre.raw_input: raw.numpy()})[0]
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
     assert np.abs(got - fresh).max() > 1e-2  # the trained state, not a fresh model
-    assert any("BatchNormalization" in _onnx_ops(res.directory / b.onnx)
-               for b in res.manifest.blocks if isinstance(b, DigitalBlockInfo))
+    assert any(
+        "BatchNormalization" in _onnx_ops(res.directory / b.onnx)
+        for b in res.manifest.blocks
+        if isinstance(b, DigitalBlockInfo)
+    )
     (run / "checkpoint.pt").unlink()
     with pytest.raises(ExportError, match="no checkpoint"):
         load_run(run)
@@ -441,8 +476,18 @@ def test_run_dir_from_hybridc_train(tmp_path: Path) -> None:
     train_mod = pytest.importorskip("hybridc.train.loop")
     from hybridc.train.experiment import resolve_config
 
-    cfg = resolve_config(None, {"epochs": 1, "train_subset": 64, "test_subset": 32, "t1": 4, "t2": 2,
-                                "max_block_size": 3, "progress": False})
+    cfg = resolve_config(
+        None,
+        {
+            "epochs": 1,
+            "train_subset": 64,
+            "test_subset": 32,
+            "t1": 4,
+            "t2": 2,
+            "max_block_size": 3,
+            "progress": False,
+        },
+    )
     train_mod.train(cfg, out=tmp_path / "run")
     loaded = load_run(tmp_path / "run")
     res = export_ffebm(loaded.ff, tmp_path / "out", source=loaded.source)
@@ -455,8 +500,9 @@ def test_run_dir_from_hybridc_train(tmp_path: Path) -> None:
     # the weights are stored once: the step file reads them from the safetensors file (external data)
     step = onnx.load(str(res.directory / blk.step_onnx), load_external_data=False)
     external = [i for i in step.graph.initializer if i.data_location == onnx.TensorProto.EXTERNAL]
-    assert external and {e.value for i in external for e in i.external_data if e.key == "location"} == \
-        {Path(blk.weights).name}
+    assert external and {e.value for i in external for e in i.external_data if e.key == "location"} == {
+        Path(blk.weights).name
+    }
     weights_bytes = (res.directory / blk.weights).stat().st_size
     assert (res.directory / blk.step_onnx).stat().st_size < weights_bytes / 4
 
@@ -465,17 +511,32 @@ def test_run_dir_from_hybridc_train(tmp_path: Path) -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hybridc", *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "hybridc", *args], capture_output=True, text=True, timeout=600
+    )
 
 
-def test_cli_export_verify(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_export_verify(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from typer.testing import CliRunner
 
     from hybridc.cli import app, main
 
     out = tmp_path / "out"
-    r = _cli("export", "mlp", "--model-kwargs", '{"sizes": [784, 16, 10]}', "-n", "2", "--t1", "5",
-             "--full", "-o", str(out))  # as users run it
+    r = _cli(
+        "export",
+        "mlp",
+        "--model-kwargs",
+        '{"sizes": [784, 16, 10]}',
+        "-n",
+        "2",
+        "--t1",
+        "5",
+        "--full",
+        "-o",
+        str(out),
+    )  # as users run it
     assert r.returncode == 0, r.stdout + r.stderr
     assert "end-to-end" in r.stdout and "model.onnx" in r.stdout and "wrote" in r.stdout
     runner = CliRunner()
@@ -486,11 +547,15 @@ def test_cli_export_verify(tmp_path: Path, capsys: pytest.CaptureFixture, monkey
     assert data["ok"] and {row["kind"] for row in data["rows"]} == {"digital", "analog", "chained", "full"}
     res = runner.invoke(app, ["verify", str(out), "--tol", "1e-12"])  # no relaxation is that exact
     assert res.exit_code == 1 and "FAILED" in res.stdout
-    for argv, message in ((["verify", str(tmp_path)], "not a hybridc export directory"),
-                          (["export", str(out), "-o", str(tmp_path / "x")], "is an export directory"),
-                          (["export", str(tmp_path), "-o", str(tmp_path / "x")], "neither a model file nor a run"),
-                          (["export", "mlp", "--plan", str(tmp_path / "none.json"), "-o", str(tmp_path / "x")],
-                           "does not exist")):
+    for argv, message in (
+        (["verify", str(tmp_path)], "not a hybridc export directory"),
+        (["export", str(out), "-o", str(tmp_path / "x")], "is an export directory"),
+        (["export", str(tmp_path), "-o", str(tmp_path / "x")], "neither a model file nor a run"),
+        (
+            ["export", "mlp", "--plan", str(tmp_path / "none.json"), "-o", str(tmp_path / "x")],
+            "does not exist",
+        ),
+    ):
         monkeypatch.setattr(sys, "argv", ["hybridc", *argv])
         with pytest.raises(SystemExit) as info:
             main()
@@ -499,11 +564,15 @@ def test_cli_export_verify(tmp_path: Path, capsys: pytest.CaptureFixture, monkey
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,n,relaxation", [("vgg-paper-12", 2, "unroll"), ("resnet18", 2, "unroll"),
-                                               ("resnet18", 4, "loop"), ("vit", 2, "loop")])
+@pytest.mark.parametrize(
+    "name,n,relaxation",
+    [("vgg-paper-12", 2, "unroll"), ("resnet18", 2, "unroll"), ("resnet18", 4, "loop"), ("vit", 2, "loop")],
+)
 def test_more_zoo_exports_full(tmp_path: Path, name: str, n: int, relaxation: str) -> None:
     torch.manual_seed(0)
-    kwargs = {"vgg-paper-12": {"width": 0.0625}, "resnet18": {"base": 4}, "vit": {"dim": 16, "heads": 2}}[name]
+    kwargs = {"vgg-paper-12": {"width": 0.0625}, "resnet18": {"base": 4}, "vit": {"dim": 16, "heads": 2}}[
+        name
+    ]
     lm = load_model(name, **kwargs)
     ff = hc_compile(lm.model, lm.example_inputs, max_block_size=n)
     res = export_ffebm(ff, tmp_path / "out", full=True, relaxation=relaxation)
@@ -511,8 +580,9 @@ def test_more_zoo_exports_full(tmp_path: Path, name: str, n: int, relaxation: st
     assert res.report.rows[-1].kind == "full"
 
 
-@pytest.mark.parametrize("name", ["functional_mlp", "preact_resnet", "mlp_mixer", "scratch_encoder",
-                                  "shape_control_flow"])
+@pytest.mark.parametrize(
+    "name", ["functional_mlp", "preact_resnet", "mlp_mixer", "scratch_encoder", "shape_control_flow"]
+)
 def test_unseen_models_export_and_verify(tmp_path: Path, name: str) -> None:
     """Models written in other PyTorch styles (raw parameters, pre-activation residuals, token mixing,
     nn.MultiheadAttention encoders, shape control flow captured by torch.export) export and verify."""

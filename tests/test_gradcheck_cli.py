@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-MODEL = '''
+MODEL = """
 import torch
 from torch import nn
 
@@ -29,12 +29,13 @@ class Model(nn.Module):
     def forward(self, x):
         h = self.body(x)
         return {"features": h, "logits": self.head(h), "aux": self.aux(h)}
-'''
+"""
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hybridc", "gradcheck", *args], capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "hybridc", "gradcheck", *args], capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.mark.slow
@@ -58,8 +59,11 @@ def test_output_option_progress_and_structural_zeros(tmp_path: Path) -> None:
     assert data["output"] == "logits"
     rows = {p["name"]: p for p in data["params"]}
     assert rows["aux.weight"]["structural_zero"] and not rows["body.0.weight"]["structural_zero"]
-    assert all(p["cos_ep_id"] >= 0.9999 and p["relerr_ep_id"] <= 1e-5 for p in data["params"]
-               if not p["structural_zero"])
+    assert all(
+        p["cos_ep_id"] >= 0.9999 and p["relerr_ep_id"] <= 1e-5
+        for p in data["params"]
+        if not p["structural_zero"]
+    )
 
 
 def test_unknown_output_is_one_error_line(tmp_path: Path) -> None:

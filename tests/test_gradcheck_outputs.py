@@ -153,7 +153,9 @@ def test_tied_parameter_is_one_row_with_every_block_that_uses_it() -> None:
     rows = [p for p in r.params if p.name == "embed.weight"]
     assert len(rows) == 1 and not any("lm_head" in p.name for p in r.params), [p.name for p in r.params]
     row = rows[0]
-    assert len(row.block.split("+")) == 2 and row.analog == any(b.startswith("analog") for b in row.block.split("+"))
+    assert len(row.block.split("+")) == 2 and row.analog == any(
+        b.startswith("analog") for b in row.block.split("+")
+    )
     assert row.cos_ep_id >= 0.9999 and row.relerr_ep_id <= 1e-5, row
     assert row.relerr_id_bptt <= 1e-6, row
     assert any(p.analog for p in r.checked())
@@ -165,8 +167,16 @@ def test_gmres_adjoint_matches_the_fixed_point_iteration_with_fewer_steps() -> N
     lm = small_zoo("vgg-paper")
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     y = torch.randint(0, 10, (2,))
-    ff = compile(lm.model.double(), x, max_block_size=3,
-                 solver={"tol": 1e-13, "max_steps": 3000, "check_every": 10}).double().eval()
+    ff = (
+        compile(
+            lm.model.double(),
+            x,
+            max_block_size=3,
+            solver={"tol": 1e-13, "max_steps": 3000, "check_every": 10},
+        )
+        .double()
+        .eval()
+    )
     grads, steps = {}, {}
     for solver in ("fixed_point", "gmres"):
         ff.set_gradient("id", id_solver=solver, id_tol=1e-13)

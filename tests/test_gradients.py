@@ -28,8 +28,16 @@ def test_single_layer_blocks_are_exact(name: str) -> None:
         assert p.relerr_ep_id <= 1e-8 and p.relerr_ep_autograd <= 1e-8, p
 
 
-@pytest.mark.parametrize("name,n,beta", [("mlp", 2, 1e-6), ("vgg-paper", 3, 1e-6), ("resnet18", 4, 1e-7),
-                                         ("transformer", 2, 1e-6), ("vit", 2, 1e-6)])
+@pytest.mark.parametrize(
+    "name,n,beta",
+    [
+        ("mlp", 2, 1e-6),
+        ("vgg-paper", 3, 1e-6),
+        ("resnet18", 4, 1e-7),
+        ("transformer", 2, 1e-6),
+        ("vit", 2, 1e-6),
+    ],
+)
 def test_multilayer_ep_matches_id_and_bptt(name: str, n: int, beta: float) -> None:
     """Cosine and relative error (a constant scale error in EP keeps the cosine at 1). Measured max relative
     errors EP vs ID in float64: mlp 9e-9, vgg 2.7e-7, transformer 1.3e-8, vit 1.3e-9; resnet18 2.9e-7 at
@@ -60,7 +68,9 @@ def test_unseen_models_gradcheck(name: str) -> None:
 
 def _block_and_inputs(name: str, n: int):  # noqa: ANN202
     lm = small_zoo(name)
-    ff = compile(lm.model.double(), lm.example_inputs[0].double(), max_block_size=n, solver={"fast_path": "on"})
+    ff = compile(
+        lm.model.double(), lm.example_inputs[0].double(), max_block_size=n, solver={"fast_path": "on"}
+    )
     ff = ff.double()
     block = max(ff.analog_blocks.values(), key=lambda b: len(b.neuron_names))
     return ff, block
@@ -96,8 +106,14 @@ def test_divergence_names_block_and_step() -> None:
         for m in model[::2]:
             m.weight.copy_(torch.eye(m.weight.shape[0], 8) * 3.0)
     # unbounded (relu) neurons with loop gain 9: the relaxation runs away
-    ff = compile(model, torch.randn(2, 8), max_block_size=3, activation="keep", constrain=False,
-                 solver={"t1": 200, "check_every": 7})  # constrain=False: keep it non-contractive
+    ff = compile(
+        model,
+        torch.randn(2, 8),
+        max_block_size=3,
+        activation="keep",
+        constrain=False,
+        solver={"t1": 200, "check_every": 7},
+    )  # constrain=False: keep it non-contractive
     with pytest.raises(EquilibriumDivergedError) as exc:
         ff(torch.randn(2, 8))
     msg = str(exc.value)
@@ -107,7 +123,9 @@ def test_divergence_names_block_and_step() -> None:
 
 
 def test_nan_input_is_reported() -> None:
-    ff = compile(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)), torch.randn(2, 4), max_block_size=2)
+    ff = compile(
+        nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)), torch.randn(2, 4), max_block_size=2
+    )
     x = torch.randn(2, 4)
     x[0, 0] = float("nan")
     with pytest.raises(EquilibriumDivergedError, match="NaN"):
@@ -127,7 +145,10 @@ def test_one_sided_and_unnormalised_ep_agree_with_id() -> None:
         return torch.cat([p.grad.flatten() for p in ff.parameters()])
 
     ref = grads(mode="id")
-    for kw in ({"mode": "ep", "beta": 1e-6, "centered": False}, {"mode": "ep", "beta": 1e-9, "normalize": False}):
+    for kw in (
+        {"mode": "ep", "beta": 1e-6, "centered": False},
+        {"mode": "ep", "beta": 1e-9, "normalize": False},
+    ):
         g = grads(**kw)
         assert F.cosine_similarity(g, ref, 0) > 0.999, kw
 
@@ -137,8 +158,9 @@ def test_training_with_adam_clipping_reduces_loss() -> None:
     x = torch.randn(64, 10)
     y = (x[:, :3].sum(1) > 0).long() + (x[:, 3] > 1).long()
     model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3))
-    ff = compile(model, x, max_block_size=2, init="goe", goe_variance=1e-2, beta=0.05,
-                 solver={"t1": 15, "t2": 5})
+    ff = compile(
+        model, x, max_block_size=2, init="goe", goe_variance=1e-2, beta=0.05, solver={"t1": 15, "t2": 5}
+    )
     opt = torch.optim.Adam(ff.parameters(), lr=3e-3)
     losses = []
     for _ in range(300):
@@ -189,8 +211,14 @@ def test_solver_variants_reach_the_same_equilibrium() -> None:
     outs, steps = {}, {}
     for name, solver in {"sync": {}, "async": {"mode": "async"}, "anderson": {"anderson": 5}}.items():
         torch.manual_seed(1)  # the same GOE weights for every variant
-        ff = compile(model, x.float(), max_block_size=3, init="goe", goe_variance=0.02,
-                     solver={"tol": 1e-12, "max_steps": 4000, "check_every": 10, **solver}).double()
+        ff = compile(
+            model,
+            x.float(),
+            max_block_size=3,
+            init="goe",
+            goe_variance=0.02,
+            solver={"tol": 1e-12, "max_steps": 4000, "check_every": 10, **solver},
+        ).double()
         with torch.no_grad():
             outs[name] = ff(x)
         block = next(iter(ff.analog_blocks.values()))

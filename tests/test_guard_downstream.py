@@ -29,8 +29,14 @@ class SmallConv(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                                      nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 2, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(2, 3, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(3 * 2 * 2, 4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -43,7 +49,12 @@ class Exported(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.fc1, self.fc2, self.fc3, self.fc4 = nn.Linear(6, 8), nn.Linear(8, 7), nn.Linear(7, 5), nn.Linear(5, 3)
+        self.fc1, self.fc2, self.fc3, self.fc4 = (
+            nn.Linear(6, 8),
+            nn.Linear(8, 7),
+            nn.Linear(7, 5),
+            nn.Linear(5, 3),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] != 6:
@@ -88,8 +99,11 @@ def _guarded(ff: nn.Module) -> str:
 def _top(ff: nn.Module, name: str) -> nn.Module:
     """The module of the guarded block's top layer."""
     blk = ff.blocks[name]
-    label = blk.constraint.compensation.layers[0] if blk.constraint.compensation.layers else \
-        feedback_layers(blk)[-1][0]
+    label = (
+        blk.constraint.compensation.layers[0]
+        if blk.constraint.compensation.layers
+        else feedback_layers(blk)[-1][0]
+    )
     return blk._split[1].get_submodule(label)
 
 
@@ -167,7 +181,7 @@ def test_the_compensated_block_is_the_original_with_its_feedback_times_t_squared
         u1 = lin1(x)
         for _ in range(3000):
             y = lin2(h)
-            h = (SLOPE * (u1 + t ** 2 * y @ lin2.weight)).clamp(0.0, 1.0)
+            h = (SLOPE * (u1 + t**2 * y @ lin2.weight)).clamp(0.0, 1.0)
         y = lin2(h)
         ref = before.blocks["analog3"](before.blocks["digital2"](y)[0])[0]
     assert float(t) < 0.9
@@ -187,8 +201,12 @@ def test_the_decisions_and_the_model_record_what_applies() -> None:
     top = ff.blocks["analog0"].synapses.get_submodule("features.3")
     head = ff.blocks["analog2"].synapses.get_submodule("classifier.1")
     t = float(top.weight[0, 0, 0, 0].detach() / model.features[3].weight[0, 0, 0, 0].detach())
-    assert t < 1  # compiled weights: top layer (weight and bias) ×t, the classifier's weight ×1/t, its bias kept
-    assert torch.allclose(top.weight, t * model.features[3].weight) and torch.allclose(top.bias, t * model.features[3].bias)
+    assert (
+        t < 1
+    )  # compiled weights: top layer (weight and bias) ×t, the classifier's weight ×1/t, its bias kept
+    assert torch.allclose(top.weight, t * model.features[3].weight) and torch.allclose(
+        top.bias, t * model.features[3].bias
+    )
     assert torch.allclose(head.weight, model.classifier[1].weight / t)
     assert torch.equal(head.bias, model.classifier[1].bias)
 
@@ -198,20 +216,34 @@ class _Between(nn.Module):
 
     def __init__(self, mid: nn.Module) -> None:
         super().__init__()
-        self.fc1, self.fc2, self.fc3, self.fc4 = nn.Linear(6, 8), nn.Linear(8, 7), nn.Linear(7, 5), nn.Linear(5, 3)
+        self.fc1, self.fc2, self.fc3, self.fc4 = (
+            nn.Linear(6, 8),
+            nn.Linear(8, 7),
+            nn.Linear(7, 5),
+            nn.Linear(5, 3),
+        )
         self.mid = mid
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc4(torch.relu(self.fc3(self.mid(self.fc2(torch.relu(self.fc1(x)))))))
 
 
-@pytest.mark.parametrize(("mid", "why"), [
-    (nn.ReLU(), None), (nn.LeakyReLU(0.1), None), (nn.Dropout(0.2), None), (nn.Identity(), None),
-    (nn.Hardsigmoid(), "hard sigmoid"), (nn.ReLU6(), "ReLU6"), (nn.BatchNorm1d(7), "BatchNorm"),
-    (nn.Sigmoid(), "sigmoid"),
-])
-def test_only_positively_homogeneous_paths_compensate_and_fallbacks_say_why(mid: nn.Module, why: str | None
-                                                                            ) -> None:
+@pytest.mark.parametrize(
+    ("mid", "why"),
+    [
+        (nn.ReLU(), None),
+        (nn.LeakyReLU(0.1), None),
+        (nn.Dropout(0.2), None),
+        (nn.Identity(), None),
+        (nn.Hardsigmoid(), "hard sigmoid"),
+        (nn.ReLU6(), "ReLU6"),
+        (nn.BatchNorm1d(7), "BatchNorm"),
+        (nn.Sigmoid(), "sigmoid"),
+    ],
+)
+def test_only_positively_homogeneous_paths_compensate_and_fallbacks_say_why(
+    mid: nn.Module, why: str | None
+) -> None:
     torch.manual_seed(0)
     model = _Between(mid).double().eval()
     x = torch.rand(4, 6, dtype=torch.float64)
@@ -240,7 +272,12 @@ class _SkipAfter(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.fc1, self.fc2, self.fc3, self.fc4 = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+        self.fc1, self.fc2, self.fc3, self.fc4 = (
+            nn.Linear(6, 8),
+            nn.Linear(8, 8),
+            nn.Linear(8, 8),
+            nn.Linear(8, 3),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.relu(self.fc2(torch.relu(self.fc1(x))))

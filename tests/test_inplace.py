@@ -94,8 +94,10 @@ def test_mul_inplace_is_in_a_block_between_the_layers() -> None:
             assert all(n.name in b.nodes for n in muls)
     assert any("in-place" in note for note in traced.notes)
     # and the plan says so, naming the model's line
-    assert any(d.action == "substituted" and "mul_" in d.reason and "test_inplace.py:" in d.reason
-               for d in plan.decisions)
+    assert any(
+        d.action == "substituted" and "mul_" in d.reason and "test_inplace.py:" in d.reason
+        for d in plan.decisions
+    )
 
 
 def test_no_mutation_left_and_every_effect_in_a_block() -> None:
@@ -181,8 +183,23 @@ def test_mutated_graph_input_is_functionalized_and_the_callers_tensor_is_left_al
 # property: random models with in-place ops, block size 1, keep activations -> the original forward
 # --------------------------------------------------------------------------------------------------
 
-OPS = ["linear", "mul_", "add_", "relu_", "iadd", "isub", "imul", "torch_relu_", "f_relu_inplace",
-       "relu_module", "clamp_", "tanh_", "sigmoid_", "alias_then_mutate", "div_"]
+OPS = [
+    "linear",
+    "mul_",
+    "add_",
+    "relu_",
+    "iadd",
+    "isub",
+    "imul",
+    "torch_relu_",
+    "f_relu_inplace",
+    "relu_module",
+    "clamp_",
+    "tanh_",
+    "sigmoid_",
+    "alias_then_mutate",
+    "div_",
+]
 
 
 class RandomInplace(nn.Module):
@@ -230,7 +247,9 @@ class RandomInplace(nn.Module):
         return self.head(h + sum(kept[1:], torch.zeros_like(h)))
 
 
-programs = st.lists(st.tuples(st.sampled_from(OPS), st.floats(-2.0, 2.0, allow_nan=False)), min_size=1, max_size=7)
+programs = st.lists(
+    st.tuples(st.sampled_from(OPS), st.floats(-2.0, 2.0, allow_nan=False)), min_size=1, max_size=7
+)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])

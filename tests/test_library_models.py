@@ -27,23 +27,36 @@ transformers = pytest.importorskip("transformers")
 
 TIGHT = {"tol": 1e-7, "max_steps": 3000, "check_every": 10}
 
-BERT = "hf:bert,vocab_size=64,hidden_size=16,num_hidden_layers=1,num_attention_heads=2,intermediate_size=32," \
-       "max_position_embeddings=16"
-GPT2 = "hf:gpt2,vocab_size=64,n_embd=16,n_layer=1,n_head=2,n_positions=16,use_cache=False,bos_token_id=0," \
-       "eos_token_id=0"
-VIT = "hf:vit,image_size=16,patch_size=8,hidden_size=16,num_hidden_layers=1,num_attention_heads=2," \
-      "intermediate_size=32,num_labels=4"
-
+BERT = (
+    "hf:bert,vocab_size=64,hidden_size=16,num_hidden_layers=1,num_attention_heads=2,intermediate_size=32,"
+    "max_position_embeddings=16"
+)
+GPT2 = (
+    "hf:gpt2,vocab_size=64,n_embd=16,n_layer=1,n_head=2,n_positions=16,use_cache=False,bos_token_id=0,"
+    "eos_token_id=0"
+)
+VIT = (
+    "hf:vit,image_size=16,patch_size=8,hidden_size=16,num_hidden_layers=1,num_attention_heads=2,"
+    "intermediate_size=32,num_labels=4"
+)
 
 
 # ------------------------------------------------------------------------------------------------ loader
 
 
 def test_spec_values_and_lists() -> None:
-    s = parse_library_spec("hf:swin,depths=[1,2],num_heads=(1,2),hidden_act=gelu,qkv_bias=false,eps=1e-5,x=None")
+    s = parse_library_spec(
+        "hf:swin,depths=[1,2],num_heads=(1,2),hidden_act=gelu,qkv_bias=false,eps=1e-5,x=None"
+    )
     assert s.library == "hf" and s.name == "swin"
-    assert s.kwargs == {"depths": [1, 2], "num_heads": (1, 2), "hidden_act": "gelu", "qkv_bias": False,
-                        "eps": 1e-5, "x": None}
+    assert s.kwargs == {
+        "depths": [1, 2],
+        "num_heads": (1, 2),
+        "hidden_act": "gelu",
+        "qkv_bias": False,
+        "eps": 1e-5,
+        "x": None,
+    }
     assert parse_value("64") == 64 and parse_value("True") is True and parse_value("0.5") == 0.5
 
 
@@ -68,20 +81,25 @@ def test_hf_vision_model_gets_pixels_from_its_config() -> None:
 
 
 def test_hf_config_class_model_class_and_task() -> None:
-    assert type(load_model(BERT.replace("hf:bert", "hf:BertConfig")).model).__name__ == \
-        "BertForSequenceClassification"
+    assert (
+        type(load_model(BERT.replace("hf:bert", "hf:BertConfig")).model).__name__
+        == "BertForSequenceClassification"
+    )
     assert type(load_model(BERT + ",task=base").model).__name__ == "BertModel"
     t5 = load_model("hf:T5EncoderModel,vocab_size=64,d_model=16,d_ff=32,d_kv=8,num_layers=1,num_heads=2")
     assert type(t5.model).__name__ == "T5EncoderModel"
 
 
-@pytest.mark.parametrize("spec, words", [
-    ("hf:no_such_model", "no model type"),
-    ("hf:bert,hidden_sz=4", "no field 'hidden_sz'"),
-    ("hf:bert,hidden_size", "not a key=value"),
-    ("hf:vit,task=causal-lm", "has no causal-lm model"),
-    ("hf:", "names no model"),
-])
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ("hf:no_such_model", "no model type"),
+        ("hf:bert,hidden_sz=4", "no field 'hidden_sz'"),
+        ("hf:bert,hidden_size", "not a key=value"),
+        ("hf:vit,task=causal-lm", "has no causal-lm model"),
+        ("hf:", "names no model"),
+    ],
+)
 def test_hf_errors_are_one_line(spec: str, words: str) -> None:
     with pytest.raises(ModelLoadError, match=words) as info:
         load_model(spec)
@@ -97,12 +115,20 @@ def test_timm_error_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.slow  # two interpreter starts importing transformers
 def test_cli_accepts_hf_spec() -> None:
-    r = subprocess.run([sys.executable, "-m", "hybridc", "partition", BERT, "--format", "json"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "hybridc", "partition", BERT, "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert '"analog"' in r.stdout
-    r = subprocess.run([sys.executable, "-m", "hybridc", "partition", "hf:bert,hidden_sz=4"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "hybridc", "partition", "hf:bert,hidden_sz=4"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2 and "no field 'hidden_sz'" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -146,7 +172,9 @@ def _ep_vs_id(model: torch.nn.Module, example: tuple[torch.Tensor, ...]) -> list
     structurally zero (norm > 1e-12 of the largest), float64, free phase to 1e-13."""
     model = model.double()
     ex = tuple(t.double() if t.is_floating_point() else t for t in example)
-    ff = hc_compile(model, ex, beta=1e-6, solver={"tol": 1e-13, "max_steps": 5000, "check_every": 10}).double()
+    ff = hc_compile(
+        model, ex, beta=1e-6, solver={"tol": 1e-13, "max_steps": 5000, "check_every": 10}
+    ).double()
     ff.eval()
     loss_fn = _loss(_first(ff(*ex)).detach(), torch.Generator().manual_seed(0))
     analog = {f"blocks.{k}.{n}" for k, b in ff.analog_blocks.items() for n, _ in b.named_parameters()}
@@ -165,14 +193,17 @@ def _ep_vs_id(model: torch.nn.Module, example: tuple[torch.Tensor, ...]) -> list
         if g.norm() <= 1e-12 * top:
             continue
         e = ep[n]
-        rows.append((n, float(F.cosine_similarity(e.flatten(), g.flatten(), dim=0)),
-                     float((e - g).norm() / g.norm())))
+        rows.append(
+            (n, float(F.cosine_similarity(e.flatten(), g.flatten(), dim=0)), float((e - g).norm() / g.norm()))
+        )
     return rows
 
 
 # ------------------------------------------------------------------------------------ library-style models
 
 FIXTURES = list(L.EXAMPLES)
+
+
 @pytest.mark.parametrize("name", FIXTURES)
 def test_fixture_partitions_every_weight_layer_outside_attention_analog(name: str) -> None:
     model, example = _fixture(name)
@@ -216,8 +247,9 @@ def test_fixture_free_phase_converges(name: str) -> None:
     assert res and max(res.values()) < 1e-6, res
 
 
-@pytest.mark.parametrize("name", ["timm_resnet", "mixer_style",
-                                  pytest.param("efficientnet_style", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "name", ["timm_resnet", "mixer_style", pytest.param("efficientnet_style", marks=pytest.mark.slow)]
+)
 def test_fixture_ep_matches_id(name: str) -> None:
     model, example = _fixture(name)
     rows = _ep_vs_id(model, example)
@@ -228,15 +260,23 @@ def test_fixture_ep_matches_id(name: str) -> None:
     assert worst_rel < 1e-2, rows  # a constant scale error in EP fails here, not only cosine
 
 
-@pytest.mark.parametrize("name", [pytest.param("timm_resnet", marks=pytest.mark.slow), "mixer_style",
-                                  pytest.param("vit_style", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("timm_resnet", marks=pytest.mark.slow),
+        "mixer_style",
+        pytest.param("vit_style", marks=pytest.mark.slow),
+    ],
+)
 def test_fixture_exports_and_verifies(name: str, tmp_path: Path) -> None:
     from hybridc.export.exporter import export_ffebm
 
     model, example = _fixture(name)
     ff = hc_compile(model, example).eval()
     result = export_ffebm(ff, tmp_path / "out", check=True)
-    assert result.report is not None and result.report.ok, [(r.name, r.max_abs_error) for r in result.report.rows]
+    assert result.report is not None and result.report.ok, [
+        (r.name, r.max_abs_error) for r in result.report.rows
+    ]
 
 
 def test_gradcheck_on_dataclass_output() -> None:
@@ -257,8 +297,11 @@ def _hf(spec: str) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
     return lm.model.eval(), lm.example_inputs
 
 
-HF_SPECS = [pytest.param(BERT, id="bert"), pytest.param(GPT2, id="gpt2", marks=pytest.mark.slow),
-            pytest.param(VIT, id="vit")]
+HF_SPECS = [
+    pytest.param(BERT, id="bert"),
+    pytest.param(GPT2, id="gpt2", marks=pytest.mark.slow),
+    pytest.param(VIT, id="vit"),
+]
 
 
 @pytest.mark.parametrize("spec", HF_SPECS)
@@ -269,15 +312,22 @@ def test_transformers_model_partitions(spec: str) -> None:
     plan = partition(model, example)
     tied = [d for d in plan.decisions if d.action == "kept_digital" and "tied" in d.reason]
     assert plan.analog_blocks
-    assert sum(len(b.weight_layers) for b in plan.analog_blocks) + len(tied) == \
-        _weights_outside_attention(model, example)
+    assert sum(len(b.weight_layers) for b in plan.analog_blocks) + len(tied) == _weights_outside_attention(
+        model, example
+    )
     assert len(tied) == (1 if "gpt2" in spec else 0)
 
 
-PENDING_GPT2 = pytest.mark.xfail(strict=False, reason="pending EQUILIBRIUM: compile-time contraction probe "
-                                                      "(batch of 4 starts) breaks GPT-2's export-traced Conv1D view")
-HF_COMPILE_SPECS = [pytest.param(BERT, id="bert"), pytest.param(GPT2, id="gpt2", marks=[PENDING_GPT2, pytest.mark.slow]),
-                    pytest.param(VIT, id="vit")]
+PENDING_GPT2 = pytest.mark.xfail(
+    strict=False,
+    reason="pending EQUILIBRIUM: compile-time contraction probe "
+    "(batch of 4 starts) breaks GPT-2's export-traced Conv1D view",
+)
+HF_COMPILE_SPECS = [
+    pytest.param(BERT, id="bert"),
+    pytest.param(GPT2, id="gpt2", marks=[PENDING_GPT2, pytest.mark.slow]),
+    pytest.param(VIT, id="vit"),
+]
 
 
 @pytest.mark.parametrize("spec", HF_COMPILE_SPECS)
@@ -305,9 +355,20 @@ def test_sweep_benchmark_quick(tmp_path: Path) -> None:
     """The sweep runs end to end on two rows and writes its JSON (the table itself is the benchmark's)."""
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "sweep.json"
-    r = subprocess.run([sys.executable, str(root / "benchmarks" / "real_models.py"), "--quick", "--models",
-                        "timm-resnet-style,mlp-mixer", "--json", str(out)], capture_output=True, text=True,
-                       timeout=900)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(root / "benchmarks" / "real_models.py"),
+            "--quick",
+            "--models",
+            "timm-resnet-style,mlp-mixer",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.exists(), r.stderr
     import json
 

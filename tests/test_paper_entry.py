@@ -42,7 +42,13 @@ def _bns(ff: nn.Module) -> list[nn.BatchNorm2d]:
 
 
 def _compile(model: nn.Module, x: torch.Tensor, **kw: object) -> nn.Module:
-    args = {"max_block_size": 3, "gradient": "ep", "beta": 0.05, "solver": {"t1": 30, "t2": 10}, "norm": "synapse"} | kw
+    args = {
+        "max_block_size": 3,
+        "gradient": "ep",
+        "beta": 0.05,
+        "solver": {"t1": 30, "t2": 10},
+        "norm": "synapse",
+    } | kw
     return hc_compile(model, x[:4], **args)
 
 
@@ -67,7 +73,9 @@ def test_norm_drop_split_and_entry_policies_unchanged() -> None:
     assert not _bns(ff)
     ff = _compile(EntryNet(), x, norm="split")
     assert all(not any(isinstance(m, nn.BatchNorm2d) for m in b.modules()) for b in ff.analog_blocks.values())
-    ff = _compile(EntryNet(), x, norm="entry")  # the default: norms inside a block are removed, the entry one too
+    ff = _compile(
+        EntryNet(), x, norm="entry"
+    )  # the default: norms inside a block are removed, the entry one too
     assert all(not any(isinstance(m, nn.BatchNorm2d) for m in b.modules()) for b in ff.analog_blocks.values())
 
 
@@ -123,7 +131,7 @@ def test_eval_uses_running_stats_so_samples_are_independent() -> None:
         ff(x)
         ff.eval()
         together = ff(x)
-        alone = torch.cat([ff(x[i:i + 1]) for i in range(3)])
+        alone = torch.cat([ff(x[i : i + 1]) for i in range(3)])
     torch.testing.assert_close(together[:3], alone, atol=1e-5, rtol=1e-4)
 
 
@@ -134,8 +142,16 @@ def test_ep_matches_id_with_entry_norm_float64() -> None:
     model = EntryNet().double()
     grads = {}
     for g in ("ep", "id"):
-        ff = hc_compile(model, x[:4], max_block_size=3, norm="synapse", gradient=g, beta=1e-3, feedback_gain=0.5,
-                        solver={"t1": 200, "t2": 200, "tol": 1e-12, "max_steps": 2000}).double()
+        ff = hc_compile(
+            model,
+            x[:4],
+            max_block_size=3,
+            norm="synapse",
+            gradient=g,
+            beta=1e-3,
+            feedback_gain=0.5,
+            solver={"t1": 200, "t2": 200, "tol": 1e-12, "max_steps": 2000},
+        ).double()
         if g == "id":
             ff.set_gradient(id_tol=1e-12)
         ff.train()
@@ -190,7 +206,10 @@ def test_load_32_normalises_subsets_and_falls_back(monkeypatch: pytest.MonkeyPat
     from hybridc.errors import DataError
 
     g = torch.Generator().manual_seed(0)
-    splits = {s: (torch.rand(n, 1, 32, 32, generator=g), torch.arange(n) % 10) for s, n in (("train", 50), ("test", 20))}
+    splits = {
+        s: (torch.rand(n, 1, 32, 32, generator=g), torch.arange(n) % 10)
+        for s, n in (("train", 50), ("test", 20))
+    }
     asked: list[str] = []
 
     def fake(name: str, split: str, pad_to: int, download: bool) -> SimpleNamespace:

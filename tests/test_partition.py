@@ -76,13 +76,15 @@ def test_vgg_paper_splits_are_the_papers() -> None:
         assert _analog_sizes(plan) == sizes, n
         assert "readout" not in {w for b in plan.analog_blocks for w in b.weight_layers}
         assert any(d.reason == "the model's readout (readout policy digital)" for d in plan.decisions) or any(
-            "readout" in b.nodes for b in plan.blocks if b.kind == "digital")
+            "readout" in b.nodes for b in plan.blocks if b.kind == "digital"
+        )
     # readout analog (the default): the readout joins the last chain
     assert sum(_analog_sizes(_plan("vgg-paper", 3, norm="drop"))) == 7
 
 
 def test_readout_policy_stops_at_residual_adds() -> None:
     """Only a layer that alone produces the output is a readout: a residual sum of two layers is not."""
+
     class Res(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -106,8 +108,12 @@ def test_vgg_structure() -> None:
     actions = {d.action for d in plan.decisions}
     assert {"removed", "absorbed", "substituted"} <= actions
     # max-pool after an activation: the neuron sits after the pool (sigma and max commute)
-    pooled = [n for b in plan.analog_blocks for n in b.neurons if "features" in n.node
-              and n.activation.kind == "hardsigmoid" and n.preactivation == "self"]
+    pooled = [
+        n
+        for b in plan.analog_blocks
+        for n in b.neurons
+        if "features" in n.node and n.activation.kind == "hardsigmoid" and n.preactivation == "self"
+    ]
     assert pooled
 
 

@@ -18,9 +18,14 @@ LAYERS = ["linear", "relu", "tanh", "gelu", "sigmoid", "layernorm", "batchnorm",
 def _layer(kind: str) -> nn.Module:
     return {
         "linear": lambda: nn.Linear(D, D),
-        "relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid,
-        "layernorm": lambda: nn.LayerNorm(D), "batchnorm": lambda: nn.BatchNorm1d(D),
-        "dropout": lambda: nn.Dropout(0.1), "identity": nn.Identity,
+        "relu": nn.ReLU,
+        "tanh": nn.Tanh,
+        "gelu": nn.GELU,
+        "sigmoid": nn.Sigmoid,
+        "layernorm": lambda: nn.LayerNorm(D),
+        "batchnorm": lambda: nn.BatchNorm1d(D),
+        "dropout": lambda: nn.Dropout(0.1),
+        "identity": nn.Identity,
     }[kind]()
 
 
@@ -47,13 +52,15 @@ class RandomDAG(nn.Module):
         return vals[-1] + vals[len(vals) // 2]
 
 
-policies = st.fixed_dictionaries({
-    "max_block_size": st.integers(1, 4),
-    "norm": st.sampled_from(["split", "entry", "drop"]),
-    "layer_norm": st.sampled_from(["split", "entry", "drop"]),
-    "activation": st.sampled_from(["hardsigmoid", "keep"]),
-    "non_monotone": st.sampled_from(["substitute", "refuse"]),
-})
+policies = st.fixed_dictionaries(
+    {
+        "max_block_size": st.integers(1, 4),
+        "norm": st.sampled_from(["split", "entry", "drop"]),
+        "layer_norm": st.sampled_from(["split", "entry", "drop"]),
+        "activation": st.sampled_from(["hardsigmoid", "keep"]),
+        "non_monotone": st.sampled_from(["substitute", "refuse"]),
+    }
+)
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -79,7 +86,9 @@ def test_random_sequential(layers: list[str], pol: dict) -> None:
     assert compiled(x).shape == (4, 3)
 
 
-ops = st.tuples(st.sampled_from(LAYERS + ["add", "add", "mul", "scale"]), st.integers(0, 20), st.integers(0, 20))
+ops = st.tuples(
+    st.sampled_from(LAYERS + ["add", "add", "mul", "scale"]), st.integers(0, 20), st.integers(0, 20)
+)
 
 
 @FAST

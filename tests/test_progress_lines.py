@@ -23,8 +23,12 @@ TINY = ["mlp", "--model-kwargs", '{"sizes": [784, 16, 16, 10]}', "-n", "2"]
 
 def test_export_stderr_names_each_block(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "hybridc", "export", *TINY, "-o", str(out)], capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "hybridc", "export", *TINY, "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     blocks = [b["name"] for b in json.loads((out / "manifest.json").read_text())["blocks"]]
     assert len(blocks) == 4
@@ -39,7 +43,9 @@ def test_export_stderr_names_each_block(tmp_path: Path) -> None:
         assert len(done) == 1 and f"blocks/{name}." in done[0], (tag, lines)
     order = [next(j for j, ln in enumerate(lines) if f"block {name} (" in ln) for name in blocks]
     assert order == sorted(order)  # in the order they are exported
-    assert any(f"[{total}/{total}] check in onnxruntime done in " in ln and ln.endswith(": ok") for ln in lines)
+    assert any(
+        f"[{total}/{total}] check in onnxruntime done in " in ln and ln.endswith(": ok") for ln in lines
+    )
     assert "export [" not in r.stdout and "wrote" in r.stdout  # progress on stderr only
 
 
@@ -83,7 +89,11 @@ def test_step_progress_rich_bar_prints_results() -> None:
     p.done()
     p.close()
     out = buf.getvalue()
-    assert "report: [1/2] partition done in" in out and "12 blocks" in out and "report: [2/2] compile done" in out
+    assert (
+        "report: [1/2] partition done in" in out
+        and "12 blocks" in out
+        and "report: [2/2] compile done" in out
+    )
 
 
 @pytest.mark.parametrize("script", ["step_cost.py", "adjoint_solve.py"])

@@ -14,7 +14,9 @@ import hybridc
 
 def test_import_is_cheap_and_versioned() -> None:
     code = "import sys, hybridc; print(hybridc.__version__); print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out[0][0].isdigit()
     assert out[1] == "False"  # the CLI's --version and `import hybridc` do not pay for torch
 
@@ -41,7 +43,9 @@ def test_ffebm_block_graph_is_public() -> None:
     """Export and the cost model read a compiled model through `input_names`, `io(name)` and `run`, the
     one block loop (they used to reach into private fields and loop over the blocks themselves)."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.LayerNorm(8), nn.Linear(8, 3))
+    model = nn.Sequential(
+        nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.LayerNorm(8), nn.Linear(8, 3)
+    )
     ff = hybridc.compile(model, torch.randn(2, 6), max_block_size=2)
     assert len(ff.input_names) == 1 and len(ff.blocks) >= 2
     x = torch.randn(4, 6)

@@ -20,7 +20,9 @@ T1, T2 = 20, 5
 
 
 def _mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
+    return nn.Sequential(
+        nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,11 @@ def mlp_report() -> CostReport:
 
 
 def test_tile_formulas() -> None:
-    assert parse_tile("256x256") == (256, 256) and parse_tile("128") == (128, 128) and parse_tile("64X32") == (64, 32)
+    assert (
+        parse_tile("256x256") == (256, 256)
+        and parse_tile("128") == (128, 128)
+        and parse_tile("64X32") == (64, 32)
+    )
     assert linear_tiles(784, 1024) == 4 * 4
     assert linear_tiles(1024, 10) == 4 * 1
     assert linear_tiles(256, 256) == 1 and linear_tiles(257, 256) == 2
@@ -81,7 +87,7 @@ def test_mlp_counts_by_hand(mlp_report: CostReport) -> None:
 
 def test_mlp_energy_and_totals(mlp_report: CostReport) -> None:
     c = EnergyConstants()
-    e_adc = 20e-3 * 2 ** 7
+    e_adc = 20e-3 * 2**7
     e_flop = (0.9 + 3.7) / 2
     assert math.isclose(c.e_adc_pj, e_adc) and math.isclose(c.e_flop_pj, e_flop)
     a1 = mlp_report.blocks[0]
@@ -96,15 +102,22 @@ def test_mlp_energy_and_totals(mlp_report: CostReport) -> None:
     for phase in ("inference", "training"):
         got = getattr(tot, phase)
         assert got.analog_macs == sum(getattr(b, phase).analog_macs for b in mlp_report.blocks)
-        assert math.isclose(got.energy_pj.total, sum(getattr(b, phase).energy_pj.total for b in mlp_report.blocks))
+        assert math.isclose(
+            got.energy_pj.total, sum(getattr(b, phase).energy_pj.total for b in mlp_report.blocks)
+        )
     # all-digital reference: 2 FLOPs per weight MAC + the ReLUs the plan kept digital
     fwd = 2 * (784 * 1024 + 1024 * 1024 + 1024 * 10) + 1024
-    assert tot.all_digital["inference"].digital_flops == fwd and tot.all_digital["training"].digital_flops == 3 * fwd
+    assert (
+        tot.all_digital["inference"].digital_flops == fwd
+        and tot.all_digital["training"].digital_flops == 3 * fwd
+    )
 
 
 def test_conv_model_tiles_and_macs() -> None:
     """Conv(3->300, 3x3) -> ReLU -> grouped Conv(300->30, 3x3, groups=10), one analog block, 8x8 input."""
-    model = nn.Sequential(nn.Conv2d(3, 300, 3, padding=1), nn.ReLU(), nn.Conv2d(300, 30, 3, padding=1, groups=10))
+    model = nn.Sequential(
+        nn.Conv2d(3, 300, 3, padding=1), nn.ReLU(), nn.Conv2d(300, 30, 3, padding=1, groups=10)
+    )
     rep = cost_report(model, torch.randn(2, 3, 8, 8), max_block_size=2, t1=3, t2=2)
     (blk,) = [b for b in rep.blocks if b.kind == "analog"]
     c1, c2 = blk.layers
@@ -155,9 +168,12 @@ def test_digital_attention_flops() -> None:
 def test_tile_size_and_devices_per_weight(mlp_report: CostReport) -> None:
     model = _mlp()
     consts = load_constants(None)
-    consts = consts.model_copy(update={"dhn_devices_per_weight": consts.dhn_devices_per_weight.model_copy(
-        update={"value": 1.0})})
-    rep = cost_report(model, torch.randn(2, 784), max_block_size=2, tile=(128, 512), constants=consts, t1=T1, t2=T2)
+    consts = consts.model_copy(
+        update={"dhn_devices_per_weight": consts.dhn_devices_per_weight.model_copy(update={"value": 1.0})}
+    )
+    rep = cost_report(
+        model, torch.randn(2, 784), max_block_size=2, tile=(128, 512), constants=consts, t1=T1, t2=T2
+    )
     a1 = rep.blocks[0]
     assert [la.logical_tiles for la in a1.layers] == [7 * 2, 8 * 2] and a1.tiles == 30
     # counts other than tiles do not depend on the tile size
@@ -166,11 +182,20 @@ def test_tile_size_and_devices_per_weight(mlp_report: CostReport) -> None:
 
 def test_constants_file_override(tmp_path: Path) -> None:
     f = tmp_path / "c.json"
-    f.write_text(json.dumps({"analog_mac_pj": 0.05, "adc_enob": {"value": 6, "source": "my 6-bit SAR"},
-                             "digital_precision": "int8"}))
+    f.write_text(
+        json.dumps(
+            {
+                "analog_mac_pj": 0.05,
+                "adc_enob": {"value": 6, "source": "my 6-bit SAR"},
+                "digital_precision": "int8",
+            }
+        )
+    )
     c = load_constants(f)
     assert c.analog_mac_pj.value == 0.05 and "c.json" in c.analog_mac_pj.source
-    assert c.adc_enob.value == 6 and c.adc_enob.source == "my 6-bit SAR" and c.adc_enob.unit == "effective bits"
+    assert (
+        c.adc_enob.value == 6 and c.adc_enob.source == "my 6-bit SAR" and c.adc_enob.unit == "effective bits"
+    )
     assert math.isclose(c.e_adc_pj, 20e-3 * 64)
     assert math.isclose(c.e_flop_pj, (0.03 + 0.2) / 2)  # Horowitz int8
     assert c.dac_pj == EnergyConstants().dac_pj  # untouched
@@ -182,13 +207,16 @@ def test_constants_file_override(tmp_path: Path) -> None:
     assert rep.constants["dac_pj"].value == 0.5 and rep.settings.digital_precision == "fp16"
 
 
-@pytest.mark.parametrize("content, match", [
-    ({"analog_mac": 0.1}, "analog_mac"),  # typo: unknown key
-    ({"adc_enob": {"value": 6, "sauce": "x"}}, "sauce"),  # unknown key inside a constant
-    ({"dac_pj": -1}, "dac_pj"),
-    ({"digital_precision": "fp8"}, "digital_precision"),
-    ({"dhn_devices_per_weight": 1.5}, "dhn_devices_per_weight"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ({"analog_mac": 0.1}, "analog_mac"),  # typo: unknown key
+        ({"adc_enob": {"value": 6, "sauce": "x"}}, "sauce"),  # unknown key inside a constant
+        ({"dac_pj": -1}, "dac_pj"),
+        ({"digital_precision": "fp8"}, "digital_precision"),
+        ({"dhn_devices_per_weight": 1.5}, "dhn_devices_per_weight"),
+    ],
+)
 def test_constants_file_rejects(tmp_path: Path, content: dict, match: str) -> None:
     f = tmp_path / "bad.json"
     f.write_text(json.dumps(content))
@@ -226,18 +254,32 @@ def test_cli_json_schema(tmp_path: Path) -> None:
     data = json.loads(r.stdout)
     assert set(data) == {"settings", "constants", "conventions", "blocks", "total"}
     rep = CostReport.model_validate(data)
-    assert (rep.settings.t1, rep.settings.t2, rep.settings.tile_rows, rep.settings.tile_cols) == (10, 3, 256, 256)
+    assert (rep.settings.t1, rep.settings.t2, rep.settings.tile_rows, rep.settings.tile_cols) == (
+        10,
+        3,
+        256,
+        256,
+    )
     for key in ("analog_mac_pj", "adc_walden_fom_fj", "dac_pj", "digital_add_pj", "digital_mult_pj"):
         assert data["constants"][key]["source"]
     blk = data["blocks"][1]
     assert blk["kind"] == "analog" and {"tiles", "layers", "inference", "training"} <= set(blk)
     for phase in ("inference", "training"):
-        assert set(blk[phase]) == {"analog_macs", "digital_flops", "dac", "adc", "memory_accesses", "energy_pj"}
+        assert set(blk[phase]) == {
+            "analog_macs",
+            "digital_flops",
+            "dac",
+            "adc",
+            "memory_accesses",
+            "energy_pj",
+        }
         assert set(blk[phase]["energy_pj"]) == {"analog_mac", "adc", "dac", "digital", "memory", "total"}
     # --memory adds SRAM energy; a constants file is applied; tile flag parsed
     cfile = tmp_path / "e.yaml"
     cfile.write_text("analog_mac_pj: 0.02\n")
-    r = _invoke("report", "mlp", "-n", "2", "-f", "json", "--memory", "--constants", str(cfile), "--tile", "128x128")
+    r = _invoke(
+        "report", "mlp", "-n", "2", "-f", "json", "--memory", "--constants", str(cfile), "--tile", "128x128"
+    )
     assert r.exit_code == 0, r.output
     rep2 = CostReport.model_validate_json(r.stdout)
     assert rep2.total.inference.energy_pj.memory > 0 and rep2.constants["analog_mac_pj"].value == 0.02
@@ -283,5 +325,7 @@ def test_equilibrium_free_phase_is_counted_at_its_measured_steps() -> None:
         assert b.inference.analog_macs % per_step == 0
         steps = b.inference.analog_macs // per_step
         assert 1 <= steps <= rep.settings.t1, (steps, rep.settings.t1)
-        assert steps % 5 == 0  # an equilibrium phase stops at a convergence check (every check_every = 5 steps)
+        assert (
+            steps % 5 == 0
+        )  # an equilibrium phase stops at a convergence check (every check_every = 5 steps)
     assert rep.settings.t1 != T1 or any(b.kind == "analog" for b in rep.blocks)

@@ -119,8 +119,9 @@ class SdpaAttention(nn.Module):
         self.heads = heads
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
-                ) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+    ) -> torch.Tensor:
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
@@ -135,8 +136,9 @@ class TimmBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.fc1, self.act, self.fc2 = nn.Linear(dim, 16), nn.GELU(), nn.Linear(16, dim)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
-                ) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+    ) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal)
         return x + self.fc2(self.act(self.fc1(self.norm2(x))))
 
@@ -193,9 +195,14 @@ class TinyHFClassifier(nn.Module):
         self.output = nn.Linear(c.intermediate_size, c.hidden_size)
         self.classifier = nn.Linear(c.hidden_size, c.num_labels)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, output_hidden_states: bool = False,
-                return_dict: bool | None = None) -> SequenceClassifierOutput | tuple:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        return_dict: bool | None = None,
+    ) -> SequenceClassifierOutput | tuple:
         return_dict = return_dict if return_dict is not None else self.config.use_return_dict
         h = self.embeddings(input_ids)
         h = h + self.output(torch.relu(self.dense(h)))
@@ -367,12 +374,20 @@ def _hf_text(name: str):  # noqa: ANN202
     t = transformers
     small = {"vocab_size": 60}
     if name == "bert":
-        cfg = t.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48,
-                           max_position_embeddings=32, hidden_act="relu", **small)
+        cfg = t.BertConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=48,
+            max_position_embeddings=32,
+            hidden_act="relu",
+            **small,
+        )
         return t.BertForSequenceClassification(cfg)
     if name == "gpt2":
-        return t.GPT2LMHeadModel(t.GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=32,
-                                              activation_function="relu", **small))
+        return t.GPT2LMHeadModel(
+            t.GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=32, activation_function="relu", **small)
+        )
     raise KeyError(name)
 
 

@@ -18,8 +18,17 @@ from hybridc.train.experiment import ConfigError, ExperimentConfig, resolve_conf
 from hybridc.train.loop import train
 
 #: a fast experiment: digits subset, small MLP, few relaxation steps
-TINY = {"train_subset": 320, "test_subset": 96, "batch_size": 16, "epochs": 2, "t1": 8, "t2": 3,
-        "model_kwargs": {"sizes": [64, 64, 64, 10]}, "progress": False, "lr": 1e-2}
+TINY = {
+    "train_subset": 320,
+    "test_subset": 96,
+    "batch_size": 16,
+    "epochs": 2,
+    "t1": 8,
+    "t2": 3,
+    "model_kwargs": {"sizes": [64, 64, 64, 10]},
+    "progress": False,
+    "lr": 1e-2,
+}
 
 
 def tiny(**kw: object) -> ExperimentConfig:
@@ -27,8 +36,13 @@ def tiny(**kw: object) -> ExperimentConfig:
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hybridc", "train", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "hybridc", "train", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+    )
 
 
 # ------------------------------------------------------------------------------------------- config
@@ -68,7 +82,9 @@ def test_model_fitting_errors() -> None:
     with pytest.raises(ConfigError, match="first size must be 64"):
         build_model(ExperimentConfig(model="mlp", model_kwargs={"sizes": [784, 10]}), (1, 8, 8), 10)
     with pytest.raises(ConfigError, match="zoo models only"):
-        build_model(ExperimentConfig(model="tests/fixtures/small_mlp.py", model_kwargs={"a": 1}), (1, 8, 8), 10)
+        build_model(
+            ExperimentConfig(model="tests/fixtures/small_mlp.py", model_kwargs={"a": 1}), (1, 8, 8), 10
+        )
 
 
 # --------------------------------------------------------------------------------------- run directory
@@ -80,8 +96,9 @@ def test_ep_run_directory_contents(tmp_path: Path) -> None:
         assert (run / name).is_file(), name
     saved = ExperimentConfig.model_validate_json((run / "config.json").read_text())
     given = tiny(epochs=3)
-    assert {k: getattr(saved, k) for k in given.model_fields_set - {"model_kwargs"}} == \
-        {k: getattr(given, k) for k in given.model_fields_set - {"model_kwargs"}}
+    assert {k: getattr(saved, k) for k in given.model_fields_set - {"model_kwargs"}} == {
+        k: getattr(given, k) for k in given.model_fields_set - {"model_kwargs"}
+    }
     assert saved.model_kwargs == given.model_kwargs | {"in_shape": [1, 8, 8]}  # the factory's data argument
     plan = Plan.load(run / "plan.json")
     # what ran, not nulls: the partition settings of the compiled plan, the input size, the feedback bound
@@ -108,7 +125,9 @@ def test_ep_run_directory_contents(tmp_path: Path) -> None:
     assert summary["samples_per_s"] == pytest.approx(total)  # the mean over the epochs, not the last one
     best = max(lines, key=lambda r: r["test_acc"])
     ck_best = load_checkpoint(run / "best.pt", resumable=False)
-    assert ck_best["epoch"] == best["epoch"] == summary["best_epoch"] and ck_best["test_acc"] == best["test_acc"]
+    assert (
+        ck_best["epoch"] == best["epoch"] == summary["best_epoch"] and ck_best["test_acc"] == best["test_acc"]
+    )
     assert summary["analog_blocks"] == len(names) and summary["params_analog"] > 0
     assert not list(run.glob(".*.tmp")), "temporary files left behind"
 
@@ -141,9 +160,18 @@ def test_cifar_files_vgg_with_crop_flip(tmp_path: Path) -> None:
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         obj = {b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"labels": [0, 1, 2, 3]}
         (folder / name).write_bytes(pickle.dumps(obj))
-    cfg = ExperimentConfig(model="vgg-paper", model_kwargs={"width": 0.0625}, data="cifar10",
-                           data_dir=str(tmp_path), download=False, epochs=1, batch_size=10, t1=4, t2=2,
-                           progress=False)
+    cfg = ExperimentConfig(
+        model="vgg-paper",
+        model_kwargs={"width": 0.0625},
+        data="cifar10",
+        data_dir=str(tmp_path),
+        download=False,
+        epochs=1,
+        batch_size=10,
+        t1=4,
+        t2=2,
+        progress=False,
+    )
     trainer = Trainer(cfg, out=tmp_path / "run")
     res = trainer.run()
     assert trainer.augment == "crop-flip" and trainer.train_loader.num_samples == 20
@@ -185,7 +213,9 @@ def test_torch_compile_path_trains(tmp_path: Path) -> None:
 @pytest.mark.parametrize("algorithm", ["id", "bptt"])
 def test_other_gradient_modes_train(tmp_path: Path, algorithm: str) -> None:
     # one batch: ID solves its adjoint to 1e-10 with a host check per iteration (slow by design)
-    res = train(tiny(algorithm=algorithm, epochs=1, train_subset=16, test_subset=16), out=tmp_path / algorithm)
+    res = train(
+        tiny(algorithm=algorithm, epochs=1, train_subset=16, test_subset=16), out=tmp_path / algorithm
+    )
     assert len(res.records) == 1 and 0 < res.records[0]["train_loss"] < 10
 
 
@@ -217,7 +247,10 @@ def test_no_host_sync_per_batch_in_the_loop(tmp_path: Path, monkeypatch: pytest.
     seen = []
     for batches in (6, 18):
         counts["n"] = 0
-        train(tiny(epochs=2, train_subset=batches * 16, batch_size=16, log_every=1000), out=tmp_path / f"s{batches}")
+        train(
+            tiny(epochs=2, train_subset=batches * 16, batch_size=16, log_every=1000),
+            out=tmp_path / f"s{batches}",
+        )
         seen.append(counts["n"])
     # independent of the number of batches: per epoch one read of the train sums and one of the test sums
     # (+ 2 one-off reads when the data loaders are built, + 1 when the compiler calibrates the feedback gain
@@ -229,19 +262,44 @@ def test_no_host_sync_per_batch_in_the_loop(tmp_path: Path, monkeypatch: pytest.
 def test_cli_train_flags(tmp_path: Path) -> None:
     exp = tmp_path / "exp.yaml"
     exp.write_text("epochs: 5\nlr: 0.003\nmodel_kwargs: {sizes: [64, 24, 24, 10]}\n")
-    r = cli("--config", str(exp), "--epochs", "1", "--train-subset", "64", "--test-subset", "32", "--t1", "5",
-            "--t2", "2", "--max-block-size", "3", "--hardsigmoid-slope", "1.0", "--solver-mode", "async",
-            "--init", "goe", "--out", str(tmp_path / "r"), "--no-progress")
+    r = cli(
+        "--config",
+        str(exp),
+        "--epochs",
+        "1",
+        "--train-subset",
+        "64",
+        "--test-subset",
+        "32",
+        "--t1",
+        "5",
+        "--t2",
+        "2",
+        "--max-block-size",
+        "3",
+        "--hardsigmoid-slope",
+        "1.0",
+        "--solver-mode",
+        "async",
+        "--init",
+        "goe",
+        "--out",
+        str(tmp_path / "r"),
+        "--no-progress",
+    )
     assert r.returncode == 0, r.stderr
     cfg = json.loads((tmp_path / "r" / "config.json").read_text())
-    assert cfg["epochs"] == 1 and cfg["lr"] == 0.003 and cfg["solver_mode"] == "async" and cfg["init"] == "goe"
+    assert (
+        cfg["epochs"] == 1 and cfg["lr"] == 0.003 and cfg["solver_mode"] == "async" and cfg["init"] == "goe"
+    )
     plan = Plan.load(tmp_path / "r" / "plan.json")
     assert plan.config.max_block_size == 3 and plan.config.hardsigmoid_slope == 1.0
     assert "summary" in r.stdout and "final test acc" in r.stdout
 
 
-def test_cli_errors_are_one_line_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_errors_are_one_line_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from hybridc.cli import main
 
     done = tmp_path / "done"
@@ -249,11 +307,13 @@ def test_cli_errors_are_one_line_exit_2(tmp_path: Path, monkeypatch: pytest.Monk
     (done / "checkpoint.pt").write_bytes(b"")
     bad = tmp_path / "bad.yaml"
     bad.write_text("epoch: 3\n")
-    for args, needle in ((("--config", str(bad)), "epoch: unknown key"),
-                         (("--data", "imagenet64"), "unknown dataset"),
-                         (("--model-kwargs", "[1]"), "JSON object"),
-                         (("--resume", str(tmp_path / "nothing")), "no such run directory"),
-                         (("--out", str(done)), "already holds a run")):
+    for args, needle in (
+        (("--config", str(bad)), "epoch: unknown key"),
+        (("--data", "imagenet64"), "unknown dataset"),
+        (("--model-kwargs", "[1]"), "JSON object"),
+        (("--resume", str(tmp_path / "nothing")), "no such run directory"),
+        (("--out", str(done)), "already holds a run"),
+    ):
         monkeypatch.setattr(sys, "argv", ["hybridc", "train", *args])
         with pytest.raises(SystemExit) as exc:
             main()
@@ -269,14 +329,18 @@ def test_unconverged_free_phase_is_reported_once_per_block(tmp_path: Path) -> No
 
     def run(t1: int, name: str) -> tuple[str, list]:
         buf = io.StringIO()
-        res = train(tiny(epochs=2, t1=t1, train_subset=64), out=tmp_path / name,
-                    console=Console(file=buf, width=300, color_system=None))
+        res = train(
+            tiny(epochs=2, t1=t1, train_subset=64),
+            out=tmp_path / name,
+            console=Console(file=buf, width=300, color_system=None),
+        )
         return buf.getvalue(), res.records
 
     text, records = run(1, "short")  # one step from the initial state: far from the fixed point
     assert max(records[0]["residual"].values()) > 0.1
     assert text.count("away from a fixed point") == sum(
-        1 for k in records[0]["residual"] if max(r["residual"][k] for r in records) > 0.1)
+        1 for k in records[0]["residual"] if max(r["residual"][k] for r in records) > 0.1
+    )
     assert "Raise --t1" in text
     text, records = run(30, "long")
     assert max(records[-1]["residual"].values()) < 0.1 and "away from a fixed point" not in text

@@ -14,8 +14,17 @@ from hybridc.train.loop import Trainer, train
 from hybridc.train.metrics import strip_timings
 from hybridc.train.optimizers import analog_weights, make_optimizer
 
-BASE = {"train_subset": 160, "test_subset": 64, "batch_size": 16, "epochs": 2, "t1": 6, "t2": 3,
-        "model_kwargs": {"sizes": [64, 32, 32, 10]}, "progress": False, "lr": 1e-2}
+BASE = {
+    "train_subset": 160,
+    "test_subset": 64,
+    "batch_size": 16,
+    "epochs": 2,
+    "t1": 6,
+    "t2": 3,
+    "model_kwargs": {"sizes": [64, 32, 32, 10]},
+    "progress": False,
+    "lr": 1e-2,
+}
 
 
 def cfg(**kw: object) -> ExperimentConfig:
@@ -23,8 +32,9 @@ def cfg(**kw: object) -> ExperimentConfig:
 
 
 def test_analog_weights_get_the_analog_optimizer_and_the_rest_adam(tmp_path: Path) -> None:
-    trainer = Trainer(cfg(analog_optimizer="analog-sgd", analog_tau=0.3, analog_lr=0.05, epochs=1),
-                      out=tmp_path / "r")
+    trainer = Trainer(
+        cfg(analog_optimizer="analog-sgd", analog_tau=0.3, analog_lr=0.05, epochs=1), out=tmp_path / "r"
+    )
     trainer.run()
     digital, analog = trainer.opt.optimizers
     assert isinstance(digital, torch.optim.Adam) and isinstance(analog, AnalogSGD)
@@ -49,8 +59,9 @@ def test_analog_sgd_keeps_weights_inside_the_device_bound(tmp_path: Path) -> Non
 
 
 def test_bp_baseline_analog_weights_are_linear_and_conv_weights() -> None:
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.Flatten(),
-                                torch.nn.Linear(2, 3))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.Flatten(), torch.nn.Linear(2, 3)
+    )
     got = analog_weights(model)
     assert [p.shape for p in got] == [model[0].weight.shape, model[3].weight.shape]
     opt = make_optimizer(ExperimentConfig(algorithm="bp", analog_optimizer="sgd"), model)
@@ -59,8 +70,13 @@ def test_bp_baseline_analog_weights_are_linear_and_conv_weights() -> None:
 
 def test_tiki_taka_resume_equals_uninterrupted(tmp_path: Path) -> None:
     """The P array lives in the optimizer state: a run extended from its checkpoint continues exactly."""
-    kw = {"analog_optimizer": "tiki-taka", "analog_lr": 0.05, "analog_tau": 0.5, "transfer_lr": 0.01,
-          "schedule": "none"}
+    kw = {
+        "analog_optimizer": "tiki-taka",
+        "analog_lr": 0.05,
+        "analog_tau": 0.5,
+        "transfer_lr": 0.01,
+        "schedule": "none",
+    }
     full = train(cfg(epochs=2, **kw), out=tmp_path / "full")
     train(cfg(epochs=1, **kw), out=tmp_path / "one")
     ck = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)
@@ -73,12 +89,18 @@ def test_tiki_taka_resume_equals_uninterrupted(tmp_path: Path) -> None:
     assert isinstance(trainer.opt.optimizers[1], TikiTaka)
 
 
-@pytest.mark.parametrize("kw, needle", [
-    ({"analog_lr": 0.1}, "only apply with analog_optimizer"),
-    ({"analog_optimizer": "analog-sgd", "transfer_lr": 0.1}, "only applies to analog_optimizer=tiki-taka"),
-    ({"analog_optimizer": "adam"}, "analog_optimizer"),
-    ({"analog_optimizer": "sgd", "analog_tau": 0.0}, "analog_tau"),
-])
+@pytest.mark.parametrize(
+    "kw, needle",
+    [
+        ({"analog_lr": 0.1}, "only apply with analog_optimizer"),
+        (
+            {"analog_optimizer": "analog-sgd", "transfer_lr": 0.1},
+            "only applies to analog_optimizer=tiki-taka",
+        ),
+        ({"analog_optimizer": "adam"}, "analog_optimizer"),
+        ({"analog_optimizer": "sgd", "analog_tau": 0.0}, "analog_tau"),
+    ],
+)
 def test_config_errors(kw: dict, needle: str) -> None:
     with pytest.raises(ValueError, match=needle):
         cfg(**kw)
@@ -90,12 +112,38 @@ def test_cli_flags_reach_the_config(tmp_path: Path) -> None:
     from hybridc.cli import app
 
     out = tmp_path / "run"
-    r = CliRunner().invoke(app, ["train", "--epochs", "1", "--train-subset", "64", "--test-subset", "32",
-                                 "--analog-optimizer", "tiki-taka", "--analog-lr", "0.02", "--analog-tau", "0.7",
-                                 "--transfer-lr", "0.005", "--transfer-every", "2", "--no-progress",
-                                 "--out", str(out)])
+    r = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--epochs",
+            "1",
+            "--train-subset",
+            "64",
+            "--test-subset",
+            "32",
+            "--analog-optimizer",
+            "tiki-taka",
+            "--analog-lr",
+            "0.02",
+            "--analog-tau",
+            "0.7",
+            "--transfer-lr",
+            "0.005",
+            "--transfer-every",
+            "2",
+            "--no-progress",
+            "--out",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     saved = ExperimentConfig.model_validate_json((out / "config.json").read_text())
-    assert (saved.analog_optimizer, saved.analog_lr, saved.analog_tau, saved.transfer_lr, saved.transfer_every) \
-        == ("tiki-taka", 0.02, 0.7, 0.005, 2)
+    assert (
+        saved.analog_optimizer,
+        saved.analog_lr,
+        saved.analog_tau,
+        saved.transfer_lr,
+        saved.transfer_every,
+    ) == ("tiki-taka", 0.02, 0.7, 0.005, 2)
     assert "tiki-taka lr 0.02, τ 0.7" in r.output

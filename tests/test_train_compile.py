@@ -27,8 +27,14 @@ def test_compiled_functions_are_the_ones_training_calls(monkeypatch: pytest.Monk
         return compiled
 
     monkeypatch.setattr(torch, "compile", recording_compile)
-    cfg = ExperimentConfig(model="mlp", model_kwargs={"sizes": [12, 16, 16, 16, 3]}, max_block_size=2,
-                           t1=4, t2=2, feedback_gain=0)
+    cfg = ExperimentConfig(
+        model="mlp",
+        model_kwargs={"sizes": [12, 16, 16, 16, 3]},
+        max_block_size=2,
+        t1=4,
+        t2=2,
+        feedback_gain=0,
+    )
     torch.manual_seed(0)
     model, example = build_model(cfg, (1, 3, 4), 3)
     ff = compile_model(cfg, model, example)

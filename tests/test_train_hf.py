@@ -163,12 +163,15 @@ def test_cli_text_model_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("spec", [
-    "hf:resnet,embedding_size=16,hidden_sizes=[16,32],depths=[1,1],layer_type=basic",
-    "hf:convnext,hidden_sizes=[16,32],depths=[1,1],num_stages=2",
-    "hf:mobilevit,hidden_sizes=[32,48,64],neck_hidden_sizes=[8,8,16,16,24,32,64],num_attention_heads=2,"
-    "mlp_ratio=1.0",
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "hf:resnet,embedding_size=16,hidden_sizes=[16,32],depths=[1,1],layer_type=basic",
+        "hf:convnext,hidden_sizes=[16,32],depths=[1,1],num_stages=2",
+        "hf:mobilevit,hidden_sizes=[32,48,64],neck_hidden_sizes=[8,8,16,16,24,32,64],num_attention_heads=2,"
+        "mlp_ratio=1.0",
+    ],
+)
 def test_train_vision_families(tmp_path: Path, spec: str) -> None:
     result = train(_cfg(spec), out=tmp_path / "run")
     assert result.records and 0.0 <= result.records[-1]["test_acc"] <= 1.0

@@ -89,7 +89,9 @@ def test_mlp_blocks_ep_matches_id_in_float64(name: str) -> None:
     model, x = _model_and_input(name)
     r = gradcheck(model, (x,), max_block_size=2, batch=3)
     assert not r.unconverged()
-    mlp_params = [p for p in r.params if p.analog and any(w in p.name for pair in MLP_PAIRS[name] for w in pair)]
+    mlp_params = [
+        p for p in r.params if p.analog and any(w in p.name for pair in MLP_PAIRS[name] for w in pair)
+    ]
     assert len(mlp_params) == 4 * len(MLP_PAIRS[name])  # weight and bias of both layers of every MLP
     for p in mlp_params:
         assert p.cos_ep_id >= 0.999, p

@@ -100,8 +100,10 @@ def remove_device_effects(block: nn.Module) -> None:
             if not any(ours):
                 continue
             if not all(ours):
-                raise ValueError(f"{type(mod).__name__}.{name} has device effects stacked with other "
-                                 "parametrizations; remove those first")
+                raise ValueError(
+                    f"{type(mod).__name__}.{name} has device effects stacked with other "
+                    "parametrizations; remove those first"
+                )
             parametrize.remove_parametrizations(mod, name, leave_parametrized=False)
     block.analog = AnalogSpec()
 
@@ -115,4 +117,8 @@ def apply_device_effects(block: nn.Module, spec: AnalogSpec, seed: int | None = 
     if spec.weights_affected:
         for i, (mod, name, non_negative) in enumerate(_weight_slots(block)):
             parametrize.register_parametrization(
-                mod, name, ProgrammedWeight(spec, non_negative, None if seed is None else seed + i), unsafe=True)
+                mod,
+                name,
+                ProgrammedWeight(spec, non_negative, None if seed is None else seed + i),
+                unsafe=True,
+            )

@@ -41,9 +41,15 @@ class Group(_HelpFlag, TyperGroup):
         return sorted(super().list_commands(ctx), key=lambda name: rank.get(name, len(rank)))
 
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=Group,
-                  rich_markup_mode="rich", context_settings={"help_option_names": ["-h", "--help"]},
-                  help="hybridc: compile PyTorch models into hybrid analog/digital ff-EBMs.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    cls=Group,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="hybridc: compile PyTorch models into hybrid analog/digital ff-EBMs.",
+)
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
@@ -57,8 +63,19 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: Annotated[bool, typer.Option("--version", "-V", callback=_print_version, is_eager=True,
-                                                help="print the version and exit", **FLAG)] = False) -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            callback=_print_version,
+            is_eager=True,
+            help="print the version and exit",
+            **FLAG,
+        ),
+    ] = False,
+) -> None:
     """hybridc: compile PyTorch models into hybrid analog/digital ff-EBMs."""
 
 

@@ -42,7 +42,7 @@ SHORT: dict[str, str] = {"max_block_size": "-n"}
 
 
 def shown(value: object) -> str:
-    """" [default: VALUE]" for a help string, escaped: the rich help renderer reads "[word ...]" as markup and
+    """ " [default: VALUE]" for a help string, escaped: the rich help renderer reads "[word ...]" as markup and
     drops it. For options whose CLI default is None (resolved later by a settings model)."""
     return " " + escape(f"[default: {value}]")
 
@@ -84,7 +84,9 @@ def _option(name: str, info: FieldInfo, help_text: str | None) -> tuple[Any, Any
             default = flag_name(name)[2:] if default is True else f"no-{name.replace('_', '-')}"
     if base is dict:
         base = str
-        text += " (a JSON object" + (f", e.g. '{escape(json.dumps(info.examples[0]))}')" if info.examples else ")")
+        text += " (a JSON object" + (
+            f", e.g. '{escape(json.dumps(info.examples[0]))}')" if info.examples else ")"
+        )
     if default is not None and default != {}:
         text += shown(default)
     if typing.get_origin(base) is Literal:
@@ -104,8 +106,14 @@ def _given(name: str, value: Any, info: FieldInfo) -> Any:
     return str(value) if isinstance(value, Path) else value
 
 
-def settings_flags(dest: str, model: type[BaseModel], fields: Iterable[str] | None = None, *,
-                   exclude: Iterable[str] = (), helps: dict[str, str] | None = None) -> Callable[[F], F]:
+def settings_flags(
+    dest: str,
+    model: type[BaseModel],
+    fields: Iterable[str] | None = None,
+    *,
+    exclude: Iterable[str] = (),
+    helps: dict[str, str] | None = None,
+) -> Callable[[F], F]:
     """A decorator that gives a typer command one option per field of `model` (`fields`, or all but
     `exclude`) and passes the options given as the dict keyword `dest`. `helps`: a command-specific help
     text for some fields (the default and the choices still come from the field)."""
@@ -123,8 +131,9 @@ def settings_flags(dest: str, model: type[BaseModel], fields: Iterable[str] | No
         annotations = {p.name: p.annotation for p in sig.parameters.values() if p.name != dest}
         for n in names:
             annotation, default = _option(n, infos[n], (helps or {}).get(n))
-            generated.append(inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=default,
-                                               annotation=annotation))
+            generated.append(
+                inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+            )
             annotations[n] = annotation
         kept = [p for p in sig.parameters.values() if p.name != dest]
         positional = [p for p in kept if p.kind != inspect.Parameter.KEYWORD_ONLY]

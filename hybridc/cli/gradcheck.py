@@ -20,26 +20,45 @@ from hybridc.train.experiment import ExperimentConfig
 
 @app.command(cls=Command)
 @settings_flags("policies", PartitionConfig)
-@settings_flags("choices", ExperimentConfig, ["init"], helps={"init": "analog weights: keep (the model's own) or "
-                                                                        "goe (the paper's init)"})
+@settings_flags(
+    "choices",
+    ExperimentConfig,
+    ["init"],
+    helps={"init": "analog weights: keep (the model's own) or goe (the paper's init)"},
+)
 def gradcheck(
     model: ModelArg,
-    beta: Annotated[float | None, typer.Option(help="nudging strength" + shown("1e-6 for float64, 1e-2 for float32"))
-                    ] = None,
-    dtype: Annotated[Literal["float64", "float32"], typer.Option(help="float64 for tight checks")] = "float64",
+    beta: Annotated[
+        float | None, typer.Option(help="nudging strength" + shown("1e-6 for float64, 1e-2 for float32"))
+    ] = None,
+    dtype: Annotated[
+        Literal["float64", "float32"], typer.Option(help="float64 for tight checks")
+    ] = "float64",
     input_shape: InputShape = None,
     model_kwargs: ModelKwargs = None,
     batch: Annotated[int, typer.Option(help="random batch size", min=1)] = 2,
-    bptt_steps: Annotated[int | None, typer.Option(
-        help="steps unrolled for the BPTT reference" + shown("1.5x the longest free phase, at least 20"), min=1)] = None,
+    bptt_steps: Annotated[
+        int | None,
+        typer.Option(
+            help="steps unrolled for the BPTT reference" + shown("1.5x the longest free phase, at least 20"),
+            min=1,
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="seed of the random batch and targets")] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
-    output: Annotated[str | None, typer.Option(
-        "--output", help="the output tensor the loss is taken on, by its path in the model's output "
-                         "(logits, 0, hidden_states.2)" + shown("the first tensor"))] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            help="the output tensor the loss is taken on, by its path in the model's output "
+            "(logits, 0, hidden_states.2)" + shown("the first tensor"),
+        ),
+    ] = None,
     fmt: Annotated[Literal["table", "json"], typer.Option("--format", "-f", help="table or json")] = "table",
-    plot: Annotated[Path | None, typer.Option(help="save a per-tensor figure (PNG): relative errors and 1 − cosine, "
-                                                   "log axes")] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="save a per-tensor figure (PNG): relative errors and 1 − cosine, log axes"),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress lines on stderr", **FLAG)] = False,
     policies: dict[str, Any] | None = None,
     choices: dict[str, Any] | None = None,
@@ -63,9 +82,20 @@ def gradcheck(
     lm = load_zoo_or_file(model, input_shape, model_kwargs)
     progress = None if quiet else PhaseProgress(list(PHASES))
     try:
-        report = do_gradcheck(lm.model, lm.example_inputs, beta=beta, dtype=getattr(torch, dtype), batch=batch, seed=seed, bptt_steps=bptt_steps,
-                              init=(choices or {}).get("init", "keep"), device=device, output=output,
-                              progress=progress, **policies)
+        report = do_gradcheck(
+            lm.model,
+            lm.example_inputs,
+            beta=beta,
+            dtype=getattr(torch, dtype),
+            batch=batch,
+            seed=seed,
+            bptt_steps=bptt_steps,
+            init=(choices or {}).get("init", "keep"),
+            device=device,
+            output=output,
+            progress=progress,
+            **policies,
+        )
     finally:
         if progress is not None:
             progress.close()
@@ -74,18 +104,24 @@ def gradcheck(
     else:
         console.print(gradcheck_table(report))
         fd = report.forward_max_abs_diff
-        console.print(f"forward max |compiled − original|: {'n/a (multi-layer blocks)' if fd is None else f'{fd:.3e}'}")
+        console.print(
+            f"forward max |compiled − original|: {'n/a (multi-layer blocks)' if fd is None else f'{fd:.3e}'}"
+        )
         checked = report.checked()
         if checked:
             zero = sum(p.structural_zero for p in report.params if p.analog)
-            console.print(f"analog tensors: min cos EP·ID {min(p.cos_ep_id for p in checked):.6f}, "
-                          f"max relerr EP·ID {max(p.relerr_ep_id for p in checked):.2e}, "
-                          f"min cos ID·BPTT {min(p.cos_id_bptt for p in checked):.6f}"
-                          + (f" ({zero} structurally zero left out)" if zero else ""))
+            console.print(
+                f"analog tensors: min cos EP·ID {min(p.cos_ep_id for p in checked):.6f}, "
+                f"max relerr EP·ID {max(p.relerr_ep_id for p in checked):.2e}, "
+                f"min cos ID·BPTT {min(p.cos_id_bptt for p in checked):.6f}"
+                + (f" ({zero} structurally zero left out)" if zero else "")
+            )
     bad = report.unconverged()
     if bad:
-        err_console.print(f"[yellow]warning:[/] free phase not converged to tolerance in {', '.join(bad)}: "
-                          "their gradients are not comparable")
+        err_console.print(
+            f"[yellow]warning:[/] free phase not converged to tolerance in {', '.join(bad)}: "
+            "their gradients are not comparable"
+        )
     if plot is not None:
         plot_report(report, str(plot))
         err_console.print(f"wrote {plot}")

@@ -14,15 +14,31 @@ from rich.markup import escape
 from hybridc.cli.flags import parse_json_object, shown
 from hybridc.errors import HybridcError
 
-ModelArg = Annotated[str, typer.Argument(help="zoo name (mlp, vgg-paper, vgg-paper-12, resnet18, transformer, "
-                                              "vit; `hybridc zoo` lists them), path/model.py, "
-                                              "path/model.py:factory, or a library model "
-                                              + escape("timm:NAME[,key=value...] / hf:MODEL_TYPE[,key=value...]")
-                                              + " (e.g. hf:bert,hidden_size=64,num_hidden_layers=2)")]
-InputShape = Annotated[str | None, typer.Option("--input-shape", help="per-sample input shape, e.g. 3,32,32"
-                                                + shown("the model's INPUT_SHAPE"))]
-ModelKwargs = Annotated[str | None, typer.Option("--model-kwargs", help="zoo factory arguments as JSON, "
-                                                 "e.g. '{\"width\": 0.25}' (`hybridc zoo` lists them)")]
+ModelArg = Annotated[
+    str,
+    typer.Argument(
+        help="zoo name (mlp, vgg-paper, vgg-paper-12, resnet18, transformer, "
+        "vit; `hybridc zoo` lists them), path/model.py, "
+        "path/model.py:factory, or a library model "
+        + escape("timm:NAME[,key=value...] / hf:MODEL_TYPE[,key=value...]")
+        + " (e.g. hf:bert,hidden_size=64,num_hidden_layers=2)"
+    ),
+]
+InputShape = Annotated[
+    str | None,
+    typer.Option(
+        "--input-shape", help="per-sample input shape, e.g. 3,32,32" + shown("the model's INPUT_SHAPE")
+    ),
+]
+ModelKwargs = Annotated[
+    str | None,
+    typer.Option(
+        "--model-kwargs",
+        help="zoo factory arguments as JSON, e.g. '{\"width\": 0.25}' (`hybridc zoo` lists them)",
+    ),
+]
+
+
 def parse_model_kwargs(text: str | None, flag: str = "--model-kwargs") -> dict[str, Any]:
     """The JSON object given with --model-kwargs (keyword arguments of a zoo model's factory); {} when not
     given or empty."""
@@ -40,8 +56,10 @@ def load_zoo_or_file(model: str, input_shape: str | None, model_kwargs: str | No
         from hybridc.models import ZOO
 
         if model not in ZOO:
-            raise HybridcError(f"--model-kwargs applies to zoo models ({', '.join(ZOO)}); {model!r} is not one "
-                               "(a model file takes its settings in the file, a library model in its spec)")
+            raise HybridcError(
+                f"--model-kwargs applies to zoo models ({', '.join(ZOO)}); {model!r} is not one "
+                "(a model file takes its settings in the file, a library model in its spec)"
+            )
     return load_model(model, input_shape, **load_kw, **kwargs)
 
 

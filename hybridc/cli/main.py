@@ -49,8 +49,11 @@ _PEER_MARKERS = ("Connection closed by peer", "Connection reset by peer", "remot
 def _peer_failed(exc: BaseException) -> bool:
     """Under torchrun: this process's collective (gloo/NCCL) failed because another process exited (the one
     with the real error: it prints its own `error:` line)."""
-    return (os.environ.get("WORLD_SIZE") not in (None, "1") and isinstance(exc, RuntimeError)
-            and any(m in str(exc) for m in _PEER_MARKERS))
+    return (
+        os.environ.get("WORLD_SIZE") not in (None, "1")
+        and isinstance(exc, RuntimeError)
+        and any(m in str(exc) for m in _PEER_MARKERS)
+    )
 
 
 def user_error(exc: BaseException) -> str | None:
@@ -68,11 +71,17 @@ def user_error(exc: BaseException) -> str | None:
         where = f": {exc.filename}" if exc.filename else ""
         return f"{exc.strerror}{where}"
     if _peer_failed(exc):
-        return ("another torchrun process ended (its `error:` line is above, and in torchrun's summary under "
-                "\"Root Cause\"); this one stopped waiting for it")
-    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and any(m in str(exc) for m in _OOM_MARKERS)):
-        return ("out of memory: the requested shapes or batch sizes are too large for this machine "
-                "(smaller --input-shape, --batch or --batch-size)")
+        return (
+            "another torchrun process ended (its `error:` line is above, and in torchrun's summary under "
+            '"Root Cause"); this one stopped waiting for it'
+        )
+    if isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and any(m in str(exc) for m in _OOM_MARKERS)
+    ):
+        return (
+            "out of memory: the requested shapes or batch sizes are too large for this machine "
+            "(smaller --input-shape, --batch or --batch-size)"
+        )
     return None
 
 
@@ -112,8 +121,9 @@ def print_error(message: str) -> None:
         import time
 
         try:
-            Path(error_file).write_text(json.dumps({"message": f"error: {message}",
-                                                    "timestamp": str(int(time.time()))}))
+            Path(error_file).write_text(
+                json.dumps({"message": f"error: {message}", "timestamp": str(int(time.time()))})
+            )
         except OSError:  # torchrun's summary then says what it always says; the line above stands
             pass
 

@@ -22,10 +22,18 @@ def partition(
     model: ModelArg,
     input_shape: InputShape = None,
     model_kwargs: ModelKwargs = None,
-    fmt: Annotated[Literal["table", "json", "dot", "png", "svg"], typer.Option(
-        "--format", "-f", help="table, json (the plan), dot (block graph for Graphviz), png or svg (block graph "
-                               "drawn with matplotlib; needs -o)")] = "table",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="write to FILE instead of stdout")] = None,
+    fmt: Annotated[
+        Literal["table", "json", "dot", "png", "svg"],
+        typer.Option(
+            "--format",
+            "-f",
+            help="table, json (the plan), dot (block graph for Graphviz), png or svg (block graph "
+            "drawn with matplotlib; needs -o)",
+        ),
+    ] = "table",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="write to FILE instead of stdout")
+    ] = None,
     policies: dict[str, Any] | None = None,
 ) -> None:
     """Partition MODEL into analog (energy-based) and digital blocks and print or save the plan."""

@@ -24,18 +24,34 @@ from hybridc.train.experiment import ExperimentConfig
 def report_command(
     model: ModelArg,
     tile: Annotated[str, typer.Option("--tile", help="crossbar array size ROWSxCOLS")] = "256x256",
-    constants: Annotated[Path | None, typer.Option(
-        "--constants", help="JSON/YAML file overriding energy constants (unknown keys are errors)")] = None,
-    digital_precision: Annotated[Literal["fp32", "fp16", "int32", "int8"] | None, typer.Option(
-        "--digital-precision", help="digital op energies from Horowitz 45 nm" + shown("fp32"))] = None,
-    memory: Annotated[bool, typer.Option("--memory/--no-memory", **FLAG,
-                                         help="add SRAM access energy (one word per moved value)")] = False,
+    constants: Annotated[
+        Path | None,
+        typer.Option(
+            "--constants", help="JSON/YAML file overriding energy constants (unknown keys are errors)"
+        ),
+    ] = None,
+    digital_precision: Annotated[
+        Literal["fp32", "fp16", "int32", "int8"] | None,
+        typer.Option("--digital-precision", help="digital op energies from Horowitz 45 nm" + shown("fp32")),
+    ] = None,
+    memory: Annotated[
+        bool,
+        typer.Option(
+            "--memory/--no-memory", **FLAG, help="add SRAM access energy (one word per moved value)"
+        ),
+    ] = False,
     input_shape: InputShape = None,
     model_kwargs: ModelKwargs = None,
     fmt: Annotated[Literal["table", "json"], typer.Option("--format", "-f", help="table or json")] = "table",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="write to FILE instead of stdout")] = None,
-    constants_table: Annotated[bool, typer.Option("--show-constants/--hide-constants", **FLAG,
-                                                  help="print the constants and their sources")] = True,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="write to FILE instead of stdout")
+    ] = None,
+    constants_table: Annotated[
+        bool,
+        typer.Option(
+            "--show-constants/--hide-constants", **FLAG, help="print the constants and their sources"
+        ),
+    ] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress lines on stderr", **FLAG)] = False,
     policies: dict[str, Any] | None = None,
     choices: dict[str, Any] | None = None,
@@ -62,9 +78,18 @@ def report_command(
     lm = load_zoo_or_file(model, input_shape, model_kwargs)
     progress = None if quiet else StepProgress("report", 3)  # partition, compile, count
     try:
-        rep = cost_report(lm.model, lm.example_inputs, tile=tile_rc, t1=choices.get("t1"),
-                          t2=choices.get("t2"), constants=consts, include_memory=memory, model_name=model, progress=progress,
-                          **policies)
+        rep = cost_report(
+            lm.model,
+            lm.example_inputs,
+            tile=tile_rc,
+            t1=choices.get("t1"),
+            t2=choices.get("t2"),
+            constants=consts,
+            include_memory=memory,
+            model_name=model,
+            progress=progress,
+            **policies,
+        )
     finally:
         if progress is not None:
             progress.close()

@@ -24,14 +24,30 @@ from hybridc.train.experiment import ExperimentConfig
 @app.command("train", cls=Command)
 @settings_flags("settings", ExperimentConfig, exclude=["model"])
 def train_command(
-    model: Annotated[str | None, typer.Argument(
-        help="zoo name (`hybridc zoo` lists them and how each is fitted to the data), path/model.py, "
-             "path/model.py:factory" + shown("an MLP 64-256-256-10 fitted to the data"))] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="run directory" + shown("runs/TIME-MODEL-DATA-ALGORITHM"))] = None,
+    model: Annotated[
+        str | None,
+        typer.Argument(
+            help="zoo name (`hybridc zoo` lists them and how each is fitted to the data), path/model.py, "
+            "path/model.py:factory" + shown("an MLP 64-256-256-10 fitted to the data")
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="run directory" + shown("runs/TIME-MODEL-DATA-ALGORITHM")),
+    ] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="continue the run in RUN_DIR")] = None,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="experiment file (YAML or JSON)")] = None,
-    force: Annotated[bool, typer.Option("--force", **FLAG, help="train into a non-empty --out that is not a run "
-                                                       "directory (files of the same names are replaced)")] = False,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="experiment file (YAML or JSON)")
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            **FLAG,
+            help="train into a non-empty --out that is not a run "
+            "directory (files of the same names are replaced)",
+        ),
+    ] = False,
     settings: dict[str, Any] | None = None,
 ) -> None:
     """Train MODEL compiled into an ff-EBM (EP/ID/BPTT through its analog blocks) or, with --algorithm bp, the

@@ -72,11 +72,18 @@ def zoo_command(
         t.add_row(r["name"], "×".join(map(str, r["input_shape"])), escape(about), escape(kwargs))
     console.print(t)
     datasets = list(rows[0]["fits"]) if rows else []
-    f = Table(title="how `hybridc train MODEL --data DATASET` fits each model to each dataset", title_justify="left")
+    f = Table(
+        title="how `hybridc train MODEL --data DATASET` fits each model to each dataset", title_justify="left"
+    )
     f.add_column("name")
     for d in datasets:
         f.add_column(d, overflow="fold")
     for r in rows:
-        f.add_row(r["name"], *(f"[red]{escape(how)}[/]" if how.startswith("does not") else escape(how)
-                               for how in r["fits"].values()))
+        f.add_row(
+            r["name"],
+            *(
+                f"[red]{escape(how)}[/]" if how.startswith("does not") else escape(how)
+                for how in r["fits"].values()
+            ),
+        )
     console.print(f)

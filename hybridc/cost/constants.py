@@ -33,8 +33,10 @@ from hybridc.finite import FiniteFloat
 
 DigitalPrecision = Literal["fp32", "fp16", "int32", "int8"]
 
-_HOROWITZ = ("M. Horowitz, 'Computing's energy problem (and what we can do about it)', ISSCC 2014, "
-             "energy table for 45 nm, 0.9 V")
+_HOROWITZ = (
+    "M. Horowitz, 'Computing's energy problem (and what we can do about it)', ISSCC 2014, "
+    "energy table for 45 nm, 0.9 V"
+)
 
 #: Horowitz ISSCC 2014 (45 nm, 0.9 V): (add, mult) energy in pJ per operation.
 HOROWITZ_45NM: dict[str, tuple[float, float]] = {
@@ -69,42 +71,56 @@ class EnergyConstants(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     analog_mac_pj: Constant = _c(
-        0.01, "pJ per signed MAC (array only)",
+        0.01,
+        "pJ per signed MAC (array only)",
         "Order of magnitude, device-level estimate for a PCM/RRAM crossbar: read voltage ~0.2 V across "
         "~1-10 uS for ~10-100 ns gives ~1-100 fJ per device read; 10 fJ per signed weight (both devices of a "
         "differential pair), ADC/DAC excluded (counted separately). Typical read conditions: Sebastian et al., "
         "'Memory devices and applications for in-memory computing', Nat. Nanotechnol. (2020). "
         "For scale, a whole measured chip incl. ADCs, digital periphery and communication is ~20x higher: IBM "
         "HERMES 64-core PCM chip, 14 nm, 9.76 TOPS/W at 8-bit I/O (~0.2 pJ/MAC), Le Gallo et al., "
-        "Nat. Electron. (2023).")
+        "Nat. Electron. (2023).",
+    )
     adc_walden_fom_fj: Constant = _c(
-        20.0, "fJ per conversion-step (Walden FoM = P / (2^ENOB * f_s))",
+        20.0,
+        "fJ per conversion-step (Walden FoM = P / (2^ENOB * f_s))",
         "Order of magnitude from B. Murmann, 'ADC Performance Survey 1997-present' (ISSCC & VLSI data), "
         "https://github.com/bmurmann/ADC-survey: the best Walden FoMs are ~1 fJ/conv-step at low rates, "
-        "compact ~0.1-1 GS/s converters as shared by crossbar columns are typically 10-100 fJ/conv-step.")
+        "compact ~0.1-1 GS/s converters as shared by crossbar columns are typically 10-100 fJ/conv-step.",
+    )
     adc_enob: Constant = _c(
-        7.0, "effective bits",
+        7.0,
+        "effective bits",
         "Assumption: 8-bit nominal ADC (~7 ENOB), the usual analog-IMC output precision "
-        "(e.g. 8-bit I/O in the HERMES chip, Le Gallo et al. 2023).")
+        "(e.g. 8-bit I/O in the HERMES chip, Le Gallo et al. 2023).",
+    )
     dac_pj: Constant = _c(
-        0.2, "pJ per conversion",
+        0.2,
+        "pJ per conversion",
         "Order-of-magnitude estimate (no survey): 8-bit charge-redistribution DAC, 2^8 unit caps x ~1 fF x "
         "(0.8 V)^2 ~ 0.16 pJ, plus driving one crossbar row; IMC energy breakdowns typically put input "
-        "drivers/DACs well below the ADCs.")
+        "drivers/DACs well below the ADCs.",
+    )
     digital_precision: DigitalPrecision = "fp32"
     digital_add_pj: Constant | None = Field(
-        None, description="override; default from `digital_precision` in Horowitz's 45 nm table")
+        None, description="override; default from `digital_precision` in Horowitz's 45 nm table"
+    )
     digital_mult_pj: Constant | None = Field(
-        None, description="override; default from `digital_precision` in Horowitz's 45 nm table")
+        None, description="override; default from `digital_precision` in Horowitz's 45 nm table"
+    )
     memory_access_pj: Constant = _c(
-        10.0, "pJ per 32-bit word (on-chip SRAM)",
+        10.0,
+        "pJ per 32-bit word (on-chip SRAM)",
         f"{_HOROWITZ}: 64-bit read from a 32 KB SRAM ~20 pJ (8 KB: 10 pJ, 1 MB: 100 pJ; DRAM 1.3-2.6 nJ), "
-        "halved for a 32-bit word. Used only with --memory.")
+        "halved for a 32-bit word. Used only with --memory.",
+    )
     dhn_devices_per_weight: Constant = _c(
-        2.0, "devices per signed weight",
+        2.0,
+        "devices per signed weight",
         "hybridc assumption: DHN weights are signed and stored as a differential pair G+ - G- (two devices, "
         "so two physical arrays per logical tile). Set to 1 for a signed-device/reference-column scheme. "
-        "DRN conductances are already non-negative (doubled inputs): always 1.")
+        "DRN conductances are already non-negative (doubled inputs): always 1.",
+    )
 
     # ---- derived per-operation energies -----------------------------------------------------------------
     def add_pj(self) -> Constant:
@@ -117,7 +133,9 @@ class EnergyConstants(BaseModel):
         """Energy of one digital multiply (override or Horowitz 45 nm for `digital_precision`)."""
         if self.digital_mult_pj is not None:
             return self.digital_mult_pj
-        return _c(HOROWITZ_45NM[self.digital_precision][1], f"pJ per {self.digital_precision} mult", _HOROWITZ)
+        return _c(
+            HOROWITZ_45NM[self.digital_precision][1], f"pJ per {self.digital_precision} mult", _HOROWITZ
+        )
 
     @property
     def e_flop_pj(self) -> float:
@@ -127,7 +145,7 @@ class EnergyConstants(BaseModel):
     @property
     def e_adc_pj(self) -> float:
         """Energy per ADC conversion: Walden FoM x 2^ENOB."""
-        return self.adc_walden_fom_fj.value * 2 ** self.adc_enob.value / 1000.0
+        return self.adc_walden_fom_fj.value * 2**self.adc_enob.value / 1000.0
 
     @property
     def e_dac_pj(self) -> float:
@@ -148,9 +166,14 @@ class EnergyConstants(BaseModel):
         out["digital_mult_pj"] = self.mult_pj()
         out["memory_access_pj"] = self.memory_access_pj
         out["dhn_devices_per_weight"] = self.dhn_devices_per_weight
-        out["derived: e_adc_pj"] = _c(round(self.e_adc_pj, 6), "pJ per conversion", "adc_walden_fom_fj x 2^adc_enob")
-        out["derived: e_flop_pj"] = _c(self.e_flop_pj, "pJ per FLOP",
-                                       "(digital_add_pj + digital_mult_pj) / 2: a MAC = 1 mult + 1 add = 2 FLOPs")
+        out["derived: e_adc_pj"] = _c(
+            round(self.e_adc_pj, 6), "pJ per conversion", "adc_walden_fom_fj x 2^adc_enob"
+        )
+        out["derived: e_flop_pj"] = _c(
+            self.e_flop_pj,
+            "pJ per FLOP",
+            "(digital_add_pj + digital_mult_pj) / 2: a MAC = 1 mult + 1 add = 2 FLOPs",
+        )
         return out
 
 
@@ -195,7 +218,9 @@ def _read_mapping(path: Path) -> dict:
         else:
             data = json.loads(text)
     except Exception as exc:  # json.JSONDecodeError, yaml.YAMLError
-        raise ConfigError(f"constants file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}") from None
+        raise ConfigError(
+            f"constants file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}"
+        ) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -223,18 +248,22 @@ def apply_overrides(base: EnergyConstants, data: dict, origin: str = "config") -
         if name == "digital_mult_pj" and old is None:
             old = base.mult_pj()
         if isinstance(val, _ConstantOverride):
-            fields[name] = Constant(value=val.value, unit=val.unit or old.unit,
-                                    source=val.source or f"user override ({origin})")
+            fields[name] = Constant(
+                value=val.value, unit=val.unit or old.unit, source=val.source or f"user override ({origin})"
+            )
         else:
             fields[name] = Constant(value=float(val), unit=old.unit, source=f"user override ({origin})")
     devices = fields.get("dhn_devices_per_weight")
     if devices is not None and (devices.value < 1 or not float(devices.value).is_integer()):
-        raise ConfigError(f"invalid constants in {origin}: dhn_devices_per_weight must be a whole number >= 1")
+        raise ConfigError(
+            f"invalid constants in {origin}: dhn_devices_per_weight must be a whole number >= 1"
+        )
     return base.model_copy(update=fields)
 
 
-def load_constants(path: str | Path | None = None, digital_precision: DigitalPrecision | None = None
-                   ) -> EnergyConstants:
+def load_constants(
+    path: str | Path | None = None, digital_precision: DigitalPrecision | None = None
+) -> EnergyConstants:
     """The default constants, then `digital_precision` (if given), then the overrides in `path` (if given)."""
     consts = EnergyConstants()
     if digital_precision is not None:

@@ -159,8 +159,9 @@ class Totals(BaseModel):
     all_digital: dict[str, PhaseCost] = Field(
         default_factory=dict,
         description="reference: the same model entirely digital, inference (1x forward FLOPs) and BP training "
-                    "step (3x); analog weight ops counted as 2 FLOPs per forward MAC; with --memory every "
-                    "weight is read once per sample (batch 1) plus the digital blocks' traffic")
+        "step (3x); analog weight ops counted as 2 FLOPs per forward MAC; with --memory every "
+        "weight is read once per sample (batch 1) plus the digital blocks' traffic",
+    )
 
 
 class CostReport(BaseModel):
@@ -198,8 +199,9 @@ def linear_tiles(in_features: int, out_features: int, tile: tuple[int, int] = (2
     return crossbar_tiles(in_features, out_features, tile)
 
 
-def conv_tiles(c_in: int, c_out: int, kernel: Sequence[int], groups: int = 1,
-               tile: tuple[int, int] = (256, 256)) -> int:
+def conv_tiles(
+    c_in: int, c_out: int, kernel: Sequence[int], groups: int = 1, tile: tuple[int, int] = (256, 256)
+) -> int:
     """Logical tiles of Conv(c_in, c_out, kernel, groups), unrolled per group as
     (c_in/groups * prod(kernel)) rows x (c_out/groups) columns."""
     return crossbar_tiles(c_in // groups * math.prod(kernel), c_out // groups, tile, groups)
@@ -240,8 +242,9 @@ def _extra_flop_formulas() -> dict:
     F.scaled_dot_product_attention (and nn.MultiheadAttention) dispatch to on CPU."""
     from torch.utils.flop_counter import sdpa_flop_count
 
-    def cpu_sdpa(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, out_shape: Any = None,
-                 **kwargs: Any) -> int:
+    def cpu_sdpa(
+        query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any
+    ) -> int:
         return sdpa_flop_count(query_shape, key_shape, value_shape)
 
     ops = [getattr(torch.ops.aten, name, None) for name in ("_scaled_dot_product_flash_attention_for_cpu",)]
@@ -257,13 +260,63 @@ def _run_counter(gm: fx.GraphModule, args: Sequence[torch.Tensor]) -> _Counter:
     return counter
 
 
-_ZERO_COST = frozenset({"placeholder", "output", "get_attr", "meta", "getitem", "flatten", "unflatten", "view",
-                        "permute", "transpose", "t", "squeeze", "unsqueeze", "identity", "expand", "split",
-                        "chunk", "unbind", "select", "dropout", "cat", "stack", "contiguous", "to", "size",
-                        "clone", "detach", "float", "type_as", "reshape", "repeat", "pos", "slice"})
-_PER_ELEMENT = {"batch_norm": 2, "layer_norm": 7, "group_norm": 7, "instance_norm": 7, "rms_norm": 4,
-                "local_response_norm": 7, "softmax": 5, "sigmoid": 4, "tanh": 4, "gelu": 8, "silu": 5,
-                "mish": 8, "softplus": 4, "elu": 4, "celu": 4, "selu": 4, "hardswish": 3, "logsigmoid": 4}
+_ZERO_COST = frozenset(
+    {
+        "placeholder",
+        "output",
+        "get_attr",
+        "meta",
+        "getitem",
+        "flatten",
+        "unflatten",
+        "view",
+        "permute",
+        "transpose",
+        "t",
+        "squeeze",
+        "unsqueeze",
+        "identity",
+        "expand",
+        "split",
+        "chunk",
+        "unbind",
+        "select",
+        "dropout",
+        "cat",
+        "stack",
+        "contiguous",
+        "to",
+        "size",
+        "clone",
+        "detach",
+        "float",
+        "type_as",
+        "reshape",
+        "repeat",
+        "pos",
+        "slice",
+    }
+)
+_PER_ELEMENT = {
+    "batch_norm": 2,
+    "layer_norm": 7,
+    "group_norm": 7,
+    "instance_norm": 7,
+    "rms_norm": 4,
+    "local_response_norm": 7,
+    "softmax": 5,
+    "sigmoid": 4,
+    "tanh": 4,
+    "gelu": 8,
+    "silu": 5,
+    "mish": 8,
+    "softplus": 4,
+    "elu": 4,
+    "celu": 4,
+    "selu": 4,
+    "hardswish": 3,
+    "logsigmoid": 4,
+}
 _POOLS = frozenset({"max_pool", "avg_pool", "adaptive_avg_pool", "adaptive_max_pool", "mean"})
 
 
@@ -306,12 +359,19 @@ def _dependencies(gm: fx.GraphModule) -> dict[fx.Node, set[fx.Node]]:
         if node.op == "placeholder":
             deps[node] = {node}
         else:
-            deps[node] = set().union(*(deps[a] for a in node.all_input_nodes)) if node.all_input_nodes else set()
+            deps[node] = (
+                set().union(*(deps[a] for a in node.all_input_nodes)) if node.all_input_nodes else set()
+            )
     return deps
 
 
-def _weight_layer(node: fx.Node, gm: fx.GraphModule, key: str, counter: _Counter, deps: dict[fx.Node, set],
-                  ) -> tuple[fx.Node, int, int, int, int] | None:
+def _weight_layer(
+    node: fx.Node,
+    gm: fx.GraphModule,
+    key: str,
+    counter: _Counter,
+    deps: dict[fx.Node, set],
+) -> tuple[fx.Node, int, int, int, int] | None:
     """(data operand, rows, cols, groups, forward MACs) of a weight op, or None if it has no weight."""
     vals = counter.values
     args = list(node.args)
@@ -321,8 +381,11 @@ def _weight_layer(node: fx.Node, gm: fx.GraphModule, key: str, counter: _Counter
     macs = counter.flops.get(node, 0) // 2
     if key in ("linear", "conv", "conv_transpose"):
         data = args[0] if args else node.kwargs.get("input")
-        w = getattr(mod, "weight", None) if mod is not None else (
-            vals.get(args[1]) if len(args) > 1 and isinstance(args[1], fx.Node) else None)
+        w = (
+            getattr(mod, "weight", None)
+            if mod is not None
+            else (vals.get(args[1]) if len(args) > 1 and isinstance(args[1], fx.Node) else None)
+        )
         if w is None and isinstance(node.kwargs.get("weight"), fx.Node):
             w = vals.get(node.kwargs["weight"])
         if not isinstance(w, torch.Tensor) or not isinstance(data, fx.Node):
@@ -361,9 +424,13 @@ def _weight_layer(node: fx.Node, gm: fx.GraphModule, key: str, counter: _Counter
 
 # ---- per-block costs ---------------------------------------------------------------------------------------
 def _energy(phase: PhaseCost, c: EnergyConstants, include_memory: bool) -> Energy:
-    e = Energy(analog_mac=phase.analog_macs * c.e_mac_pj, adc=phase.adc * c.e_adc_pj, dac=phase.dac * c.e_dac_pj,
-               digital=phase.digital_flops * c.e_flop_pj,
-               memory=phase.memory_accesses * c.e_mem_pj if include_memory else 0.0)
+    e = Energy(
+        analog_mac=phase.analog_macs * c.e_mac_pj,
+        adc=phase.adc * c.e_adc_pj,
+        dac=phase.dac * c.e_dac_pj,
+        digital=phase.digital_flops * c.e_flop_pj,
+        memory=phase.memory_accesses * c.e_mem_pj if include_memory else 0.0,
+    )
     e.total = e.analog_mac + e.adc + e.dac + e.digital + e.memory
     return e
 
@@ -375,8 +442,13 @@ def _example(shape: Sequence[int] | None, dtype: str | None) -> torch.Tensor:
     return torch.zeros(1, *shape[1:], dtype=dt)
 
 
-def _analog_dhn(blk: nn.Module, in_refs: list[tuple[list[int], str | None]], needs_grad: list[bool],
-                tile: tuple[int, int], consts: EnergyConstants) -> tuple[list[LayerCost], dict[str, int]]:
+def _analog_dhn(
+    blk: nn.Module,
+    in_refs: list[tuple[list[int], str | None]],
+    needs_grad: list[bool],
+    tile: tuple[int, int],
+    consts: EnergyConstants,
+) -> tuple[list[LayerCost], dict[str, int]]:
     """Layers and the F/B/F_in pass sizes of a DHN block, from one batch-1 pass of its synapse graph."""
     from hybridc.passes.ops import WEIGHT_OPS, op_key
 
@@ -388,7 +460,7 @@ def _analog_dhn(blk: nn.Module, in_refs: list[tuple[list[int], str | None]], nee
     states = [torch.zeros(1, *shape, dtype=dtype) for shape in blk.neuron_shapes]
     counter = _run_counter(gm, [*inputs, *states])
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    input_ph, state_ph = placeholders[:blk.n_inputs], set(placeholders[blk.n_inputs:])
+    input_ph, state_ph = placeholders[: blk.n_inputs], set(placeholders[blk.n_inputs :])
     grad_ph = {p for p, g in zip(input_ph, needs_grad) if g}
     deps = _dependencies(gm)
     per_weight = int(consts.dhn_devices_per_weight.value)
@@ -408,10 +480,21 @@ def _analog_dhn(blk: nn.Module, in_refs: list[tuple[list[int], str | None]], nee
         logical = crossbar_tiles(rows, cols, tile, groups)
         weights = rows * cols * groups
         layer_name = str(node.target) if node.op == "call_module" else node.name
-        layers.append(LayerCost(name=layer_name, op=key, rows=rows, cols=cols, groups=groups, weights=weights,
-                                devices=weights * per_weight, logical_tiles=logical, tiles=logical * per_weight,
-                                macs=macs, reads="both" if reads_neuron and reads_input
-                                else ("neuron" if reads_neuron else "input")))
+        layers.append(
+            LayerCost(
+                name=layer_name,
+                op=key,
+                rows=rows,
+                cols=cols,
+                groups=groups,
+                weights=weights,
+                devices=weights * per_weight,
+                logical_tiles=logical,
+                tiles=logical * per_weight,
+                macs=macs,
+                reads="both" if reads_neuron and reads_input else ("neuron" if reads_neuron else "input"),
+            )
+        )
         sizes["F"] += macs
         if reads_neuron:
             sizes["B"] += macs
@@ -424,8 +507,13 @@ def _analog_dhn(blk: nn.Module, in_refs: list[tuple[list[int], str | None]], nee
     return layers, sizes
 
 
-def _analog_drn(blk: nn.Module, weight_layers: list[str], in_refs: list[tuple[list[int], str | None]],
-                needs_grad: list[bool], tile: tuple[int, int]) -> tuple[list[LayerCost], dict[str, int]]:
+def _analog_drn(
+    blk: nn.Module,
+    weight_layers: list[str],
+    in_refs: list[tuple[list[int], str | None]],
+    needs_grad: list[bool],
+    tile: tuple[int, int],
+) -> tuple[list[LayerCost], dict[str, int]]:
     """Layers and pass sizes of a DRN block from its conductance sizes (inputs doubled: sizes[0] = 2*in)."""
     sizes_: list[int] = list(blk.sizes)
     in_numel = _numel(in_refs[0][0])
@@ -435,17 +523,35 @@ def _analog_drn(blk: nn.Module, weight_layers: list[str], in_refs: list[tuple[li
         rows, cols = sizes_[k], sizes_[k + 1]
         logical = crossbar_tiles(rows, cols, tile)
         name = weight_layers[k] if k < len(weight_layers) else f"g{k}"
-        layers.append(LayerCost(name=name, op="drn", rows=rows, cols=cols, weights=rows * cols,
-                                devices=rows * cols, logical_tiles=logical, tiles=logical, macs=mult * rows * cols,
-                                reads="input" if k == 0 else "neuron"))
+        layers.append(
+            LayerCost(
+                name=name,
+                op="drn",
+                rows=rows,
+                cols=cols,
+                weights=rows * cols,
+                devices=rows * cols,
+                logical_tiles=logical,
+                tiles=logical,
+                macs=mult * rows * cols,
+                reads="input" if k == 0 else "neuron",
+            )
+        )
     grad = bool(needs_grad and needs_grad[0])
-    sizes = {"F": sum(la.macs for la in layers), "B": sum(la.macs for la in layers[1:]),
-             "F_in_grad": layers[0].macs if grad else 0, "grad_readout": 2 * in_numel if grad else 0,
-             "dac": 2 * in_numel, "neurons": mult * sum(sizes_[1:])}
+    sizes = {
+        "F": sum(la.macs for la in layers),
+        "B": sum(la.macs for la in layers[1:]),
+        "F_in_grad": layers[0].macs if grad else 0,
+        "grad_readout": 2 * in_numel if grad else 0,
+        "dac": 2 * in_numel,
+        "neurons": mult * sum(sizes_[1:]),
+    }
     return layers, sizes
 
 
-def _analog_cost(b: BlockCost, layers: list[LayerCost], s: dict[str, int], out_numel: int, t1: int, t2: int) -> None:
+def _analog_cost(
+    b: BlockCost, layers: list[LayerCost], s: dict[str, int], out_numel: int, t1: int, t2: int
+) -> None:
     """Fill an analog block's counts from its pass sizes (see the module docstring for the rules).
     `out_numel`: elements of the block's outputs, which are output neurons (read out, and nudged in training)."""
     b.layers = layers
@@ -457,18 +563,26 @@ def _analog_cost(b: BlockCost, layers: list[LayerCost], s: dict[str, int], out_n
     b.forward_macs, b.transposed_macs = s["F"], s["B"]
     step = s["F"] + s["B"]
     b.inference = PhaseCost(analog_macs=t1 * step, dac=s["dac"], adc=out_numel)
-    b.training = PhaseCost(analog_macs=(t1 + 2 * t2) * step + 2 * s["F_in_grad"],
-                           digital_flops=2 * 2 * s["F"],
-                           dac=s["dac"] + 2 * out_numel,
-                           adc=out_numel + 2 * s["neurons"] + 2 * s["grad_readout"])
+    b.training = PhaseCost(
+        analog_macs=(t1 + 2 * t2) * step + 2 * s["F_in_grad"],
+        digital_flops=2 * 2 * s["F"],
+        dac=s["dac"] + 2 * out_numel,
+        adc=out_numel + 2 * s["neurons"] + 2 * s["grad_readout"],
+    )
     for ph in (b.inference, b.training):
         ph.memory_accesses = ph.dac + ph.adc
 
 
 # ---- the report --------------------------------------------------------------------------------------------
-def cost_of_compiled(compiled: nn.Module, model_name: str = "", tile: tuple[int, int] = (256, 256),
-                     t1: int | None = None, t2: int | None = None, constants: EnergyConstants | None = None,
-                     include_memory: bool = False) -> CostReport:
+def cost_of_compiled(
+    compiled: nn.Module,
+    model_name: str = "",
+    tile: tuple[int, int] = (256, 256),
+    t1: int | None = None,
+    t2: int | None = None,
+    constants: EnergyConstants | None = None,
+    include_memory: bool = False,
+) -> CostReport:
     """The cost report of a compiled ff-EBM (`hybridc.api.compile`), using its plan for shapes.
 
     `t1`/`t2` default to the blocks' solver settings (free/nudged phase steps). A block whose free phase runs
@@ -519,8 +633,13 @@ def cost_of_compiled(compiled: nn.Module, model_name: str = "", tile: tuple[int,
             in_refs = [(list(refs[i][0]), refs[i][1]) for i in ins]
             needs = [requires.get(i, True) for i in ins]
             out_numel = sum(_numel(refs[o][0]) for o in outs)
-            b = BlockCost(name=pb.name, kind=pb.kind, eb_kind=pb.eb_kind if pb.kind == "analog" else None,
-                          weight_layers=list(pb.weight_layers), input_needs_grad=any(needs))
+            b = BlockCost(
+                name=pb.name,
+                kind=pb.kind,
+                eb_kind=pb.eb_kind if pb.kind == "analog" else None,
+                weight_layers=list(pb.weight_layers),
+                input_needs_grad=any(needs),
+            )
             if isinstance(mod, EnergyBlock):
                 if isinstance(mod, DRNBlock):
                     layers, sizes = _analog_drn(mod, list(pb.weight_layers), in_refs, needs, tile)
@@ -543,26 +662,47 @@ def cost_of_compiled(compiled: nn.Module, model_name: str = "", tile: tuple[int,
     finally:
         compiled.train(was_training)
     total = _totals(blocks, consts, include_memory)
-    settings = ReportSettings(model=model_name or plan.model.model_class, max_block_size=plan.config.max_block_size,
-                              eb_kind=plan.config.eb_kind, tile_rows=tile[0], tile_cols=tile[1], t1=t1, t2=t2,
-                              digital_precision=consts.digital_precision, include_memory=include_memory)
-    return CostReport(settings=settings, constants=consts.table(), conventions=list(COUNTING_RULES),
-                      blocks=blocks, total=total)
+    settings = ReportSettings(
+        model=model_name or plan.model.model_class,
+        max_block_size=plan.config.max_block_size,
+        eb_kind=plan.config.eb_kind,
+        tile_rows=tile[0],
+        tile_cols=tile[1],
+        t1=t1,
+        t2=t2,
+        digital_precision=consts.digital_precision,
+        include_memory=include_memory,
+    )
+    return CostReport(
+        settings=settings,
+        constants=consts.table(),
+        conventions=list(COUNTING_RULES),
+        blocks=blocks,
+        total=total,
+    )
 
 
 def _sum_phases(phases: list[PhaseCost], consts: EnergyConstants, include_memory: bool) -> PhaseCost:
-    p = PhaseCost(analog_macs=sum(x.analog_macs for x in phases), digital_flops=sum(x.digital_flops for x in phases),
-                  dac=sum(x.dac for x in phases), adc=sum(x.adc for x in phases),
-                  memory_accesses=sum(x.memory_accesses for x in phases))
+    p = PhaseCost(
+        analog_macs=sum(x.analog_macs for x in phases),
+        digital_flops=sum(x.digital_flops for x in phases),
+        dac=sum(x.dac for x in phases),
+        adc=sum(x.adc for x in phases),
+        memory_accesses=sum(x.memory_accesses for x in phases),
+    )
     p.energy_pj = _energy(p, consts, include_memory)
     return p
 
 
 def _totals(blocks: list[BlockCost], consts: EnergyConstants, include_memory: bool) -> Totals:
-    t = Totals(tiles=sum(b.tiles for b in blocks), logical_tiles=sum(b.logical_tiles for b in blocks),
-               weights=sum(b.weights for b in blocks), devices=sum(b.devices for b in blocks),
-               inference=_sum_phases([b.inference for b in blocks], consts, include_memory),
-               training=_sum_phases([b.training for b in blocks], consts, include_memory))
+    t = Totals(
+        tiles=sum(b.tiles for b in blocks),
+        logical_tiles=sum(b.logical_tiles for b in blocks),
+        weights=sum(b.weights for b in blocks),
+        devices=sum(b.devices for b in blocks),
+        inference=_sum_phases([b.inference for b in blocks], consts, include_memory),
+        training=_sum_phases([b.training for b in blocks], consts, include_memory),
+    )
     fwd = sum(b.inference.digital_flops for b in blocks if b.kind == "digital")
     fwd += sum(2 * b.forward_macs for b in blocks if b.kind == "analog")
     mem = sum(b.inference.memory_accesses for b in blocks if b.kind == "digital")
@@ -574,10 +714,21 @@ def _totals(blocks: list[BlockCost], consts: EnergyConstants, include_memory: bo
     return t
 
 
-def cost_report(model: nn.Module, example_inputs: Any, max_block_size: int | None = None, *,
-                tile: tuple[int, int] = (256, 256), t1: int | None = None, t2: int | None = None,
-                constants: EnergyConstants | None = None, include_memory: bool = False, plan: Any = None,
-                model_name: str = "", progress: Any | None = None, **policies: Any) -> CostReport:
+def cost_report(
+    model: nn.Module,
+    example_inputs: Any,
+    max_block_size: int | None = None,
+    *,
+    tile: tuple[int, int] = (256, 256),
+    t1: int | None = None,
+    t2: int | None = None,
+    constants: EnergyConstants | None = None,
+    include_memory: bool = False,
+    plan: Any = None,
+    model_name: str = "",
+    progress: Any | None = None,
+    **policies: Any,
+) -> CostReport:
     """Partition and compile `model` (or apply `plan`) and return its cost report (see module docstring).
 
     `progress`: a `hybridc.progress.StepProgress` told of each phase (partition, compile, counting),
@@ -607,8 +758,15 @@ def cost_report(model: nn.Module, example_inputs: Any, max_block_size: int | Non
             compiled(example_inputs)
     done()
     phase("count costs per block")
-    rep = cost_of_compiled(compiled, model_name=model_name, tile=tile, t1=t1, t2=t2, constants=constants,
-                           include_memory=include_memory)
+    rep = cost_of_compiled(
+        compiled,
+        model_name=model_name,
+        tile=tile,
+        t1=t1,
+        t2=t2,
+        constants=constants,
+        include_memory=include_memory,
+    )
     done(f"{rep.total.tiles:,} tiles")
     return rep
 
@@ -638,15 +796,30 @@ def report_table(rep: CostReport):  # noqa: ANN201 - rich.table.Table (rich impo
     from rich.table import Table
 
     s = rep.settings
-    title = (f"{s.model}: hardware cost per sample (max_block_size={s.max_block_size}, eb_kind={s.eb_kind}, "
-             f"tile={s.tile_rows}x{s.tile_cols}, T1={s.t1}, T2={s.t2}, digital={s.digital_precision}"
-             f"{', +SRAM' if s.include_memory else ''})")
-    t = Table(title=title, title_justify="left", caption=escape("\n".join(rep.conventions)), caption_justify="left",
-              show_footer=False)
-    cols = [("block", "left"), ("kind", "left"), ("layers", "right"), ("tiles", "right"),
-            ("analog MACs\ninf / train", "right"), ("digital FLOPs\ninf / train", "right"),
-            ("DAC\ninf / train", "right"), ("ADC\ninf / train", "right"), ("energy\ninference", "right"),
-            ("energy\ntrain step", "right")]
+    title = (
+        f"{s.model}: hardware cost per sample (max_block_size={s.max_block_size}, eb_kind={s.eb_kind}, "
+        f"tile={s.tile_rows}x{s.tile_cols}, T1={s.t1}, T2={s.t2}, digital={s.digital_precision}"
+        f"{', +SRAM' if s.include_memory else ''})"
+    )
+    t = Table(
+        title=title,
+        title_justify="left",
+        caption=escape("\n".join(rep.conventions)),
+        caption_justify="left",
+        show_footer=False,
+    )
+    cols = [
+        ("block", "left"),
+        ("kind", "left"),
+        ("layers", "right"),
+        ("tiles", "right"),
+        ("analog MACs\ninf / train", "right"),
+        ("digital FLOPs\ninf / train", "right"),
+        ("DAC\ninf / train", "right"),
+        ("ADC\ninf / train", "right"),
+        ("energy\ninference", "right"),
+        ("energy\ntrain step", "right"),
+    ]
     for name, just in cols:
         t.add_column(name, justify=just)
 
@@ -656,19 +829,32 @@ def report_table(rep: CostReport):  # noqa: ANN201 - rich.table.Table (rich impo
     for b in rep.blocks:
         kind = b.kind if b.kind == "digital" else f"analog ({b.eb_kind or 'dhn'})"
         style = "bold yellow" if b.kind == "analog" else "cyan"
-        t.add_row(f"[{style}]{b.name}[/]", kind, str(len(b.weight_layers)) if b.kind == "analog" else "-",
-                  f"{b.tiles:,}" if b.kind == "analog" else "-",
-                  pair(b.inference.analog_macs, b.training.analog_macs),
-                  pair(b.inference.digital_flops, b.training.digital_flops),
-                  pair(b.inference.dac, b.training.dac), pair(b.inference.adc, b.training.adc),
-                  joules(b.inference.energy_pj.total), joules(b.training.energy_pj.total))
+        t.add_row(
+            f"[{style}]{b.name}[/]",
+            kind,
+            str(len(b.weight_layers)) if b.kind == "analog" else "-",
+            f"{b.tiles:,}" if b.kind == "analog" else "-",
+            pair(b.inference.analog_macs, b.training.analog_macs),
+            pair(b.inference.digital_flops, b.training.digital_flops),
+            pair(b.inference.dac, b.training.dac),
+            pair(b.inference.adc, b.training.adc),
+            joules(b.inference.energy_pj.total),
+            joules(b.training.energy_pj.total),
+        )
     tot = rep.total
     t.add_section()
-    t.add_row("[bold]total[/]", "", str(sum(len(b.weight_layers) for b in rep.blocks if b.kind == "analog")),
-              f"{tot.tiles:,}", pair(tot.inference.analog_macs, tot.training.analog_macs),
-              pair(tot.inference.digital_flops, tot.training.digital_flops),
-              pair(tot.inference.dac, tot.training.dac), pair(tot.inference.adc, tot.training.adc),
-              f"[bold]{joules(tot.inference.energy_pj.total)}[/]", f"[bold]{joules(tot.training.energy_pj.total)}[/]")
+    t.add_row(
+        "[bold]total[/]",
+        "",
+        str(sum(len(b.weight_layers) for b in rep.blocks if b.kind == "analog")),
+        f"{tot.tiles:,}",
+        pair(tot.inference.analog_macs, tot.training.analog_macs),
+        pair(tot.inference.digital_flops, tot.training.digital_flops),
+        pair(tot.inference.dac, tot.training.dac),
+        pair(tot.inference.adc, tot.training.adc),
+        f"[bold]{joules(tot.inference.energy_pj.total)}[/]",
+        f"[bold]{joules(tot.training.energy_pj.total)}[/]",
+    )
     return t
 
 
@@ -682,9 +868,16 @@ def breakdown_table(rep: CostReport):  # noqa: ANN201 - rich.table.Table
     for label, ph in (("inference", rep.total.inference), ("EP training step", rep.total.training)):
         e = ph.energy_pj
         ref = rep.total.all_digital["inference" if label == "inference" else "training"]
-        t.add_row(label, joules(e.analog_mac), joules(e.adc), joules(e.dac), joules(e.digital),
-                  joules(e.memory) if rep.settings.include_memory else "-", f"[bold]{joules(e.total)}[/]",
-                  f"{joules(ref.energy_pj.total)} ({si(ref.digital_flops)} FLOPs{', BP' if ph is rep.total.training else ''})")
+        t.add_row(
+            label,
+            joules(e.analog_mac),
+            joules(e.adc),
+            joules(e.dac),
+            joules(e.digital),
+            joules(e.memory) if rep.settings.include_memory else "-",
+            f"[bold]{joules(e.total)}[/]",
+            f"{joules(ref.energy_pj.total)} ({si(ref.digital_flops)} FLOPs{', BP' if ph is rep.total.training else ''})",
+        )
     return t
 
 

@@ -30,8 +30,13 @@ class Split32:
     y_test: torch.Tensor
 
 
-def load_32(name: str = FALLBACK, train_subset: int | None = None, test_subset: int | None = None,
-            subset_seed: int = 0, fallback: bool = True) -> Split32:
+def load_32(
+    name: str = FALLBACK,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+    subset_seed: int = 0,
+    fallback: bool = True,
+) -> Split32:
     """`name`'s train/test splits padded to 32×32, normalised with the training split's mean/std.
 
     `train_subset`: that many training images drawn without replacement by a generator seeded `subset_seed`

@@ -154,7 +154,6 @@ class DeviceLoader:
         """Epoch the next batch belongs to."""
         return self._epoch
 
-
     def set_epoch(self, epoch: int) -> None:
         """Position the loader at the start of ``epoch``."""
         if epoch < 0:

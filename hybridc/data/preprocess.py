@@ -32,8 +32,9 @@ def resize_images(x: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor
     if size is None or tuple(x.shape[-2:]) == tuple(size):
         return x
     dtype = x.dtype
-    out = F.interpolate(x.float() if not x.is_floating_point() else x, size=tuple(size), mode=RESIZE_MODE,
-                        align_corners=False)
+    out = F.interpolate(
+        x.float() if not x.is_floating_point() else x, size=tuple(size), mode=RESIZE_MODE, align_corners=False
+    )
     return out.to(dtype) if dtype.is_floating_point else out
 
 
@@ -69,10 +70,13 @@ class InputTransform:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> InputTransform:
         size = d.get("size")
-        return cls(raw_shape=tuple(int(v) for v in d["raw_shape"]), mean=tuple(float(v) for v in d["mean"]),
-                   std=tuple(float(v) for v in d["std"]),
-                   size=tuple(int(v) for v in size) if size is not None else None,
-                   mode=str(d.get("mode", RESIZE_MODE)))
+        return cls(
+            raw_shape=tuple(int(v) for v in d["raw_shape"]),
+            mean=tuple(float(v) for v in d["mean"]),
+            std=tuple(float(v) for v in d["std"]),
+            size=tuple(int(v) for v in size) if size is not None else None,
+            mode=str(d.get("mode", RESIZE_MODE)),
+        )
 
     def module(self) -> Preprocess:
         return Preprocess(self)
@@ -86,8 +90,12 @@ def input_transform(data: str, size: tuple[int, int] | None = None) -> InputTran
     info = DATASETS[canonical_name(data)]
     if size is not None and tuple(size) == tuple(info.input_shape[1:]):
         size = None
-    return InputTransform(raw_shape=tuple(info.input_shape), mean=tuple(info.mean), std=tuple(info.std),
-                          size=tuple(size) if size is not None else None)
+    return InputTransform(
+        raw_shape=tuple(info.input_shape),
+        mean=tuple(info.mean),
+        std=tuple(info.std),
+        size=tuple(size) if size is not None else None,
+    )
 
 
 class Preprocess(nn.Module):

@@ -46,8 +46,12 @@ _TABLE: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 _PARAM_NAMES = {
-    "hardsigmoid": {"slope"}, "leaky_relu": {"negative_slope"}, "elu": {"alpha"}, "celu": {"alpha"},
-    "hardtanh": {"min_val", "max_val"}, "softplus": {"beta", "threshold"},
+    "hardsigmoid": {"slope"},
+    "leaky_relu": {"negative_slope"},
+    "elu": {"alpha"},
+    "celu": {"alpha"},
+    "hardtanh": {"min_val", "max_val"},
+    "softplus": {"beta", "threshold"},
 }
 
 
@@ -57,7 +61,8 @@ def make_activation(spec: ActivationSpec) -> Activation:
     if fn is None:
         raise UnsupportedOpError(
             f"activation {spec.kind!r} cannot be a neuron activation (it must be monotone); "
-            f"use one of {', '.join(sorted(_TABLE))}")
+            f"use one of {', '.join(sorted(_TABLE))}"
+        )
     allowed = _PARAM_NAMES.get(spec.kind, set())
     unknown = set(spec.params) - allowed
     if unknown:

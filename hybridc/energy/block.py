@@ -34,8 +34,15 @@ class EnergyBlock(nn.Module):
 
     kind = "energy"
 
-    def __init__(self, name: str, neuron_names: list[str], neuron_shapes: list[list[int] | None],
-                 output_names: list[str], solver: SolverConfig, gradient: GradientConfig):
+    def __init__(
+        self,
+        name: str,
+        neuron_names: list[str],
+        neuron_shapes: list[list[int] | None],
+        output_names: list[str],
+        solver: SolverConfig,
+        gradient: GradientConfig,
+    ):
         super().__init__()
         self.name = name
         self.neuron_names = neuron_names
@@ -107,13 +114,23 @@ class EnergyBlock(nn.Module):
         """What a relaxation phase needs from the inputs, computed once per phase (not per step)."""
         return inputs
 
-    def step_prepared(self, prepared: Sequence[torch.Tensor], states: States, nudge: States | None = None,
-                      differentiable: bool = False) -> States:
+    def step_prepared(
+        self,
+        prepared: Sequence[torch.Tensor],
+        states: States,
+        nudge: States | None = None,
+        differentiable: bool = False,
+    ) -> States:
         """One relaxation step from `prepare(inputs)`."""
         raise NotImplementedError
 
-    def step_map(self, inputs: Sequence[torch.Tensor], states: States, nudge: States | None = None,
-                 differentiable: bool = False) -> States:
+    def step_map(
+        self,
+        inputs: Sequence[torch.Tensor],
+        states: States,
+        nudge: States | None = None,
+        differentiable: bool = False,
+    ) -> States:
         """One relaxation step (the fixed-point map T, nudged by `nudge` on output neurons). A single
         evaluation (ID's map, probes): the block's norms do not update their running statistics."""
         with self.norm_stats_held():
@@ -129,14 +146,25 @@ class EnergyBlock(nn.Module):
     def initial_states(self, inputs: Sequence[torch.Tensor]) -> States:
         ref = inputs[0]
         if self.state_shapes is not None:
-            return [torch.zeros(s, dtype=ref.dtype, device=ref.device) for s in self.state_shapes(list(inputs))]
+            return [
+                torch.zeros(s, dtype=ref.dtype, device=ref.device) for s in self.state_shapes(list(inputs))
+            ]
         batch = ref.shape[0]
         if any(s is None for s in self.neuron_shapes):
             raise UnsupportedOpError(f"analog block {self.name}: neuron shapes unknown; re-run partition")
-        return [torch.zeros(batch, *shape, dtype=ref.dtype, device=ref.device) for shape in self.neuron_shapes]
+        return [
+            torch.zeros(batch, *shape, dtype=ref.dtype, device=ref.device) for shape in self.neuron_shapes
+        ]
 
-    def relax(self, inputs: Sequence[torch.Tensor], states: States, steps: int, phase: str,
-              nudge: States | None = None, rel_tol: float | None = None) -> States:
+    def relax(
+        self,
+        inputs: Sequence[torch.Tensor],
+        states: States,
+        steps: int,
+        phase: str,
+        nudge: States | None = None,
+        rel_tol: float | None = None,
+    ) -> States:
         """Run `steps` relaxation steps (or to `rel_tol`, relative, with `steps` as the cap; or to the
         solver's `tol`) from `states`; a free phase records its residual, steps and convergence. The inputs
         are prepared once per phase (the input synapse, e.g. the paper's conv → pool → BatchNorm entry, is not
@@ -144,9 +172,16 @@ class EnergyBlock(nn.Module):
         held = contextlib.nullcontext() if phase == "free" else self.norm_stats_held()
         with torch.no_grad(), parametrize.cached(), held:
             prepared = self.prepare(inputs)
-            out = relax(lambda s: self.step_prepared(prepared, s, nudge), states, steps, self.solver, self.name,
-                        phase, (lambda r, p: self._warn_unconverged(r, p, steps)) if phase == "free" else None,
-                        rel_tol=rel_tol)
+            out = relax(
+                lambda s: self.step_prepared(prepared, s, nudge),
+                states,
+                steps,
+                self.solver,
+                self.name,
+                phase,
+                (lambda r, p: self._warn_unconverged(r, p, steps)) if phase == "free" else None,
+                rel_tol=rel_tol,
+            )
         if phase == "free":
             self.last_residual = out.residual
             self.last_steps = out.steps
@@ -175,7 +210,9 @@ class EnergyBlock(nn.Module):
             f"max|Δs|, max|s| {peak:.3g}, {free_rule_text(self.solver, cap)}): its output is a transient and "
             "EP/ID gradients are estimated off equilibrium. Compile with constrain=True (the default) or a lower "
             "feedback_gain, raise the step cap (max_steps) or t1, or set a solver tolerance.",
-            UnconvergedWarning, stacklevel=2)
+            UnconvergedWarning,
+            stacklevel=2,
+        )
 
     def free_phase(self, inputs: Sequence[torch.Tensor]) -> States:
         """The free phase from the zero state, under the solver's stopping rule (`free_schedule`: by default

@@ -120,9 +120,20 @@ _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 # Largest slope of each neuron activation (a Lipschitz constant of σ); None = read from params.
 _SLOPES: dict[str, float] = {
-    "identity": 1.0, "relu": 1.0, "relu6": 1.0, "elu": 1.0, "celu": 1.0, "sigmoid": 0.25, "tanh": 1.0,
-    "hardtanh": 1.0, "torch_hardsigmoid": 1.0 / 6.0, "softplus": 1.0, "softsign": 1.0, "logsigmoid": 1.0,
-    "tanhshrink": 1.0, "selu": 1.0507009873554805 * 1.6732632423543772,
+    "identity": 1.0,
+    "relu": 1.0,
+    "relu6": 1.0,
+    "elu": 1.0,
+    "celu": 1.0,
+    "sigmoid": 0.25,
+    "tanh": 1.0,
+    "hardtanh": 1.0,
+    "torch_hardsigmoid": 1.0 / 6.0,
+    "softplus": 1.0,
+    "softsign": 1.0,
+    "logsigmoid": 1.0,
+    "tanhshrink": 1.0,
+    "selu": 1.0507009873554805 * 1.6732632423543772,
 }
 
 
@@ -216,8 +227,9 @@ class Coupling:
     laid out as the block lays them out (`initial_states`: e.g. [B·T, H] token rows), as one vector: B is then
     block-diagonal over whatever the samples are, and its norm is still the largest sample's."""
 
-    def __init__(self, block: nn.Module, input_shapes: Sequence[Sequence[int]], example_batch: int | None = None
-                 ) -> None:
+    def __init__(
+        self, block: nn.Module, input_shapes: Sequence[Sequence[int]], example_batch: int | None = None
+    ) -> None:
         self.block = block
         self.input_shapes = [tuple(s) for s in input_shapes]
         self.sqrt_a = [math.sqrt(slope_bound(spec)) for spec in block.activation_specs]
@@ -262,8 +274,9 @@ class Coupling:
             gen = torch.Generator(device="cpu").manual_seed(0)
             vs = [torch.randn(shape, generator=gen, dtype=torch.float64) for shape in shapes]
             norm = torch.sqrt(sum(v.reshape(rows, -1).pow(2).sum(1) for v in vs))
-            self._starts[key] = [(v / norm.reshape(-1, *[1] * (v.dim() - 1))).to(ref.device, ref.dtype)
-                                 for v in vs]
+            self._starts[key] = [
+                (v / norm.reshape(-1, *[1] * (v.dim() - 1))).to(ref.device, ref.dtype) for v in vs
+            ]
         return self._starts[key]
 
     def _probe(self, k: int) -> tuple[Sequence[torch.Tensor], list[torch.Tensor]]:
@@ -274,8 +287,9 @@ class Coupling:
         zero_states = [zeros_in[0].new_zeros(s) for s in shapes]
         return prepared, self.block.phi_grad(prepared, zero_states)
 
-    def apply(self, v: list[torch.Tensor], probe: tuple[Sequence[torch.Tensor], list[torch.Tensor]] | None = None
-              ) -> list[torch.Tensor]:
+    def apply(
+        self, v: list[torch.Tensor], probe: tuple[Sequence[torch.Tensor], list[torch.Tensor]] | None = None
+    ) -> list[torch.Tensor]:
         """B v for a batch of state vectors v (one per row)."""
         prepared, off = probe if probe is not None else self._probe(v[0].shape[0])
         on = self.block.phi_grad(prepared, [vi * a for vi, a in zip(v, self.sqrt_a)])
@@ -305,11 +319,40 @@ class Coupling:
 #: activations of a top neuron that commute with a positive factor: σ(t u) = t σ(u) for t > 0
 _HOMOGENEOUS_NEURONS = frozenset({"identity", "relu", "leaky_relu"})
 #: ops whose value carries the factor of their (single) data operand
-_UNARY_HOMOGENEOUS = frozenset({
-    "relu", "leaky_relu", "prelu", "max_pool", "avg_pool", "adaptive_avg_pool", "adaptive_max_pool", "mean", "sum",
-    "flatten", "unflatten", "view", "permute", "transpose", "t", "squeeze", "unsqueeze", "identity", "dropout",
-    "expand", "slice", "select", "neg", "pos", "pad", "split", "chunk", "unbind", "contiguous", "getitem",
-})
+_UNARY_HOMOGENEOUS = frozenset(
+    {
+        "relu",
+        "leaky_relu",
+        "prelu",
+        "max_pool",
+        "avg_pool",
+        "adaptive_avg_pool",
+        "adaptive_max_pool",
+        "mean",
+        "sum",
+        "flatten",
+        "unflatten",
+        "view",
+        "permute",
+        "transpose",
+        "t",
+        "squeeze",
+        "unsqueeze",
+        "identity",
+        "dropout",
+        "expand",
+        "slice",
+        "select",
+        "neg",
+        "pos",
+        "pad",
+        "split",
+        "chunk",
+        "unbind",
+        "contiguous",
+        "getitem",
+    }
+)
 _WHY_NOT: dict[str, str] = {
     "batch_norm": "a BatchNorm (affine with running or batch statistics: BN(t·y) ≠ t·BN(y))",
     "hardsigmoid": "a hard sigmoid clamp(a·u, 0, 1) (bounded: not positively homogeneous)",
@@ -349,10 +392,16 @@ class Compensation:
     def record(self) -> dict[str, Any]:
         """JSON-able summary: mode ("downstream" or "none"), outputs, biases, consumers (block:layer), path,
         reason (why not; None when it applies)."""
-        return {"mode": "downstream" if self.applies else "none", "outputs": list(self.outputs),
-                "layers": list(self.layers),
-                "biases": [b[0] for b in self.biases], "consumers": [f"{c[0]}:{c[1]}" for c in self.consumers],
-                "path": list(self.path), "reason": self.reason, "notes": list(self.notes)}
+        return {
+            "mode": "downstream" if self.applies else "none",
+            "outputs": list(self.outputs),
+            "layers": list(self.layers),
+            "biases": [b[0] for b in self.biases],
+            "consumers": [f"{c[0]}:{c[1]}" for c in self.consumers],
+            "path": list(self.path),
+            "reason": self.reason,
+            "notes": list(self.notes),
+        }
 
     @torch.no_grad()
     def apply_(self, t: torch.Tensor) -> None:
@@ -397,7 +446,10 @@ def _weight_operands(node: fx.Node, gm: fx.GraphModule) -> tuple[Any, tuple[str,
         return node.args[0], None, None
     args = list(node.args)
     key = op_key(node, gm)
-    def layer(operand: Any) -> tuple[str, nn.Module, str] | None:  # labelled as its layer, like feedback_layers
+
+    def layer(
+        operand: Any,
+    ) -> tuple[str, nn.Module, str] | None:  # labelled as its layer, like feedback_layers
         found = _param_of(operand, gm)
         return None if found is None else (found[0].removesuffix(".weight"), found[1], found[2])
 
@@ -455,28 +507,36 @@ def _degree(node: fx.Node, gm: fx.GraphModule, deg: dict[fx.Node, int], where: s
         if key in ("add", "sub") and any(a != 0 for a in scalars):
             raise _Broken(f"{where}: {node.name} adds a constant to a value that carries the factor")
         if not all(deg.get(a, 0) == 1 for a in value_inputs(node)):
-            raise _Broken(f"{where}: {node.name} ({key}) combines a value that carries the factor with one that "
-                          "does not (a skip, a bias, a parameter or another branch)")
+            raise _Broken(
+                f"{where}: {node.name} ({key}) combines a value that carries the factor with one that "
+                "does not (a skip, a bias, a parameter or another branch)"
+            )
         return 1
     what = _WHY_NOT.get(key, f"{node.name} ({key}: not positively homogeneous)")
     raise _Broken(f"{where}: the path crosses {what}")
 
 
-def _top_terms(blk: nn.Module, j: int, scaled: dict[int, str]
-               ) -> tuple[list[str], list[tuple[str, nn.Module, str]]]:
+def _top_terms(
+    blk: nn.Module, j: int, scaled: dict[int, str]
+) -> tuple[list[str], list[tuple[str, nn.Module, str]]]:
     """In-block half: the rescaled weights computing neuron j and the biases to scale with them so that its
     state becomes exactly t× what the unscaled layer computes; raises _Broken with the reason where not."""
     from hybridc.passes.ops import WEIGHT_OPS, op_key
 
     name, spec = blk.neuron_names[j], blk.activation_specs[j]
     if spec.kind not in _HOMOGENEOUS_NEURONS:
-        what = ("a hard sigmoid clamp(a·u, 0, 1), not positively homogeneous" if spec.kind == "hardsigmoid"
-                else f"{spec.kind}, not positively homogeneous")
+        what = (
+            "a hard sigmoid clamp(a·u, 0, 1), not positively homogeneous"
+            if spec.kind == "hardsigmoid"
+            else f"{spec.kind}, not positively homogeneous"
+        )
         raise _Broken(f"output neuron {name} has activation {what}")
     core = blk._split[1]
-    states = [n for n in core.graph.nodes if n.op == "placeholder"][blk.n_cut:]
+    states = [n for n in core.graph.nodes if n.op == "placeholder"][blk.n_cut :]
     if states[j].users:
-        raise _Broken(f"output neuron {name} is read by other neurons of the block (it feeds back through them)")
+        raise _Broken(
+            f"output neuron {name} is read by other neurons of the block (it feeds back through them)"
+        )
     out = next(n for n in core.graph.nodes if n.op == "output")
     pre = list(out.args[0])
     target = pre[j]
@@ -496,8 +556,9 @@ def _top_terms(blk: nn.Module, j: int, scaled: dict[int, str]
     for node in core.graph.nodes:
         if node not in cone or node.op in ("placeholder", "get_attr", "output"):
             continue
-        is_weight = (node.op == "call_module" and isinstance(core.get_submodule(str(node.target)), _LAYERS)) or (
-            node.op == "call_function" and op_key(node, core) in WEIGHT_OPS)
+        is_weight = (
+            node.op == "call_module" and isinstance(core.get_submodule(str(node.target)), _LAYERS)
+        ) or (node.op == "call_function" and op_key(node, core) in WEIGHT_OPS)
         if is_weight:
             data, param, bias = _weight_operands(node, core)
             w = _trainable(param[1], param[2]) if param is not None else None
@@ -521,8 +582,10 @@ def _top_terms(blk: nn.Module, j: int, scaled: dict[int, str]
             continue
         deg[node] = _degree(node, core, deg, where)
     if not isinstance(target, fx.Node) or deg.get(target, 0) != 1:
-        raise _Broken(f"{where} has a term that the rescale does not scale (an identity skip, an input term or "
-                      "an unscaled bias)")
+        raise _Broken(
+            f"{where} has a term that the rescale does not scale (an identity skip, an input term or "
+            "an unscaled bias)"
+        )
     # the scaled biases must reach no other neuron
     reach: set[fx.Node] = set()
     stack = list(sources)
@@ -546,7 +609,9 @@ def _block_graph(model: nn.Module, name: str) -> fx.GraphModule | None:
     return getattr(blk, "synapses", None)
 
 
-def plan_compensation(model: nn.Module, name: str, scaled: Sequence[tuple[str, torch.Tensor]]) -> Compensation:
+def plan_compensation(
+    model: nn.Module, name: str, scaled: Sequence[tuple[str, torch.Tensor]]
+) -> Compensation:
     """Decide, at compile time, whether analog block `name` of `model` (an FFEBM) can move its guard's factor
     downstream (module docstring): which top neurons and biases scale with t, which weights of later blocks
     scale by 1/t, and the ops in between; or why not (`reason`). `scaled`: the block's rescaled weights."""
@@ -572,11 +637,17 @@ def plan_compensation(model: nn.Module, name: str, scaled: Sequence[tuple[str, t
                     raise
                 comp.notes.append(f"{blk.neuron_names[j]}: {exc}")
         if not comp.outputs:
-            raise _Broken("no output neuron of the block carries the factor exactly: " + "; ".join(comp.notes))
+            raise _Broken(
+                "no output neuron of the block carries the factor exactly: " + "; ".join(comp.notes)
+            )
         carried: dict[str, int] = dict.fromkeys(comp.outputs, 1)
         uses: dict[int, list[int]] = {}  # weight id -> degrees of the data it is applied to
-        feedback_ids = {id(w) for b in model.analog_blocks.values() if isinstance(b, DHNBlock)
-                        for _, w in feedback_layers(b)}
+        feedback_ids = {
+            id(w)
+            for b in model.analog_blocks.values()
+            if isinstance(b, DHNBlock)
+            for _, w in feedback_layers(b)
+        }
         for bname in model.blocks:  # topological order; the guarded block's own weights count as uses too
             ins, outs = model.io(bname)
             gm = _block_graph(model, bname)
@@ -585,7 +656,9 @@ def plan_compensation(model: nn.Module, name: str, scaled: Sequence[tuple[str, t
             if reads and (gm is None or (analog and not isinstance(model.blocks[bname], DHNBlock))):
                 raise _Broken(f"block {bname}, a {model.blocks[bname].kind.upper()} block, reads the output")
             if reads and analog and model.blocks[bname].analog.dac_bits:
-                raise _Broken(f"block {bname} DAC-quantises its inputs, which does not commute with the factor")
+                raise _Broken(
+                    f"block {bname} DAC-quantises its inputs, which does not commute with the factor"
+                )
             if gm is None:
                 continue
             placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
@@ -594,8 +667,9 @@ def plan_compensation(model: nn.Module, name: str, scaled: Sequence[tuple[str, t
             for node in gm.graph.nodes:
                 if node.op in ("placeholder", "get_attr", "output"):
                     continue
-                is_weight = (node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), _LAYERS)
-                             ) or (node.op in ("call_function", "call_method") and op_key(node, gm) in WEIGHT_OPS)
+                is_weight = (
+                    node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), _LAYERS)
+                ) or (node.op in ("call_function", "call_method") and op_key(node, gm) in WEIGHT_OPS)
                 if is_weight:
                     data, param, _ = _weight_operands(node, gm)
                     d = deg.get(data, 0) if isinstance(data, fx.Node) else 0
@@ -603,8 +677,10 @@ def plan_compensation(model: nn.Module, name: str, scaled: Sequence[tuple[str, t
                     if param is not None:
                         uses.setdefault(id(_trainable(param[1], param[2])), []).append(d)
                     if d and (param is None or others):
-                        raise _Broken(f"{where}: {node.name} reads the factor through an operand that is not "
-                                      "its data input")
+                        raise _Broken(
+                            f"{where}: {node.name} reads the factor through an operand that is not "
+                            "its data input"
+                        )
                     if d:
                         w = _trainable(param[1], param[2])
                         if id(w) in feedback_ids or id(w) in scaled_ids:
@@ -621,8 +697,11 @@ def plan_compensation(model: nn.Module, name: str, scaled: Sequence[tuple[str, t
             out = next(n for n in gm.graph.nodes if n.op == "output")
             values = list(out.args[0]) if isinstance(out.args[0], (tuple, list)) else [out.args[0]]
             if analog:
-                hit = [blk2 for blk2, v in zip(model.blocks[bname].neuron_names, values)
-                       if isinstance(v, fx.Node) and deg.get(v, 0)]
+                hit = [
+                    blk2
+                    for blk2, v in zip(model.blocks[bname].neuron_names, values)
+                    if isinstance(v, fx.Node) and deg.get(v, 0)
+                ]
                 if hit:
                     raise _Broken(f"{where}: neuron(s) {hit} read the output without a weight in between")
             else:
@@ -633,9 +712,13 @@ def plan_compensation(model: nn.Module, name: str, scaled: Sequence[tuple[str, t
         fx.node.map_arg(model._output_template, lambda n: graph_out.append(n.name))
         reaching = [o for o in graph_out if carried.get(o)]
         if reaching:
-            raise _Broken(f"the output reaches the model's output {reaching} (compensating it would need a "
-                          "digital output gain)")
-        shared = [c[1] for c in comp.consumers if any(d == 0 for d in uses.get(id(_trainable(c[2], c[3])), []))]
+            raise _Broken(
+                f"the output reaches the model's output {reaching} (compensating it would need a "
+                "digital output gain)"
+            )
+        shared = [
+            c[1] for c in comp.consumers if any(d == 0 for d in uses.get(id(_trainable(c[2], c[3])), []))
+        ]
         if shared:
             raise _Broken(f"weight(s) {shared} are also applied to values that do not carry the factor")
         if not comp.consumers:
@@ -654,8 +737,14 @@ class DHNConstraint:
     layers' biases by t and the weights reading the block's output by 1/t, where that is exact.
     """
 
-    def __init__(self, block: nn.Module, input_shapes: Sequence[Sequence[int]], gain: float,
-                 example_batch: int | None = None, compensation: Compensation | None = None) -> None:
+    def __init__(
+        self,
+        block: nn.Module,
+        input_shapes: Sequence[Sequence[int]],
+        gain: float,
+        example_batch: int | None = None,
+        compensation: Compensation | None = None,
+    ) -> None:
         if not gain > 0:
             raise ValueError(f"feedback gain must be positive, got {gain}")
         self.gain = float(gain)
@@ -681,14 +770,17 @@ class DHNConstraint:
                 w.copy_(s)
 
     @staticmethod
-    def _factor(rho: torch.Tensor, target: float | torch.Tensor, rho_skip: float | torch.Tensor) -> torch.Tensor:
+    def _factor(
+        rho: torch.Tensor, target: float | torch.Tensor, rho_skip: float | torch.Tensor
+    ) -> torch.Tensor:
         """The secant factor t with ρ(t) ≤ target (1 where ρ is already within it; target ∞ = unconstrained)."""
         t = (target - rho_skip) / (rho - rho_skip).clamp_min(1e-30)
         return torch.where(rho > target, t.clamp(0.0, 1.0), torch.ones_like(rho))
 
     @torch.no_grad()
-    def _scale_(self, rho: torch.Tensor, target: float | torch.Tensor, rho_skip: float | torch.Tensor
-                ) -> torch.Tensor:
+    def _scale_(
+        self, rho: torch.Tensor, target: float | torch.Tensor, rho_skip: float | torch.Tensor
+    ) -> torch.Tensor:
         t = self._factor(rho, target, rho_skip)
         for w in self._weights():
             w.mul_(t.to(w.dtype))
@@ -708,8 +800,11 @@ class DHNConstraint:
         """Compile-time: measure ρ_I and ρ, set the target, rescale (the secant, `rounds` times: once is exact
         where ρ(t) is affine-convex; the second absorbs power-iteration slack) - all on the device, read to
         the host once. Returns a record: rho_before, rho_after, rho_skip, target, factor, layers (names)."""
-        rec: dict[str, Any] = {"layers": [n for n, _ in self.layers], "gain": self.gain,
-                               "compensation": self.compensation.record()}
+        rec: dict[str, Any] = {
+            "layers": [n for n, _ in self.layers],
+            "gain": self.gain,
+            "compensation": self.compensation.record(),
+        }
         self.coupling.settle()
         rho0 = self.coupling.norm(COMPILE_ITERS, COMPILE_STARTS)
         if not self.layers:
@@ -719,8 +814,11 @@ class DHNConstraint:
             return rec
         rs = self._skip_norm()
         gain = torch.full_like(rs, self.gain)
-        target = torch.where(rs < 0.95 * self.gain, gain,
-                             torch.where(rs < 1.0, torch.maximum(gain, 0.5 * (1.0 + rs)), torch.full_like(rs, math.inf)))
+        target = torch.where(
+            rs < 0.95 * self.gain,
+            gain,
+            torch.where(rs < 1.0, torch.maximum(gain, 0.5 * (1.0 + rs)), torch.full_like(rs, math.inf)),
+        )
         factor, rho = torch.ones_like(rs), rho0
         for _ in range(rounds):
             factor = factor * self._scale_(rho, target * (1 - 1e-4), rs)
@@ -790,8 +888,10 @@ def _shapes(model: nn.Module) -> dict[str, list[int] | None]:
 def _why_unbounded(rec: dict[str, Any]) -> str:
     if not rec["layers"]:
         return "no weight op of the block reads its neuron states, so there is nothing to rescale"
-    return (f"identity skips inside the block alone give ρ_I={rec['rho_skip']:.3g} ≥ 1; lower hardsigmoid_slope "
-            "or max_block_size (so residual adds cross block boundaries)")
+    return (
+        f"identity skips inside the block alone give ρ_I={rec['rho_skip']:.3g} ≥ 1; lower hardsigmoid_slope "
+        "or max_block_size (so residual adds cross block boundaries)"
+    )
 
 
 def compensation_text(rec: dict[str, Any], layer: str | None = None) -> str:
@@ -799,15 +899,21 @@ def compensation_text(rec: dict[str, Any], layer: str | None = None) -> str:
     said of one rescaled layer (one between hidden neurons is not compensated)."""
     comp = rec.get("compensation") or {}
     if comp.get("mode") == "downstream" and layer is not None and layer not in comp.get("layers", []):
-        return ("a layer between hidden neurons: its rescale changes the forward function (only the top layer's "
-                f"factor, of {', '.join(comp['layers'])}, is moved downstream)")
+        return (
+            "a layer between hidden neurons: its rescale changes the forward function (only the top layer's "
+            f"factor, of {', '.join(comp['layers'])}, is moved downstream)"
+        )
     if comp.get("mode") == "downstream":
         path = " → ".join(comp["path"]) or "nothing"
-        return (f"the factor is moved downstream: {', '.join(comp['biases']) or 'no bias'} ×t with the weights and "
-                f"{', '.join(comp['consumers'])} ×1/t (path {path}: positively homogeneous), so the feedforward "
-                f"function is kept and only the top-down feedback of {', '.join(comp['outputs'])} shrinks (×t²)")
-    return (f"not compensated downstream ({comp.get('reason') or 'not planned'}): the block's output shrinks with "
-            "its weights")
+        return (
+            f"the factor is moved downstream: {', '.join(comp['biases']) or 'no bias'} ×t with the weights and "
+            f"{', '.join(comp['consumers'])} ×1/t (path {path}: positively homogeneous), so the feedforward "
+            f"function is kept and only the top-down feedback of {', '.join(comp['outputs'])} shrinks (×t²)"
+        )
+    return (
+        f"not compensated downstream ({comp.get('reason') or 'not planned'}): the block's output shrinks with "
+        "its weights"
+    )
 
 
 def _decisions(block: str, rec: dict[str, Any]) -> list[Any]:
@@ -818,29 +924,58 @@ def _decisions(block: str, rec: dict[str, Any]) -> list[Any]:
     if rec["target"] is None:
         if rec["rho_before"] <= rec["gain"]:
             return []
-        return [Decision(node=layer, action="unconstrained", block=block, reason=(
-            f"feedback gain ρ={rec['rho_before']:.3g} > {rec['gain']:g} cannot be bounded by rescaling weights: "
-            f"{_why_unbounded(rec)}; the free phase may not reach a fixed point"))
-            for layer in rec["layers"] or [block]]
+        return [
+            Decision(
+                node=layer,
+                action="unconstrained",
+                block=block,
+                reason=(
+                    f"feedback gain ρ={rec['rho_before']:.3g} > {rec['gain']:g} cannot be bounded by rescaling weights: "
+                    f"{_why_unbounded(rec)}; the free phase may not reach a fixed point"
+                ),
+            )
+            for layer in rec["layers"] or [block]
+        ]
     if rec["factor"] >= 1.0:
         return []
-    note = "" if math.isclose(rec["target"], rec["gain"], rel_tol=1e-6) else (
-        f" (the gain {rec['gain']:g} is out of reach: identity skips give ρ_I={rec['rho_skip']:.3g}; target "
-        f"{rec['target']:.3g})")
+    note = (
+        ""
+        if math.isclose(rec["target"], rec["gain"], rel_tol=1e-6)
+        else (
+            f" (the gain {rec['gain']:g} is out of reach: identity skips give ρ_I={rec['rho_skip']:.3g}; target "
+            f"{rec['target']:.3g})"
+        )
+    )
     comp = rec.get("compensation") or {}
-    out = [Decision(node=layer, action="rescaled", block=block, reason=(
-        f"weight ×{rec['factor']:.4g}: feedback gain ρ={rec['rho_before']:.3g} → {rec['rho_after']:.3g} ≤ "
-        f"{rec['target']:.3g}{note}, so the free phase is a contraction; {compensation_text(rec, layer)}; the compiled "
-        "forward differs from the original model's (init=keep keeps the weights up to this factor)"))
-        for layer in rec["layers"]]
+    out = [
+        Decision(
+            node=layer,
+            action="rescaled",
+            block=block,
+            reason=(
+                f"weight ×{rec['factor']:.4g}: feedback gain ρ={rec['rho_before']:.3g} → {rec['rho_after']:.3g} ≤ "
+                f"{rec['target']:.3g}{note}, so the free phase is a contraction; {compensation_text(rec, layer)}; the compiled "
+                "forward differs from the original model's (init=keep keeps the weights up to this factor)"
+            ),
+        )
+        for layer in rec["layers"]
+    ]
     if comp.get("mode") == "downstream":
         for consumer in comp["consumers"]:
             cblock, _, layer = consumer.partition(":")
-            out.append(Decision(node=layer, action="rescaled", block=cblock, reason=(
-                f"weight ×{1 / rec['factor']:.4g} = 1/t: compensates the feedback guard's rescale of {block} (its "
-                f"output {', '.join(comp['outputs'])} is ×{rec['factor']:.4g}; path "
-                f"{' → '.join(comp['path']) or 'direct'} is positively homogeneous), so this layer's output is "
-                "unchanged")))
+            out.append(
+                Decision(
+                    node=layer,
+                    action="rescaled",
+                    block=cblock,
+                    reason=(
+                        f"weight ×{1 / rec['factor']:.4g} = 1/t: compensates the feedback guard's rescale of {block} (its "
+                        f"output {', '.join(comp['outputs'])} is ×{rec['factor']:.4g}; path "
+                        f"{' → '.join(comp['path']) or 'direct'} is positively homogeneous), so this layer's output is "
+                        "unchanged"
+                    ),
+                )
+            )
     return out
 
 
@@ -862,8 +997,11 @@ def constrain_model(model: nn.Module, gain: float | None, compensate: bool = Tru
     plan.decisions = [d for d in plan.decisions if d.action not in _RECORDED]
     shapes = _shapes(model)
     records: list[dict[str, Any]] = []
-    guarded = [name for name, blk in model.analog_blocks.items()
-               if gain and isinstance(blk, DHNBlock) and len(blk.neuron_names) >= 2]
+    guarded = [
+        name
+        for name, blk in model.analog_blocks.items()
+        if gain and isinstance(blk, DHNBlock) and len(blk.neuron_names) >= 2
+    ]
     # planned before any calibration: structural, and every block's compensation sees the model as compiled
     plans: dict[str, Compensation] = {}
     for name in guarded:
@@ -880,18 +1018,24 @@ def constrain_model(model: nn.Module, gain: float | None, compensate: bool = Tru
         if any(s is None for s in in_shapes):
             from hybridc.errors import PlanMismatchError
 
-            raise PlanMismatchError(f"analog block {name}: the plan records no shape for one of its inputs, so its "
-                                    "feedback gain cannot be measured; re-create the plan with `hybridc partition`")
-        blk.constraint = DHNConstraint(blk, [s[1:] for s in in_shapes], gain, example_batch=in_shapes[0][0],
-                                       compensation=plans[name])
+            raise PlanMismatchError(
+                f"analog block {name}: the plan records no shape for one of its inputs, so its "
+                "feedback gain cannot be measured; re-create the plan with `hybridc partition`"
+            )
+        blk.constraint = DHNConstraint(
+            blk, [s[1:] for s in in_shapes], gain, example_batch=in_shapes[0][0], compensation=plans[name]
+        )
         rec = blk.constraint.calibrate() | {"block": name}
         records.append(rec)
         decisions = _decisions(name, rec)
         plan.decisions.extend(decisions)
         if decisions and decisions[0].action == "unconstrained":
-            warnings.warn(f"analog block {name!r}: its feedback gain ρ={rec['rho_before']:.3g} cannot be bounded "
-                          f"by rescaling weights ({_why_unbounded(rec)}): its free phase may not reach a fixed "
-                          "point.", stacklevel=3)
+            warnings.warn(
+                f"analog block {name!r}: its feedback gain ρ={rec['rho_before']:.3g} cannot be bounded "
+                f"by rescaling weights ({_why_unbounded(rec)}): its free phase may not reach a fixed "
+                "point.",
+                stacklevel=3,
+            )
     model.plan = plan
     model.feedback_gain = gain or None
     #: per guarded block, what its guard does to the feedforward path (`Compensation.record()`)
@@ -900,8 +1044,9 @@ def constrain_model(model: nn.Module, gain: float | None, compensate: bool = Tru
     return records
 
 
-def feedback_norms(model: nn.Module, iters: int = COMPILE_ITERS, starts: int = COMPILE_STARTS
-                   ) -> dict[str, float]:
+def feedback_norms(
+    model: nn.Module, iters: int = COMPILE_ITERS, starts: int = COMPILE_STARTS
+) -> dict[str, float]:
     """ρ = ‖D_a^{1/2} A D_a^{1/2}‖ of every multi-layer DHN block of an FFEBM, constrained or not (reads the
     values to the host: for diagnostics and tests, not the training loop)."""
     from hybridc.energy.dhn import DHNBlock

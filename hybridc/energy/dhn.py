@@ -54,9 +54,18 @@ class DHNBlock(EnergyBlock):
 
     kind = "dhn"
 
-    def __init__(self, name: str, synapses: fx.GraphModule, n_inputs: int, neuron_names: list[str],
-                 activations: list[ActivationSpec], neuron_shapes: list[list[int] | None],
-                 output_names: list[str], solver: SolverConfig, gradient: GradientConfig):
+    def __init__(
+        self,
+        name: str,
+        synapses: fx.GraphModule,
+        n_inputs: int,
+        neuron_names: list[str],
+        activations: list[ActivationSpec],
+        neuron_shapes: list[list[int] | None],
+        output_names: list[str],
+        solver: SolverConfig,
+        gradient: GradientConfig,
+    ):
         super().__init__(name, neuron_names, neuron_shapes, output_names, solver, gradient)
         self.synapses = synapses
         self.n_inputs = n_inputs
@@ -99,8 +108,9 @@ class DHNBlock(EnergyBlock):
     def prepare(self, inputs: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
         return self._split[0](*inputs)
 
-    def phi_grad(self, inputs: Sequence[torch.Tensor], states: States, differentiable: bool = False
-                 ) -> States:
+    def phi_grad(
+        self, inputs: Sequence[torch.Tensor], states: States, differentiable: bool = False
+    ) -> States:
         """∂Φ/∂s for every neuron, from the prepared (cut) inputs. `differentiable`: build an autograd graph
         through it (id/bptt)."""
         if self.fast is not None:
@@ -123,8 +133,13 @@ class DHNBlock(EnergyBlock):
             u = self.synapses(*inputs, *states)
         return sum((si * ui).reshape(si.shape[0], -1).sum(1) for si, ui in zip(states, u))
 
-    def step_prepared(self, prepared: Sequence[torch.Tensor], states: States, nudge: States | None = None,
-                      differentiable: bool = False) -> States:
+    def step_prepared(
+        self,
+        prepared: Sequence[torch.Tensor],
+        states: States,
+        nudge: States | None = None,
+        differentiable: bool = False,
+    ) -> States:
         """One relaxation step (synchronous, or even layers then odd layers)."""
         inputs = prepared
         if self.solver.mode == "sync" or differentiable:
@@ -133,11 +148,14 @@ class DHNBlock(EnergyBlock):
         new = list(states)
         for parity in (0, 1):
             g = self.phi_grad(inputs, new)
-            new = [self._update(j, g[j], nudge) if self.parity[j] == parity else new[j] for j in range(len(new))]
+            new = [
+                self._update(j, g[j], nudge) if self.parity[j] == parity else new[j] for j in range(len(new))
+            ]
         return new
 
-    def _update(self, j: int, g: torch.Tensor, nudge: States | None, differentiable: bool = False
-                ) -> torch.Tensor:
+    def _update(
+        self, j: int, g: torch.Tensor, nudge: States | None, differentiable: bool = False
+    ) -> torch.Tensor:
         if nudge is not None and nudge[j] is not None:
             g = g - nudge[j]
         return self.sigmas[j](self.read_noise(g, differentiable))

@@ -35,14 +35,18 @@ def _linear_weights(synapses: fx.GraphModule) -> list[tuple[str, torch.Tensor, t
         if node.op == "call_module" and isinstance(synapses.get_submodule(node.target), nn.Linear):
             mod = synapses.get_submodule(node.target)
             out.append((str(node.target), mod.weight, mod.bias))
-        elif node.op == "call_function" and getattr(node.target, "__name__", "") in ("linear", "linear.default"):
+        elif node.op == "call_function" and getattr(node.target, "__name__", "") in (
+            "linear",
+            "linear.default",
+        ):
             ws = [a for a in node.all_input_nodes[1:] if a.op == "get_attr"]
             tensors = [synapses.get_parameter(str(a.target)) for a in ws]
             out.append((node.name, tensors[0], tensors[1] if len(tensors) > 1 else None))
         elif node.op in ("call_module", "call_function", "call_method") and _is_weight_op(node, synapses):
             raise UnsupportedOpError(
                 f"drn blocks are chains of Linear layers; node {node.name} ({node.target}) is another weight op. "
-                "Use eb_kind 'dhn' for this block.")
+                "Use eb_kind 'dhn' for this block."
+            )
     return out
 
 
@@ -57,25 +61,40 @@ class DRNBlock(EnergyBlock):
 
     kind = "drn"
 
-    def __init__(self, name: str, synapses: fx.GraphModule, n_inputs: int, neuron_names: list[str],
-                 neuron_shapes: list[list[int] | None], output_names: list[str], solver: SolverConfig,
-                 gradient: GradientConfig, gamma: float = 1.0, init: str = "from_weights"):
+    def __init__(
+        self,
+        name: str,
+        synapses: fx.GraphModule,
+        n_inputs: int,
+        neuron_names: list[str],
+        neuron_shapes: list[list[int] | None],
+        output_names: list[str],
+        solver: SolverConfig,
+        gradient: GradientConfig,
+        gamma: float = 1.0,
+        init: str = "from_weights",
+    ):
         super().__init__(name, neuron_names, neuron_shapes, output_names, solver, gradient)
         if n_inputs != 1:
-            raise UnsupportedOpError(f"drn block {name}: takes exactly one input tensor, got {n_inputs}; "
-                                     "use eb_kind 'dhn' for blocks with skip inputs")
+            raise UnsupportedOpError(
+                f"drn block {name}: takes exactly one input tensor, got {n_inputs}; "
+                "use eb_kind 'dhn' for blocks with skip inputs"
+            )
         layers = _linear_weights(synapses)
         if len(layers) != len(neuron_names):
             raise UnsupportedOpError(
                 f"drn block {name}: {len(layers)} Linear layers for {len(neuron_names)} neuron layers; a drn block "
-                "must be a plain chain Linear → activation → … → Linear (use eb_kind 'dhn' otherwise)")
+                "must be a plain chain Linear → activation → … → Linear (use eb_kind 'dhn' otherwise)"
+            )
         if self.output_idx != [len(neuron_names) - 1]:
             raise UnsupportedOpError(f"drn block {name}: only its last layer may feed other blocks")
         self.gamma = float(gamma)
         self.sizes = [2 * layers[0][1].shape[1]] + [w.shape[0] for _, w, _ in layers]
         for k in range(1, len(layers)):
             if layers[k][1].shape[1] != layers[k - 1][1].shape[0]:
-                raise UnsupportedOpError(f"drn block {name}: layer {layers[k][0]} does not read layer {layers[k-1][0]}")
+                raise UnsupportedOpError(
+                    f"drn block {name}: layer {layers[k][0]} does not read layer {layers[k - 1][0]}"
+                )
         for shape, n in zip(self.neuron_shapes, self.sizes[1:]):
             if not shape or shape[-1] != n:
                 raise UnsupportedOpError(f"drn block {name}: neuron shape {shape} does not end in {n}")
@@ -92,8 +111,13 @@ class DRNBlock(EnergyBlock):
             else:
                 nn.init.uniform_(g, 0.0, 1.0 / math.sqrt(n_in))
             self.conductances.append(nn.Parameter(g))
-            self.biases.append(nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
-                                            if b is None else b.detach().clone()))
+            self.biases.append(
+                nn.Parameter(
+                    torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+                    if b is None
+                    else b.detach().clone()
+                )
+            )
         for k, n in enumerate(self.sizes[1:-1]):
             half = n // 2  # diode bounds: first n - half nodes ≥ 0, last half ≤ 0
             lo = torch.cat([torch.zeros(n - half), torch.full((half,), -math.inf)]).to(g.dtype)
@@ -136,8 +160,13 @@ class DRNBlock(EnergyBlock):
         sources = self._sources(inputs[0])
         return [sources, sources @ self.conductances[0].t() + self.biases[0]]
 
-    def step_prepared(self, prepared: Sequence[torch.Tensor], states: States, nudge: States | None = None,
-                      differentiable: bool = False) -> States:
+    def step_prepared(
+        self,
+        prepared: Sequence[torch.Tensor],
+        states: States,
+        nudge: States | None = None,
+        differentiable: bool = False,
+    ) -> States:
         """One exact block-coordinate-descent sweep: odd layers, then even layers (closed form each)."""
         v = [prepared[0]] + list(states)
         n_layers = len(v) - 1

@@ -30,7 +30,8 @@ def _params(block: DHNBlock) -> list[torch.nn.Parameter]:
 def run_block(block: DHNBlock, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     mode = block.gradient.mode
     grad_needed = torch.is_grad_enabled() and (
-        any(x.requires_grad for x in inputs) or any(p.requires_grad for p in block.parameters()))
+        any(x.requires_grad for x in inputs) or any(p.requires_grad for p in block.parameters())
+    )
     if not grad_needed:
         states = block.free_phase(inputs)
         return tuple(states[i] for i in block.output_idx)
@@ -50,8 +51,9 @@ def _bptt(block: DHNBlock, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor
     return tuple(states[i] for i in block.output_idx)
 
 
-def _deltas(block: DHNBlock, grads: Sequence[torch.Tensor | None], states: list[torch.Tensor]
-            ) -> list[torch.Tensor | None]:
+def _deltas(
+    block: DHNBlock, grads: Sequence[torch.Tensor | None], states: list[torch.Tensor]
+) -> list[torch.Tensor | None]:
     """δ_j for every neuron: the incoming gradient on output neurons, None elsewhere."""
     out: list[torch.Tensor | None] = [None] * len(states)
     for k, i in enumerate(block.output_idx):
@@ -85,18 +87,26 @@ class _EquilibriumFunction(torch.autograd.Function):
     def backward(cls, ctx, *grad_outputs: torch.Tensor):  # noqa: ANN001
         block: DHNBlock = ctx.block
         saved = ctx.saved_tensors
-        inputs, s_star = list(saved[:ctx.n_in]), list(saved[ctx.n_in:])
-        need_in = list(ctx.needs_input_grad[2:2 + ctx.n_in])
-        need_p = list(ctx.needs_input_grad[2 + ctx.n_in:])
-        in_grads, p_grads = cls.rule(block, inputs, s_star, _deltas(block, grad_outputs, s_star), need_in, need_p)
-        check_gradients_finite(block.name, block.gradient.mode, grad_outputs, [*in_grads, *p_grads],
-                               block.last_residual)
+        inputs, s_star = list(saved[: ctx.n_in]), list(saved[ctx.n_in :])
+        need_in = list(ctx.needs_input_grad[2 : 2 + ctx.n_in])
+        need_p = list(ctx.needs_input_grad[2 + ctx.n_in :])
+        in_grads, p_grads = cls.rule(
+            block, inputs, s_star, _deltas(block, grad_outputs, s_star), need_in, need_p
+        )
+        check_gradients_finite(
+            block.name, block.gradient.mode, grad_outputs, [*in_grads, *p_grads], block.last_residual
+        )
         return (None, None, *in_grads, *p_grads)
 
 
-def ep_gradients(block: DHNBlock, inputs: list[torch.Tensor], s_star: list[torch.Tensor],
-                 deltas: list[torch.Tensor | None], need_in: list[bool], need_p: list[bool]
-                 ) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
+def ep_gradients(
+    block: DHNBlock,
+    inputs: list[torch.Tensor],
+    s_star: list[torch.Tensor],
+    deltas: list[torch.Tensor | None],
+    need_in: list[bool],
+    need_p: list[bool],
+) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
     """EP estimates of ∂L/∂x and ∂L/∂θ from the free equilibrium `s_star` and output gradients."""
     cfg = block.gradient
     beta = cfg.beta
@@ -146,9 +156,14 @@ def _zero_if_none(g: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(like) if g is None else g
 
 
-def id_gradients(block: DHNBlock, inputs: list[torch.Tensor], s_star: list[torch.Tensor],
-                 deltas: list[torch.Tensor | None], need_in: list[bool], need_p: list[bool]
-                 ) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
+def id_gradients(
+    block: DHNBlock,
+    inputs: list[torch.Tensor],
+    s_star: list[torch.Tensor],
+    deltas: list[torch.Tensor | None],
+    need_in: list[bool],
+    need_p: list[bool],
+) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
     """Implicit differentiation at the fixed point s* = T(s*): solve λ = δ + Jᵀλ (GMRES by default, or the
     plain iteration: `GradientConfig.id_solver`, `hybridc.energy.implicit`), then ∂L/∂θ = (∂T/∂θ)ᵀλ.
     Records `block.last_adjoint_steps` (vjps) and `block.last_adjoint_residual` (relative, device scalar)."""
@@ -163,8 +178,9 @@ def id_gradients(block: DHNBlock, inputs: list[torch.Tensor], s_star: list[torch
         t_out = block.step_map(xs, s, differentiable=True)
 
         def vjp(v: torch.Tensor) -> torch.Tensor:
-            jt = torch.autograd.grad(t_out, s, grad_outputs=unflatten_states(v, s_star), retain_graph=True,
-                                     allow_unused=True)
+            jt = torch.autograd.grad(
+                t_out, s, grad_outputs=unflatten_states(v, s_star), retain_graph=True, allow_unused=True
+            )
             return flatten_states([torch.zeros_like(t) if j is None else j for j, t in zip(jt, s_star)])
 
         solve = adj.gmres if cfg.id_solver == "gmres" else adj.fixed_point

@@ -36,13 +36,16 @@ def goe_(weight: torch.Tensor, variance: float, generator: torch.Generator | Non
 
 
 @torch.no_grad()
-def goe_reference_(weight: torch.Tensor, variance: float, generator: torch.Generator | None = None
-                   ) -> torch.Tensor:
+def goe_reference_(
+    weight: torch.Tensor, variance: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """The reference code's GOE kernel (``gaussian_symmetric_random_matrix(k, V)``), in place, for a conv
     weight (out, in, k, k): per slice, A ~ N(0, V/k), S = tril(A) + tril(A)ᵀ with the diagonal scaled by √2,
     so off-diagonal entries have variance V/k and diagonal entries 8V/k (2·A_ii·√2)."""
     if weight.dim() != 4 or weight.shape[-1] != weight.shape[-2]:
-        raise ValueError(f"goe_reference_ needs a conv weight with square kernels, got shape {tuple(weight.shape)}")
+        raise ValueError(
+            f"goe_reference_ needs a conv weight with square kernels, got shape {tuple(weight.shape)}"
+        )
     k = weight.shape[-1]
     a = torch.randn(weight.shape, generator=generator, dtype=torch.float64) * math.sqrt(variance / k)
     low = torch.tril(a)

@@ -66,8 +66,9 @@ def fixed_point(vjp: VJP, delta: torch.Tensor, tol: float, max_steps: int, check
     return AdjointResult(lam, steps, rel)
 
 
-def gmres(vjp: VJP, delta: torch.Tensor, tol: float, max_steps: int, check_every: int,
-          restart: int = 20) -> AdjointResult:
+def gmres(
+    vjp: VJP, delta: torch.Tensor, tol: float, max_steps: int, check_every: int, restart: int = 20
+) -> AdjointResult:
     """Restarted GMRES(restart) on (I − Jᵀ)λ = δ, one Krylov space per sample (Givens-rotation form)."""
     x = torch.zeros_like(delta)
     r = delta  # the true residual of x = 0
@@ -82,8 +83,9 @@ def gmres(vjp: VJP, delta: torch.Tensor, tol: float, max_steps: int, check_every
         steps += 1
 
 
-def _cycle(vjp: VJP, x0: torch.Tensor, r0: torch.Tensor, tol: float, m: int, check_every: int
-           ) -> tuple[torch.Tensor, int]:
+def _cycle(
+    vjp: VJP, x0: torch.Tensor, r0: torch.Tensor, tol: float, m: int, check_every: int
+) -> tuple[torch.Tensor, int]:
     """One GMRES cycle of at most m Arnoldi steps from x0 with residual r0; returns the improved x."""
     batch, dtype, dev = r0.shape[0], r0.dtype, r0.device
     beta = r0.norm(dim=1)
@@ -98,12 +100,12 @@ def _cycle(vjp: VJP, x0: torch.Tensor, r0: torch.Tensor, tol: float, m: int, che
     for k in range(m):
         w = V[:, k] - vjp(V[:, k])
         h = torch.zeros(batch, k + 2, dtype=dtype, device=dev)
-        Vk = V[:, :k + 1]
+        Vk = V[:, : k + 1]
         before = w.norm(dim=1)
         for sweep in range(2):  # classical Gram-Schmidt; a second sweep only where cancellation was large
             c = torch.bmm(Vk, w.unsqueeze(2)).squeeze(2)
             w = w - torch.bmm(c.unsqueeze(1), Vk).squeeze(1)
-            h[:, :k + 1] += c
+            h[:, : k + 1] += c
             h[:, k + 1] = w.norm(dim=1)
             if sweep == 0 and not bool((h[:, k + 1] < 0.5 * before).any()):
                 break  # "twice is enough" (Kahan/Parlett): one sweep already kept half the norm
@@ -114,13 +116,13 @@ def _cycle(vjp: VJP, x0: torch.Tensor, r0: torch.Tensor, tol: float, m: int, che
         d = torch.hypot(h[:, k], h[:, k + 1])
         cs.append(torch.where(d > 0, h[:, k] / _safe(d), torch.ones_like(d)))
         sn.append(torch.where(d > 0, h[:, k + 1] / _safe(d), torch.zeros_like(d)))
-        R[:, :k + 1, k] = h[:, :k + 1]
+        R[:, : k + 1, k] = h[:, : k + 1]
         R[:, k, k] = d
         g[:, k + 1] = -sn[k] * g[:, k]
         g[:, k] = cs[k] * g[:, k]
         last = k == m - 1
         if (k + 1) % check_every == 0 or last:
-            x = x0 + _combine(R[:, :k + 1, :k + 1], g[:, :k + 1], V[:, :k + 1])
+            x = x0 + _combine(R[:, : k + 1, : k + 1], g[:, : k + 1], V[:, : k + 1])
             est = g[:, k + 1].abs().amax()  # ‖r‖₂ per sample ≥ max|r|: the estimate errs on the strict side
             if last or not bool(est > tol * x.abs().amax()):
                 return x, k + 1

@@ -29,19 +29,29 @@ class SolverConfig(BaseModel):
     t1: int = Field(20, ge=1, description="free-phase steps (free='fixed'; giving t1 alone selects it)")
     t2: int = Field(5, ge=1, description="nudged-phase steps")
     free: Literal["equilibrium", "fixed"] = Field(
-        "equilibrium", description="free phase: to its fixed point (free_tol, capped from the feedback-gain "
-                                   "bound) or exactly t1 steps")
-    free_tol: FiniteFloat = Field(1e-4, gt=0, description="free='equilibrium': stop when max|Δs| ≤ free_tol·max(1, max|s|)")
+        "equilibrium",
+        description="free phase: to its fixed point (free_tol, capped from the feedback-gain "
+        "bound) or exactly t1 steps",
+    )
+    free_tol: FiniteFloat = Field(
+        1e-4, gt=0, description="free='equilibrium': stop when max|Δs| ≤ free_tol·max(1, max|s|)"
+    )
     mode: Literal["sync", "async"] = Field("sync", description="synchronous or even/odd asynchronous updates")
-    tol: FiniteFloat | None = Field(None, gt=0, description="stop when max|Δs| < tol instead of fixed step counts")
-    max_steps: int = Field(1000, ge=1, description="step cap in tolerance mode (and free='equilibrium' without "
-                                                   "a feedback-gain bound)")
+    tol: FiniteFloat | None = Field(
+        None, gt=0, description="stop when max|Δs| < tol instead of fixed step counts"
+    )
+    max_steps: int = Field(
+        1000,
+        ge=1,
+        description="step cap in tolerance mode (and free='equilibrium' without a feedback-gain bound)",
+    )
     check_every: int = Field(5, ge=1, description="steps between convergence/divergence checks")
     anderson: int = Field(0, ge=0, description="Anderson acceleration memory (0 = off)")
     anderson_beta: FiniteFloat = Field(1.0, gt=0, le=1.0, description="Anderson mixing")
     divergence_limit: FiniteFloat = Field(1e6, gt=0, description="|s| above this counts as divergence")
     fast_path: Literal["auto", "on", "off"] = Field(
-        "auto", description="explicit transposed ops (on), autograd vjp (off), or fast when supported")
+        "auto", description="explicit transposed ops (on), autograd vjp (off), or fast when supported"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -59,14 +69,18 @@ class GradientConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     mode: GradientMode = Field("ep", description="ep (equilibrium propagation), id (implicit diff.), bptt")
-    beta: FiniteFloat = Field(0.05, gt=0, le=1.0, description="nudging strength (dimensionless: δ is normalised)")
+    beta: FiniteFloat = Field(
+        0.05, gt=0, le=1.0, description="nudging strength (dimensionless: δ is normalised)"
+    )
     centered: bool = Field(True, description="centered EP (±β) or one-sided (+β)")
     normalize: bool = Field(True, description="scale δ to unit RMS per sample before nudging")
     bptt_steps: int | None = Field(None, ge=1, description="steps unrolled from s* in bptt mode (default t2)")
     id_tol: FiniteFloat = Field(1e-10, gt=0, description="adjoint fixed-point tolerance (id mode)")
     id_max_steps: int = Field(2000, ge=1, description="adjoint fixed-point step cap (id mode)")
     id_solver: Literal["gmres", "fixed_point"] = Field(
-        "gmres", description="adjoint solve (id mode): GMRES on (I - J^T) lambda = delta, or the plain iteration")
+        "gmres",
+        description="adjoint solve (id mode): GMRES on (I - J^T) lambda = delta, or the plain iteration",
+    )
     id_check_every: int = Field(10, ge=1, description="adjoint steps between convergence checks (host syncs)")
 
     @model_validator(mode="after")

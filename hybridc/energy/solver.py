@@ -115,8 +115,9 @@ class _Anderson:
         G = F - X
         k = G.shape[1]
         H = G @ G.transpose(1, 2)
-        H = H + self.lam * (H.diagonal(dim1=1, dim2=2).mean(-1, keepdim=True).unsqueeze(-1) + 1e-30) * \
-            torch.eye(k, dtype=x.dtype, device=x.device)
+        H = H + self.lam * (
+            H.diagonal(dim1=1, dim2=2).mean(-1, keepdim=True).unsqueeze(-1) + 1e-30
+        ) * torch.eye(k, dtype=x.dtype, device=x.device)
         ones = torch.ones(x.shape[0], k, 1, dtype=x.dtype, device=x.device)
         w = torch.linalg.solve(H, ones)
         alpha = w / w.sum(1, keepdim=True)  # (B, k, 1)
@@ -142,7 +143,7 @@ def unflatten_states(flat: torch.Tensor, like: States) -> States:
     out, i = [], 0
     for s in like:
         n = s[0].numel()
-        out.append(flat[:, i:i + n].reshape(s.shape))
+        out.append(flat[:, i : i + n].reshape(s.shape))
         i += n
     return out
 
@@ -158,9 +159,16 @@ class Relaxed(NamedTuple):
     converged: bool | None
 
 
-def relax(step: StepFn, states: States, steps: int, cfg: SolverConfig, block: str, phase: str,
-          on_unconverged: Callable[[float, float], None] | None = None,
-          rel_tol: float | None = None) -> Relaxed:
+def relax(
+    step: StepFn,
+    states: States,
+    steps: int,
+    cfg: SolverConfig,
+    block: str,
+    phase: str,
+    on_unconverged: Callable[[float, float], None] | None = None,
+    rel_tol: float | None = None,
+) -> Relaxed:
     """Iterate `step` from `states`.
 
     Three stopping rules: with cfg.tol set, until max|Δs| < tol (checked every cfg.check_every steps) or
@@ -181,7 +189,11 @@ def relax(step: StepFn, states: States, steps: int, cfg: SolverConfig, block: st
     converged: bool | None = None
     for t in range(1, budget + 1):
         mapped = step(states)
-        new = mapped if anderson is None else unflatten_states(anderson(flatten_states(states), flatten_states(mapped)), mapped)
+        new = (
+            mapped
+            if anderson is None
+            else unflatten_states(anderson(flatten_states(states), flatten_states(mapped)), mapped)
+        )
         check = t % cfg.check_every == 0 or t == budget
         if check:
             # device-side bookkeeping only on check steps; the host reads it below (one sync per check in
@@ -204,19 +216,28 @@ def relax(step: StepFn, states: States, steps: int, cfg: SolverConfig, block: st
             if converged or t == budget:
                 # the default free phase must meet its criterion; an explicit `tol` (gradcheck's 1e-13 may
                 # stall on round-off) and fixed steps are judged on being far from a fixed point
-                far = not converged if cfg.tol is None and rel_tol is not None \
+                far = (
+                    not converged
+                    if cfg.tol is None and rel_tol is not None
                     else not res <= UNCONVERGED_RELATIVE * max(1.0, top)
+                )
                 if on_unconverged is not None and far:
                     on_unconverged(res, top)
                 break
     return Relaxed(states, residual, taken, converged)
 
 
-def check_gradients_finite(block: str, mode: str, incoming: Sequence[torch.Tensor | None],
-                           outgoing: Sequence[torch.Tensor | None], residual: torch.Tensor | None) -> None:
+def check_gradients_finite(
+    block: str,
+    mode: str,
+    incoming: Sequence[torch.Tensor | None],
+    outgoing: Sequence[torch.Tensor | None],
+    residual: torch.Tensor | None,
+) -> None:
     """Raise EquilibriumDivergedError naming `block` when the gradient reaching its outputs (`incoming`) or
     the gradients it computes (`outgoing`) hold NaN/Inf, before they reach an optimizer (one host read per
     backward of a block; it lives here with the solver's other documented syncs)."""
+
     def finite(ts: Sequence[torch.Tensor | None]) -> torch.Tensor:
         flags = [torch.isfinite(t).all() for t in ts if t is not None]
         return torch.stack(flags).all() if flags else torch.ones((), dtype=torch.bool)
@@ -228,13 +249,17 @@ def check_gradients_finite(block: str, mode: str, incoming: Sequence[torch.Tenso
     if not ok_in:
         raise EquilibriumDivergedError(
             f"analog block {block!r}: the gradient reaching its outputs is NaN/Inf, so its {mode.upper()} "
-            "gradient cannot be computed; look at the loss and the blocks after it (lower the learning rate).")
-    where = "" if residual is None else f" (its last free phase ended {float(residual):.3g} from a fixed point)"
+            "gradient cannot be computed; look at the loss and the blocks after it (lower the learning rate)."
+        )
+    where = (
+        "" if residual is None else f" (its last free phase ended {float(residual):.3g} from a fixed point)"
+    )
     raise EquilibriumDivergedError(
         f"analog block {block!r}: its {mode.upper()} gradient is NaN/Inf{where}; an unconverged or non-"
         "contractive block has no well-defined equilibrium gradient. Compile with constrain=True (the default; "
         "`--feedback-gain` > 0) so the block is a contraction, raise T1 or set a solver tolerance, or lower "
-        "the learning rate.")
+        "the learning rate."
+    )
 
 
 def _raise_diverged(block: str, phase: str, step: int, states: States, cfg: SolverConfig) -> None:
@@ -244,4 +269,5 @@ def _raise_diverged(block: str, phase: str, step: int, states: States, cfg: Solv
         f"analog block {block!r} diverged in the {phase} phase at step {step} "
         f"(checked every {cfg.check_every} steps): {what}. "
         "Lower the learning rate or the weights' scale, use bounded activations (hardsigmoid), "
-        "or switch the solver to mode='async'.")
+        "or switch the solver to mode='async'."
+    )

@@ -14,5 +14,14 @@ from hybridc.export.manifest import ExportError, Manifest
 from hybridc.export.run_dir import LoadedRun, load_run
 from hybridc.export.verify import VerifyReport, verify_export
 
-__all__ = ["ExportError", "ExportResult", "LoadedRun", "Manifest", "VerifyReport", "export_ffebm",
-           "export_model", "load_run", "verify_export"]
+__all__ = [
+    "ExportError",
+    "ExportResult",
+    "LoadedRun",
+    "Manifest",
+    "VerifyReport",
+    "export_ffebm",
+    "export_model",
+    "load_run",
+    "verify_export",
+]

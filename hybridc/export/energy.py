@@ -85,8 +85,11 @@ def _op_name(node: fx.Node, gm: fx.GraphModule) -> tuple[str, str | None]:
     if isinstance(target, torch._ops.OpOverload):
         return str(target), None
     module = getattr(target, "__module__", None) or ""
-    module = {"_operator": "operator", "torch._C._nn": "torch.nn.functional",
-              "torch._C._VariableFunctions": "torch"}.get(module, module)
+    module = {
+        "_operator": "operator",
+        "torch._C._nn": "torch.nn.functional",
+        "torch._C._VariableFunctions": "torch",
+    }.get(module, module)
     return f"{module}.{getattr(target, '__name__', repr(target))}".lstrip("."), None
 
 
@@ -159,9 +162,14 @@ def describe_synapses(block: DHNBlock, input_names: Sequence[str]) -> list[Synap
             sources[p] = (block.neuron_names[i - block.n_inputs], "neuron")
     data: set[fx.Node] = set(placeholders)
     for n in gm.graph.nodes:
-        if n.op in ("call_module", "call_function", "call_method") and any(a in data for a in n.all_input_nodes):
-            if n.op == "call_method" and n.target in ("size", "dim") or \
-                    (isinstance(n.target, torch._ops.OpOverload) and "sym_size" in str(n.target)):
+        if n.op in ("call_module", "call_function", "call_method") and any(
+            a in data for a in n.all_input_nodes
+        ):
+            if (
+                n.op == "call_method"
+                and n.target in ("size", "dim")
+                or (isinstance(n.target, torch._ops.OpOverload) and "sym_size" in str(n.target))
+            ):
                 continue  # shape queries carry no data
             data.add(n)
     out_node = next(n for n in gm.graph.nodes if n.op == "output")
@@ -183,7 +191,8 @@ def describe_synapses(block: DHNBlock, input_names: Sequence[str]) -> list[Synap
                     if len(result) > MAX_PATHS:
                         raise UnsupportedOpError(
                             f"analog block {block.name}: more than {MAX_PATHS} synapse paths; "
-                            "the synapse graph is too entangled to list")
+                            "the synapse graph is too entangled to list"
+                        )
         memo[node] = result
         return result
 
@@ -196,8 +205,14 @@ def describe_synapses(block: DHNBlock, input_names: Sequence[str]) -> list[Synap
                 if op not in described:
                     described[op] = _describe(op, gm, data)
             name, kind = sources[src]
-            synapses.append(SynapseInfo(target=block.neuron_names[j], source=name, source_kind=kind,  # type: ignore[arg-type]
-                                        path=[described[o] for o in ops]))
+            synapses.append(
+                SynapseInfo(
+                    target=block.neuron_names[j],
+                    source=name,
+                    source_kind=kind,  # type: ignore[arg-type]
+                    path=[described[o] for o in ops],
+                )
+            )
     return synapses
 
 
@@ -208,9 +223,20 @@ def describe_neurons(block: DHNBlock, batch_multiples: list[int] | None = None) 
     for j, name in enumerate(block.neuron_names):
         shape = block.neuron_shapes[j]
         if shape is None:
-            raise UnsupportedOpError(f"analog block {block.name}: shape of neuron {name} unknown; re-run partition")
-        out.append(NeuronInfo(name=name, shape=list(shape), activation=block.activation_specs[j],
-                              batch_multiple=batch_multiples[j] if batch_multiples else 1,
-                              layer=depths[j], parity=depths[j] % 2, output=j in block.output_idx,
-                              state_input=state_input_name(name), state_output=state_output_name(name)))
+            raise UnsupportedOpError(
+                f"analog block {block.name}: shape of neuron {name} unknown; re-run partition"
+            )
+        out.append(
+            NeuronInfo(
+                name=name,
+                shape=list(shape),
+                activation=block.activation_specs[j],
+                batch_multiple=batch_multiples[j] if batch_multiples else 1,
+                layer=depths[j],
+                parity=depths[j] % 2,
+                output=j in block.output_idx,
+                state_input=state_input_name(name),
+                state_output=state_output_name(name),
+            )
+        )
     return out

@@ -170,11 +170,14 @@ def _run_env(ff: FFEBM, inputs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
             raise ExportError(
                 f"block {name} fails on a batch of {batch} samples ({type(exc).__name__}: "
                 f"{str(exc).splitlines()[0] if str(exc) else ''}): export needs a model that runs at any batch "
-                "size (a reshape to a literal batch size breaks that)") from None
+                "size (a reshape to a literal batch size breaks that)"
+            ) from None
         for o, v in zip(ff.io(name)[1], values):
             if not isinstance(v, torch.Tensor):
-                raise ExportError(f"block {name} hands on {o!r}, a {type(v).__name__}, not a tensor: "
-                                  "only tensors can cross block boundaries in an export")
+                raise ExportError(
+                    f"block {name} hands on {o!r}, a {type(v).__name__}, not a tensor: "
+                    "only tensors can cross block boundaries in an export"
+                )
         return values
 
     with torch.no_grad():
@@ -202,8 +205,10 @@ def _flat_outputs(structure: Any, env: dict[str, torch.Tensor]) -> list[torch.Te
 
 
 def _max_abs(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    return max((float((x.double() - y.double()).abs().max()) if x.numel() else 0.0 for x, y in zip(a, b)),
-               default=0.0)
+    return max(
+        (float((x.double() - y.double()).abs().max()) if x.numel() else 0.0 for x, y in zip(a, b)),
+        default=0.0,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -240,8 +245,10 @@ def check_destination(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file() and not force:
-        raise ExportError(f"refusing to replace {out}: it is not empty and not a hybridc export directory "
-                          f"(no {MANIFEST_NAME}); choose another --output or pass --force")
+        raise ExportError(
+            f"refusing to replace {out}: it is not empty and not a hybridc export directory "
+            f"(no {MANIFEST_NAME}); choose another --output or pass --force"
+        )
 
 
 def max_opset() -> int:
@@ -258,8 +265,9 @@ def validate_export_settings(opset: int, batch: int, tol: float) -> None:
     if not 17 <= opset <= top:
         raise ExportError(f"--opset {opset} is not supported: hybridc exports opsets 17 to {top}")
     if not 1 <= batch <= MAX_SAMPLE_BATCH:
-        raise ExportError(f"--batch {batch} is out of range: the reference batch holds 1 to {MAX_SAMPLE_BATCH} "
-                          "samples")
+        raise ExportError(
+            f"--batch {batch} is out of range: the reference batch holds 1 to {MAX_SAMPLE_BATCH} samples"
+        )
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol <= 0:
         raise ExportError(f"--tol must be a finite number > 0 (a max abs error, e.g. 1e-4), not {tol!r}")
 
@@ -272,7 +280,9 @@ def check_onnx_opsets(directory: Path, files: list[str], opset: int) -> None:
         model = onnx.load(str(directory / rel), load_external_data=False)
         got = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
         if got != opset:
-            raise ExportError(f"{rel} is written in ONNX opset {got}, not the opset {opset} the manifest records")
+            raise ExportError(
+                f"{rel} is written in ONNX opset {got}, not the opset {opset} the manifest records"
+            )
 
 
 _STAGING = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?:(?P<pid>\d+)-)?[0-9A-Za-z_]+$")
@@ -304,8 +314,9 @@ def keep_failed(staging: Path, out: Path, report: VerifyReport) -> Path:
     while kept.exists():
         n += 1
         kept = out.parent / f"{out.name}.failed-{stamp}-{n}"
-    atomic_write_text(staging / FAILED_REPORT, json.dumps(report.to_json() | {"directory": str(kept)}, indent=2)
-                      + "\n")
+    atomic_write_text(
+        staging / FAILED_REPORT, json.dumps(report.to_json() | {"directory": str(kept)}, indent=2) + "\n"
+    )
     os.replace(staging, kept)
     return kept
 
@@ -333,10 +344,23 @@ def publish(staging: Path, out: Path) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def export_ffebm(ff: FFEBM, out: str | Path, *, source: SourceInfo | None = None, full: bool = False,
-                 relaxation: str = "unroll", steps: int | None = None, opset: int = DEFAULT_OPSET, batch: int = 3, seed: int = 0,
-                 force: bool = False, check: bool = True, tol: float = 1e-4,
-                 preprocess: InputTransform | None = None, progress: bool | StepProgress = False) -> ExportResult:
+def export_ffebm(
+    ff: FFEBM,
+    out: str | Path,
+    *,
+    source: SourceInfo | None = None,
+    full: bool = False,
+    relaxation: str = "unroll",
+    steps: int | None = None,
+    opset: int = DEFAULT_OPSET,
+    batch: int = 3,
+    seed: int = 0,
+    force: bool = False,
+    check: bool = True,
+    tol: float = 1e-4,
+    preprocess: InputTransform | None = None,
+    progress: bool | StepProgress = False,
+) -> ExportResult:
     """Export the compiled ff-EBM `ff` into directory `out` (see the module docstring for the layout).
 
     `full`: also write model.onnx, the whole model, every analog relaxation unrolled (`relaxation="unroll"`,
@@ -363,22 +387,44 @@ def export_ffebm(ff: FFEBM, out: str | Path, *, source: SourceInfo | None = None
     for name, block in ff.blocks.items():
         if not isinstance(block, (DHNBlock, fx.GraphModule)):
             kind = getattr(block, "kind", type(block).__name__)
-            raise UnsupportedOpError(f"analog block {name} is a {kind} block ({type(block).__name__}); export "
-                                     "handles digital blocks and DHN analog blocks (eb_kind dhn)")
+            raise UnsupportedOpError(
+                f"analog block {name} is a {kind} block ({type(block).__name__}); export "
+                "handles digital blocks and DHN analog blocks (eb_kind dhn)"
+            )
         effects = _device_effects(block)
         if effects:
             raise UnsupportedOpError(
                 f"analog block {name} simulates device effects ({effects}); export writes the nominal "
                 "deterministic model only: compile from a plan without device effects (plan `analog` settings "
-                "off) to export it")
+                "off) to export it"
+            )
     total = 1 + len(ff.blocks) + int(full) + int(check)
-    bar = progress if isinstance(progress, StepProgress) else StepProgress("export", total) if progress else None
+    bar = (
+        progress
+        if isinstance(progress, StepProgress)
+        else StepProgress("export", total)
+        if progress
+        else None
+    )
     if isinstance(progress, StepProgress):  # steps the caller already ran (compile) count towards the total
         progress.set_total(progress.index + total)
     try:
         with export_view(ff, steps) as view:
-            return _export(ff, out, view, source=source, full=full, relaxation=relaxation, opset=opset,
-                           batch=batch, seed=seed, check=check, tol=tol, preprocess=preprocess, progress=bar)
+            return _export(
+                ff,
+                out,
+                view,
+                source=source,
+                full=full,
+                relaxation=relaxation,
+                opset=opset,
+                batch=batch,
+                seed=seed,
+                check=check,
+                tol=tol,
+                preprocess=preprocess,
+                progress=bar,
+            )
     finally:
         if bar is not None:
             bar.close()
@@ -428,7 +474,9 @@ def export_view(ff: FFEBM, steps: int | None = None) -> Iterator[ExportView]:
                 saved_data.append((t, t.data))
                 t.data = t.data.to(torch.float32)
         fixed = {n: export_solver(b.solver, steps, b.free_cap()) for n, b in analog.items()}
-        view = ExportView(originals=dict(saved_solver), notes={n: note for n, (_, note) in fixed.items() if note})
+        view = ExportView(
+            originals=dict(saved_solver), notes={n: note for n, (_, note) in fixed.items() if note}
+        )
         for n, b in analog.items():
             b.solver = fixed[n][0]
             ensure_fast_path(b)
@@ -444,9 +492,22 @@ def export_view(ff: FFEBM, steps: int | None = None) -> Iterator[ExportView]:
             m.training = mode
 
 
-def _export(model: FFEBM, out: Path, view: ExportView, *, source: SourceInfo | None, full: bool,
-            relaxation: str, opset: int, batch: int, seed: int, check: bool, tol: float,
-            preprocess: InputTransform | None = None, progress: StepProgress | None = None) -> ExportResult:
+def _export(
+    model: FFEBM,
+    out: Path,
+    view: ExportView,
+    *,
+    source: SourceInfo | None,
+    full: bool,
+    relaxation: str,
+    opset: int,
+    batch: int,
+    seed: int,
+    check: bool,
+    tol: float,
+    preprocess: InputTransform | None = None,
+    progress: StepProgress | None = None,
+) -> ExportResult:
     step = _Steps(progress)
     plan = model.plan
     analog = model.analog_blocks
@@ -456,8 +517,9 @@ def _export(model: FFEBM, out: Path, view: ExportView, *, source: SourceInfo | N
     trace_inputs = _random_inputs(model, trace_batch, gen)
     raw = None
     if preprocess is not None:  # reference samples from raw images, through the trained transform
-        pre_info, raw, sample_inputs, trace_inputs = preprocess_samples(model, preprocess, batch, trace_batch,
-                                                                        gen, full)
+        pre_info, raw, sample_inputs, trace_inputs = preprocess_samples(
+            model, preprocess, batch, trace_batch, gen, full
+        )
     structure = _output_structure(model)
     outputs = structure_names(structure)
 
@@ -468,8 +530,10 @@ def _export(model: FFEBM, out: Path, view: ExportView, *, source: SourceInfo | N
     if dev is not None:
         checks["fixed_steps_vs_compiled_solver_max_abs"] = dev
         if dev > tol:
-            warnings.append(f"the exported fixed-step relaxation differs from the compiled solver's result by "
-                            f"{dev:.2e} (max abs): raise --steps for a converged equilibrium")
+            warnings.append(
+                f"the exported fixed-step relaxation differs from the compiled solver's result by "
+                f"{dev:.2e} (max abs): raise --steps for a converged equilibrium"
+            )
 
     tensors: dict[str, TensorInfo] = {}
     producers = {n: "input" for n in model.input_names}
@@ -477,8 +541,12 @@ def _export(model: FFEBM, out: Path, view: ExportView, *, source: SourceInfo | N
         producers.update({o: name for o in model.io(name)[1]})
     for name, value in env_s.items():
         tensors[name] = TensorInfo(
-            shape=dim_spec(tuple(env_t[name].shape), tuple(value.shape), trace_batch, batch, f"tensor {name}"),
-            dtype=str(value.dtype).replace("torch.", ""), producer=producers[name])
+            shape=dim_spec(
+                tuple(env_t[name].shape), tuple(value.shape), trace_batch, batch, f"tensor {name}"
+            ),
+            dtype=str(value.dtype).replace("torch.", ""),
+            producer=producers[name],
+        )
 
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(out)
@@ -492,36 +560,75 @@ def _export(model: FFEBM, out: Path, view: ExportView, *, source: SourceInfo | N
             analog_block = isinstance(block, DHNBlock)
             with step(f"block {name} ({'analog' if analog_block else 'digital'})") as detail:
                 if analog_block:
-                    info = _export_analog(block, name, ins, outs, env_t, tensors, staging, opset,
-                                          view.originals[name], view.notes.get(name), pblock.weight_layers)
+                    info = _export_analog(
+                        block,
+                        name,
+                        ins,
+                        outs,
+                        env_t,
+                        tensors,
+                        staging,
+                        opset,
+                        view.originals[name],
+                        view.notes.get(name),
+                        pblock.weight_layers,
+                    )
                     written = [info.step_onnx, info.weights]
                 else:
                     rel = f"{BLOCK_DIR}/{name}.onnx"
-                    export_digital_block(block, name, [env_t[i] for i in ins], list(ins), list(outs),
-                                         [tensors[i].shape for i in ins], staging / rel, opset)
-                    info = DigitalBlockInfo(name=name, inputs=list(ins), outputs=list(outs), onnx=rel,
-                                            nodes=len(pblock.nodes))
+                    export_digital_block(
+                        block,
+                        name,
+                        [env_t[i] for i in ins],
+                        list(ins),
+                        list(outs),
+                        [tensors[i].shape for i in ins],
+                        staging / rel,
+                        opset,
+                    )
+                    info = DigitalBlockInfo(
+                        name=name, inputs=list(ins), outputs=list(outs), onnx=rel, nodes=len(pblock.nodes)
+                    )
                     written = [rel]
                 blocks.append(info)
                 detail.append(", ".join(f"{f} ({_size(staging / f)})" for f in written))
         full_info = None
         if full:
             full_steps = {name: blk.solver.t1 for name, blk in analog.items()}
-            module = FullModel(model.blocks, {n: model.io(n) for n in model.blocks}, model.input_names, outputs, full_steps, relaxation,
-                               preprocess=preprocess.module() if preprocess is not None else None)
+            module = FullModel(
+                model.blocks,
+                {n: model.io(n) for n in model.blocks},
+                model.input_names,
+                outputs,
+                full_steps,
+                relaxation,
+                preprocess=preprocess.module() if preprocess is not None else None,
+            )
             if relaxation == "loop":
                 module.prepare_loops(env_t)
-            full_inputs, full_specs, full_args = list(model.input_names), [tensors[i].shape for i in model.input_names], \
-                trace_inputs
+            full_inputs, full_specs, full_args = (
+                list(model.input_names),
+                [tensors[i].shape for i in model.input_names],
+                trace_inputs,
+            )
             if raw is not None:  # model.onnx takes the raw images
                 full_inputs[0], full_specs[0] = pre_info.raw_input, ["batch", *pre_info.raw_shape]
                 full_args = [raw[1], *trace_inputs[1:]]
             with step(f"full model ({relaxation})") as detail:
-                export_onnx(module, full_args, staging / FULL_FILE, full_inputs, outputs, full_specs,
-                            "the full model (--full)", opset)
+                export_onnx(
+                    module,
+                    full_args,
+                    staging / FULL_FILE,
+                    full_inputs,
+                    outputs,
+                    full_specs,
+                    "the full model (--full)",
+                    opset,
+                )
                 detail.append(f"{FULL_FILE} ({_size(staging / FULL_FILE)})")
-            full_info = FullModelInfo(onnx=FULL_FILE, relaxation=relaxation, steps=full_steps,
-                                      inputs=full_inputs, outputs=outputs)
+            full_info = FullModelInfo(
+                onnx=FULL_FILE, relaxation=relaxation, steps=full_steps, inputs=full_inputs, outputs=outputs
+            )
         plan.save(staging / PLAN_FILE)
         sample_values = dict(env_s) | ({pre_info.raw_input: raw[0]} if raw is not None else {})
         np.savez(staging / SAMPLES_FILE, **{k: v.detach().cpu().numpy() for k, v in sample_values.items()})
@@ -529,17 +636,29 @@ def _export(model: FFEBM, out: Path, view: ExportView, *, source: SourceInfo | N
         files = []
         for path in sorted(p for p in staging.rglob("*") if p.is_file()):
             rel = path.relative_to(staging).as_posix()
-            kind = {".onnx": "onnx", ".safetensors": "safetensors", ".npz": "samples"}.get(path.suffix, "plan")
+            kind = {".onnx": "onnx", ".safetensors": "safetensors", ".npz": "samples"}.get(
+                path.suffix, "plan"
+            )
             files.append(FileInfo(path=rel, kind=kind, sha256=sha256_file(path), bytes=path.stat().st_size))
         manifest = Manifest(
-            hybridc_version=_hybridc_version(), torch_version=torch.__version__,
+            hybridc_version=_hybridc_version(),
+            torch_version=torch.__version__,
             created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            opset=opset, source=source or SourceInfo(kind="python", model_class=plan.model.model_class),
-            plan=PLAN_FILE, graph_inputs=list(model.input_names), graph_outputs=outputs,
-            output_structure=structure, tensors=tensors, blocks=blocks, full=full_info,
+            opset=opset,
+            source=source or SourceInfo(kind="python", model_class=plan.model.model_class),
+            plan=PLAN_FILE,
+            graph_inputs=list(model.input_names),
+            graph_outputs=outputs,
+            output_structure=structure,
+            tensors=tensors,
+            blocks=blocks,
+            full=full_info,
             preprocess=pre_info if raw is not None else None,
             samples=SamplesInfo(file=SAMPLES_FILE, batch=batch, seed=seed, tensors=sorted(sample_values)),
-            files=files, warnings=warnings, checks=checks)
+            files=files,
+            warnings=warnings,
+            checks=checks,
+        )
         manifest.save(staging / MANIFEST_NAME)
 
         _normalize_permissions(staging)
@@ -555,7 +674,9 @@ def _export(model: FFEBM, out: Path, view: ExportView, *, source: SourceInfo | N
             if not report.ok:
                 kept = keep_failed(staging, out, report)
                 report.directory = kept
-                return ExportResult(directory=out, manifest=manifest, report=report, published=False, kept=kept)
+                return ExportResult(
+                    directory=out, manifest=manifest, report=report, published=False, kept=kept
+                )
             report.directory = out
         publish(staging, out)
     except BaseException:
@@ -573,19 +694,26 @@ def _size(path: Path) -> str:
     return f"{n} B"
 
 
-def _reference_envs(model: FFEBM, view: ExportView, structure: Any, sample_inputs: list[torch.Tensor],
-                    trace_inputs: list[torch.Tensor]
-                    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], float | None]:
+def _reference_envs(
+    model: FFEBM,
+    view: ExportView,
+    structure: Any,
+    sample_inputs: list[torch.Tensor],
+    trace_inputs: list[torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], float | None]:
     """Every tensor of a forward pass at the sample and the trace batch, and (where a block's compiled solver
     is not the exported fixed-step one) the max abs difference of the outputs between the two (else None)."""
     analog = model.analog_blocks
     env_s = _run_env(model, sample_inputs)
     env_t = _run_env(model, trace_inputs)
-    changed = {n: s for n, s in view.originals.items()
-               if s.tol is not None or s.anderson or s.free == "equilibrium"}
+    changed = {
+        n: s for n, s in view.originals.items() if s.tol is not None or s.anderson or s.free == "equilibrium"
+    }
     if not changed:
         return env_s, env_t, None
-    fixed = {n: analog[n].solver for n in changed}  # how far the fixed-step export is from the compiled solver
+    fixed = {
+        n: analog[n].solver for n in changed
+    }  # how far the fixed-step export is from the compiled solver
     try:
         for n, solver in changed.items():
             analog[n].solver = solver
@@ -596,8 +724,9 @@ def _reference_envs(model: FFEBM, view: ExportView, structure: Any, sample_input
     return env_s, env_t, _max_abs(reference, _flat_outputs(structure, env_s))
 
 
-def _state_batch_multiples(states: list[torch.Tensor], inputs: list[torch.Tensor], specs: list[list[Any]]
-                            ) -> list[int]:
+def _state_batch_multiples(
+    states: list[torch.Tensor], inputs: list[torch.Tensor], specs: list[list[Any]]
+) -> list[int]:
     """Rows per sample of each state: its leading dim over the batch, read off the first input whose leading
     dim scales with the batch ('batch' or 'k*batch' in its manifest shape); 1 when none does."""
     for x, spec in zip(inputs, specs):
@@ -608,9 +737,19 @@ def _state_batch_multiples(states: list[torch.Tensor], inputs: list[torch.Tensor
     return [1] * len(states)
 
 
-def _export_analog(block: DHNBlock, name: str, ins: list[str], outs: list[str], env: dict[str, torch.Tensor],
-                   tensors: dict[str, TensorInfo], staging: Path, opset: int, original: Any, note: str | None,
-                   weight_layers: list[str]) -> AnalogBlockInfo:
+def _export_analog(
+    block: DHNBlock,
+    name: str,
+    ins: list[str],
+    outs: list[str],
+    env: dict[str, torch.Tensor],
+    tensors: dict[str, TensorInfo],
+    staging: Path,
+    opset: int,
+    original: Any,
+    note: str | None,
+    weight_layers: list[str],
+) -> AnalogBlockInfo:
     weights_rel = f"{BLOCK_DIR}/{name}.safetensors"
     step_rel = f"{BLOCK_DIR}/{name}.step.onnx"
     save_weights(block, staging / weights_rel)
@@ -618,29 +757,60 @@ def _export_analog(block: DHNBlock, name: str, ins: list[str], outs: list[str], 
     gen = torch.Generator().manual_seed(0)
     states = [torch.rand(s.shape, generator=gen) for s in block.initial_states(inputs)]
     multiples = _state_batch_multiples(states, inputs, [tensors[i].shape for i in ins])
-    state_specs = [["batch" if k == 1 else f"{k}*batch", *shape] for k, shape in zip(multiples, block.neuron_shapes)]
-    export_onnx(StepModule(block), [*inputs, *states], staging / step_rel,
-                [*ins, *(state_input_name(n) for n in block.neuron_names)],
-                [state_output_name(n) for n in block.neuron_names],
-                [*(tensors[i].shape for i in ins), *state_specs], f"analog block {name} (relaxation step)", opset)
+    state_specs = [
+        ["batch" if k == 1 else f"{k}*batch", *shape] for k, shape in zip(multiples, block.neuron_shapes)
+    ]
+    export_onnx(
+        StepModule(block),
+        [*inputs, *states],
+        staging / step_rel,
+        [*ins, *(state_input_name(n) for n in block.neuron_names)],
+        [state_output_name(n) for n in block.neuron_names],
+        [*(tensors[i].shape for i in ins), *state_specs],
+        f"analog block {name} (relaxation step)",
+        opset,
+    )
     share_weights(staging / step_rel, staging / weights_rel)  # the step file reads the weights, not a copy
     return AnalogBlockInfo(
-        name=name, inputs=list(ins), outputs=list(outs), weights=weights_rel, step_onnx=step_rel,
-        neurons=describe_neurons(block, multiples), synapses=describe_synapses(block, ins),
-        solver=SolverInfo(mode=block.solver.mode, steps=block.solver.t1, original=original.model_dump(),
-                          note=note),
-        weight_layers=list(weight_layers))
+        name=name,
+        inputs=list(ins),
+        outputs=list(outs),
+        weights=weights_rel,
+        step_onnx=step_rel,
+        neurons=describe_neurons(block, multiples),
+        synapses=describe_synapses(block, ins),
+        solver=SolverInfo(
+            mode=block.solver.mode, steps=block.solver.t1, original=original.model_dump(), note=note
+        ),
+        weight_layers=list(weight_layers),
+    )
 
 
-def export_model(model: nn.Module, example_inputs: Any, out: str | Path, *, plan: Any = None,
-                 max_block_size: int | None = None, solver: dict | None = None, init: str = "keep",
-                 source: SourceInfo | None = None, policies: dict[str, Any] | None = None,
-                 **export_kwargs: Any) -> ExportResult:
+def export_model(
+    model: nn.Module,
+    example_inputs: Any,
+    out: str | Path,
+    *,
+    plan: Any = None,
+    max_block_size: int | None = None,
+    solver: dict | None = None,
+    init: str = "keep",
+    source: SourceInfo | None = None,
+    policies: dict[str, Any] | None = None,
+    **export_kwargs: Any,
+) -> ExportResult:
     """Compile `model` (with `plan`, or `max_block_size` and partition `policies`) and export it."""
     from hybridc.api import compile as hc_compile
 
-    ff = hc_compile(model, example_inputs, plan=plan, max_block_size=max_block_size, solver=solver, init=init,
-                    **(policies or {}))
+    ff = hc_compile(
+        model,
+        example_inputs,
+        plan=plan,
+        max_block_size=max_block_size,
+        solver=solver,
+        init=init,
+        **(policies or {}),
+    )
     src = source or SourceInfo(kind="python", model_class=type(model).__name__)
     return export_ffebm(ff, out, source=src, **export_kwargs)
 

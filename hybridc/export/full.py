@@ -43,7 +43,8 @@ def ensure_fast_path(block: DHNBlock) -> None:
     except UnsupportedOpError as exc:
         raise UnsupportedOpError(
             f"analog block {block.name}: its relaxation cannot be exported: ∂Φ/∂s needs the transpose of "
-            f"every synapse op, and {exc}") from None
+            f"every synapse op, and {exc}"
+        ) from None
 
 
 def _prepare(block: DHNBlock, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -53,13 +54,17 @@ def _prepare(block: DHNBlock, inputs: Sequence[torch.Tensor]) -> list[torch.Tens
     return list(inputs)
 
 
-def _step(block: DHNBlock, prepared: Sequence[torch.Tensor], states: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+def _step(
+    block: DHNBlock, prepared: Sequence[torch.Tensor], states: Sequence[torch.Tensor]
+) -> list[torch.Tensor]:
     if hasattr(block, "prepare") and hasattr(block, "step_prepared"):
         return list(block.step_prepared(list(prepared), list(states)))
     return list(block.step_map(list(prepared), list(states)))
 
 
-def export_solver(solver: SolverConfig, steps: int | None, cap: int | None = None) -> tuple[SolverConfig, str | None]:
+def export_solver(
+    solver: SolverConfig, steps: int | None, cap: int | None = None
+) -> tuple[SolverConfig, str | None]:
     """The fixed-step solver an export runs, and a note when it differs from `solver`.
 
     Fixed steps: `steps` if given, else the solver's free-phase steps: t1 (`free="fixed"`), or for the default
@@ -77,8 +82,9 @@ def export_solver(solver: SolverConfig, steps: int | None, cap: int | None = Non
     if equilibrium:
         notes.append(f"free phase to equilibrium (free_tol={solver.free_tol:g}) exported as {n} fixed steps")
     if solver.tol is not None:
-        notes.append(f"tolerance mode (tol={solver.tol:g}, max_steps={solver.max_steps}) exported as "
-                     f"{n} fixed steps")
+        notes.append(
+            f"tolerance mode (tol={solver.tol:g}, max_steps={solver.max_steps}) exported as {n} fixed steps"
+        )
     if solver.anderson:
         notes.append(f"Anderson mixing (m={solver.anderson}) dropped: plain fixed-point iteration")
     fixed = SolverConfig(**(solver.model_dump() | {"t1": n, "free": "fixed", "tol": None, "anderson": 0}))
@@ -106,7 +112,7 @@ class _PreparedStep(nn.Module):
         self.n = n_prepared
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(_step(self.block, args[:self.n], args[self.n:]))
+        return tuple(_step(self.block, args[: self.n], args[self.n :]))
 
 
 def relax_unrolled(block: DHNBlock, inputs: Sequence[torch.Tensor], steps: int) -> list[torch.Tensor]:
@@ -127,12 +133,14 @@ def loop_body(block: DHNBlock, inputs: Sequence[torch.Tensor]) -> nn.Module:
         prepared = _prepare(block, inputs)
         init = block.initial_states(list(inputs))
         dims = tuple({0: torch.export.Dim.AUTO} for _ in [*prepared, *init])
-        return torch.export.export(_PreparedStep(block, len(prepared)), (*prepared, *init),
-                                   dynamic_shapes=(dims,), strict=False).module()
+        return torch.export.export(
+            _PreparedStep(block, len(prepared)), (*prepared, *init), dynamic_shapes=(dims,), strict=False
+        ).module()
 
 
-def relax_loop(block: DHNBlock, inputs: Sequence[torch.Tensor], steps: int, body_module: nn.Module
-               ) -> list[torch.Tensor]:
+def relax_loop(
+    block: DHNBlock, inputs: Sequence[torch.Tensor], steps: int, body_module: nn.Module
+) -> list[torch.Tensor]:
     """The free phase as one `while_loop` over T (exported as an ONNX Loop: the graph holds T once);
     `body_module` from `loop_body`."""
     from torch._higher_order_ops.while_loop import while_loop
@@ -159,9 +167,16 @@ class FullModel(nn.Module):
     """The whole ff-EBM: `(graph inputs...) -> distinct output tensors`, each analog relaxation unrolled
     (`relaxation="unroll"`: a loop-free graph, T copies of the step) or as a loop ("loop": ONNX Loop)."""
 
-    def __init__(self, blocks: nn.ModuleDict, io: dict[str, tuple[list[str], list[str]]],
-                 inputs: Sequence[str], outputs: Sequence[str], steps: dict[str, int],
-                 relaxation: str = "unroll", preprocess: nn.Module | None = None):
+    def __init__(
+        self,
+        blocks: nn.ModuleDict,
+        io: dict[str, tuple[list[str], list[str]]],
+        inputs: Sequence[str],
+        outputs: Sequence[str],
+        steps: dict[str, int],
+        relaxation: str = "unroll",
+        preprocess: nn.Module | None = None,
+    ):
         super().__init__()
         # the trained input transform (hybridc.data.preprocess.Preprocess): raw images -> first graph input
         self.preprocess = preprocess
@@ -201,9 +216,9 @@ class FullModel(nn.Module):
         return [states[i] for i in block.output_idx]
 
 
-def preprocess_samples(model: nn.Module, transform: Any, batch: int, trace_batch: int, gen: torch.Generator,
-                       full: bool) -> tuple[Any, tuple[torch.Tensor, torch.Tensor], list[torch.Tensor],
-                                            list[torch.Tensor]]:
+def preprocess_samples(
+    model: nn.Module, transform: Any, batch: int, trace_batch: int, gen: torch.Generator, full: bool
+) -> tuple[Any, tuple[torch.Tensor, torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
     """Reference and tracing inputs made from raw images for a model trained behind `transform`
     (`hybridc.data.preprocess.InputTransform`): uniform [0, 1) images of the raw shape, sent through the
     transform, so that samples.npz holds both the raw images and the graph input they become (verify then
@@ -214,16 +229,29 @@ def preprocess_samples(model: nn.Module, transform: Any, batch: int, trace_batch
 
     names = list(model.input_names)
     ref = {r.node: r for r in model.plan.graph_inputs}.get(names[0]) if names else None
-    if len(names) != 1 or ref is None or not ref.shape or tuple(ref.shape[1:]) != tuple(transform.model_shape):
+    if (
+        len(names) != 1
+        or ref is None
+        or not ref.shape
+        or tuple(ref.shape[1:]) != tuple(transform.model_shape)
+    ):
         got = tuple(ref.shape[1:]) if ref is not None and ref.shape else None
-        raise HybridcError(f"the input transform ({transform.describe()}) produces inputs of shape "
-                           f"{transform.model_shape}, but the model takes {len(names)} input(s) of shape {got}")
+        raise HybridcError(
+            f"the input transform ({transform.describe()}) produces inputs of shape "
+            f"{transform.model_shape}, but the model takes {len(names)} input(s) of shape {got}"
+        )
     pre = transform.module()
     raw_s = torch.rand((batch, *transform.raw_shape), generator=gen)
     raw_t = torch.rand((trace_batch, *transform.raw_shape), generator=gen)
     with torch.no_grad():
-        info = PreprocessInfo(input=names[0], raw_input=f"{names[0]}_raw", raw_shape=list(transform.raw_shape),
-                              resize_to=list(transform.size) if transform.size is not None else None,
-                              resize_mode=transform.mode, mean=list(transform.mean), std=list(transform.std),
-                              applied_by_full_model=full)
+        info = PreprocessInfo(
+            input=names[0],
+            raw_input=f"{names[0]}_raw",
+            raw_shape=list(transform.raw_shape),
+            resize_to=list(transform.size) if transform.size is not None else None,
+            resize_mode=transform.mode,
+            mean=list(transform.mean),
+            std=list(transform.std),
+            applied_by_full_model=full,
+        )
         return info, (raw_s, raw_t), [pre(raw_s)], [pre(raw_t)]

@@ -81,10 +81,13 @@ class OpInfo(_Strict):
     """One op on a synapse path: what it is, which weight tensors it reads, its static attributes."""
 
     node: str = Field(description="fx node name in the block's synapse graph")
-    op: str = Field(description="module class (Conv2d, Linear, MaxPool2d, ...) or function (aten.linear.default)")
+    op: str = Field(
+        description="module class (Conv2d, Linear, MaxPool2d, ...) or function (aten.linear.default)"
+    )
     module: str | None = Field(None, description="qualified module name for a module call")
-    weights: dict[str, str] = Field(default_factory=dict,
-                                    description="role (weight, bias, arg1, ...) -> tensor name in the weights file")
+    weights: dict[str, str] = Field(
+        default_factory=dict, description="role (weight, bias, arg1, ...) -> tensor name in the weights file"
+    )
     attrs: dict[str, Any] = Field(default_factory=dict, description="static arguments (stride, padding, ...)")
 
 
@@ -105,9 +108,13 @@ class NeuronInfo(_Strict):
 
     name: str
     shape: list[int] = Field(description="per-sample shape (the state is [batch_multiple·batch, *shape])")
-    batch_multiple: int = Field(1, ge=1, description="rows of the state per sample: >1 where the neurons live "
-                                                    "in a patch layout (MobileViT unfolds an image into "
-                                                    "patch-area rows), like the block's inputs")
+    batch_multiple: int = Field(
+        1,
+        ge=1,
+        description="rows of the state per sample: >1 where the neurons live "
+        "in a patch layout (MobileViT unfolds an image into "
+        "patch-area rows), like the block's inputs",
+    )
     activation: ActivationSpec
     layer: int = Field(description="depth: 1 + deepest neuron its pre-activation reads (inputs are 0)")
     parity: int = Field(description="layer % 2: even neurons update first in async mode")
@@ -140,9 +147,13 @@ class AnalogBlockInfo(_Strict):
     kind: Literal["analog"] = "analog"
     eb_kind: Literal["dhn"] = "dhn"
     inputs: list[str]
-    outputs: list[str] = Field(description="output neurons (their equilibrium states are the block's outputs)")
+    outputs: list[str] = Field(
+        description="output neurons (their equilibrium states are the block's outputs)"
+    )
     weights: str = Field(description="safetensors file of the synapse weights (names as in `synapses`)")
-    step_onnx: str = Field(description="one step of the fixed-point map T: (inputs..., states...) -> next states")
+    step_onnx: str = Field(
+        description="one step of the fixed-point map T: (inputs..., states...) -> next states"
+    )
     energy: str = "E(s) = sum_j G_j(s_j) - Phi(s), Phi(s) = sum_j <s_j, u_j(s, x)>, grad G_j = sigma_j^-1"
     fixed_point: str = "s_j <- sigma_j(dPhi/ds_j), dPhi/ds_j = u_j + sum_k (du_k/ds_j)^T s_k"
     neurons: list[NeuronInfo]
@@ -159,7 +170,8 @@ class FullModelInfo(_Strict):
 
     onnx: str
     relaxation: Literal["unroll", "loop"] = Field(
-        "unroll", description="unroll: T copies of the step (loop-free graph); loop: one ONNX Loop per block")
+        "unroll", description="unroll: T copies of the step (loop-free graph); loop: one ONNX Loop per block"
+    )
     steps: dict[str, int] = Field(description="analog block -> relaxation steps")
     inputs: list[str]
     outputs: list[str]
@@ -173,10 +185,13 @@ class PreprocessInfo(_Strict):
     input: str = Field(description="the graph input the transform produces")
     raw_input: str = Field(description="name of the raw-image input of the full model (and of samples.npz)")
     raw_shape: list[int] = Field(description="per-sample shape of the raw images (C, H, W)")
-    resize_to: list[int] | None = Field(None, description="(H, W) the raw images are resampled to first; "
-                                                          "None: no resampling")
-    resize_mode: str = Field("bilinear", description="bilinear, align_corners=False (ONNX Resize linear, "
-                                                     "half_pixel), no antialiasing")
+    resize_to: list[int] | None = Field(
+        None, description="(H, W) the raw images are resampled to first; None: no resampling"
+    )
+    resize_mode: str = Field(
+        "bilinear",
+        description="bilinear, align_corners=False (ONNX Resize linear, half_pixel), no antialiasing",
+    )
     mean: list[float] = Field(description="per-channel mean subtracted after resizing")
     std: list[float] = Field(description="per-channel std divided by after subtracting the mean")
     formula: str = "input[:, c] = (resize(raw)[:, c] - mean[c]) / std[c]"
@@ -206,19 +221,25 @@ class Manifest(_Strict):
     plan: str = Field(description="the plan the model was compiled with (plan.json)")
     graph_inputs: list[str]
     graph_outputs: list[str] = Field(description="distinct output tensors, in order of first use")
-    output_structure: Any = Field(description="the model's output: a tensor name, or nested lists/dicts of them")
+    output_structure: Any = Field(
+        description="the model's output: a tensor name, or nested lists/dicts of them"
+    )
     tensors: dict[str, TensorInfo]
     blocks: list[BlockInfo] = Field(description="in execution order")
     full: FullModelInfo | None = None
-    preprocess: PreprocessInfo | None = Field(None, description="the trained input transform (None: the graph "
-                                                                "inputs are fed as they are)")
+    preprocess: PreprocessInfo | None = Field(
+        None, description="the trained input transform (None: the graph inputs are fed as they are)"
+    )
     samples: SamplesInfo
     files: list[FileInfo] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
-    checks: dict[str, float] = Field(default_factory=dict,
-                                     description="export-time measurements (e.g. fixed-step vs tolerance solver)")
-    digest: str | None = Field(None, description="SHA-256 of this manifest's content without this field "
-                                                 "(set by save, checked by load)")
+    checks: dict[str, float] = Field(
+        default_factory=dict, description="export-time measurements (e.g. fixed-step vs tolerance solver)"
+    )
+    digest: str | None = Field(
+        None,
+        description="SHA-256 of this manifest's content without this field (set by save, checked by load)",
+    )
 
     @field_validator("version")
     @classmethod
@@ -251,7 +272,9 @@ class Manifest(_Strict):
         """Read DIR/manifest.json; ExportError (one line per problem) when missing or invalid."""
         path = Path(directory) / MANIFEST_NAME
         if not Path(directory).is_dir():
-            raise ExportError(f"{directory} is not a directory (expected an export directory with {MANIFEST_NAME})")
+            raise ExportError(
+                f"{directory} is not a directory (expected an export directory with {MANIFEST_NAME})"
+            )
         if not path.is_file():
             raise ExportError(f"{directory} has no {MANIFEST_NAME}: not a hybridc export directory")
         try:
@@ -260,10 +283,14 @@ class Manifest(_Strict):
             msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
             raise ExportError(f"{path} is not a valid hybridc manifest: {msgs}") from None
         if manifest.digest is None:
-            raise ExportError(f"{path} carries no digest (written by an older hybridc, or edited): re-export it")
+            raise ExportError(
+                f"{path} carries no digest (written by an older hybridc, or edited): re-export it"
+            )
         if manifest.digest != manifest.content_digest():
-            raise ExportError(f"{path} was changed after export (its content does not match its SHA-256 digest): "
-                              "the manifest describes the hardware-facing model and must not be edited; re-export")
+            raise ExportError(
+                f"{path} was changed after export (its content does not match its SHA-256 digest): "
+                "the manifest describes the hardware-facing model and must not be edited; re-export"
+            )
         return manifest
 
     # ---- queries ----------------------------------------------------------------------------------

@@ -45,8 +45,9 @@ DEFAULT_OPSET = 18
 # --------------------------------------------------------------------------------------------------
 
 
-def _window_matrix(start: torch.Tensor, end: torch.Tensor, n: int, divisor: torch.Tensor | None,
-                   like: torch.Tensor) -> torch.Tensor:
+def _window_matrix(
+    start: torch.Tensor, end: torch.Tensor, n: int, divisor: torch.Tensor | None, like: torch.Tensor
+) -> torch.Tensor:
     """(m, n) matrix with row i = 1/divisor_i on columns [start_i, end_i) (built from traced ops only, so
     torch.export records it as a constant expression the ONNX optimizer folds)."""
     cols = torch.arange(n, device=like.device)
@@ -65,8 +66,9 @@ def _adaptive_matrix(n: int, m: int, like: torch.Tensor) -> torch.Tensor:
     return _window_matrix(start, end, n, end - start, like)
 
 
-def _avg_matrix(n: int, m: int, k: int, s: int, p: int, count_include_pad: bool, ones: bool,
-                like: torch.Tensor) -> torch.Tensor:
+def _avg_matrix(
+    n: int, m: int, k: int, s: int, p: int, count_include_pad: bool, ones: bool, like: torch.Tensor
+) -> torch.Tensor:
     """Average pooling of one axis as an (m, n) matrix, as ATen computes it (avg_pool2d's kernel):
     the divisor of a window is the product over axes of its per-axis size (padded size when
     count_include_pad, else clipped), so the pooling is separable. `ones`: unit entries (divisor_override)."""
@@ -101,9 +103,17 @@ def _adaptive3d_backward(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return _adaptive_nd(grad, x, 3)
 
 
-def _avg_nd(grad: torch.Tensor, x: torch.Tensor, nd: int, kernel: Sequence[int], stride: Sequence[int],
-            padding: Sequence[int], ceil_mode: bool, count_include_pad: bool, divisor: int | None
-            ) -> torch.Tensor:
+def _avg_nd(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    nd: int,
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    ceil_mode: bool,
+    count_include_pad: bool,
+    divisor: int | None,
+) -> torch.Tensor:
     del ceil_mode  # the output size (from grad) already reflects it; windows are clipped the same way
 
     def expand(v: Sequence[int] | int) -> list[int]:
@@ -113,21 +123,46 @@ def _avg_nd(grad: torch.Tensor, x: torch.Tensor, nd: int, kernel: Sequence[int],
     kernel = expand(kernel)
     stride = expand(stride) if stride else kernel
     padding = expand(padding)
-    mats = [_avg_matrix(int(x.shape[-nd + i]), int(grad.shape[-nd + i]), kernel[i], stride[i], padding[i],
-                        count_include_pad, divisor is not None, grad) for i in range(nd)]
+    mats = [
+        _avg_matrix(
+            int(x.shape[-nd + i]),
+            int(grad.shape[-nd + i]),
+            kernel[i],
+            stride[i],
+            padding[i],
+            count_include_pad,
+            divisor is not None,
+            grad,
+        )
+        for i in range(nd)
+    ]
     out = _apply_transposed(grad, mats)
     return out / divisor if divisor is not None else out
 
 
-def _avg2d_backward(grad: torch.Tensor, x: torch.Tensor, kernel_size: Sequence[int], stride: Sequence[int],
-                    padding: Sequence[int], ceil_mode: bool, count_include_pad: bool,
-                    divisor_override: int | None = None) -> torch.Tensor:
+def _avg2d_backward(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    ceil_mode: bool,
+    count_include_pad: bool,
+    divisor_override: int | None = None,
+) -> torch.Tensor:
     return _avg_nd(grad, x, 2, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
 
 
-def _avg3d_backward(grad: torch.Tensor, x: torch.Tensor, kernel_size: Sequence[int], stride: Sequence[int],
-                    padding: Sequence[int], ceil_mode: bool, count_include_pad: bool,
-                    divisor_override: int | None = None) -> torch.Tensor:
+def _avg3d_backward(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    ceil_mode: bool,
+    count_include_pad: bool,
+    divisor_override: int | None = None,
+) -> torch.Tensor:
     return _avg_nd(grad, x, 3, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
 
 
@@ -145,12 +180,19 @@ DECOMPOSITIONS: dict[Any, Any] = {
 # --------------------------------------------------------------------------------------------------
 
 
-def dim_spec(example: Sequence[int], sample: Sequence[int], example_batch: int, sample_batch: int,
-             name: str = "a tensor") -> list[Dim]:
+def dim_spec(
+    example: Sequence[int],
+    sample: Sequence[int],
+    example_batch: int,
+    sample_batch: int,
+    name: str = "a tensor",
+) -> list[Dim]:
     """The manifest shape of a tensor seen at two batch sizes: dims that scale with the batch become
     'batch' (or 'k*batch'); the others are fixed. A dim that changes in any other way is an error."""
     if len(example) != len(sample):
-        raise UnsupportedOpError(f"{name} changes rank with the batch size ({list(example)} vs {list(sample)})")
+        raise UnsupportedOpError(
+            f"{name} changes rank with the batch size ({list(example)} vs {list(sample)})"
+        )
     out: list[Dim] = []
     for a, b in zip(example, sample):
         if a == b:
@@ -161,7 +203,8 @@ def dim_spec(example: Sequence[int], sample: Sequence[int], example_batch: int, 
         else:
             raise UnsupportedOpError(
                 f"{name}'s shape changes with the batch size in a way export cannot describe "
-                f"({list(example)} at batch {example_batch}, {list(sample)} at batch {sample_batch})")
+                f"({list(example)} at batch {example_batch}, {list(sample)} at batch {sample_batch})"
+            )
     return out
 
 
@@ -170,8 +213,9 @@ def is_dynamic(d: Dim) -> bool:
 
 
 def _dynamic_shapes(module: nn.Module, specs: Sequence[Sequence[Dim]]) -> Any:
-    per_input = tuple({i: torch.export.Dim.AUTO for i, d in enumerate(s) if is_dynamic(d)} or None
-                      for s in specs)
+    per_input = tuple(
+        {i: torch.export.Dim.AUTO for i, d in enumerate(s) if is_dynamic(d)} or None for s in specs
+    )
     params = inspect.signature(module.forward).parameters.values()
     if any(p.kind is p.VAR_POSITIONAL for p in params):
         return (per_input,)
@@ -186,8 +230,17 @@ def _dynamic_shapes(module: nn.Module, specs: Sequence[Sequence[Dim]]) -> Any:
 @contextlib.contextmanager
 def quiet_export() -> Iterator[None]:
     """Silence torch.export / torch.onnx chatter (progress prints, warnings); errors still propagate."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "torch._dynamo",
-                                               "torch.fx.experimental.symbolic_shapes", "onnxscript")]
+    loggers = [
+        logging.getLogger(n)
+        for n in (
+            "torch.onnx",
+            "torch.export",
+            "torch._export",
+            "torch._dynamo",
+            "torch.fx.experimental.symbolic_shapes",
+            "onnxscript",
+        )
+    ]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
@@ -229,8 +282,10 @@ def name_io(model: Any, input_names: Sequence[str], output_names: Sequence[str])
 
     g = model.graph
     if len(g.inputs) != len(input_names) or len(g.outputs) != len(output_names):
-        raise UnsupportedOpError(f"the exported graph has {len(g.inputs)} inputs and {len(g.outputs)} outputs, "
-                                 f"expected {len(input_names)} and {len(output_names)}")
+        raise UnsupportedOpError(
+            f"the exported graph has {len(g.inputs)} inputs and {len(g.outputs)} outputs, "
+            f"expected {len(input_names)} and {len(output_names)}"
+        )
     reserved = set(input_names) | set(output_names)
     for i, v in enumerate(g.outputs):
         if v in g.inputs or v in list(g.outputs)[:i]:
@@ -247,7 +302,9 @@ def name_io(model: Any, input_names: Sequence[str], output_names: Sequence[str])
                 v.name = f"{v.name}__{next(counter)}"
     clash = reserved & set(g.initializers)
     if clash:
-        raise UnsupportedOpError(f"tensor name(s) {sorted(clash)} collide with weight names of the ONNX graph")
+        raise UnsupportedOpError(
+            f"tensor name(s) {sorted(clash)} collide with weight names of the ONNX graph"
+        )
     for v, name in zip(g.inputs, input_names):
         v.name = name
     for v, name in zip(g.outputs, output_names):
@@ -274,12 +331,14 @@ def _unsupported(what: str, exc: BaseException, stage: str) -> UnsupportedOpErro
         where = f" (exported node %{node.group(1)})" if node else ""
         return UnsupportedOpError(
             f"{what}: the ONNX exporter has no conversion for op {name}{where}. Keep that op out of the "
-            f"model, replace it with standard torch ops, or register an ONNX translation for it.")
+            f"model, replace it with standard torch ops, or register an ONNX translation for it."
+        )
     if node:
-        target = _TARGET_RE.search(text[text.find(node.group(0)):])
+        target = _TARGET_RE.search(text[text.find(node.group(0)) :])
         name = target.group(1) if target else "?"
-        return UnsupportedOpError(f"{what}: the ONNX exporter failed on node %{node.group(1)} (op {name}): "
-                                  f"{_last_line(chain[-1])}")
+        return UnsupportedOpError(
+            f"{what}: the ONNX exporter failed on node %{node.group(1)} (op {name}): {_last_line(chain[-1])}"
+        )
     return UnsupportedOpError(f"{what}: {stage} failed: {type(chain[-1]).__name__}: {_last_line(chain[-1])}")
 
 
@@ -288,9 +347,16 @@ def _last_line(exc: BaseException) -> str:
     return lines[0][:300] if lines else type(exc).__name__
 
 
-def export_onnx(module: nn.Module, args: Sequence[torch.Tensor], path: Path, input_names: list[str],
-                output_names: list[str], specs: Sequence[Sequence[Dim]], what: str,
-                opset: int = DEFAULT_OPSET) -> None:
+def export_onnx(
+    module: nn.Module,
+    args: Sequence[torch.Tensor],
+    path: Path,
+    input_names: list[str],
+    output_names: list[str],
+    specs: Sequence[Sequence[Dim]],
+    what: str,
+    opset: int = DEFAULT_OPSET,
+) -> None:
     """Export `module(*args) -> tuple` to `path` with the dims marked dynamic in `specs` symbolic.
 
     `what` names the block in errors ("digital block digital2"). Raises UnsupportedOpError naming the op
@@ -299,15 +365,21 @@ def export_onnx(module: nn.Module, args: Sequence[torch.Tensor], path: Path, inp
     module = module.eval()
     with quiet_export(), torch.no_grad():
         try:
-            program = torch.export.export(module, tuple(args), dynamic_shapes=_dynamic_shapes(module, specs),
-                                          strict=False)
+            program = torch.export.export(
+                module, tuple(args), dynamic_shapes=_dynamic_shapes(module, specs), strict=False
+            )
         except UnsupportedOpError:
             raise
         except Exception as exc:
             raise _unsupported(what, exc, "torch.export") from None
         _check_batch_kept(program, specs, input_names, what)
-        present = {n.target for gm in program.graph_module.modules() if isinstance(gm, torch.fx.GraphModule)
-                   for n in gm.graph.nodes if n.op == "call_function"}  # loop bodies too
+        present = {
+            n.target
+            for gm in program.graph_module.modules()
+            if isinstance(gm, torch.fx.GraphModule)
+            for n in gm.graph.nodes
+            if n.op == "call_function"
+        }  # loop bodies too
         table = {op: fn for op, fn in DECOMPOSITIONS.items() if op in present}
         try:
             if table:
@@ -319,8 +391,12 @@ def export_onnx(module: nn.Module, args: Sequence[torch.Tensor], path: Path, inp
             raise _unsupported(what, exc, "ONNX conversion") from None
 
 
-def _check_batch_kept(program: torch.export.ExportedProgram, specs: Sequence[Sequence[Dim]],
-                      input_names: Sequence[str], what: str) -> None:
+def _check_batch_kept(
+    program: torch.export.ExportedProgram,
+    specs: Sequence[Sequence[Dim]],
+    input_names: Sequence[str],
+    what: str,
+) -> None:
     """Refuse an export in which torch.export turned a batch axis into a constant (the block's code then
     depends on the batch size, and the ONNX file would only run at the example batch)."""
     user = set(program.graph_signature.user_inputs)
@@ -334,12 +410,20 @@ def _check_batch_kept(program: torch.export.ExportedProgram, specs: Sequence[Seq
                 raise UnsupportedOpError(
                     f"{what}: the batch axis of input {name} (dim {i}) became the constant {val.shape[i]} in "
                     "torch.export: the block's code depends on the batch size (e.g. a reshape to a literal "
-                    "batch), so its ONNX file could not take other batch sizes")
+                    "batch), so its ONNX file could not take other batch sizes"
+                )
 
 
-def export_digital_block(gm: nn.Module, name: str, args: Sequence[torch.Tensor], input_names: list[str],
-                         output_names: list[str], specs: Sequence[Sequence[Dim]], path: Path,
-                         opset: int = DEFAULT_OPSET) -> None:
+def export_digital_block(
+    gm: nn.Module,
+    name: str,
+    args: Sequence[torch.Tensor],
+    input_names: list[str],
+    output_names: list[str],
+    specs: Sequence[Sequence[Dim]],
+    path: Path,
+    opset: int = DEFAULT_OPSET,
+) -> None:
     """A digital block (an fx GraphModule `forward(*inputs) -> tuple(outputs)`) in eval mode to ONNX."""
     export_onnx(gm, args, path, input_names, output_names, specs, f"digital block {name}", opset)
 

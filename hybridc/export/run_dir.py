@@ -39,10 +39,18 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> Loade
     except CheckpointError as exc:
         raise ExportError(str(exc)) from None
     if not isinstance(run.module, FFEBM):
-        raise ExportError("this run trained the original model by backprop (algorithm=bp): it has no ff-EBM "
-                          "to export; export the model itself (hybridc export MODEL)")
+        raise ExportError(
+            "this run trained the original model by backprop (algorithm=bp): it has no ff-EBM "
+            "to export; export the model itself (hybridc export MODEL)"
+        )
     cfg = run.config
-    source = SourceInfo(kind="run", spec=cfg.model, model_kwargs=dict(cfg.model_kwargs), run_dir=str(run.run_dir),
-                        checkpoint=str(run.checkpoint), model_class=run.plan.model.model_class)
+    source = SourceInfo(
+        kind="run",
+        spec=cfg.model,
+        model_kwargs=dict(cfg.model_kwargs),
+        run_dir=str(run.run_dir),
+        checkpoint=str(run.checkpoint),
+        model_class=run.plan.model.model_class,
+    )
     run.module.input_transform = run.transform  # export_ffebm records it (and model.onnx applies it)
     return LoadedRun(ff=run.module, source=source, example_inputs=run.example_inputs, transform=run.transform)

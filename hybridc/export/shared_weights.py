@@ -25,8 +25,11 @@ def safetensors_layout(path: Path) -> dict[str, tuple[int, int]]:
         (n,) = struct.unpack("<Q", fh.read(8))
         header = json.loads(fh.read(n))
     base = 8 + n
-    return {k: (base + v["data_offsets"][0], v["data_offsets"][1] - v["data_offsets"][0])
-            for k, v in header.items() if k != "__metadata__"}
+    return {
+        k: (base + v["data_offsets"][0], v["data_offsets"][1] - v["data_offsets"][0])
+        for k, v in header.items()
+        if k != "__metadata__"
+    }
 
 
 def share_weights(onnx_path: Path, weights_path: Path, min_bytes: int = 64) -> int:
@@ -42,7 +45,9 @@ def share_weights(onnx_path: Path, weights_path: Path, min_bytes: int = 64) -> i
         raise ValueError("the ONNX file and the weights file must share a directory")
     layout = safetensors_layout(weights_path)
     data = weights_path.read_bytes()
-    by_digest = {hashlib.sha256(data[o:o + n]).digest(): (o, n) for o, n in layout.values() if n >= min_bytes}
+    by_digest = {
+        hashlib.sha256(data[o : o + n]).digest(): (o, n) for o, n in layout.values() if n >= min_bytes
+    }
     model = onnx.load(str(onnx_path), load_external_data=False)
     saved = 0
     for init in model.graph.initializer:

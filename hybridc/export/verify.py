@@ -61,8 +61,12 @@ class VerifyReport:
         return [r for r in self.rows if not r.ok]
 
     def to_json(self) -> dict[str, Any]:
-        return {"directory": str(self.directory), "tol": self.tol, "ok": self.ok,
-                "rows": [asdict(r) for r in self.rows]}
+        return {
+            "directory": str(self.directory),
+            "tol": self.tol,
+            "ok": self.ok,
+            "rows": [asdict(r) for r in self.rows],
+        }
 
 
 def _check_files(directory: Path, manifest: Manifest) -> None:
@@ -79,7 +83,9 @@ def _check_files(directory: Path, manifest: Manifest) -> None:
     if manifest.full is not None:
         referenced.add(manifest.full.onnx)
     listed = {f.path for f in manifest.files}
-    problems += [f"{p} is referenced but not listed in the manifest's files" for p in sorted(referenced - listed)]
+    problems += [
+        f"{p} is referenced but not listed in the manifest's files" for p in sorted(referenced - listed)
+    ]
     if problems:
         raise ExportError(f"export directory {directory} is inconsistent:\n  - " + "\n  - ".join(problems))
 
@@ -96,8 +102,9 @@ def _check_description(directory: Path, manifest: Manifest) -> None:
         if isinstance(b, AnalogBlockInfo):
             problems += check_block_spec(directory, manifest, b)
     if problems:
-        raise ExportError(f"the manifest of {directory} does not describe its step graphs:\n  - "
-                          + "\n  - ".join(problems))
+        raise ExportError(
+            f"the manifest of {directory} does not describe its step graphs:\n  - " + "\n  - ".join(problems)
+        )
 
 
 def _scale(arrays: list[np.ndarray]) -> float:
@@ -153,10 +160,14 @@ class _Runner:
             batch = env[first].shape[0]
         else:
             scaled = next((i for i, d in lead.items() if isinstance(d, str) and d.endswith("*batch")), None)
-            batch = env[scaled].shape[0] // int(str(lead[scaled]).split("*")[0]) if scaled is not None \
+            batch = (
+                env[scaled].shape[0] // int(str(lead[scaled]).split("*")[0])
+                if scaled is not None
                 else env[b.inputs[0]].shape[0]
-        states = {n.state_input: np.zeros((n.batch_multiple * batch, *n.shape), dtype=np.float32)
-                  for n in b.neurons}
+            )
+        states = {
+            n.state_input: np.zeros((n.batch_multiple * batch, *n.shape), dtype=np.float32) for n in b.neurons
+        }
         feeds = {i: env[i] for i in b.inputs}
         next_names = [n.state_output for n in b.neurons]
         for _ in range(b.solver.steps):
@@ -185,8 +196,14 @@ def _weights_match(runner: _Runner, b: AnalogBlockInfo) -> str:
             if exact.shape != w.shape or _err(exact, w) > 0:
                 raise ExportError(f"{b.weights}: tensor {name} differs from {b.step_onnx}'s {name}")
             found += 1
-        elif any(c.shape == w.shape and _err(c, w) == 0 or w.ndim == 2 and c.shape == w.T.shape
-                 and _err(c, w.T) == 0 for c in inits.values()):
+        elif any(
+            c.shape == w.shape
+            and _err(c, w) == 0
+            or w.ndim == 2
+            and c.shape == w.T.shape
+            and _err(c, w.T) == 0
+            for c in inits.values()
+        ):
             found += 1  # folded into a constant by the ONNX optimizer (e.g. W transposed for MatMul)
         else:
             missing.append(name)
@@ -239,16 +256,36 @@ def verify_export(directory: str | Path, tol: float = DEFAULT_TOL) -> VerifyRepo
     err = max((_err(env[o], samples[o]) for o in manifest.graph_outputs), default=0.0)
     scale = _scale([samples[o] for o in manifest.graph_outputs])
     n_files = len(manifest.blocks)
-    report.rows.append(CheckRow("end-to-end", "chained", f"{n_files} block files", err, err <= tol,
-                                "block files run in sequence from the graph inputs", scale))
+    report.rows.append(
+        CheckRow(
+            "end-to-end",
+            "chained",
+            f"{n_files} block files",
+            err,
+            err <= tol,
+            "block files run in sequence from the graph inputs",
+            scale,
+        )
+    )
 
     if manifest.full is not None:
-        got = runner.run(manifest.full.onnx, {i: samples[i] for i in manifest.full.inputs}, manifest.full.outputs)
+        got = runner.run(
+            manifest.full.onnx, {i: samples[i] for i in manifest.full.inputs}, manifest.full.outputs
+        )
         err = max((_err(g, samples[o]) for g, o in zip(got, manifest.full.outputs)), default=0.0)
         steps = "/".join(map(str, sorted(set(manifest.full.steps.values())))) or "0"
         how = "unrolled" if manifest.full.relaxation == "unroll" else "as ONNX Loops"
-        report.rows.append(CheckRow("end-to-end", "full", manifest.full.onnx, err, err <= tol,
-                                    f"relaxations {how} ({steps} steps)", scale))
+        report.rows.append(
+            CheckRow(
+                "end-to-end",
+                "full",
+                manifest.full.onnx,
+                err,
+                err <= tol,
+                f"relaxations {how} ({steps} steps)",
+                scale,
+            )
+        )
     return report
 
 

@@ -28,9 +28,34 @@ import numpy as np
 from hybridc.export.manifest import AnalogBlockInfo, ExportError, Manifest, NeuronInfo
 
 #: ops that act elementwise on one varying input (others constant): σ and the last synapse scalings
-_ELEMENTWISE = frozenset({"Clip", "Mul", "Div", "Add", "Sub", "Relu", "Sigmoid", "Tanh", "HardSigmoid", "LeakyRelu",
-                          "Elu", "Celu", "Selu", "Softplus", "Softsign", "Min", "Max", "Neg", "Identity", "Cast",
-                          "Log", "Exp", "Abs", "ThresholdedRelu"})
+_ELEMENTWISE = frozenset(
+    {
+        "Clip",
+        "Mul",
+        "Div",
+        "Add",
+        "Sub",
+        "Relu",
+        "Sigmoid",
+        "Tanh",
+        "HardSigmoid",
+        "LeakyRelu",
+        "Elu",
+        "Celu",
+        "Selu",
+        "Softplus",
+        "Softsign",
+        "Min",
+        "Max",
+        "Neg",
+        "Identity",
+        "Cast",
+        "Log",
+        "Exp",
+        "Abs",
+        "ThresholdedRelu",
+    }
+)
 #: elementwise ops that are activations (an `identity` neuron must not end in one)
 _ACTIVATION_OPS = _ELEMENTWISE - {"Mul", "Div", "Add", "Sub", "Neg", "Identity", "Cast"}
 _BATCH = 5
@@ -123,7 +148,9 @@ def _feeds(manifest: Manifest, b: AnalogBlockInfo, rng: np.random.Generator) -> 
         else:  # token ids, masks: small non-negative integers (valid ids, true/false)
             feeds[name] = rng.integers(0, 2, shape).astype(np.dtype(dtype))
     for n in b.neurons:
-        feeds[n.state_input] = rng.uniform(-0.5, 1.5, (n.batch_multiple * _BATCH, *n.shape)).astype(np.float32)
+        feeds[n.state_input] = rng.uniform(-0.5, 1.5, (n.batch_multiple * _BATCH, *n.shape)).astype(
+            np.float32
+        )
     return feeds
 
 
@@ -146,8 +173,10 @@ def _session(model: Any, extra: list[str]) -> Any:
 def _sigma(n: NeuronInfo) -> Callable[[np.ndarray], np.ndarray]:
     fn = ACTIVATIONS.get(n.activation.kind)
     if fn is None:
-        raise ExportError(f"neuron {n.name}: activation {n.activation.kind!r} is not a neuron activation hybridc "
-                          f"exports ({', '.join(sorted(ACTIVATIONS))})")
+        raise ExportError(
+            f"neuron {n.name}: activation {n.activation.kind!r} is not a neuron activation hybridc "
+            f"exports ({', '.join(sorted(ACTIVATIONS))})"
+        )
     params = dict(n.activation.params)
     return lambda u: fn(u.astype(np.float64), **params)
 
@@ -196,13 +225,20 @@ def _structure_problems(manifest: Manifest, b: AnalogBlockInfo, graph: _Graph) -
         out.append(f"output neurons {sorted(flagged)} differ from the block's outputs {sorted(b.outputs)}")
     if b.solver.steps < 1:
         out.append(f"solver steps {b.solver.steps} < 1")
-    if manifest.full is not None and b.name in manifest.full.steps and manifest.full.steps[b.name] != b.solver.steps:
-        out.append(f"model.onnx runs {manifest.full.steps[b.name]} steps, the block's solver {b.solver.steps}")
+    if (
+        manifest.full is not None
+        and b.name in manifest.full.steps
+        and manifest.full.steps[b.name] != b.solver.steps
+    ):
+        out.append(
+            f"model.onnx runs {manifest.full.steps[b.name]} steps, the block's solver {b.solver.steps}"
+        )
     return out
 
 
-def _activation_problems(n: NeuronInfo, first: str | None, candidates: list[str],
-                         values: dict[str, np.ndarray]) -> list[str]:
+def _activation_problems(
+    n: NeuronInfo, first: str | None, candidates: list[str], values: dict[str, np.ndarray]
+) -> list[str]:
     got = values[n.state_output].astype(np.float64)
     if n.activation.kind == "identity":
         if first in _ACTIVATION_OPS:
@@ -219,11 +255,15 @@ def _activation_problems(n: NeuronInfo, first: str | None, candidates: list[str]
         best = min(best, err)
         if err <= _ATOL:
             return []
-    return [f"neuron {n.name}: the step graph does not apply the manifest's activation {n.activation} "
-            f"(closest deviation {best:.2e} over its {len(candidates)} candidate pre-activation(s))"]
+    return [
+        f"neuron {n.name}: the step graph does not apply the manifest's activation {n.activation} "
+        f"(closest deviation {best:.2e} over its {len(candidates)} candidate pre-activation(s))"
+    ]
 
 
-def _mode_problems(b: AnalogBlockInfo, sess: Any, feeds: dict[str, np.ndarray], rng: np.random.Generator) -> list[str]:
+def _mode_problems(
+    b: AnalogBlockInfo, sess: Any, feeds: dict[str, np.ndarray], rng: np.random.Generator
+) -> list[str]:
     """The update order, read off how the next states depend on the old even-layer states."""
     even = [n for n in b.neurons if n.parity == 0]
     odd = [n for n in b.neurons if n.parity == 1]
@@ -235,15 +275,23 @@ def _mode_problems(b: AnalogBlockInfo, sess: Any, feeds: dict[str, np.ndarray], 
     for n in even:
         moved[n.state_input] = rng.uniform(-0.5, 1.5, feeds[n.state_input].shape).astype(np.float32)
     after = dict(zip(names, sess.run(names, moved)))
-    odd_changed = any(float(np.max(np.abs(after[n.state_output] - before[n.state_output]))) > 1e-6 for n in odd)
+    odd_changed = any(
+        float(np.max(np.abs(after[n.state_output] - before[n.state_output]))) > 1e-6 for n in odd
+    )
     any_changed = any(float(np.max(np.abs(after[k] - before[k]))) > 1e-6 for k in names)
     parity = {n.name: n.parity for n in b.neurons}
-    even_reads_even = any(s.source_kind == "neuron" and parity.get(s.source) == 0 and parity.get(s.target) == 0
-                          for s in b.synapses)
+    even_reads_even = any(
+        s.source_kind == "neuron" and parity.get(s.source) == 0 and parity.get(s.target) == 0
+        for s in b.synapses
+    )
     if b.solver.mode == "sync" and not odd_changed:
-        return ["solver mode is sync in the manifest, but the step graph's odd-layer updates ignore the old "
-                "even-layer states (an even/odd, async, step)"]
+        return [
+            "solver mode is sync in the manifest, but the step graph's odd-layer updates ignore the old "
+            "even-layer states (an even/odd, async, step)"
+        ]
     if b.solver.mode == "async" and not even_reads_even and any_changed:
-        return ["solver mode is async in the manifest, but the step graph's next states depend on the old "
-                "even-layer states (a synchronous step)"]
+        return [
+            "solver mode is async in the manifest, but the step graph's next states depend on the old "
+            "even-layer states (a synchronous step)"
+        ]
     return []

@@ -41,7 +41,9 @@ class ZooFit:
     how: str = "as is"
 
 
-def _image_side(shape: Shape, kwargs: dict[str, Any], accepts: Callable[[int], bool]) -> tuple[int, str | None]:
+def _image_side(
+    shape: Shape, kwargs: dict[str, Any], accepts: Callable[[int], bool]
+) -> tuple[int, str | None]:
     """The side an image model runs at: the user's `image_size`, else the data's own side, else the smallest
     larger side the architecture accepts (up to 4x). Returns (side, None) or raises ModelLoadError."""
     _, h, w = shape
@@ -52,7 +54,9 @@ def _image_side(shape: Shape, kwargs: dict[str, Any], accepts: Callable[[int], b
     for side in range(h, 4 * h + 1):
         if accepts(side):
             return side, None if side == h else f"input upsampled {h}x{w} -> {side}x{side}"
-    raise ModelLoadError(f"no image size from {h} to {4 * h} fits this architecture; give model_kwargs image_size")
+    raise ModelLoadError(
+        f"no image size from {h} to {4 * h} fits this architecture; give model_kwargs image_size"
+    )
 
 
 def _fit_mlp(shape: Shape, classes: int, kwargs: dict[str, Any]) -> ZooFit:
@@ -62,8 +66,10 @@ def _fit_mlp(shape: Shape, classes: int, kwargs: dict[str, Any]) -> ZooFit:
     out.setdefault("in_shape", list(shape))
     sizes = list(out["sizes"])
     if sizes[0] != n_in or sizes[-1] != classes:
-        raise ModelLoadError(f"model_kwargs.sizes {sizes} do not fit the data: the first size must be {n_in} "
-                             f"(= {'x'.join(map(str, shape))}) and the last {classes} (classes)")
+        raise ModelLoadError(
+            f"model_kwargs.sizes {sizes} do not fit the data: the first size must be {n_in} "
+            f"(= {'x'.join(map(str, shape))}) and the last {classes} (classes)"
+        )
     return ZooFit(out, None, f"sizes {'-'.join(map(str, sizes))}")
 
 
@@ -106,7 +112,9 @@ def _fit_vit(shape: Shape, classes: int, kwargs: dict[str, Any]) -> ZooFit:
     how = "as is"
     if "image_size" not in out:
         if h != w:
-            raise ModelLoadError(f"images of {h}x{w} are not square; give model_kwargs image_size to resize them")
+            raise ModelLoadError(
+                f"images of {h}x{w} are not square; give model_kwargs image_size to resize them"
+            )
         out["image_size"] = h
     side = int(out["image_size"])
     if "patch_size" not in out:
@@ -148,23 +156,59 @@ class ZooModel:
 
 ZOO_TABLE: tuple[ZooModel, ...] = (
     ZooModel("mlp", mlp.model, "mlp.py", "ReLU MLP, 784-1024-1024-10 by default", mlp.INPUT_SHAPE, _fit_mlp),
-    ZooModel("vgg-paper", vgg.model, "vgg.py", "the ff-EBM paper's 6-layer VGG", vgg.INPUT_SHAPE, _fit_vgg(vgg.model)),
-    ZooModel("vgg-paper-12", vgg.model12, "vgg.py", "the ff-EBM paper's 12-layer VGG", vgg.INPUT_SHAPE,
-             _fit_vgg(vgg.model12)),
-    ZooModel("vgg-bn", vgg.model_bn, "vgg.py", "6-layer VGG with Conv-BN-ReLU after every conv (the zoo's "
-             "vgg-paper before it matched the paper)", vgg.INPUT_SHAPE, _fit_vgg(vgg.model_bn)),
+    ZooModel(
+        "vgg-paper",
+        vgg.model,
+        "vgg.py",
+        "the ff-EBM paper's 6-layer VGG",
+        vgg.INPUT_SHAPE,
+        _fit_vgg(vgg.model),
+    ),
+    ZooModel(
+        "vgg-paper-12",
+        vgg.model12,
+        "vgg.py",
+        "the ff-EBM paper's 12-layer VGG",
+        vgg.INPUT_SHAPE,
+        _fit_vgg(vgg.model12),
+    ),
+    ZooModel(
+        "vgg-bn",
+        vgg.model_bn,
+        "vgg.py",
+        "6-layer VGG with Conv-BN-ReLU after every conv (the zoo's vgg-paper before it matched the paper)",
+        vgg.INPUT_SHAPE,
+        _fit_vgg(vgg.model_bn),
+    ),
     ZooModel("resnet18", resnet.model, "resnet.py", "CIFAR ResNet-18", resnet.INPUT_SHAPE, _fit_resnet),
-    ZooModel("transformer", transformer.model, "transformer.py", "stock nn.TransformerEncoder classifier "
-             "(image rows as tokens)", transformer.INPUT_SHAPE, _fit_transformer, "not fx-traceable: traced by "
-             "torch.export"),
+    ZooModel(
+        "transformer",
+        transformer.model,
+        "transformer.py",
+        "stock nn.TransformerEncoder classifier (image rows as tokens)",
+        transformer.INPUT_SHAPE,
+        _fit_transformer,
+        "not fx-traceable: traced by torch.export",
+    ),
     ZooModel("vit", vit.model, "vit.py", "small from-scratch ViT", vit.INPUT_SHAPE, _fit_vit),
 )
 
 ZOO: dict[str, Callable[..., nn.Module]] = {m.name: m.factory for m in ZOO_TABLE}
 ZOO_INPUT_SHAPES: dict[str, tuple[int, ...]] = {m.name: m.input_shape for m in ZOO_TABLE}
 
-__all__ = ["ZOO", "ZOO_INPUT_SHAPES", "ZOO_TABLE", "ZooFit", "ZooModel", "build_zoo_model", "fit_zoo_model",
-           "zoo_entry", "zoo_facts", "zoo_names", "zoo_path"]
+__all__ = [
+    "ZOO",
+    "ZOO_INPUT_SHAPES",
+    "ZOO_TABLE",
+    "ZooFit",
+    "ZooModel",
+    "build_zoo_model",
+    "fit_zoo_model",
+    "zoo_entry",
+    "zoo_facts",
+    "zoo_names",
+    "zoo_path",
+]
 
 
 def zoo_names() -> list[str]:
@@ -210,8 +254,16 @@ def zoo_facts() -> list[dict[str, Any]]:
                 fits[ds.name] = m.fit(tuple(ds.input_shape), ds.num_classes, {}).how
             except ModelLoadError as exc:
                 fits[ds.name] = f"does not fit: {exc}"
-        rows.append({"name": m.name, "file": m.file, "summary": m.summary, "input_shape": m.input_shape,
-                     "note": m.note, "fits": fits})
+        rows.append(
+            {
+                "name": m.name,
+                "file": m.file,
+                "summary": m.summary,
+                "input_shape": m.input_shape,
+                "note": m.note,
+                "fits": fits,
+            }
+        )
     return rows
 
 

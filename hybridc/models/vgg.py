@@ -93,8 +93,14 @@ class VGGPaper(nn.Module):
         image_size: input height/width (32 for CIFAR); divisible by 2 ** (number of pools).
     """
 
-    def __init__(self, layers: int = 6, in_channels: int = 3, num_classes: int = 10, width: float = 1.0,
-                 image_size: int = 32) -> None:
+    def __init__(
+        self,
+        layers: int = 6,
+        in_channels: int = 3,
+        num_classes: int = 10,
+        width: float = 1.0,
+        image_size: int = 32,
+    ) -> None:
         super().__init__()
         if layers not in _PAPER:
             raise ValueError(f"VGGPaper supports layers=6 or layers=12, got {layers}")
@@ -152,8 +158,14 @@ class VGGBN(nn.Module):
         image_size: input height/width; divisible by 2 ** (number of pools).
     """
 
-    def __init__(self, layers: int = 6, in_channels: int = 3, num_classes: int = 10, width: float = 1.0,
-                 image_size: int = 32) -> None:
+    def __init__(
+        self,
+        layers: int = 6,
+        in_channels: int = 3,
+        num_classes: int = 10,
+        width: float = 1.0,
+        image_size: int = 32,
+    ) -> None:
         super().__init__()
         if layers not in _BN:
             raise ValueError(f"VGGBN supports layers=6 or layers=12, got {layers}")

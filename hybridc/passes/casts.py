@@ -25,8 +25,21 @@ def _overloads(*names: str) -> list[torch._ops.OpOverload]:
 
 #: Weight ops and the positions of (data input, weight) in their ATen arguments.
 _WEIGHT_ARGS: dict[object, tuple[int, int]] = {
-    **{op: (0, 1) for op in _overloads("linear", "conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d",
-                                       "conv_transpose2d", "conv_transpose3d", "matmul", "mm")},
+    **{
+        op: (0, 1)
+        for op in _overloads(
+            "linear",
+            "conv1d",
+            "conv2d",
+            "conv3d",
+            "convolution",
+            "conv_transpose1d",
+            "conv_transpose2d",
+            "conv_transpose3d",
+            "matmul",
+            "mm",
+        )
+    },
     **{op: (1, 2) for op in _overloads("addmm")},
 }
 

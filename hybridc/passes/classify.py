@@ -81,8 +81,9 @@ def _weight_status(node: fx.Node, key: str, data: set[fx.Node]) -> str | None:
     return None
 
 
-def _attention_regions(gm: fx.GraphModule, keys: dict[fx.Node, str], data: set[fx.Node],
-                       weights: set[fx.Node]) -> dict[fx.Node, str]:
+def _attention_regions(
+    gm: fx.GraphModule, keys: dict[fx.Node, str], data: set[fx.Node], weights: set[fx.Node]
+) -> dict[fx.Node, str]:
     """Nodes belonging to attention: everything owned by an nn.MultiheadAttention (fx leaf or export
     module stack) plus, for attention written from scratch, its core (softmax/SDPA and activation x
     activation products) and the projections linked to the core through pure shape ops."""
@@ -92,7 +93,9 @@ def _attention_regions(gm: fx.GraphModule, keys: dict[fx.Node, str], data: set[f
         stack = node.meta.get("nn_module_stack") or {}
         owners = [path for path, typ in stack.values() if "MultiheadAttention" in str(typ)]
         if keys.get(node) == "attention":
-            owners.append(str(node.target) if node.op == "call_module" else node.meta.get("hybridc_module", ""))
+            owners.append(
+                str(node.target) if node.op == "call_module" else node.meta.get("hybridc_module", "")
+            )
         mha_owners.extend(m for m in owners if m and m not in mha_owners)
     for node in gm.graph.nodes:
         owner = node.meta.get("hybridc_module", "")
@@ -101,9 +104,11 @@ def _attention_regions(gm: fx.GraphModule, keys: dict[fx.Node, str], data: set[f
             if owner == m or owner.startswith(m + "."):
                 region[node] = m
                 break
-    core = [n for n in gm.graph.nodes if n in data and (
-        keys.get(n) == "sdpa"
-        or (keys.get(n) in ("matmul", "einsum") and n not in weights))]
+    core = [
+        n
+        for n in gm.graph.nodes
+        if n in data and (keys.get(n) == "sdpa" or (keys.get(n) in ("matmul", "einsum") and n not in weights))
+    ]
     for c in core:
         name = c.meta.get("hybridc_module", "") or c.name
         region.setdefault(c, name)
@@ -167,15 +172,21 @@ def classify(gm: fx.GraphModule) -> dict[fx.Node, NodeInfo]:
         elif key in LINEAR_POOLS:
             info[node] = NodeInfo("pool", key)
         elif (key in SHAPE_OPS and _is_linear_use(node, key, data)) or (
-                key == "getitem" and _is_linear_getitem(node, keys)):
+            key == "getitem" and _is_linear_getitem(node, keys)
+        ):
             info[node] = NodeInfo("linear", key)
         else:
             info[node] = NodeInfo("digital", key, _digital_reason(key, node, data))
     for node in gm.graph.nodes:
         # torch.export's batch norm / max pool return (values, ...) tuples: item 0 is part of that op
-        if (keys[node] == "getitem" and node in info and isinstance(node.args[0], fx.Node)
-                and node.args[1] == 0 and info.get(node.args[0]) is not None
-                and info[node.args[0]].kind in ("norm", "pool")):
+        if (
+            keys[node] == "getitem"
+            and node in info
+            and isinstance(node.args[0], fx.Node)
+            and node.args[1] == 0
+            and info.get(node.args[0]) is not None
+            and info[node.args[0]].kind in ("norm", "pool")
+        ):
             producer = info[node.args[0]]
             info[node] = NodeInfo(producer.kind, producer.key)
     for comp in find_composites(gm, keys, data, weights):
@@ -192,9 +203,13 @@ def classify(gm: fx.GraphModule) -> dict[fx.Node, NodeInfo]:
 
 def _is_basic_index(index: object) -> bool:
     items = index if isinstance(index, tuple) else (index,)
-    return all((isinstance(i, int) and not isinstance(i, bool)) or i is None or i is Ellipsis
-               or (isinstance(i, slice) and not any(isinstance(v, fx.Node) for v in (i.start, i.stop, i.step)))
-               for i in items)
+    return all(
+        (isinstance(i, int) and not isinstance(i, bool))
+        or i is None
+        or i is Ellipsis
+        or (isinstance(i, slice) and not any(isinstance(v, fx.Node) for v in (i.start, i.stop, i.step)))
+        for i in items
+    )
 
 
 def _is_linear_getitem(node: fx.Node, keys: dict[fx.Node, str]) -> bool:
@@ -245,5 +260,3 @@ def _digital_reason(key: str, node: fx.Node, data: set[fx.Node]) -> str:
     if key == "prelu":
         return "activation with learned parameters"
     return f"not a linear/monotone op ({key})"
-
-

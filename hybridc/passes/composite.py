@@ -21,8 +21,27 @@ from hybridc.passes.ops import ACTIVATIONS
 
 #: Element-wise ops a composite activation may be written with (their other operands must be numbers).
 ELEMENTWISE = ACTIVATIONS | {
-    "mul", "div", "add", "sub", "rsub", "neg", "pos", "pow", "erf", "exp", "expm1", "log1p", "sqrt", "rsqrt",
-    "reciprocal", "abs", "square", "clamp", "clamp_min", "clamp_max", "identity",
+    "mul",
+    "div",
+    "add",
+    "sub",
+    "rsub",
+    "neg",
+    "pos",
+    "pow",
+    "erf",
+    "exp",
+    "expm1",
+    "log1p",
+    "sqrt",
+    "rsqrt",
+    "reciprocal",
+    "abs",
+    "square",
+    "clamp",
+    "clamp_min",
+    "clamp_max",
+    "identity",
 }
 
 #: Known activations a composite is matched against (name, function, plan key).
@@ -76,8 +95,9 @@ def _is_product(node: fx.Node, key: str, data: set[fx.Node]) -> bool:
     return key in ("mul", "div") and sum(isinstance(a, fx.Node) and a in data for a in node.args[:2]) == 2
 
 
-def _region(p: fx.Node, keys: dict[fx.Node, str], data: set[fx.Node], order: dict[fx.Node, int]
-            ) -> list[fx.Node]:
+def _region(
+    p: fx.Node, keys: dict[fx.Node, str], data: set[fx.Node], order: dict[fx.Node, int]
+) -> list[fx.Node]:
     """The element-wise subgraph ending at `p` whose values are used only inside it (graph order)."""
     closure: set[fx.Node] = set()
     stack = [p]
@@ -109,22 +129,27 @@ def _single_source(region: list[fx.Node]) -> tuple[list[fx.Node], fx.Node] | Non
     p = region[-1]
     for i, d in enumerate(region[:-1]):  # earliest first: the largest tail
         reach = {d}
-        for n in region[i + 1:]:
+        for n in region[i + 1 :]:
             if any(a in reach for a in n.all_input_nodes):
                 reach.add(n)
-        tail = [n for n in region[i + 1:] if n in reach]
+        tail = [n for n in region[i + 1 :] if n in reach]
         if p in reach and _sources(tail) == {d} and all(u in reach for n in tail[:-1] for u in n.users):
             return tail, d
     return None
 
 
-def _extend_forward(region: list[fx.Node], keys: dict[fx.Node, str], data: set[fx.Node], taken: set[fx.Node]
-                    ) -> list[fx.Node]:
+def _extend_forward(
+    region: list[fx.Node], keys: dict[fx.Node, str], data: set[fx.Node], taken: set[fx.Node]
+) -> list[fx.Node]:
     """Take the element-wise ops with numeric operands that follow the region's last node alone."""
     region = list(region)
     while len(region[-1].users) == 1:
         (u,) = region[-1].users
-        if u in taken or not _elementwise(u, keys.get(u, ""), data) or list(u.all_input_nodes) != [region[-1]]:
+        if (
+            u in taken
+            or not _elementwise(u, keys.get(u, ""), data)
+            or list(u.all_input_nodes) != [region[-1]]
+        ):
             break
         region.append(u)
     return region
@@ -163,11 +188,15 @@ def _identify(fn_values: torch.Tensor, grid: torch.Tensor) -> tuple[str, str]:
         if (fn_values - ref(grid)).abs().max().item() <= 1e-5 * scale:
             return key, name
     monotone = bool((fn_values.diff() >= -1e-9 * scale).all())
-    return UNKNOWN_COMPOSITE, f"an element-wise function matching no known activation ({'monotone' if monotone else 'not monotone'})"
+    return (
+        UNKNOWN_COMPOSITE,
+        f"an element-wise function matching no known activation ({'monotone' if monotone else 'not monotone'})",
+    )
 
 
-def find_composites(gm: fx.GraphModule, keys: dict[fx.Node, str], data: set[fx.Node],
-                    weights: set[fx.Node]) -> list[Composite]:
+def find_composites(
+    gm: fx.GraphModule, keys: dict[fx.Node, str], data: set[fx.Node], weights: set[fx.Node]
+) -> list[Composite]:
     """Every composite activation of the graph (in graph order of their last node).
 
     Candidates are data × data products (the op that would otherwise be digital). The subgraph is grown
@@ -187,7 +216,9 @@ def find_composites(gm: fx.GraphModule, keys: dict[fx.Node, str], data: set[fx.N
         if found_region is None:
             continue
         region, source = found_region
-        region = _extend_forward(region, keys, data, taken)  # `x * relu6(x + 3) / 6`: the scaling belongs to it
+        region = _extend_forward(
+            region, keys, data, taken
+        )  # `x * relu6(x + 3) / 6`: the scaling belongs to it
         members = set(region)
         try:
             with torch.no_grad():
@@ -198,8 +229,14 @@ def find_composites(gm: fx.GraphModule, keys: dict[fx.Node, str], data: set[fx.N
             continue
         key, name = _identify(values.to(torch.float64), grid)
         taken |= members
-        found.append(Composite(sink=region[-1], parts=region[:-1], source=source, key=key,
-                               description=f"{len(region)} element-wise ops of {source.name} computing {name}"))
+        found.append(
+            Composite(
+                sink=region[-1],
+                parts=region[:-1],
+                source=source,
+                key=key,
+                description=f"{len(region)} element-wise ops of {source.name} computing {name}",
+            )
+        )
     found.sort(key=lambda c: order[c.sink])
     return found
-

@@ -34,19 +34,45 @@ from torch import nn
 from hybridc.errors import TraceError
 
 #: Names of ops that only check a condition (or constrain a symbolic size) and return nothing used.
-ASSERTION_OPS = frozenset({
-    "_assert", "_assert_async", "_assert_scalar", "_assert_tensor_metadata", "_assert_is_none",
-    "sym_constrain_range", "sym_constrain_range_for_size", "_functional_assert_async",
-    "_functional_assert_scalar", "_functional_sym_constrain_range", "_functional_sym_constrain_range_for_size",
-    "_check", "_check_is_size", "_check_with", "_check_value", "_check_index", "_check_type",
-    "_check_not_implemented", "_check_tensor_all", "_check_tensor_all_with", "_print",
-})
+ASSERTION_OPS = frozenset(
+    {
+        "_assert",
+        "_assert_async",
+        "_assert_scalar",
+        "_assert_tensor_metadata",
+        "_assert_is_none",
+        "sym_constrain_range",
+        "sym_constrain_range_for_size",
+        "_functional_assert_async",
+        "_functional_assert_scalar",
+        "_functional_sym_constrain_range",
+        "_functional_sym_constrain_range_for_size",
+        "_check",
+        "_check_is_size",
+        "_check_with",
+        "_check_value",
+        "_check_index",
+        "_check_type",
+        "_check_not_implemented",
+        "_check_tensor_all",
+        "_check_tensor_all_with",
+        "_print",
+    }
+)
 
 _INPLACE_OPERATORS: dict[Callable[..., Any], Callable[..., Any]] = {
-    operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
-    operator.itruediv: operator.truediv, operator.ifloordiv: operator.floordiv, operator.imod: operator.mod,
-    operator.ipow: operator.pow, operator.imatmul: operator.matmul, operator.iand: operator.and_,
-    operator.ior: operator.or_, operator.ixor: operator.xor, operator.ilshift: operator.lshift,
+    operator.iadd: operator.add,
+    operator.isub: operator.sub,
+    operator.imul: operator.mul,
+    operator.itruediv: operator.truediv,
+    operator.ifloordiv: operator.floordiv,
+    operator.imod: operator.mod,
+    operator.ipow: operator.pow,
+    operator.imatmul: operator.matmul,
+    operator.iand: operator.and_,
+    operator.ior: operator.or_,
+    operator.ixor: operator.xor,
+    operator.ilshift: operator.lshift,
     operator.irshift: operator.rshift,
 }
 
@@ -54,22 +80,86 @@ _INPLACE_OPERATORS: dict[Callable[..., Any], Callable[..., Any]] = {
 _METADATA_INPLACE = frozenset({"requires_grad_", "share_memory_", "retain_grad"})
 
 #: Ops whose result may share storage with their (first) input.
-_VIEW_METHODS = frozenset({
-    "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "transpose", "permute", "t", "squeeze",
-    "unsqueeze", "expand", "expand_as", "narrow", "select", "unbind", "split", "chunk", "tensor_split",
-    "split_with_sizes", "contiguous", "detach", "__getitem__", "as_strided", "diagonal", "unfold", "movedim",
-    "moveaxis", "swapaxes", "swapdims", "view_as_real", "view_as_complex", "real", "imag",
-})
+_VIEW_METHODS = frozenset(
+    {
+        "view",
+        "view_as",
+        "reshape",
+        "reshape_as",
+        "flatten",
+        "unflatten",
+        "transpose",
+        "permute",
+        "t",
+        "squeeze",
+        "unsqueeze",
+        "expand",
+        "expand_as",
+        "narrow",
+        "select",
+        "unbind",
+        "split",
+        "chunk",
+        "tensor_split",
+        "split_with_sizes",
+        "contiguous",
+        "detach",
+        "__getitem__",
+        "as_strided",
+        "diagonal",
+        "unfold",
+        "movedim",
+        "moveaxis",
+        "swapaxes",
+        "swapdims",
+        "view_as_real",
+        "view_as_complex",
+        "real",
+        "imag",
+    }
+)
 #: Conversions that return their input itself when nothing changes (same dtype and device).
-_MAYBE_SELF_METHODS = frozenset({"to", "type", "type_as", "float", "double", "half", "bfloat16", "cpu", "cuda"})
-_VIEW_FUNCTIONS: frozenset[Any] = frozenset({
-    operator.getitem, builtins.getattr, torch.flatten, torch.reshape, torch.transpose, torch.permute,
-    torch.squeeze, torch.unsqueeze, torch.narrow, torch.select, torch.unbind, torch.split, torch.chunk,
-    torch.tensor_split, torch.t, torch.movedim, torch.moveaxis, torch.swapaxes, torch.swapdims, torch.diagonal,
-    torch.detach, torch.as_strided, torch.view_as_real, torch.view_as_complex,
-})
-_VIEW_MODULES = (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
-                 nn.AlphaDropout)
+_MAYBE_SELF_METHODS = frozenset(
+    {"to", "type", "type_as", "float", "double", "half", "bfloat16", "cpu", "cuda"}
+)
+_VIEW_FUNCTIONS: frozenset[Any] = frozenset(
+    {
+        operator.getitem,
+        builtins.getattr,
+        torch.flatten,
+        torch.reshape,
+        torch.transpose,
+        torch.permute,
+        torch.squeeze,
+        torch.unsqueeze,
+        torch.narrow,
+        torch.select,
+        torch.unbind,
+        torch.split,
+        torch.chunk,
+        torch.tensor_split,
+        torch.t,
+        torch.movedim,
+        torch.moveaxis,
+        torch.swapaxes,
+        torch.swapdims,
+        torch.diagonal,
+        torch.detach,
+        torch.as_strided,
+        torch.view_as_real,
+        torch.view_as_complex,
+    }
+)
+_VIEW_MODULES = (
+    nn.Flatten,
+    nn.Unflatten,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+)
 
 
 def _op_name(target: Any) -> str:
@@ -166,15 +256,17 @@ def _functional_form(node: fx.Node, gm: fx.GraphModule) -> tuple[str, Any, tuple
             packet = getattr(torch.ops.aten, name[:-1], None) if name.endswith("_") else None
             overload = getattr(packet, target._overloadname, None) if packet is not None else None
             if overload is None:
-                raise TraceError(f"{where(node)}: `{target}` writes into a tensor and has no out-of-place form "
-                                 "hybridc can substitute; rewrite it as an out-of-place op (y = f(x))")
+                raise TraceError(
+                    f"{where(node)}: `{target}` writes into a tensor and has no out-of-place form "
+                    "hybridc can substitute; rewrite it as an out-of-place op (y = f(x))"
+                )
             return "call_function", overload, args, kwargs
         name = getattr(target, "__name__", "")
         if kwargs.get("inplace") is True:
             return "call_function", target, args, {**kwargs, "inplace": False}
         idx = _inplace_flag_index(target) if callable(target) else None
         if idx is not None and len(args) > idx and args[idx] is True:
-            return "call_function", target, (*args[:idx], False, *args[idx + 1:]), kwargs
+            return "call_function", target, (*args[:idx], False, *args[idx + 1 :]), kwargs
         if name.endswith("_") and not name.startswith("_"):
             for namespace in (torch, F, torch.Tensor):
                 if getattr(namespace, name, None) is target and hasattr(namespace, name[:-1]):
@@ -244,9 +336,14 @@ def functionalize_inplace(gm: fx.GraphModule) -> list[tuple[str, str]]:
             if user is not new and order.get(user, -1.0) > order[node]:
                 user.replace_input_with(target, new)
         graph.erase_node(node)
-        rewritten.append((new.name, f"in-place `{_op_name(node.target)}` on `{target.name}` ({where(node)}) "
-                                    f"rewritten out of place as `{_op_name(new_target)}`; later reads of "
-                                    f"`{target.name}` read its result"))
+        rewritten.append(
+            (
+                new.name,
+                f"in-place `{_op_name(node.target)}` on `{target.name}` ({where(node)}) "
+                f"rewritten out of place as `{_op_name(new_target)}`; later reads of "
+                f"`{target.name}` read its result",
+            )
+        )
         if op == "call_module":
             inplace_modules.add(str(new_target))
     for name in inplace_modules:  # every call of these modules was rewritten: run them out of place
@@ -256,14 +353,21 @@ def functionalize_inplace(gm: fx.GraphModule) -> list[tuple[str, str]]:
     return rewritten
 
 
-def _check_rewritable(node: fx.Node, target: fx.Node, base: dict[fx.Node, fx.Node],
-                      order: dict[fx.Node, float], gm: fx.GraphModule) -> None:
+def _check_rewritable(
+    node: fx.Node,
+    target: fx.Node,
+    base: dict[fx.Node, fx.Node],
+    order: dict[fx.Node, float],
+    gm: fx.GraphModule,
+) -> None:
     """Refuse a mutation whose effect reaches values other than `target` (see the module docstring)."""
     root = base.get(target, target)
     what = f"`{target.name}`" if target is root else f"`{target.name}` (a view of `{root.name}`)"
     if root.op == "get_attr":
-        raise TraceError(f"{where(node)}: the forward writes into parameter/buffer `{root.target}` in place; "
-                         "hybridc compiles pure functions of the inputs: compute a new tensor instead")
+        raise TraceError(
+            f"{where(node)}: the forward writes into parameter/buffer `{root.target}` in place; "
+            "hybridc compiles pure functions of the inputs: compute a new tensor instead"
+        )
     aliases = [n for n, b in base.items() if b is root and n is not target and (_is_tensor(n) or n is root)]
     for alias in aliases:
         later = [u for u in alias.users if u is not node and order.get(u, -1.0) > order[node]]
@@ -271,7 +375,8 @@ def _check_rewritable(node: fx.Node, target: fx.Node, base: dict[fx.Node, fx.Nod
             raise TraceError(
                 f"{where(node)}: an in-place op writes into {what}, which shares storage with `{alias.name}`, "
                 f"read afterwards ({where(later[0])}); hybridc cannot follow a mutation through a view: write it "
-                "out of place (e.g. `h = h * 3` instead of `h.mul_(3)`)")
+                "out of place (e.g. `h = h * 3` instead of `h.mul_(3)`)"
+            )
 
 
 def mutating_nodes(gm: fx.GraphModule) -> list[fx.Node]:

@@ -24,8 +24,9 @@ def _data_arg(node: fx.Node) -> fx.Node:
     raise ValueError(f"node {node.name} has no data operand to pass through")
 
 
-def block_io(gm: fx.GraphModule, membership: dict[str, list[str]], free: set[fx.Node]
-             ) -> dict[str, tuple[list[fx.Node], list[fx.Node]]]:
+def block_io(
+    gm: fx.GraphModule, membership: dict[str, list[str]], free: set[fx.Node]
+) -> dict[str, tuple[list[fx.Node], list[fx.Node]]]:
     """Inputs and outputs of every block, derived from node membership alone.
 
     An input is a value made outside the block (a graph input or another block's data node) that the
@@ -128,8 +129,11 @@ def lower_synapses(gm: fx.GraphModule, block: Block, inputs: list[str]) -> Lower
             elif neurons[node.name].preactivation == "input":
                 pre[node.name] = cp.lookup(_data_arg(node))
             else:
-                pre[node.name] = (cp.lookup(_data_arg(node)) if node.name in identity
-                                  else cp.graph.node_copy(node, cp.lookup))
+                pre[node.name] = (
+                    cp.lookup(_data_arg(node))
+                    if node.name in identity
+                    else cp.graph.node_copy(node, cp.lookup)
+                )
             cp.env[node] = states[node.name]
         elif node.name in identity:
             cp.env[node] = cp.lookup(_data_arg(node))
@@ -175,7 +179,11 @@ def split_synapses(syn: fx.GraphModule, n_inputs: int) -> tuple[fx.GraphModule, 
         if node in env:
             return env[node]
         # cut tensors only: a Python value computed from an input (a symbolic size) is recomputed in the core
-        if node in input_dep and node not in state_dep and (node.op == "placeholder" or "hybridc_shape" in node.meta):
+        if (
+            node in input_dep
+            and node not in state_dep
+            and (node.op == "placeholder" or "hybridc_shape" in node.meta)
+        ):
             cut.append(node)
             env[node] = core.placeholder(f"cut_{len(cut) - 1}")
             return env[node]

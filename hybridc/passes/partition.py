@@ -34,8 +34,10 @@ def graph_hash(gm: fx.GraphModule) -> str:
     h = hashlib.sha256()
     for n in gm.graph.nodes:
         target = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
-        h.update(f"{n.name}|{n.op}|{target}|{[a.name for a in n.all_input_nodes]}|"
-                 f"{n.meta.get('hybridc_shape')}\n".encode())
+        h.update(
+            f"{n.name}|{n.op}|{target}|{[a.name for a in n.all_input_nodes]}|"
+            f"{n.meta.get('hybridc_shape')}\n".encode()
+        )
     return h.hexdigest()[:16]
 
 
@@ -47,8 +49,10 @@ def _eligible(info: NodeInfo, cfg: PartitionConfig) -> tuple[bool, str]:
         return True, ""
     if info.kind == "activation":
         if _not_monotone(info) and cfg.activation == "keep" and cfg.non_monotone == "refuse":
-            return False, (f"{_act_name(info)} is not monotone and cannot be an energy's activation "
-                           "(non_monotone=refuse)")
+            return False, (
+                f"{_act_name(info)} is not monotone and cannot be an energy's activation "
+                "(non_monotone=refuse)"
+            )
         return True, ""
     if info.kind in ("linear", "part"):
         return True, ""
@@ -80,8 +84,9 @@ def _tensor_at(gm: fx.GraphModule, path: str) -> object:
     return obj
 
 
-def _tied_to_digital(gm: fx.GraphModule, nodes: list[fx.Node], info: dict[fx.Node, NodeInfo],
-                     free: set[fx.Node]) -> dict[fx.Node, str]:
+def _tied_to_digital(
+    gm: fx.GraphModule, nodes: list[fx.Node], info: dict[fx.Node, NodeInfo], free: set[fx.Node]
+) -> dict[fx.Node, str]:
     """Weight layers whose weight tensor is also read by a node that is not a weight layer (HF's `lm_head`
     tied to the token embedding): one tensor cannot be both an analog conductance array and a digital
     lookup table, so such a layer stays digital. Returns {weight node: reason}."""
@@ -91,8 +96,13 @@ def _tied_to_digital(gm: fx.GraphModule, nodes: list[fx.Node], info: dict[fx.Nod
         if n.op == "call_module":
             tensors = list(gm.get_submodule(str(n.target)).parameters())
         elif n not in free:
-            tensors = [_tensor_at(gm, p) for a in n.all_input_nodes if a in free or a.op == "get_attr"
-                       for p in [_parameter_path(a)] if p is not None]
+            tensors = [
+                _tensor_at(gm, p)
+                for a in n.all_input_nodes
+                if a in free or a.op == "get_attr"
+                for p in [_parameter_path(a)]
+                if p is not None
+            ]
         for t in tensors:
             if isinstance(t, torch.Tensor) and n not in readers.setdefault(id(t), []):
                 readers[id(t)].append(n)
@@ -110,8 +120,10 @@ def _tied_to_digital(gm: fx.GraphModule, nodes: list[fx.Node], info: dict[fx.Nod
             continue
         others = [r for r in readers.get(id(w), []) if r is not n and info[r].kind != "weight"]
         if others:
-            out[n] = (f"its weight is tied to {others[0].name} ({info[others[0]].key}), which is digital: one tensor "
-                      "cannot be both an analog conductance array and a digital table")
+            out[n] = (
+                f"its weight is tied to {others[0].name} ({info[others[0]].key}), which is digital: one tensor "
+                "cannot be both an analog conductance array and a digital table"
+            )
     return out
 
 
@@ -122,7 +134,7 @@ def _uniform_groups(items: list[fx.Node], max_size: int) -> list[list[fx.Node]]:
     groups, start = [], 0
     for i in range(k):
         size = base + (1 if i < extra else 0)
-        groups.append(items[start:start + size])
+        groups.append(items[start : start + size])
         start += size
     return groups
 
@@ -225,7 +237,9 @@ class _Partitioner:
         """Analog groups contracted to one vertex each, digital nodes as they are. Vertices and edges are
         inserted in graph order (never from a set), so `find_cycle` finds the same cycle in every process."""
         g = nx.DiGraph()
-        key = {n: (("a", member[n]) if n in member else ("n", n.name)) for n in self.nodes if n not in self.free}
+        key = {
+            n: (("a", member[n]) if n in member else ("n", n.name)) for n in self.nodes if n not in self.free
+        }
         g.add_nodes_from(dict.fromkeys(key.values()))
         for n in key:
             for a in self._data_inputs(n):
@@ -266,6 +280,7 @@ class _Partitioner:
 
     def _through_free(self, n: fx.Node, upstream: bool) -> list[fx.Node]:
         """The nearest non-free neighbours of n in one direction (graph inputs or the output excluded)."""
+
         def step(x: fx.Node) -> list[fx.Node]:
             return list(x.all_input_nodes) if upstream else list(x.users)
 
@@ -305,8 +320,14 @@ class _Partitioner:
         tokens. Such an output takes the reshape after it into the block (no new block edges: the reshape
         reads only values of the block, some for their shape), so the neuron is the (B, T, m) value; and the
         `x.view(-1, n)` before the block's first weight joins the block, so its input is the (B, T, n) x."""
-        batch = next((n.meta["hybridc_shape"][0] for n in self.gm.graph.nodes
-                      if n.op == "placeholder" and n.meta.get("hybridc_shape")), None)
+        batch = next(
+            (
+                n.meta["hybridc_shape"][0]
+                for n in self.gm.graph.nodes
+                if n.op == "placeholder" and n.meta.get("hybridc_shape")
+            ),
+            None,
+        )
         if batch is None:
             return
         # the mirror image: `x.view(-1, n)` folding batch and tokens before the block's first weight joins the
@@ -314,12 +335,21 @@ class _Partitioner:
         for n in self.nodes:
             shape = n.meta.get("hybridc_shape") or []
             users = {member.get(u) for u in self._data_users(n)}
-            if (n in member or not shape or shape[0] == batch or not self.eligible.get(n)
-                    or self.info[n].kind != "linear" or self.info[n].key not in ("view", "flatten")
-                    or len(users) != 1 or None in users):
+            if (
+                n in member
+                or not shape
+                or shape[0] == batch
+                or not self.eligible.get(n)
+                or self.info[n].kind != "linear"
+                or self.info[n].key not in ("view", "flatten")
+                or len(users) != 1
+                or None in users
+            ):
                 continue
             ins = self._data_inputs(n)
-            if ins and all(a not in member and (a.meta.get("hybridc_shape") or [None])[0] == batch for a in ins):
+            if ins and all(
+                a not in member and (a.meta.get("hybridc_shape") or [None])[0] == batch for a in ins
+            ):
                 member[n] = users.pop()
         for n in self.nodes:
             g = member.get(n)
@@ -332,16 +362,24 @@ class _Partitioner:
                     break
                 (u,) = users
                 # u reads n, and otherwise only values the block reads already (for their shape)
-                if (u in member or not self.eligible.get(u) or self.info[u].kind != "linear"
-                        or self.info[u].key not in ("view", "flatten", "unflatten") or [a for a in value_inputs(u) if a not in self.free] != [n]
-                        or any(member.get(a) != g and a not in self._external_inputs(member, g)
-                               for a in self._data_inputs(u))):
+                if (
+                    u in member
+                    or not self.eligible.get(u)
+                    or self.info[u].kind != "linear"
+                    or self.info[u].key not in ("view", "flatten", "unflatten")
+                    or [a for a in value_inputs(u) if a not in self.free] != [n]
+                    or any(
+                        member.get(a) != g and a not in self._external_inputs(member, g)
+                        for a in self._data_inputs(u)
+                    )
+                ):
                     break
                 member[u] = g
                 n = u
 
-    def _split_cycles(self, groups: list[list[fx.Node]], decisions: list[Decision]
-                      ) -> tuple[list[list[fx.Node]], dict[fx.Node, int], bool]:
+    def _split_cycles(
+        self, groups: list[list[fx.Node]], decisions: list[Decision]
+    ) -> tuple[list[list[fx.Node]], dict[fx.Node, int], bool]:
         """Split groups until the block graph is acyclic (True), or make one weight digital (False: the
         chains must be recomputed)."""
         while True:
@@ -356,13 +394,18 @@ class _Partitioner:
             if len(ws) < 2:
                 w = min((groups[gi][0] for gi in on_cycle), key=self.order.__getitem__)
                 self.eligible[w] = False
-                self.reason[w] = "kept digital so that the block graph stays acyclic (no block on the cycle can be split)"
+                self.reason[w] = (
+                    "kept digital so that the block graph stays acyclic (no block on the cycle can be split)"
+                )
                 decisions.append(Decision(node=w.name, action="kept_digital", reason=self.reason[w]))
                 return groups, member, False
             cut = self._cut_point(ws, bad, cycle, member)
-            groups[bad:bad + 1] = [ws[:cut], ws[cut:]]
-            decisions.append(Decision(node=ws[cut].name, action="split",
-                                      reason="cut here so that the block graph stays acyclic"))
+            groups[bad : bad + 1] = [ws[:cut], ws[cut:]]
+            decisions.append(
+                Decision(
+                    node=ws[cut].name, action="split", reason="cut here so that the block graph stays acyclic"
+                )
+            )
 
     def _cut_point(self, ws: list[fx.Node], gi: int, cycle: list[tuple], member: dict[fx.Node, int]) -> int:
         """Where to split group `gi` (weights `ws`) to break `cycle`: before the first weight downstream of
@@ -370,8 +413,14 @@ class _Partitioner:
         part it comes back to become two blocks); the middle when that does not separate the weights."""
         me = ("a", gi)
         preds = [u for u, v, *_ in cycle if v == me and u != me]
-        entries = [n for n in self.nodes if member.get(n) == gi and any(
-            (("a", member[a]) if a in member else ("n", a.name)) in preds for a in self._data_inputs(n))]
+        entries = [
+            n
+            for n in self.nodes
+            if member.get(n) == gi
+            and any(
+                (("a", member[a]) if a in member else ("n", a.name)) in preds for a in self._data_inputs(n)
+            )
+        ]
         if entries:
             below: set[fx.Node] = set()
             stack = [entries[0]]
@@ -440,24 +489,32 @@ class _Partitioner:
         return out
 
 
-def _activation_spec(node: fx.Node, info: NodeInfo, gm: fx.GraphModule, cfg: PartitionConfig
-                     ) -> tuple[ActivationSpec, Decision | None]:
+def _activation_spec(
+    node: fx.Node, info: NodeInfo, gm: fx.GraphModule, cfg: PartitionConfig
+) -> tuple[ActivationSpec, Decision | None]:
     name = _act_name(info)
     if cfg.activation == "hardsigmoid":
         spec = ActivationSpec(kind="hardsigmoid", params={"slope": cfg.hardsigmoid_slope})
-        return spec, Decision(node=node.name, action="substituted",
-                              reason=f"{name} -> {spec} (activation policy hardsigmoid)")
+        return spec, Decision(
+            node=node.name, action="substituted", reason=f"{name} -> {spec} (activation policy hardsigmoid)"
+        )
     if _not_monotone(info):
         spec = ActivationSpec(kind="relu")
-        return spec, Decision(node=node.name, action="substituted",
-                              reason=f"{name} is not monotone, so it cannot be an energy's activation; "
-                                     "substituted relu (activation policy keep)")
+        return spec, Decision(
+            node=node.name,
+            action="substituted",
+            reason=f"{name} is not monotone, so it cannot be an energy's activation; "
+            "substituted relu (activation policy keep)",
+        )
     kind = "torch_hardsigmoid" if info.key == "hardsigmoid" else info.key
     params = {} if info.composite else activation_params(node, gm)
     decision = None
     if info.composite:
-        decision = Decision(node=node.name, action="substituted",
-                            reason=f"{name} -> {info.key} (one neuron; activation policy keep)")
+        decision = Decision(
+            node=node.name,
+            action="substituted",
+            reason=f"{name} -> {info.key} (one neuron; activation policy keep)",
+        )
     return ActivationSpec(kind=kind, params=params), decision
 
 
@@ -512,7 +569,9 @@ def _zero_scale(gm: fx.GraphModule, node: fx.Node) -> bool:
 
 
 def _ref(node: fx.Node) -> TensorRef:
-    return TensorRef(node=node.name, shape=node.meta.get("hybridc_shape"), dtype=node.meta.get("hybridc_dtype"))
+    return TensorRef(
+        node=node.name, shape=node.meta.get("hybridc_shape"), dtype=node.meta.get("hybridc_dtype")
+    )
 
 
 def _param_count(gm: fx.GraphModule, nodes: list[fx.Node]) -> int:
@@ -560,7 +619,9 @@ def partition_graph(traced: TracedGraph, cfg: PartitionConfig, example_shapes: l
             block_key[n] = block_key[producers[-1]] if producers else ("digital", (0, -1))
 
     bg = nx.DiGraph()
-    keys = sorted(set(block_key.values()), key=lambda k: min(p.order[n] for n in block_key if block_key[n] == k))
+    keys = sorted(
+        set(block_key.values()), key=lambda k: min(p.order[n] for n in block_key if block_key[n] == k)
+    )
     bg.add_nodes_from(keys)
     for n, k in block_key.items():
         for a in p._data_inputs(n):
@@ -586,9 +647,10 @@ def partition_graph(traced: TracedGraph, cfg: PartitionConfig, example_shapes: l
     def _after_neuron(n: fx.Node) -> bool:
         """Does n read a neuron (activation) of its own block, directly or through block members?"""
         if n not in after_neuron:
-            after_neuron[n] = any(block_key.get(a) == block_key[n] and (p.info[a].kind == "activation"
-                                                                        or _after_neuron(a))
-                                  for a in p._data_inputs(n))
+            after_neuron[n] = any(
+                block_key.get(a) == block_key[n] and (p.info[a].kind == "activation" or _after_neuron(a))
+                for a in p._data_inputs(n)
+            )
         return after_neuron[n]
 
     for n in p.nodes:
@@ -596,59 +658,116 @@ def partition_graph(traced: TracedGraph, cfg: PartitionConfig, example_shapes: l
         k = block_key[n]
         analog = k[0] == "analog"
         policy = cfg.layer_norm if info.key in TOKEN_NORMS else cfg.norm
-        if (info.kind == "norm" and analog and policy == "synapse" and cfg.eb_kind == "dhn" and p.eligible.get(n)
-                and not _after_neuron(n)):
+        if (
+            info.kind == "norm"
+            and analog
+            and policy == "synapse"
+            and cfg.eb_kind == "dhn"
+            and p.eligible.get(n)
+            and not _after_neuron(n)
+        ):
             # the paper's block entry (conv -> pool -> BN): the norm reads the block's inputs only, so it is
             # part of the input synapse, evaluated once per relaxation phase (DHNBlock.prepare); a DRN block's
             # synapses are its conductances only, so there the norm is removed as before
             if n.target is not operator.getitem:  # item 0 of an exported norm's tuple: reported with the norm
-                decisions.append(Decision(node=n.name, action="absorbed", block=names[k],
-                                          reason=f"{info.key} kept in the block's input synapse (policy synapse: "
-                                                 "it reads the block's inputs only)"))
+                decisions.append(
+                    Decision(
+                        node=n.name,
+                        action="absorbed",
+                        block=names[k],
+                        reason=f"{info.key} kept in the block's input synapse (policy synapse: "
+                        "it reads the block's inputs only)",
+                    )
+                )
         elif info.kind == "norm" and p.eligible.get(n) and (analog or policy == "drop"):
             identity[k].append(n.name)
             if n.target is operator.getitem:  # item 0 of an exported norm's tuple: removed with the norm
                 continue
-            zero = (": its scale is zero (a zero-init residual branch), so the branch no longer starts at zero"
-                    if _zero_scale(gm, n) else "")
-            decisions.append(Decision(node=n.name, action="removed", block=names[k],
-                                      reason=f"{info.key} removed (policy {policy}"
-                                             f"{', inside an analog block' if analog else ''}){zero}"))
+            zero = (
+                ": its scale is zero (a zero-init residual branch), so the branch no longer starts at zero"
+                if _zero_scale(gm, n)
+                else ""
+            )
+            decisions.append(
+                Decision(
+                    node=n.name,
+                    action="removed",
+                    block=names[k],
+                    reason=f"{info.key} removed (policy {policy}"
+                    f"{', inside an analog block' if analog else ''}){zero}",
+                )
+            )
         elif info.kind == "linear" and info.key == "dropout" and analog:
             identity[k].append(n.name)
-            decisions.append(Decision(node=n.name, action="removed", block=names[k],
-                                      reason="dropout inside an analog block is the identity"))
-        elif info.kind == "pool" and analog and n.target is not operator.getitem and not (
-                info.key == "max_pool" and len(n.all_input_nodes) >= 1
+            decisions.append(
+                Decision(
+                    node=n.name,
+                    action="removed",
+                    block=names[k],
+                    reason="dropout inside an analog block is the identity",
+                )
+            )
+        elif (
+            info.kind == "pool"
+            and analog
+            and n.target is not operator.getitem
+            and not (
+                info.key == "max_pool"
+                and len(n.all_input_nodes) >= 1
                 and p.info.get(n.all_input_nodes[0]) is not None
                 and p.info[n.all_input_nodes[0]].kind == "activation"
-                and p.info[n.all_input_nodes[0]].source is None and len(n.all_input_nodes[0].users) == 1
-                and block_key.get(n.all_input_nodes[0]) == k):
-            decisions.append(Decision(node=n.name, action="absorbed", block=names[k],
-                                      reason=f"{info.key} absorbed into a synapse (pool policy absorb)"))
+                and p.info[n.all_input_nodes[0]].source is None
+                and len(n.all_input_nodes[0].users) == 1
+                and block_key.get(n.all_input_nodes[0]) == k
+            )
+        ):
+            decisions.append(
+                Decision(
+                    node=n.name,
+                    action="absorbed",
+                    block=names[k],
+                    reason=f"{info.key} absorbed into a synapse (pool policy absorb)",
+                )
+            )
         elif not analog and info.kind in ("weight", "norm", "pool", "activation") and not p.eligible.get(n):
-            decisions.append(Decision(node=n.name, action="kept_digital", block=names[k],
-                                      reason=p.reason.get(n) or "digital op"))
+            decisions.append(
+                Decision(
+                    node=n.name, action="kept_digital", block=names[k], reason=p.reason.get(n) or "digital op"
+                )
+            )
 
     io = block_io(gm, {names[k]: [n.name for n in members[k]] for k in topo}, p.free)
     blocks: list[Block] = []
     for k in topo:
         nodes = members[k]
         ins, outs = io[names[k]]
-        block = Block(name=names[k], kind="analog" if k[0] == "analog" else "digital",
-                      nodes=[n.name for n in nodes], identity_nodes=identity[k],
-                      inputs=[_ref(a) for a in ins], outputs=[_ref(o) for o in outs],
-                      params=_param_count(gm, nodes))
+        block = Block(
+            name=names[k],
+            kind="analog" if k[0] == "analog" else "digital",
+            nodes=[n.name for n in nodes],
+            identity_nodes=identity[k],
+            inputs=[_ref(a) for a in ins],
+            outputs=[_ref(o) for o in outs],
+            params=_param_count(gm, nodes),
+        )
         if block.kind == "analog":
             block.eb_kind = cfg.eb_kind
             if cfg.eb_kind == "drn":
                 block.eb_params = {"gamma": cfg.drn_gamma}
-            block.weight_layers = [_weight_name(n, p.info[n], p.free) for n in nodes if p.info[n].kind == "weight"]
+            block.weight_layers = [
+                _weight_name(n, p.info[n], p.free) for n in nodes if p.info[n].kind == "weight"
+            ]
             node_set = set(nodes)
-            pooled = {n: next(iter(n.users)) for n in nodes
-                      if p.info[n].kind == "activation" and p.info[n].source is None and len(n.users) == 1
-                      and "hybridc_shape" in next(iter(n.users)).meta
-                      and next(iter(n.users)) in node_set and p.info[next(iter(n.users))].key == "max_pool"}
+            pooled = {
+                n: next(iter(n.users))
+                for n in nodes
+                if p.info[n].kind == "activation"
+                and p.info[n].source is None
+                and len(n.users) == 1
+                and "hybridc_shape" in next(iter(n.users)).meta
+                and next(iter(n.users)) in node_set
+                and p.info[next(iter(n.users))].key == "max_pool"
+            }
             pool_of = {v: k for k, v in pooled.items()}
             for n in nodes:
                 info = p.info[n]
@@ -656,37 +775,64 @@ def partition_graph(traced: TracedGraph, cfg: PartitionConfig, example_shapes: l
                     # σ and max-pooling commute for monotone σ: put the neuron after the pool, so the pool
                     # acts on pre-activations (no argmax ties between saturated states) as in the paper.
                     block.identity_nodes.append(n.name)
-                    decisions.append(Decision(
-                        node=n.name, action="absorbed", block=block.name,
-                        reason=f"{info.key} moved after {pooled[n].name} (max-pool commutes with monotone "
-                               "activations); the neuron is the pooled value"))
+                    decisions.append(
+                        Decision(
+                            node=n.name,
+                            action="absorbed",
+                            block=block.name,
+                            reason=f"{info.key} moved after {pooled[n].name} (max-pool commutes with monotone "
+                            "activations); the neuron is the pooled value",
+                        )
+                    )
                 elif n in pool_of:
                     act = pool_of[n]
                     spec, dec = _activation_spec(act, p.info[act], gm, cfg)
                     if dec is not None:
                         dec.block = block.name
                         decisions.append(dec)
-                    block.neurons.append(Neuron(node=n.name, activation=spec, preactivation="self",
-                                                shape=n.meta.get("hybridc_shape")))
+                    block.neurons.append(
+                        Neuron(
+                            node=n.name,
+                            activation=spec,
+                            preactivation="self",
+                            shape=n.meta.get("hybridc_shape"),
+                        )
+                    )
                 elif info.kind == "activation":
                     spec, dec = _activation_spec(n, info, gm, cfg)
                     if dec is not None:
                         dec.block = block.name
                         decisions.append(dec)
-                    block.neurons.append(Neuron(node=n.name, activation=spec, preactivation="input",
-                                                shape=n.meta.get("hybridc_shape"),
-                                                source=info.source.name if info.source is not None else None))
+                    block.neurons.append(
+                        Neuron(
+                            node=n.name,
+                            activation=spec,
+                            preactivation="input",
+                            shape=n.meta.get("hybridc_shape"),
+                            source=info.source.name if info.source is not None else None,
+                        )
+                    )
                 elif n in outs:
-                    block.neurons.append(Neuron(node=n.name, activation=ActivationSpec(kind="identity"),
-                                                preactivation="self", shape=n.meta.get("hybridc_shape")))
+                    block.neurons.append(
+                        Neuron(
+                            node=n.name,
+                            activation=ActivationSpec(kind="identity"),
+                            preactivation="self",
+                            shape=n.meta.get("hybridc_shape"),
+                        )
+                    )
         blocks.append(block)
 
     decisions.sort(key=lambda d: p.order[next(n for n in gm.graph.nodes if n.name == d.node)])
     out_node = next(n for n in gm.graph.nodes if n.op == "output")
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     return Plan(
-        model=ModelFingerprint(model_class=type(traced.gm).__name__, trace=traced.method,
-                               graph_hash=graph_hash(gm), example_shapes=example_shapes),
+        model=ModelFingerprint(
+            model_class=type(traced.gm).__name__,
+            trace=traced.method,
+            graph_hash=graph_hash(gm),
+            example_shapes=example_shapes,
+        ),
         config=cfg,
         graph_inputs=[_ref(n) for n in placeholders],
         graph_outputs=[a.name for a in out_node.all_input_nodes],

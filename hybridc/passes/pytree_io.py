@@ -71,8 +71,9 @@ class InputSpec:
         given = set(self.given or self.arguments)
         params = self.signature.parameters
         if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params.values()):
-            bound = inspect.BoundArguments(self.signature, OrderedDict(
-                (k, _fill(v, tensors)) for k, v in self.arguments.items()))
+            bound = inspect.BoundArguments(
+                self.signature, OrderedDict((k, _fill(v, tensors)) for k, v in self.arguments.items())
+            )
             return list(bound.args), dict(bound.kwargs)
         args: list[Any] = []
         kwargs: dict[str, Any] = {}
@@ -92,8 +93,9 @@ class InputSpec:
         try:
             bound = self.signature.bind(*args, **kwargs)
         except TypeError as exc:
-            raise TypeError(f"the compiled model is called like the original forward{self.signature}: {exc}"
-                            ) from None
+            raise TypeError(
+                f"the compiled model is called like the original forward{self.signature}: {exc}"
+            ) from None
         bound.apply_defaults()
         out: list[Any] = [None] * self.n_tensors
         for name, template in self.arguments.items():
@@ -119,27 +121,39 @@ def _match(name: str, template: Any, value: Any, out: list[Any]) -> None:
             raise TypeError(
                 f"argument {name!r}: the model was compiled with {name}={_describe(template)} folded into the "
                 f"graph as a constant, got {_describe(value)}; compile with an example call that passes this "
-                f"{name} (a tensor there becomes a graph input)")
+                f"{name} (a tensor there becomes a graph input)"
+            )
         return
     if t_spec != v_spec:
-        raise TypeError(f"argument {name!r}: the model was compiled for a value shaped like "
-                        f"{_describe(template)}, got {_describe(value)}; compile with an example call like this one")
+        raise TypeError(
+            f"argument {name!r}: the model was compiled for a value shaped like "
+            f"{_describe(template)}, got {_describe(value)}; compile with an example call like this one"
+        )
     for t, v in zip(t_leaves, v_leaves):
         if isinstance(t, Leaf):
             if not isinstance(v, torch.Tensor):
-                raise TypeError(f"argument {name!r}: the model was compiled with a tensor here, got "
-                                f"{_describe(v)}; pass a tensor (compile again for a call without one)")
+                raise TypeError(
+                    f"argument {name!r}: the model was compiled with a tensor here, got "
+                    f"{_describe(v)}; pass a tensor (compile again for a call without one)"
+                )
             out[t.index] = v
         elif isinstance(v, torch.Tensor) or not _same_constant(t, v):
-            raise TypeError(f"argument {name!r}: the model was compiled with {_describe(t)} folded into the graph "
-                            f"here, got {_describe(v)}; compile with an example call like this one")
+            raise TypeError(
+                f"argument {name!r}: the model was compiled with {_describe(t)} folded into the graph "
+                f"here, got {_describe(v)}; compile with an example call like this one"
+            )
 
 
 def _same_constant(a: Any, b: Any) -> bool:
     if a is b:
         return True
     numbers = (int, float)
-    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) and not isinstance(b, bool):
+    if (
+        isinstance(a, numbers)
+        and isinstance(b, numbers)
+        and not isinstance(a, bool)
+        and not isinstance(b, bool)
+    ):
         return a == b
     if type(a) is not type(b):
         return False
@@ -171,17 +185,23 @@ def example_call(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
         return (), dict(example_inputs)
     if isinstance(example_inputs, (tuple, list)):
         return tuple(example_inputs), {}
-    raise TraceError(f"example inputs must be a tensor, a tuple of positional arguments or a dict of keyword "
-                     f"arguments, not {type(example_inputs).__name__}")
+    raise TraceError(
+        f"example inputs must be a tensor, a tuple of positional arguments or a dict of keyword "
+        f"arguments, not {type(example_inputs).__name__}"
+    )
 
 
-def input_spec(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[InputSpec, list[Any]]:
+def input_spec(
+    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[InputSpec, list[Any]]:
     """The InputSpec of the call `model(*args, **kwargs)` and its tensors in graph-input order."""
     sig = inspect.signature(model.forward)
     try:
         bound = sig.bind(*args, **kwargs)
     except TypeError as exc:
-        raise TraceError(f"the example inputs do not fit {type(model).__name__}.forward{sig}: {exc}") from None
+        raise TraceError(
+            f"the example inputs do not fit {type(model).__name__}.forward{sig}: {exc}"
+        ) from None
     given = list(bound.arguments)
     bound.apply_defaults()
     tensors: list[Any] = []
@@ -198,7 +218,9 @@ def input_spec(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) 
                 names.append(_safe_name(name if len(leaves) == 1 else f"{name}_{j}", used))
             else:
                 new.append(leaf)
-        arguments[name] = new[0] if (len(leaves) == 1 and leaves[0] is value) else pytree.tree_unflatten(new, spec)
+        arguments[name] = (
+            new[0] if (len(leaves) == 1 and leaves[0] is value) else pytree.tree_unflatten(new, spec)
+        )
     return InputSpec(signature=sig, arguments=arguments, names=names, given=given), tensors
 
 
@@ -314,9 +336,14 @@ def flat_forward_class(model: nn.Module, spec: InputSpec, holder: dict[str, Any]
 
     params = ", ".join(spec.names)
     namespace: dict[str, Any] = {"_impl": impl}
-    exec(f"def forward(self{', ' if params else ''}{params}):\n    return _impl(self{', ' if params else ''}{params})\n",
-         namespace)
+    exec(
+        f"def forward(self{', ' if params else ''}{params}):\n    return _impl(self{', ' if params else ''}{params})\n",
+        namespace,
+    )
     forward = namespace["forward"]
     forward.__doc__ = original.__doc__
-    return type(cls.__name__, (cls,), {"forward": forward, "__module__": cls.__module__,
-                                       "__qualname__": cls.__qualname__})
+    return type(
+        cls.__name__,
+        (cls,),
+        {"forward": forward, "__module__": cls.__module__, "__qualname__": cls.__qualname__},
+    )

@@ -34,18 +34,75 @@ from hybridc.passes.pytree_io import InputSpec, OutputSpec, example_call, flat_f
 #: Modules kept as single call_module nodes by the fx tracer; everything else is traced through, so that the
 #: Linear layers inside user blocks (and inside stock containers) become visible to the partitioner.
 LEAF_MODULE_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
-    nn.ConvTranspose3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm,
-    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LocalResponseNorm, nn.RMSNorm,
-    nn.MultiheadAttention, nn.Embedding, nn.EmbeddingBag, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
-    nn.Dropout3d, nn.AlphaDropout, nn.Identity, nn.Flatten, nn.Unflatten,
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish, nn.Softplus, nn.Softsign,
-    nn.Tanhshrink, nn.LogSigmoid, nn.Softmax, nn.LogSoftmax, nn.Softmin,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample, nn.PixelShuffle, nn.ZeroPad2d,
-    nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
+    nn.Linear,
+    nn.Bilinear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.LocalResponseNorm,
+    nn.RMSNorm,
+    nn.MultiheadAttention,
+    nn.Embedding,
+    nn.EmbeddingBag,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.Identity,
+    nn.Flatten,
+    nn.Unflatten,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardtanh,
+    nn.Hardsigmoid,
+    nn.Hardswish,
+    nn.Softplus,
+    nn.Softsign,
+    nn.Tanhshrink,
+    nn.LogSigmoid,
+    nn.Softmax,
+    nn.LogSoftmax,
+    nn.Softmin,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    nn.Upsample,
+    nn.PixelShuffle,
+    nn.ZeroPad2d,
+    nn.ConstantPad2d,
+    nn.ReflectionPad2d,
+    nn.ReplicationPad2d,
 )
 
 
@@ -102,14 +159,25 @@ class _MutationAwareProxy(fx.Proxy):
 def _inplace_dunder(op: Any) -> Any:
     def method(self: fx.Proxy, other: Any) -> fx.Proxy:
         return self.tracer.create_proxy("call_function", op, (self, other), {})
+
     return method
 
 
-for _dunder, _op in (("__iadd__", operator.iadd), ("__isub__", operator.isub), ("__imul__", operator.imul),
-                     ("__itruediv__", operator.itruediv), ("__ifloordiv__", operator.ifloordiv),
-                     ("__imod__", operator.imod), ("__ipow__", operator.ipow), ("__imatmul__", operator.imatmul),
-                     ("__iand__", operator.iand), ("__ior__", operator.ior), ("__ixor__", operator.ixor),
-                     ("__ilshift__", operator.ilshift), ("__irshift__", operator.irshift)):
+for _dunder, _op in (
+    ("__iadd__", operator.iadd),
+    ("__isub__", operator.isub),
+    ("__imul__", operator.imul),
+    ("__itruediv__", operator.itruediv),
+    ("__ifloordiv__", operator.ifloordiv),
+    ("__imod__", operator.imod),
+    ("__ipow__", operator.ipow),
+    ("__imatmul__", operator.imatmul),
+    ("__iand__", operator.iand),
+    ("__ior__", operator.ior),
+    ("__ixor__", operator.ixor),
+    ("__ilshift__", operator.ilshift),
+    ("__irshift__", operator.irshift),
+):
     setattr(_MutationAwareProxy, _dunder, _inplace_dunder(_op))
 
 
@@ -209,14 +277,22 @@ def _export_trace(model: nn.Module, example_inputs: list[torch.Tensor]) -> fx.Gr
         attempts = [True, False] if _has_token_inputs(example_inputs) else [False]
         for i, every_token_dim in enumerate(attempts):
             try:
-                ep = torch.export.export(model, tuple(example_inputs), strict=False,
-                                         dynamic_shapes=_dynamic_shapes(example_inputs, every_token_dim))
+                ep = torch.export.export(
+                    model,
+                    tuple(example_inputs),
+                    strict=False,
+                    dynamic_shapes=_dynamic_shapes(example_inputs, every_token_dim),
+                )
                 break
             except Exception:
                 if i == len(attempts) - 1:
                     raise
-        if any(n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload)
-               and n.target._schema.is_mutable for n in ep.graph.nodes):
+        if any(
+            n.op == "call_function"
+            and isinstance(n.target, torch._ops.OpOverload)
+            and n.target._schema.is_mutable
+            for n in ep.graph.nodes
+        ):
             ep = ep.run_decompositions({})
         gm = ep.module()
     graph = gm.graph
@@ -268,7 +344,9 @@ def _propagate_shapes(gm: fx.GraphModule, example_inputs: list[torch.Tensor]) ->
 
 
 def _describe_call(tensors: list[torch.Tensor], names: list[str]) -> str:
-    return ", ".join(f"{n}: {tuple(t.shape)} {str(t.dtype).replace('torch.', '')}" for n, t in zip(names, tensors))
+    return ", ".join(
+        f"{n}: {tuple(t.shape)} {str(t.dtype).replace('torch.', '')}" for n, t in zip(names, tensors)
+    )
 
 
 def _source_of(model: nn.Module) -> str:
@@ -305,12 +383,16 @@ def _check_output(output: Any, model: nn.Module) -> None:
             name = type(t).__name__
             where = _source_of(model)
             loc = f" ({type(model).__name__}.forward at {where})" if where else ""
-            advice = ("a key/value cache of incremental decoding: pass `use_cache=False` in the example call "
-                      "or set `model.config.use_cache = False` before compiling"
-                      if "cache" in name.lower() else
-                      "return tensors (in tuples, lists, dicts or dataclasses) only")
-            raise TraceError(f"the output of {type(model).__name__}{loc} holds a {type(t).__module__}.{name} at "
-                             f"`output{path}`, which is not a tensor: {advice}")
+            advice = (
+                "a key/value cache of incremental decoding: pass `use_cache=False` in the example call "
+                "or set `model.config.use_cache = False` before compiling"
+                if "cache" in name.lower()
+                else "return tensors (in tuples, lists, dicts or dataclasses) only"
+            )
+            raise TraceError(
+                f"the output of {type(model).__name__}{loc} holds a {type(t).__module__}.{name} at "
+                f"`output{path}`, which is not a tensor: {advice}"
+            )
 
     walk(template, "")
 
@@ -335,7 +417,8 @@ def trace_model(model: nn.Module, example_inputs: Any) -> TracedGraph:
         raise TraceError(
             f"{type(model).__name__} does not run on the example input ({_describe_call(tensors, spec.names)})"
             f"{' at ' + where if where else ''}: {_first_line(exc)}. Check --input-shape (per-sample "
-            "shape, no batch dimension) and the model's dtype.") from None
+            "shape, no batch dimension) and the model's dtype."
+        ) from None
     _check_output(output, model)
     holder: dict[str, Any] = {}
     model.__class__ = flat_forward_class(model, spec, holder)
@@ -364,12 +447,16 @@ def trace_model(model: nn.Module, example_inputs: Any) -> TracedGraph:
             if isinstance(ex_exc, TraceError):
                 raise
             raise _capture_error(model, fx_exc, ex_exc) from None
-    outputs = OutputSpec(template=holder["template"], n_tensors=len(next(
-        n for n in gm.graph.nodes if n.op == "output").args[0]))
+    outputs = OutputSpec(
+        template=holder["template"],
+        n_tensors=len(next(n for n in gm.graph.nodes if n.op == "output").args[0]),
+    )
     return TracedGraph(gm=gm, method=method, inputs=spec, outputs=outputs, notes=notes, decisions=decisions)
 
 
-def _make_pure(gm: fx.GraphModule, tensors: list[torch.Tensor]) -> tuple[list[str], list[tuple[str, str, str]]]:
+def _make_pure(
+    gm: fx.GraphModule, tensors: list[torch.Tensor]
+) -> tuple[list[str], list[tuple[str, str, str]]]:
     """Functionalize in-place ops, drop assertions and everything that does not reach the output; then
     check that nothing writes into a tensor any more (a node nobody reads must not carry an effect).
     Returns (notes, decisions) saying what changed."""
@@ -380,13 +467,21 @@ def _make_pure(gm: fx.GraphModule, tensors: list[torch.Tensor]) -> tuple[list[st
     if left:
         from hybridc.passes.functionalize import where
 
-        raise TraceError(f"{where(left[0])}: `{left[0].target}` writes into a tensor in place and could not be "
-                         "rewritten out of place; write it as `y = f(x)`")
+        raise TraceError(
+            f"{where(left[0])}: `{left[0].target}` writes into a tensor in place and could not be "
+            "rewritten out of place; write it as `y = f(x)`"
+        )
     _propagate_shapes(gm, [t.clone() for t in tensors])
     live = {n.name for n in gm.graph.nodes}
     decisions = [(name, "substituted", why) for name, why in rewritten if name in live]
-    decisions += [(name, "removed", f"assertion at {at} checks the example's shapes only; the compiled model "
-                   "does not repeat it") for name, at in dropped]
+    decisions += [
+        (
+            name,
+            "removed",
+            f"assertion at {at} checks the example's shapes only; the compiled model does not repeat it",
+        )
+        for name, at in dropped
+    ]
     notes = []
     if rewritten:
         notes.append(f"in-place ops rewritten out of place: {', '.join(n for n, _ in rewritten)}")
@@ -404,14 +499,21 @@ def _capture_error(model: nn.Module, fx_exc: BaseException, ex_exc: BaseExceptio
         where = f"{type(model).__name__}.forward ({src})" if src else ""
     text = f"{fx_exc} {ex_exc}"
     if "data-dependent" in text or "DataDependent" in text or "control flow" in text:
-        what = ("Python control flow (`if`, `bool()`, `.item()`) on a tensor's value, which a graph cannot hold: "
-                "use torch.where / torch.clamp (or torch.cond) instead, or move the decision out of forward")
+        what = (
+            "Python control flow (`if`, `bool()`, `.item()`) on a tensor's value, which a graph cannot hold: "
+            "use torch.where / torch.clamp (or torch.cond) instead, or move the decision out of forward"
+        )
     elif "Cache" in text:
-        what = ("a key/value cache: pass `use_cache=False` in the example call or set "
-                "`model.config.use_cache = False` before compiling")
+        what = (
+            "a key/value cache: pass `use_cache=False` in the example call or set "
+            "`model.config.use_cache = False` before compiling"
+        )
     else:
-        what = ("a construct neither tracer supports: rewrite it with tensor ops (e.g. torch.where instead of "
-                "`if` on a tensor value) or split it into a separate module")
+        what = (
+            "a construct neither tracer supports: rewrite it with tensor ops (e.g. torch.where instead of "
+            "`if` on a tensor value) or split it into a separate module"
+        )
     return TraceError(
         f"cannot capture the graph of {type(model).__name__}{' at ' + where if where else ''}: {what} "
-        f"(torch.fx: {_first_line(fx_exc)}; torch.export: {_first_line(ex_exc)})")
+        f"(torch.fx: {_first_line(fx_exc)}; torch.export: {_first_line(ex_exc)})"
+    )

@@ -48,8 +48,10 @@ def validate_plan(plan: Plan, traced: TracedGraph) -> None:
     if extra:
         problems.append(f"plan nodes not in the model: {extra[:8]}{' ...' if len(extra) > 8 else ''}")
     if not problems and plan.model.graph_hash != graph_hash(gm):
-        problems.append("the graph's structure or shapes differ from the plan's (hash "
-                        f"{plan.model.graph_hash} vs {graph_hash(gm)}): were the layers or input shape changed?")
+        problems.append(
+            "the graph's structure or shapes differ from the plan's (hash "
+            f"{plan.model.graph_hash} vs {graph_hash(gm)}): were the layers or input shape changed?"
+        )
     names = [b.name for b in plan.blocks]
     if len(set(names)) != len(names):
         problems.append("block names are not unique")
@@ -62,12 +64,16 @@ def validate_plan(plan: Plan, traced: TracedGraph) -> None:
             if i not in node_set:
                 problems.append(f"{b.name}: identity node {i!r} is not one of the block's nodes")
         if len(b.weight_layers) > plan.config.max_block_size:
-            problems.append(f"{b.name}: {len(b.weight_layers)} weight layers > max_block_size "
-                            f"{plan.config.max_block_size}")
+            problems.append(
+                f"{b.name}: {len(b.weight_layers)} weight layers > max_block_size "
+                f"{plan.config.max_block_size}"
+            )
     if problems:
         raise PlanMismatchError(
-            f"the plan does not match model {plan.model.model_class}:\n  - " + "\n  - ".join(problems)
-            + "\n  Re-create it with `hybridc partition` for this model.")
+            f"the plan does not match model {plan.model.model_class}:\n  - "
+            + "\n  - ".join(problems)
+            + "\n  Re-create it with `hybridc partition` for this model."
+        )
 
 
 class FFEBM(nn.Module):
@@ -95,26 +101,46 @@ class FFEBM(nn.Module):
                 neuron_names = [nr.node for nr in b.neurons]
                 missing = [o.name for o in outs if o.name not in neuron_names]
                 if missing:
-                    raise PlanMismatchError(f"{b.name}: outputs {missing} are not neurons of the block; "
-                                            "every value an analog block hands on must be a neuron")
+                    raise PlanMismatchError(
+                        f"{b.name}: outputs {missing} are not neurons of the block; "
+                        "every value an analog block hands on must be a neuron"
+                    )
                 lowered = lower_synapses(gm, b, in_names)
                 if b.eb_kind == "drn":
-                    block = DRNBlock(b.name, lowered.gm, len(in_names), neuron_names,
-                                     [nr.shape for nr in b.neurons], [o.name for o in outs],
-                                     solver.model_copy(), gradient.model_copy(), **b.eb_params)
+                    block = DRNBlock(
+                        b.name,
+                        lowered.gm,
+                        len(in_names),
+                        neuron_names,
+                        [nr.shape for nr in b.neurons],
+                        [o.name for o in outs],
+                        solver.model_copy(),
+                        gradient.model_copy(),
+                        **b.eb_params,
+                    )
                 else:
-                    block = DHNBlock(b.name, lowered.gm, len(in_names), neuron_names,
-                                     [nr.activation for nr in b.neurons], [nr.shape for nr in b.neurons],
-                                     [o.name for o in outs], solver.model_copy(), gradient.model_copy())
+                    block = DHNBlock(
+                        b.name,
+                        lowered.gm,
+                        len(in_names),
+                        neuron_names,
+                        [nr.activation for nr in b.neurons],
+                        [nr.shape for nr in b.neurons],
+                        [o.name for o in outs],
+                        solver.model_copy(),
+                        gradient.model_copy(),
+                    )
                 apply_device_effects(block, b.analog or plan.analog)
                 self.blocks[b.name] = block
                 self._io[b.name] = (in_names, [o.name for o in outs])
         _check_coverage(plan, gm, free)
         #: per analog block, its neurons' per-sample shapes as a function of its inputs' shapes (token
         #: models run at any sequence length); blocks whose shapes are fixed have none
-        self._state_shapes = state_shape_rules(gm, {k: v[0] for k, v in self._io.items() if k in
-                                                    self.analog_blocks},
-                                               {k: b.neuron_names for k, b in self.analog_blocks.items()})
+        self._state_shapes = state_shape_rules(
+            gm,
+            {k: v[0] for k, v in self._io.items() if k in self.analog_blocks},
+            {k: b.neuron_names for k, b in self.analog_blocks.items()},
+        )
         for name, rule in self._state_shapes.items():
             self.blocks[name].state_shapes = rule
         self._inputs = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
@@ -174,7 +200,9 @@ class FFEBM(nn.Module):
         self.plan = plan
         return self
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
         """As nn.Module's, but a state dict saved with other device effects loads too: weight keys with and
         without a device parametrization (`w` / `parametrizations.w.original`) are matched to this module's."""
         own = set(self.state_dict().keys())
@@ -198,8 +226,9 @@ class FFEBM(nn.Module):
         else:
             tensors = list(args)
         if len(tensors) != len(self._inputs):
-            raise TypeError(f"expected {len(self._inputs)} input(s) ({', '.join(self._inputs)}), "
-                            f"got {len(tensors)}")
+            raise TypeError(
+                f"expected {len(self._inputs)} input(s) ({', '.join(self._inputs)}), got {len(tensors)}"
+            )
         env = self.run(tensors)
         out = fx.node.map_arg(self._output_template, lambda n: env[n.name])
         out_spec = getattr(self, "_output_spec", None)
@@ -233,8 +262,12 @@ class FFEBM(nn.Module):
         """One pass over the blocks in plan order: every graph input and block output by tensor name.
         `call(name, block, inputs)` runs a block (default `run_block`): export and the cost model run the
         same loop with their own block execution."""
-        return run_blocks(self.blocks, self._io, dict(zip(self._inputs, inputs)),
-                          call or (lambda name, _block, xs: self.run_block(name, xs)))
+        return run_blocks(
+            self.blocks,
+            self._io,
+            dict(zip(self._inputs, inputs)),
+            call or (lambda name, _block, xs: self.run_block(name, xs)),
+        )
 
     def run_block(self, name: str, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """Run block `name` on its inputs (an analog block's initial states follow their shapes)."""
@@ -243,7 +276,9 @@ class FFEBM(nn.Module):
 
     def equilibrium_residuals(self) -> dict[str, float]:
         """Last free phase's max|Δs| per analog block (host sync: call once per epoch, not per step)."""
-        return {k: float(v.last_residual) for k, v in self.analog_blocks.items() if v.last_residual is not None}
+        return {
+            k: float(v.last_residual) for k, v in self.analog_blocks.items() if v.last_residual is not None
+        }
 
 
 #: one dimension of a state shape: a constant, (input, dim), or ("prod", input, k): the product of the
@@ -267,8 +302,12 @@ class StateShapes:
 BlockCall = Callable[[str, nn.Module, list[torch.Tensor]], Sequence[Any]]
 
 
-def run_blocks(blocks: Mapping[str, nn.Module], io: Mapping[str, tuple[list[str], list[str]]],
-               env: dict[str, Any], call: BlockCall) -> dict[str, Any]:
+def run_blocks(
+    blocks: Mapping[str, nn.Module],
+    io: Mapping[str, tuple[list[str], list[str]]],
+    env: dict[str, Any],
+    call: BlockCall,
+) -> dict[str, Any]:
     """The ff-EBM's block loop, written once: each block, in order, reads its inputs from `env` (tensor name
     -> value, the graph inputs first) and adds its outputs. Used by the compiled model, export's full ONNX
     model and the exporter's reference run."""
@@ -319,7 +358,9 @@ def _shapes_grown(gm: fx.GraphModule) -> dict[str, list[int]] | None:
     return found
 
 
-def _find_dim(a: int, b: int, ins: list[str], sa: dict[str, list[int]], sb: dict[str, list[int]]) -> Dim | None:
+def _find_dim(
+    a: int, b: int, ins: list[str], sa: dict[str, list[int]], sb: dict[str, list[int]]
+) -> Dim | None:
     """A dimension of size a at the example and b at the grown size, as a function of the block inputs."""
     if a == b:
         return a
@@ -334,14 +375,19 @@ def _find_dim(a: int, b: int, ins: list[str], sa: dict[str, list[int]], sb: dict
     return None
 
 
-def state_shape_rules(gm: fx.GraphModule, inputs: dict[str, list[str]], neurons: dict[str, list[str]]
-                      ) -> dict[str, StateShapes]:
+def state_shape_rules(
+    gm: fx.GraphModule, inputs: dict[str, list[str]], neurons: dict[str, list[str]]
+) -> dict[str, StateShapes]:
     """How the neuron shapes of each analog block follow its inputs' shapes, found by running the graph once
     more at a larger batch and token length. Only blocks where that differs from the default (the first
     input's batch size, fixed per-sample shapes) get a rule."""
     if not neurons:
         return {}
-    sa = {n.name: list(n.meta["hybridc_shape"]) for n in gm.graph.nodes if n.meta.get("hybridc_shape") is not None}
+    sa = {
+        n.name: list(n.meta["hybridc_shape"])
+        for n in gm.graph.nodes
+        if n.meta.get("hybridc_shape") is not None
+    }
     sb = _shapes_grown(gm)
     if sb is None:
         return {}
@@ -373,11 +419,16 @@ def _check_coverage(plan: Plan, gm: fx.GraphModule, free: set[fx.Node]) -> None:
     expressions, shape queries - are recomputed by each block that reads them); a node in no block would
     be silently dropped from the compiled model."""
     members = {n for b in plan.blocks for n in b.nodes}
-    missing = [n.name for n in gm.graph.nodes
-               if n.op not in ("placeholder", "output", "get_attr") and n not in free and n.name not in members]
+    missing = [
+        n.name
+        for n in gm.graph.nodes
+        if n.op not in ("placeholder", "output", "get_attr") and n not in free and n.name not in members
+    ]
     if missing:
-        raise PlanMismatchError(f"nodes {missing[:8]} compute values of the model but are in no block of the "
-                                "plan; re-create the plan with `hybridc partition`")
+        raise PlanMismatchError(
+            f"nodes {missing[:8]} compute values of the model but are in no block of the "
+            "plan; re-create the plan with `hybridc partition`"
+        )
 
 
 _PARAMETRIZED_KEY = re.compile(r"^(?:(.*)\.)?parametrizations\.([^.]+)\.original$")
@@ -390,5 +441,3 @@ def _toggle_parametrized_key(key: str) -> str:
         return f"{m.group(1)}.{m.group(2)}" if m.group(1) else m.group(2)
     prefix, _, name = key.rpartition(".")
     return f"{prefix}.parametrizations.{name}.original" if prefix else f"parametrizations.{name}.original"
-
-

@@ -28,8 +28,13 @@ def select_rows(parts: str, rows: dict[str, Any]) -> list[str]:
     return wanted
 
 
-def run_rows(rows: dict[str, dict[str, Any]], wanted: Iterable[str], out: Path, console: Any = None,
-             merge: Iterable[Path] = ()) -> dict[str, dict[str, Any]]:
+def run_rows(
+    rows: dict[str, dict[str, Any]],
+    wanted: Iterable[str],
+    out: Path,
+    console: Any = None,
+    merge: Iterable[Path] = (),
+) -> dict[str, dict[str, Any]]:
     """Train the `wanted` rows (ExperimentConfig fields by name) under `out/<name>`; earlier results from the
     `merge` JSON files come first. Per row: final/best test accuracy, epochs, per-epoch test accuracy and
     times, median epoch time, samples/s, wall time, threads, device and the resolved config."""
@@ -47,11 +52,17 @@ def run_rows(rows: dict[str, dict[str, Any]], wanted: Iterable[str], out: Path, 
             res = train(cfg, out=run_dir, console=console)
         s = res.summary
         times = sorted(r["epoch_time_s"] for r in res.records)
-        results[name] = {"final_test_acc": s["final_test_acc"], "best_test_acc": s["best_test_acc"],
-                         "epochs": s["epochs_done"], "median_epoch_time_s": times[len(times) // 2],
-                         "epoch_times_s": [r["epoch_time_s"] for r in res.records],
-                         "test_acc_per_epoch": [r["test_acc"] for r in res.records],
-                         "samples_per_s": s["samples_per_s"], "wall_time_s": s["wall_time_s"],
-                         "threads": torch.get_num_threads(), "device": str(s.get("device", "")),
-                         "config": cfg.model_dump(mode="json")}
+        results[name] = {
+            "final_test_acc": s["final_test_acc"],
+            "best_test_acc": s["best_test_acc"],
+            "epochs": s["epochs_done"],
+            "median_epoch_time_s": times[len(times) // 2],
+            "epoch_times_s": [r["epoch_time_s"] for r in res.records],
+            "test_acc_per_epoch": [r["test_acc"] for r in res.records],
+            "samples_per_s": s["samples_per_s"],
+            "wall_time_s": s["wall_time_s"],
+            "threads": torch.get_num_threads(),
+            "device": str(s.get("device", "")),
+            "config": cfg.model_dump(mode="json"),
+        }
     return results

@@ -59,8 +59,9 @@ def fit_model(cfg: ExperimentConfig, shape: tuple[int, ...], classes: int) -> An
     return fit
 
 
-def build_model(cfg: ExperimentConfig, shape: tuple[int, ...], classes: int
-                ) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+def build_model(
+    cfg: ExperimentConfig, shape: tuple[int, ...], classes: int
+) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     """The original (uncompiled) model and an example batch, checked to output `classes` logits. `shape` is
     the data's per-sample shape; the model is built for it as `fit_model` fits it (the example batch has the
     fitted shape: resize the data with `fit_model(...).input_size` before feeding it)."""
@@ -78,7 +79,11 @@ def build_model(cfg: ExperimentConfig, shape: tuple[int, ...], classes: int
         except ModelLoadError as exc:
             raise ConfigError(str(exc)) from None
     else:
-        lm = load_model(name, tuple(model_shape), **fit.kwargs) if name in ZOO else load_model(name, tuple(model_shape))
+        lm = (
+            load_model(name, tuple(model_shape), **fit.kwargs)
+            if name in ZOO
+            else load_model(name, tuple(model_shape))
+        )
         model, example = lm.model, lm.example_inputs
     was_training = model.training
     model.eval()
@@ -90,10 +95,14 @@ def build_model(cfg: ExperimentConfig, shape: tuple[int, ...], classes: int
             hint = ""
             if is_library_spec(name) and fit.input_size is None:
                 key = "img_size" if name.startswith("timm:") else "image_size"
-                hint = (f"; the images may be too small for its downsampling: give {key}=N in the spec to resize "
-                        "them (e.g. 32), or fewer stages")
-            raise ConfigError(f"model {name} cannot run on {cfg.data} samples of shape {tuple(model_shape)}: "
-                              f"{type(exc).__name__}: {first}{hint}") from None
+                hint = (
+                    f"; the images may be too small for its downsampling: give {key}=N in the spec to resize "
+                    "them (e.g. 32), or fewer stages"
+                )
+            raise ConfigError(
+                f"model {name} cannot run on {cfg.data} samples of shape {tuple(model_shape)}: "
+                f"{type(exc).__name__}: {first}{hint}"
+            ) from None
     model.train(was_training)
     if not isinstance(out, torch.Tensor):
         # a structure (transformers' ImageClassifierOutput, a dict, a tuple): train on its logits leaf; the
@@ -105,13 +114,16 @@ def build_model(cfg: ExperimentConfig, shape: tuple[int, ...], classes: int
         out = leaf_at(out, path)
         model = narrow_output(model, path)
     if out.dim() != 2 or out.shape[1] != classes:
-        raise ConfigError(f"model {name} outputs {tuple(out.shape)} for a batch of 2, but {cfg.data} needs logits "
-                          f"of shape (batch, {classes})")
+        raise ConfigError(
+            f"model {name} outputs {tuple(out.shape)} for a batch of 2, but {cfg.data} needs logits "
+            f"of shape (batch, {classes})"
+        )
     return model, example
 
 
-def compile_model(cfg: ExperimentConfig, model: nn.Module, example: tuple[torch.Tensor, ...],
-                  plan: Any = None) -> nn.Module:
+def compile_model(
+    cfg: ExperimentConfig, model: nn.Module, example: tuple[torch.Tensor, ...], plan: Any = None
+) -> nn.Module:
     """The trainable module: the compiled ff-EBM, or the original model itself for `bp`."""
     if cfg.algorithm == "bp":
         return model
@@ -120,11 +132,17 @@ def compile_model(cfg: ExperimentConfig, model: nn.Module, example: tuple[torch.
     solver: dict[str, Any] = {"t2": cfg.t2, "mode": cfg.solver_mode, "free_tol": cfg.free_tol}
     if cfg.t1 is not None:  # fixed steps: one divergence check per phase (at its end), fewer host syncs
         solver |= {"t1": cfg.t1, "free": "fixed", "check_every": max(cfg.t1, cfg.t2)}
-    common: dict[str, Any] = {"gradient": cfg.algorithm, "solver": solver, "init": cfg.init, "beta": cfg.beta,
-                              "goe_variance": cfg.goe_variance, "analog": cfg.analog or None,
-                              # equilibrium by construction (None: the compiler's default gain, 0: off); the
-                              # bound is kept after every optimizer step by hybridc.energy.contraction's hook
-                              "feedback_gain": cfg.feedback_gain}
+    common: dict[str, Any] = {
+        "gradient": cfg.algorithm,
+        "solver": solver,
+        "init": cfg.init,
+        "beta": cfg.beta,
+        "goe_variance": cfg.goe_variance,
+        "analog": cfg.analog or None,
+        # equilibrium by construction (None: the compiler's default gain, 0: off); the
+        # bound is kept after every optimizer step by hybridc.energy.contraction's hook
+        "feedback_gain": cfg.feedback_gain,
+    }
     if plan is not None:
         return hc_compile(model, example, plan=plan, **common)
     return hc_compile(model, example, max_block_size=cfg.max_block_size, **common, **cfg.policies())
@@ -146,13 +164,16 @@ def _check_model_finite(model: nn.Module, loader: Any, cfg: ExperimentConfig) ->
     finally:
         model.train(was_training)
     if isinstance(out, torch.Tensor) and not bool(torch.isfinite(out).all()):
-        raise ConfigError(f"model {cfg.model_label()} outputs NaN/Inf on the first {batch.shape[0]} {cfg.data} "
-                          "samples before any training: its own operations (a log of a non-positive value, a "
-                          "division by zero, ...) produce them; fix the model (no training setting can)")
+        raise ConfigError(
+            f"model {cfg.model_label()} outputs NaN/Inf on the first {batch.shape[0]} {cfg.data} "
+            "samples before any training: its own operations (a log of a non-positive value, a "
+            "division by zero, ...) produce them; fix the model (no training setting can)"
+        )
 
 
-def resolved_config(cfg: ExperimentConfig, fit: Any, shape: tuple[int, ...], plan: Any, augment: str
-                    ) -> ExperimentConfig:
+def resolved_config(
+    cfg: ExperimentConfig, fit: Any, shape: tuple[int, ...], plan: Any, augment: str
+) -> ExperimentConfig:
     """`cfg` with every default that was resolved while building the run written out, so config.json says
     exactly what ran: the zoo factory arguments (or a library model's spec overrides: num_labels, image_size,
     ...) fitted to the data, the input size, the partition settings of the compiled plan (unless a --plan
@@ -167,7 +188,9 @@ def resolved_config(cfg: ExperimentConfig, fit: Any, shape: tuple[int, ...], pla
     updates["input_size"] = fit.input_size[0] if fit.input_size is not None else int(shape[-1])
     if cfg.algorithm != "bp":
         if cfg.plan is None and plan is not None:
-            updates |= {k: getattr(plan.config, k) for k in PartitionConfig.model_fields if getattr(cfg, k) is None}
+            updates |= {
+                k: getattr(plan.config, k) for k in PartitionConfig.model_fields if getattr(cfg, k) is None
+            }
         if cfg.feedback_gain is None:
             from hybridc.energy.contraction import DEFAULT_FEEDBACK_GAIN
 
@@ -185,8 +208,9 @@ def load_plan_file(path: Path) -> Any:
         raise ConfigError(str(exc)) from None
 
 
-def _compile_checked(cfg: ExperimentConfig, model: nn.Module, example: tuple[torch.Tensor, ...],
-                     plan: Any) -> nn.Module:
+def _compile_checked(
+    cfg: ExperimentConfig, model: nn.Module, example: tuple[torch.Tensor, ...], plan: Any
+) -> nn.Module:
     """`compile_model`, with a hand-edited plan that does not describe a runnable graph (a cycle, a missing
     node) reported as such instead of as an internal KeyError."""
     try:
@@ -197,18 +221,22 @@ def _compile_checked(cfg: ExperimentConfig, model: nn.Module, example: tuple[tor
         made_for = plan.model.model_class
         text = str(exc)
         head = f"the plan does not match model {made_for}:"
-        detail = text[len(head):] if text.startswith(head) else f"\n  - {text}"
-        raise ConfigError(f"the plan{f' {cfg.plan}' if cfg.plan else ''} was made for model {made_for}; it does "
-                          f"not match the model being trained, {cfg.model_label()} ({type(model).__name__}):"
-                          f"{detail}") from None
+        detail = text[len(head) :] if text.startswith(head) else f"\n  - {text}"
+        raise ConfigError(
+            f"the plan{f' {cfg.plan}' if cfg.plan else ''} was made for model {made_for}; it does "
+            f"not match the model being trained, {cfg.model_label()} ({type(model).__name__}):"
+            f"{detail}"
+        ) from None
     except HybridcError:
         raise
     except (KeyError, IndexError, ValueError) as exc:
         if plan is None:
             raise
-        raise ConfigError(f"the plan{f' {cfg.plan}' if cfg.plan else ''} does not describe a graph this model "
-                          f"can run ({type(exc).__name__}: {exc}); was it edited by hand? Re-create it with "
-                          "`hybridc partition -f json`") from None
+        raise ConfigError(
+            f"the plan{f' {cfg.plan}' if cfg.plan else ''} does not describe a graph this model "
+            f"can run ({type(exc).__name__}: {exc}); was it edited by hand? Re-create it with "
+            "`hybridc partition -f json`"
+        ) from None
 
 
 def analog_blocks(module: nn.Module) -> dict[str, nn.Module]:

@@ -29,14 +29,36 @@ from hybridc.train.run_dir import CHECKPOINT_NAME
 
 DIGEST_KEY = "digest"
 FORMAT_VERSION = 1
-REQUIRED_KEYS = ("format", "config", "model", "optimizer", "scheduler", "rng", "loader", "epoch",
-                 "batch", "partial", "world_size")
+REQUIRED_KEYS = (
+    "format",
+    "config",
+    "model",
+    "optimizer",
+    "scheduler",
+    "rng",
+    "loader",
+    "epoch",
+    "batch",
+    "partial",
+    "world_size",
+)
 #: what a weights-only checkpoint (the best epoch's, `best.pt`) holds: enough to rebuild and run the model
 MODEL_KEYS = ("format", "config", "model", "epoch")
 
-__all__ = ["CHECKPOINT_NAME", "MODEL_KEYS", "REQUIRED_KEYS", "CheckpointError", "check_digest", "content_digest",
-           "load_checkpoint", "read_torch_file", "rng_state", "save_checkpoint", "save_model_checkpoint",
-           "set_rng_state"]
+__all__ = [
+    "CHECKPOINT_NAME",
+    "MODEL_KEYS",
+    "REQUIRED_KEYS",
+    "CheckpointError",
+    "check_digest",
+    "content_digest",
+    "load_checkpoint",
+    "read_torch_file",
+    "rng_state",
+    "save_checkpoint",
+    "save_model_checkpoint",
+    "set_rng_state",
+]
 
 
 class CheckpointError(HybridcError):
@@ -50,8 +72,13 @@ def rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": [py_version, list(py_state), py_gauss],
-        "numpy": [np_name, torch.from_numpy(np.asarray(np_keys, dtype=np.int64)), int(np_pos),
-                  int(np_has_gauss), float(np_gauss)],
+        "numpy": [
+            np_name,
+            torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+            int(np_pos),
+            int(np_has_gauss),
+            float(np_gauss),
+        ],
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -139,8 +166,10 @@ def read_torch_file(path: Path, map_location: str | torch.device = "cpu", what: 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickle/zip errors of every kind all mean "unreadable"
-        raise CheckpointError(f"{what} {path} is corrupt or not a hybridc checkpoint ({_short_reason(exc)}); "
-                              "delete it to restart, or restore it from a backup") from None
+        raise CheckpointError(
+            f"{what} {path} is corrupt or not a hybridc checkpoint ({_short_reason(exc)}); "
+            "delete it to restart, or restore it from a backup"
+        ) from None
 
 
 def check_digest(state: dict[str, Any], path: Path) -> None:
@@ -150,28 +179,34 @@ def check_digest(state: dict[str, Any], path: Path) -> None:
     if stored is None:
         return
     if stored != content_digest(state):
-        raise CheckpointError(f"checkpoint {path} is corrupt: its content does not match the SHA-256 digest "
-                              "stored in it (the file was damaged or edited after it was written); restore it "
-                              "from a backup, or delete it to restart the run")
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt: its content does not match the SHA-256 digest "
+            "stored in it (the file was damaged or edited after it was written); restore it "
+            "from a backup, or delete it to restart the run"
+        )
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", resumable: bool = True
-                    ) -> dict[str, Any]:
+def load_checkpoint(
+    path: Path, map_location: str | torch.device = "cpu", resumable: bool = True
+) -> dict[str, Any]:
     """Read a checkpoint written by `save_checkpoint` (or, with `resumable=False`, also one written by
     `save_model_checkpoint`); any problem is a CheckpointError saying what to do."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}: the run never finished an epoch or was not "
-                              "started with this hybridc")
+        raise CheckpointError(
+            f"no checkpoint at {path}: the run never finished an epoch or was not started with this hybridc"
+        )
     state = read_torch_file(path, map_location)
     if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {path} is not a hybridc checkpoint (top level is "
-                              f"{type(state).__name__})")
+        raise CheckpointError(
+            f"checkpoint {path} is not a hybridc checkpoint (top level is {type(state).__name__})"
+        )
     check_digest(state, path)
     missing = [k for k in (REQUIRED_KEYS if resumable else MODEL_KEYS) if k not in state]
     if missing:
         raise CheckpointError(f"checkpoint {path} is incomplete (missing {', '.join(missing)})")
     if state["format"] != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path} has format {state['format']}; this hybridc reads "
-                              f"format {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"checkpoint {path} has format {state['format']}; this hybridc reads format {FORMAT_VERSION}"
+        )
     return state

@@ -18,7 +18,7 @@ def activation_text(plan: Plan | None) -> str:
     0.5`, or under `activation keep` the model's own (`keep: relu`)."""
     pc = plan.config if plan is not None else None
     kinds: list[str] = []
-    for b in (plan.analog_blocks if plan is not None else []):
+    for b in plan.analog_blocks if plan is not None else []:
         for nr in b.neurons:
             a = nr.activation
             text = a.kind + "".join(f" {k} {v:g}" for k, v in a.params.items())
@@ -26,7 +26,9 @@ def activation_text(plan: Plan | None) -> str:
                 kinds.append(text)
     if pc is not None and pc.activation == "keep":
         return "activation keep: " + (", ".join(kinds) or "the model's own")
-    return "activation " + (", ".join(kinds) or (f"hardsigmoid slope {pc.hardsigmoid_slope:g}" if pc else "-"))
+    return "activation " + (
+        ", ".join(kinds) or (f"hardsigmoid slope {pc.hardsigmoid_slope:g}" if pc else "-")
+    )
 
 
 def analog_text(plan: Plan | None, cfg: ExperimentConfig) -> str:
@@ -38,15 +40,18 @@ def analog_text(plan: Plan | None, cfg: ExperimentConfig) -> str:
     if "drn" in kinds and pc is not None:
         text += f" (γ {pc.drn_gamma:g})"
     spec = plan.analog if plan is not None else None
-    effects = {k: v for k, v in (spec.model_dump() if spec is not None else {}).items()
-               if v not in (None, 0, 0.0)}
+    effects = {
+        k: v for k, v in (spec.model_dump() if spec is not None else {}).items() if v not in (None, 0, 0.0)
+    }
     per_block = [b.name for b in (plan.analog_blocks if plan is not None else []) if b.analog]
-    text += ", device effects " + (", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                                            for k, v in effects.items()) if effects else "off (ideal device)")
+    text += ", device effects " + (
+        ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in effects.items())
+        if effects
+        else "off (ideal device)"
+    )
     if per_block:
         text += f" (own effects in {', '.join(per_block)})"
     return text
-
 
 
 def free_phase_text(cfg: ExperimentConfig) -> str:
@@ -57,11 +62,11 @@ def free_phase_text(cfg: ExperimentConfig) -> str:
 def epoch_line(r: dict[str, Any], epochs: int) -> str:
     """The line printed after each epoch: losses, accuracies, time, throughput, residual per block."""
     res = ", ".join(f"{k} {v:.1e}" for k, v in r["residual"].items())
-    return (f"epoch {r['epoch']:>3}/{epochs}  train loss {r['train_loss']:.4f} acc "
-            f"{100 * r['train_acc']:6.2f}%  test loss {r['test_loss']:.4f} acc {100 * r['test_acc']:6.2f}%  "
-            f"{r['epoch_time_s']:.1f}s {r['samples_per_s']:,.0f} samples/s"
-            + (f"  residual {res}" if res else ""))
-
+    return (
+        f"epoch {r['epoch']:>3}/{epochs}  train loss {r['train_loss']:.4f} acc "
+        f"{100 * r['train_acc']:6.2f}%  test loss {r['test_loss']:.4f} acc {100 * r['test_acc']:6.2f}%  "
+        f"{r['epoch_time_s']:.1f}s {r['samples_per_s']:,.0f} samples/s" + (f"  residual {res}" if res else "")
+    )
 
 
 def progress_bars(console: Any) -> Any:
@@ -75,35 +80,52 @@ def progress_bars(console: Any) -> Any:
         TimeRemainingColumn,
     )
 
-    return Progress(TextColumn("{task.description:>14}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]}"), TextColumn("acc {task.fields[acc]}"),
-                    TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                    TimeRemainingColumn(), console=console)
+    return Progress(
+        TextColumn("{task.description:>14}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("acc {task.fields[acc]}"),
+        TextColumn("{task.fields[speed]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+    )
 
 
-
-def chance_causes(cfg: ExperimentConfig, plan: Plan | None, records: list[dict[str, Any]], num_classes: int
-                  ) -> list[str]:
+def chance_causes(
+    cfg: ExperimentConfig, plan: Plan | None, records: list[dict[str, Any]], num_classes: int
+) -> list[str]:
     """The likely reasons a run sits at chance, from its settings and metrics, most specific first."""
     recs = records
     pc = plan.config if plan is not None else None
     out: list[str] = []
     flat = all(abs(r["train_loss"] - math.log(max(num_classes, 2))) < 0.05 for r in recs[-2:])
     if pc is not None and pc.eb_kind == "drn" and pc.drn_gamma > 10:
-        out.append(f"--drn-gamma {pc.drn_gamma:g} drives the DRN blocks' sources (γ·[x, −x]) far beyond "
-                   "the neurons' range, so they saturate and the outputs stop depending on the input; try "
-                   "--drn-gamma 1 (the default) to 10")
+        out.append(
+            f"--drn-gamma {pc.drn_gamma:g} drives the DRN blocks' sources (γ·[x, −x]) far beyond "
+            "the neurons' range, so they saturate and the outputs stop depending on the input; try "
+            "--drn-gamma 1 (the default) to 10"
+        )
     if plan is not None and plan.analog.any:
         out.append("the device effects (--analog) may drown the signal: train once without them to check")
     bad = [k for k, v in recs[-1].get("residual", {}).items() if v > UNCONVERGED_RESIDUAL]
     if bad:
-        out.append(f"{', '.join(bad)} end their free phase far from equilibrium: "
-                   + ("raise --t1 or drop it (run to equilibrium)" if cfg.t1 is not None
-                      else "keep the blocks contractive (a lower --feedback-gain)"))
+        out.append(
+            f"{', '.join(bad)} end their free phase far from equilibrium: "
+            + (
+                "raise --t1 or drop it (run to equilibrium)"
+                if cfg.t1 is not None
+                else "keep the blocks contractive (a lower --feedback-gain)"
+            )
+        )
     high_lr = 0.01 if cfg.optimizer == "adam" else 0.5
     if cfg.lr > high_lr:
         out.append(f"--lr {cfg.lr:g} is high for {cfg.optimizer}: try {high_lr / 10:g}")
     if flat:
-        out.append(f"the train loss stays at ln({num_classes}) = {math.log(num_classes):.3f}: the "
-                   "logits do not depend on the input (saturated or dead neurons, or a zero gradient)")
+        out.append(
+            f"the train loss stays at ln({num_classes}) = {math.log(num_classes):.3f}: the "
+            "logits do not depend on the input (saturated or dead neurons, or a zero gradient)"
+        )
     return out

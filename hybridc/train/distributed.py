@@ -54,8 +54,9 @@ def resolve_device(pref: str, local_rank: int = 0) -> torch.device:
     """`auto` -> CUDA when available else CPU; `cuda` without a GPU is an error, not a silent CPU run."""
     if pref == "cuda" or (pref == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise DistributedError("--device cuda was requested but no CUDA GPU is available "
-                                   "(use --device cpu or auto)")
+            raise DistributedError(
+                "--device cuda was requested but no CUDA GPU is available (use --device cpu or auto)"
+            )
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     if pref not in ("auto", "cpu"):
         raise DistributedError(f"unknown device {pref!r}; use auto, cpu or cuda")
@@ -69,13 +70,17 @@ def env_world() -> tuple[int, int, int]:
         rank = int(os.environ.get("RANK", "0"))
         local = int(os.environ.get("LOCAL_RANK", str(rank)))
     except ValueError as exc:
-        raise DistributedError(f"malformed torchrun environment (RANK/WORLD_SIZE/LOCAL_RANK): {exc}") from None
+        raise DistributedError(
+            f"malformed torchrun environment (RANK/WORLD_SIZE/LOCAL_RANK): {exc}"
+        ) from None
     if world < 1 or not 0 <= rank < world:
         raise DistributedError(f"inconsistent torchrun environment: RANK={rank}, WORLD_SIZE={world}")
     return rank, world, local
 
 
-def init_distributed(device_pref: str = "auto", timeout_s: float = 1800.0) -> tuple[DistContext, torch.device]:
+def init_distributed(
+    device_pref: str = "auto", timeout_s: float = 1800.0
+) -> tuple[DistContext, torch.device]:
     """Join the process group described by the environment (if any) and pick this process's device.
 
     Backend: nccl for CUDA, gloo for CPU. An already-initialised group (e.g. a test that called
@@ -90,12 +95,15 @@ def init_distributed(device_pref: str = "auto", timeout_s: float = 1800.0) -> tu
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
         if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
-            raise DistributedError("WORLD_SIZE > 1 but MASTER_ADDR/MASTER_PORT are not set; launch with "
-                                   "`torchrun --nproc-per-node N -m hybridc train ...`")
+            raise DistributedError(
+                "WORLD_SIZE > 1 but MASTER_ADDR/MASTER_PORT are not set; launch with "
+                "`torchrun --nproc-per-node N -m hybridc train ...`"
+            )
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend, rank=rank, world_size=world,
-                                timeout=datetime.timedelta(seconds=timeout_s))
+        dist.init_process_group(
+            backend, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s)
+        )
     else:
         backend = dist.get_backend()
     return DistContext(rank=rank, world_size=world, local_rank=local, backend=backend), device
@@ -110,7 +118,7 @@ def shutdown(ctx: DistContext) -> None:
 
 def shard(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     """This process's samples of a global batch: every `world_size`-th one, starting at `rank`."""
-    return x[ctx.rank::ctx.world_size] if ctx.enabled else x
+    return x[ctx.rank :: ctx.world_size] if ctx.enabled else x
 
 
 def loss_scale(global_batch: int, ctx: DistContext) -> float:

@@ -40,9 +40,13 @@ def _optional_t1() -> tuple[object, object]:
     """`SolverConfig.t1` as the run's optional T1: not given (the default), each free phase runs to its
     equilibrium; given, exactly that many steps (the paper's fixed-iteration version)."""
     annotation, info = optional_fields(SolverConfig, ["t1"])["t1"]
-    info.description = "free-phase relaxation steps: exactly T1 per free phase (the paper's fixed-iteration version)"
-    info.json_schema_extra = {SHOWN: "none: each free phase runs to equilibrium (free_tol), capped from its block's "
-                                     "feedback-gain bound"}
+    info.description = (
+        "free-phase relaxation steps: exactly T1 per free phase (the paper's fixed-iteration version)"
+    )
+    info.json_schema_extra = {
+        SHOWN: "none: each free phase runs to equilibrium (free_tol), capped from its block's "
+        "feedback-gain bound"
+    }
     return annotation, info
 
 
@@ -50,7 +54,8 @@ def _optional_t1() -> tuple[object, object]:
 #: `SolverConfig`, `GradientConfig`) and copied here: the partition policies as optional overrides (None:
 #: the partitioner's default), the relaxation and nudging settings with their defaults.
 _CompilerSettings = create_model(
-    "_CompilerSettings", __config__=ConfigDict(extra="forbid", validate_assignment=True),
+    "_CompilerSettings",
+    __config__=ConfigDict(extra="forbid", validate_assignment=True),
     **optional_fields(PartitionConfig),
     beta=field_of(GradientConfig, "beta"),
     t1=_optional_t1(),
@@ -70,78 +75,123 @@ class ExperimentConfig(_CompilerSettings):
 
     # ---- model and partition ----------------------------------------------------------------------
     model: str | None = Field(
-        None, description="zoo name, path/model.py[:factory], or a library model hf:MODEL_TYPE[,key=value...] / "
-                          "timm:NAME[,key=value...]; None = the embedded default MLP "
-                          f"(hidden {'-'.join(map(str, DEFAULT_HIDDEN))}, fitted to the dataset)")
+        None,
+        description="zoo name, path/model.py[:factory], or a library model hf:MODEL_TYPE[,key=value...] / "
+        "timm:NAME[,key=value...]; None = the embedded default MLP "
+        f"(hidden {'-'.join(map(str, DEFAULT_HIDDEN))}, fitted to the dataset)",
+    )
     model_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="keyword arguments of a zoo model's factory (e.g. sizes, width; "
-                                          "`hybridc zoo` lists them), or overrides on top of a library model's "
-                                          "spec (e.g. hidden_size); input shape and class count are filled from "
-                                          "the dataset when absent", examples=[{"width": 0.25}])
+        default_factory=dict,
+        description="keyword arguments of a zoo model's factory (e.g. sizes, width; "
+        "`hybridc zoo` lists them), or overrides on top of a library model's "
+        "spec (e.g. hidden_size); input shape and class count are filled from "
+        "the dataset when absent",
+        examples=[{"width": 0.25}],
+    )
     input_size: int | None = Field(
-        None, ge=1, le=4096, description="resize the images to N x N (bilinear) before the model; the run's "
-                                         "header and config.json record the size used",
-        json_schema_extra={SHOWN: "the data's own size; a zoo model that needs more, the smallest it accepts "
-                                  "(VGG on 8x8 digits: 16)"})
-    plan: str | None = Field(None, description="compile exactly this plan JSON (from hybridc partition) instead "
-                                               "of partition settings")
+        None,
+        ge=1,
+        le=4096,
+        description="resize the images to N x N (bilinear) before the model; the run's "
+        "header and config.json record the size used",
+        json_schema_extra={
+            SHOWN: "the data's own size; a zoo model that needs more, the smallest it accepts "
+            "(VGG on 8x8 digits: 16)"
+        },
+    )
+    plan: str | None = Field(
+        None,
+        description="compile exactly this plan JSON (from hybridc partition) instead of partition settings",
+    )
     analog: dict[str, Any] = Field(
-        default_factory=dict, description="device effects of every analog block, AnalogSpec fields ("
-                                          + ", ".join(AnalogSpec.model_fields) + ")", examples=[{"read_noise": 0.01}],
-        json_schema_extra={SHOWN: "none (an ideal device)"})
+        default_factory=dict,
+        description="device effects of every analog block, AnalogSpec fields ("
+        + ", ".join(AnalogSpec.model_fields)
+        + ")",
+        examples=[{"read_noise": 0.01}],
+        json_schema_extra={SHOWN: "none (an ideal device)"},
+    )
     init: Literal["keep", "goe", "goe-conv"] = Field(
-        "keep", description="analog weights: keep (the model's init), goe (GOE for every analog weight) or goe-conv "
-                            "(the reference code's: convs only, biases zero, Linear layers kept)")
+        "keep",
+        description="analog weights: keep (the model's init), goe (GOE for every analog weight) or goe-conv "
+        "(the reference code's: convs only, biases zero, Linear layers kept)",
+    )
     goe_variance: FiniteFloat = Field(5e-5, gt=0, description="GOE init variance (init=goe)")
 
     # ---- gradient and solver ----------------------------------------------------------------------
-    algorithm: Algorithm = Field("ep", description="ep, id, bptt through analog blocks; bp = the original "
-                                                   "feedforward model by backprop (the baseline)")
+    algorithm: Algorithm = Field(
+        "ep",
+        description="ep, id, bptt through analog blocks; bp = the original "
+        "feedforward model by backprop (the baseline)",
+    )
     feedback_gain: FiniteFloat | None = Field(
-        None, ge=0, description="equilibrium by construction: bound every multi-layer Hopfield block's feedback "
-                                "gain ρ = ‖D_a^½ A D_a^½‖ (its free phase is then a contraction) at compile time "
-                                "and after every optimizer step (hybridc.energy.contraction); 0 = off",
-        json_schema_extra={SHOWN: f"0.8; {EMBEDDED_FEEDBACK_GAIN} for the embedded default"})
+        None,
+        ge=0,
+        description="equilibrium by construction: bound every multi-layer Hopfield block's feedback "
+        "gain ρ = ‖D_a^½ A D_a^½‖ (its free phase is then a contraction) at compile time "
+        "and after every optimizer step (hybridc.energy.contraction); 0 = off",
+        json_schema_extra={SHOWN: f"0.8; {EMBEDDED_FEEDBACK_GAIN} for the embedded default"},
+    )
 
     # ---- data -------------------------------------------------------------------------------------
-    data: str = Field("digits", description="digits (bundled with scikit-learn), fashion-mnist, mnist, kmnist, "
-                                            "cifar10, cifar100, imagenet32 (found in data_dir, standard places or "
-                                            "downloaded)")
-    data_dir: str | None = Field(None, description="directory with the dataset files",
-                                 json_schema_extra={SHOWN: "standard places"})
+    data: str = Field(
+        "digits",
+        description="digits (bundled with scikit-learn), fashion-mnist, mnist, kmnist, "
+        "cifar10, cifar100, imagenet32 (found in data_dir, standard places or "
+        "downloaded)",
+    )
+    data_dir: str | None = Field(
+        None, description="directory with the dataset files", json_schema_extra={SHOWN: "standard places"}
+    )
     download: bool = Field(True, description="download missing dataset files where a network exists")
     augment: Literal["auto", "none", "crop-flip"] = Field(
-        "auto", description="auto = random crop + flip for 32x32 data, none otherwise")
-    train_subset: int | None = Field(None, ge=1, description="use only the first N training samples",
-                                     json_schema_extra={SHOWN: "all"})
-    test_subset: int | None = Field(None, ge=1, description="use only the first N test samples",
-                                    json_schema_extra={SHOWN: "all"})
+        "auto", description="auto = random crop + flip for 32x32 data, none otherwise"
+    )
+    train_subset: int | None = Field(
+        None, ge=1, description="use only the first N training samples", json_schema_extra={SHOWN: "all"}
+    )
+    test_subset: int | None = Field(
+        None, ge=1, description="use only the first N test samples", json_schema_extra={SHOWN: "all"}
+    )
 
     # ---- optimisation -----------------------------------------------------------------------------
     epochs: int = Field(20, ge=1, description="passes over the training set")
     batch_size: int = Field(64, ge=1, description="global batch (split across torchrun processes)")
     test_batch_size: int = Field(500, ge=1, description="batch of the test evaluation")
     lr: FiniteFloat = Field(1e-3, gt=0, le=100.0, description="learning rate")
-    optimizer: Literal["adam", "sgd"] = Field("adam", description="optimizer of all parameters (see "
-                                                                  "analog_optimizer)")
+    optimizer: Literal["adam", "sgd"] = Field(
+        "adam", description="optimizer of all parameters (see analog_optimizer)"
+    )
     momentum: FiniteFloat = Field(0.9, ge=0, lt=1, description="SGD momentum")
-    weight_decay: FiniteFloat = Field(0.0, ge=0, description="decoupled weight decay, on ≥2-D weights only (not "
-                                                             "biases/norms)")
+    weight_decay: FiniteFloat = Field(
+        0.0, ge=0, description="decoupled weight decay, on ≥2-D weights only (not biases/norms)"
+    )
     schedule: Literal["cosine", "none"] = Field("cosine", description="per-epoch learning-rate schedule")
     analog_optimizer: Literal["sgd", "analog-sgd", "tiki-taka"] | None = Field(
-        None, description="optimizer of the analog weights (≥2-D parameters of analog blocks; with algorithm=bp "
-                          "the Linear/Conv weights): sgd = ideal device, analog-sgd/tiki-taka = soft-bounds "
-                          "device with bound analog_tau", json_schema_extra={SHOWN: "the optimizer"})
-    analog_lr: FiniteFloat | None = Field(None, gt=0, description="learning rate of the analog optimizer",
-                                          json_schema_extra={SHOWN: "lr"})
-    analog_tau: FiniteFloat = Field(1.0, gt=0, description="soft-bounds device bound τ (weights live in [−τ, τ])")
-    transfer_lr: FiniteFloat | None = Field(None, gt=0, description="Tiki-Taka transfer rate β from P to W",
-                                            json_schema_extra={SHOWN: "analog_lr"})
+        None,
+        description="optimizer of the analog weights (≥2-D parameters of analog blocks; with algorithm=bp "
+        "the Linear/Conv weights): sgd = ideal device, analog-sgd/tiki-taka = soft-bounds "
+        "device with bound analog_tau",
+        json_schema_extra={SHOWN: "the optimizer"},
+    )
+    analog_lr: FiniteFloat | None = Field(
+        None, gt=0, description="learning rate of the analog optimizer", json_schema_extra={SHOWN: "lr"}
+    )
+    analog_tau: FiniteFloat = Field(
+        1.0, gt=0, description="soft-bounds device bound τ (weights live in [−τ, τ])"
+    )
+    transfer_lr: FiniteFloat | None = Field(
+        None,
+        gt=0,
+        description="Tiki-Taka transfer rate β from P to W",
+        json_schema_extra={SHOWN: "analog_lr"},
+    )
     transfer_every: int = Field(1, ge=1, description="Tiki-Taka transfer period (optimizer steps)")
 
     # ---- execution --------------------------------------------------------------------------------
     device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="auto = cuda when torch sees a GPU, else cpu; torchrun: one GPU per process")
+        "auto", description="auto = cuda when torch sees a GPU, else cpu; torchrun: one GPU per process"
+    )
     amp: Literal["none", "bf16"] = Field("none", description="bf16 autocast of digital blocks")
     compile: bool = Field(False, description="torch.compile digital blocks and the analog step map")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="random seed (init, NumPy, data order)")
@@ -156,9 +206,15 @@ class ExperimentConfig(_CompilerSettings):
         try:
             AnalogSpec(**v)
         except ValidationError as exc:
-            reasons = "; ".join(f"{'.'.join(map(str, e['loc']))}: "
-                                + ("unknown key (valid keys: " + ", ".join(AnalogSpec.model_fields) + ")"
-                                   if e["type"] == "extra_forbidden" else e["msg"]) for e in exc.errors())
+            reasons = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: "
+                + (
+                    "unknown key (valid keys: " + ", ".join(AnalogSpec.model_fields) + ")"
+                    if e["type"] == "extra_forbidden"
+                    else e["msg"]
+                )
+                for e in exc.errors()
+            )
             raise ValueError(reasons) from None
         return v
 
@@ -188,19 +244,26 @@ class ExperimentConfig(_CompilerSettings):
         analog_opt_only = {"analog_lr": self.analog_lr, "transfer_lr": self.transfer_lr}
         stray = [k for k, v in analog_opt_only.items() if v is not None and self.analog_optimizer is None]
         if stray:
-            raise ValueError(f"{', '.join(stray)} only apply with analog_optimizer (sgd, analog-sgd or tiki-taka)")
+            raise ValueError(
+                f"{', '.join(stray)} only apply with analog_optimizer (sgd, analog-sgd or tiki-taka)"
+            )
         if self.transfer_lr is not None and self.analog_optimizer != "tiki-taka":
             raise ValueError("transfer_lr only applies to analog_optimizer=tiki-taka")
         if self.plan is not None and (self.policies() or self.max_block_size is not None):
-            raise ValueError("give either a plan or partition settings (max_block_size, norm, pool, ...), "
-                             "not both: the plan already fixes the partition")
+            raise ValueError(
+                "give either a plan or partition settings (max_block_size, norm, pool, ...), "
+                "not both: the plan already fixes the partition"
+            )
         return self
 
     # ---- helpers ----------------------------------------------------------------------------------
     def policies(self) -> dict[str, Any]:
         """Partition policies that were set (the rest take the partitioner's defaults)."""
-        return {k: getattr(self, k) for k in PartitionConfig.model_fields
-                if k != "max_block_size" and getattr(self, k) is not None}
+        return {
+            k: getattr(self, k)
+            for k in PartitionConfig.model_fields
+            if k != "max_block_size" and getattr(self, k) is not None
+        }
 
     def model_label(self) -> str:
         """A short name of the model for titles and run-directory names."""
@@ -208,7 +271,9 @@ class ExperimentConfig(_CompilerSettings):
             return "mlp-default"
         from hybridc.load_library import is_library_spec, library_label
 
-        if is_library_spec(self.model):  # `hf:vit,hidden_size=32` -> `hf-vit` (path-safe, for run directories)
+        if is_library_spec(
+            self.model
+        ):  # `hf:vit,hidden_size=32` -> `hf-vit` (path-safe, for run directories)
             return library_label(self.model)
         path, _, factory = self.model.partition(":")
         if "/" in path or path.endswith(".py"):
@@ -252,16 +317,21 @@ def read_experiment_file(path: str | Path) -> dict[str, Any]:
         else:
             data = json.loads(text)
     except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError: both mean "not parseable"
-        raise ConfigError(f"experiment file {path} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: "
-                          f"{exc}") from None
+        raise ConfigError(
+            f"experiment file {path} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {exc}"
+        ) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"experiment file {path} must hold a mapping of settings, not {type(data).__name__}")
+        raise ConfigError(
+            f"experiment file {path} must hold a mapping of settings, not {type(data).__name__}"
+        )
     return data
 
 
-def resolve_config(file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+def resolve_config(
+    file: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> ExperimentConfig:
     """Defaults < experiment file < overrides (flags; None values mean "not given")."""
     fields: dict[str, Any] = {}
     where = "defaults"
@@ -295,11 +365,16 @@ def check_resume_compatible(saved: ExperimentConfig, requested: dict[str, Any]) 
             problems.append(f"{key}: run has {saved_dump.get(key)!r}, requested {new!r}")
     if "epochs" in updates:
         if saved.schedule == "cosine":
-            problems.append(f"epochs: the cosine schedule of this run was laid out for {saved.epochs} epochs; "
-                            "it cannot be extended (train with --schedule none to extend runs)")
+            problems.append(
+                f"epochs: the cosine schedule of this run was laid out for {saved.epochs} epochs; "
+                "it cannot be extended (train with --schedule none to extend runs)"
+            )
         elif updates["epochs"] < saved.epochs:
             problems.append(f"epochs: cannot shrink a run from {saved.epochs} to {updates['epochs']} epochs")
     if problems:
-        raise ConfigError("--resume: the requested settings differ from the run's:\n  - " + "\n  - ".join(problems)
-                          + "\n  Drop these flags to continue the run as it was configured.")
+        raise ConfigError(
+            "--resume: the requested settings differ from the run's:\n  - "
+            + "\n  - ".join(problems)
+            + "\n  Drop these flags to continue the run as it was configured."
+        )
     return validate_config(saved_dump | updates, "resume")

@@ -138,8 +138,14 @@ class _Accum:
 
     def to_state(self) -> dict[str, Any]:
         vals = self.read()
-        return {"loss": vals[0], "correct": vals[1], "residual": dict(zip(self.residual, vals[2:])),
-                "samples": self.samples, "batches": self.batches, "elapsed": self.elapsed}
+        return {
+            "loss": vals[0],
+            "correct": vals[1],
+            "residual": dict(zip(self.residual, vals[2:])),
+            "samples": self.samples,
+            "batches": self.batches,
+            "elapsed": self.elapsed,
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any], device: torch.device, blocks: list[str]) -> _Accum:
@@ -149,16 +155,27 @@ class _Accum:
         for k, v in state["residual"].items():
             if k in acc.residual:
                 acc.residual[k].fill_(v)
-        acc.samples, acc.batches, acc.elapsed = int(state["samples"]), int(state["batches"]), float(state["elapsed"])
+        acc.samples, acc.batches, acc.elapsed = (
+            int(state["samples"]),
+            int(state["batches"]),
+            float(state["elapsed"]),
+        )
         return acc
 
 
 class Trainer:
     """Runs one experiment (see the module docstring). Use `train()` unless you need the pieces."""
 
-    def __init__(self, cfg: ExperimentConfig, out: str | Path | None = None, resume: str | Path | None = None,
-                 resume_overrides: dict[str, Any] | None = None, console: Any = None,
-                 on_batch_end: BatchHook | None = None, force: bool = False):
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        out: str | Path | None = None,
+        resume: str | Path | None = None,
+        resume_overrides: dict[str, Any] | None = None,
+        console: Any = None,
+        on_batch_end: BatchHook | None = None,
+        force: bool = False,
+    ):
         self.on_batch_end = on_batch_end
         self.console = console
         self.ckpt: dict[str, Any] | None = None
@@ -167,8 +184,10 @@ class Trainer:
         self._created_dir = False
         if resume is not None:
             if out is not None and Path(out).resolve() != Path(resume).resolve():
-                raise ConfigError("give --resume RUN_DIR alone: the resumed run continues in RUN_DIR "
-                                  "(--out cannot point elsewhere)")
+                raise ConfigError(
+                    "give --resume RUN_DIR alone: the resumed run continues in RUN_DIR "
+                    "(--out cannot point elsewhere)"
+                )
             self.run_dir: Path | None = Path(resume)
             cfg, self.ckpt = resume_config(self.run_dir, resume_overrides or {})
         else:
@@ -204,11 +223,14 @@ class Trainer:
             raise
         except OSError as exc:
             where = self.run_dir if self.run_dir is not None else Path("runs")
-            raise RunDirError(f"cannot create the run directory {where} ({exc.strerror or exc}); choose a "
-                              "writable --out") from None
+            raise RunDirError(
+                f"cannot create the run directory {where} ({exc.strerror or exc}); choose a writable --out"
+            ) from None
         if self.ckpt is None:
             check_fresh_dir(self.run_dir, self.force)
-        for p in self.run_dir.iterdir():  # half-written files of a process killed mid-write (we hold the lock)
+        for (
+            p
+        ) in self.run_dir.iterdir():  # half-written files of a process killed mid-write (we hold the lock)
             if p.name.startswith(".") and p.name.endswith(".tmp") and is_hybridc_file(p.name) and p.is_file():
                 p.unlink(missing_ok=True)
 
@@ -243,13 +265,15 @@ class Trainer:
         if self.ctx.enabled and self.ctx.is_main:
             torch.distributed.barrier()
         if cfg.train_subset:
-            train_ds.x, train_ds.y = train_ds.x[:cfg.train_subset], train_ds.y[:cfg.train_subset]
+            train_ds.x, train_ds.y = train_ds.x[: cfg.train_subset], train_ds.y[: cfg.train_subset]
         if cfg.test_subset:
-            test_ds.x, test_ds.y = test_ds.x[:cfg.test_subset], test_ds.y[:cfg.test_subset]
+            test_ds.x, test_ds.y = test_ds.x[: cfg.test_subset], test_ds.y[: cfg.test_subset]
         for split, ds in (("training", train_ds), ("test", test_ds)):
             if len(ds.y) == 0:
-                raise DataError(f"{cfg.data} has 0 {split} samples{f' in {cfg.data_dir}' if cfg.data_dir else ''}: "
-                                "nothing to train or measure on; check the dataset files")
+                raise DataError(
+                    f"{cfg.data} has 0 {split} samples{f' in {cfg.data_dir}' if cfg.data_dir else ''}: "
+                    "nothing to train or measure on; check the dataset files"
+                )
         self.num_classes = train_ds.num_classes
         self.info = train_ds.info
         shape = train_ds.input_shape
@@ -262,8 +286,9 @@ class Trainer:
         if self.fit.input_size is not None:  # resampled once, on the whole split (the same op per sample)
             train_ds.x = resize_images(train_ds.x, self.fit.input_size)
             test_ds.x = resize_images(test_ds.x, self.fit.input_size)
-        self.train_loader = train_ds.loader(cfg.batch_size, shuffle=True, seed=cfg.seed, device=self.device,
-                                            augment=augment)
+        self.train_loader = train_ds.loader(
+            cfg.batch_size, shuffle=True, seed=cfg.seed, device=self.device, augment=augment
+        )
         self.test_loader = test_ds.loader(cfg.test_batch_size, shuffle=False, device=self.device)
 
         model, example = build_model(cfg, shape, train_ds.num_classes)
@@ -275,10 +300,12 @@ class Trainer:
                 raise CheckpointError(f"--resume {self.run_dir}: {PLAN_NAME} is missing")
             recorded = self.ckpt.get("plan_sha256")
             if recorded is not None and sha256_file(plan_path) != recorded:
-                raise CheckpointError(f"--resume {self.run_dir}: {plan_path} was changed after the run wrote it "
-                                      "(its SHA-256 differs from the one recorded in the checkpoint); a resumed "
-                                      "run must compile the plan it was trained with: restore the file, or "
-                                      "start a new run with --plan")
+                raise CheckpointError(
+                    f"--resume {self.run_dir}: {plan_path} was changed after the run wrote it "
+                    "(its SHA-256 differs from the one recorded in the checkpoint); a resumed "
+                    "run must compile the plan it was trained with: restore the file, or "
+                    "start a new run with --plan"
+                )
             plan = load_plan_file(plan_path)
         elif cfg.plan is not None:
             if not Path(cfg.plan).is_file():
@@ -325,15 +352,19 @@ class Trainer:
             self.sched.load_state_dict(ck["scheduler"])
             self.train_loader.load_state_dict(ck["loader"])
         except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"checkpoint in {self.run_dir} does not fit this run's model/optimizer: "
-                                  f"{str(exc).splitlines()[0]}") from None
+            raise CheckpointError(
+                f"checkpoint in {self.run_dir} does not fit this run's model/optimizer: "
+                f"{str(exc).splitlines()[0]}"
+            ) from None
         set_rng_state(ck["rng"])
         self.start_epoch = int(ck["epoch"])
         self.partial = ck["partial"]
         if self.ctx.is_main:
             self.log = MetricsLog.load(self.run_dir / METRICS_NAME, upto_epoch=self.start_epoch)
         else:
-            self.log = MetricsLog(None, MetricsLog.load(self.run_dir / METRICS_NAME, self.start_epoch).records)
+            self.log = MetricsLog(
+                None, MetricsLog.load(self.run_dir / METRICS_NAME, self.start_epoch).records
+            )
 
     # ---- checkpoints ------------------------------------------------------------------------------
     def _save(self, epoch: int, batch: int, partial: dict[str, Any] | None) -> None:
@@ -341,42 +372,51 @@ class Trainer:
         if not self.run_dir_writable:
             return
         loader = self.train_loader.state_dict() | {"epoch": epoch, "batch": batch}
-        save_checkpoint(self.run_dir / CHECKPOINT_NAME, {
-            "config": self.cfg.model_dump(mode="json"),
-            "model": self.module.state_dict(),
-            "optimizer": self.opt.state_dict(),
-            "scheduler": self.sched.state_dict(),
-            "rng": rng_state(),
-            "loader": loader,
-            "epoch": epoch,
-            "batch": batch,
-            "partial": partial,
-            "world_size": self.ctx.world_size,
-            "plan_sha256": self.plan_sha256,
-            "input_transform": self.transform.to_json(),
-            "wall_time_s": self.wall_before + (time.perf_counter() - self.t_run if self.t_run else 0.0),
-        })
+        save_checkpoint(
+            self.run_dir / CHECKPOINT_NAME,
+            {
+                "config": self.cfg.model_dump(mode="json"),
+                "model": self.module.state_dict(),
+                "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(),
+                "rng": rng_state(),
+                "loader": loader,
+                "epoch": epoch,
+                "batch": batch,
+                "partial": partial,
+                "world_size": self.ctx.world_size,
+                "plan_sha256": self.plan_sha256,
+                "input_transform": self.transform.to_json(),
+                "wall_time_s": self.wall_before + (time.perf_counter() - self.t_run if self.t_run else 0.0),
+            },
+        )
 
     def _save_best(self, record: dict[str, Any]) -> None:
         """The model of the epoch with the best test accuracy so far, beside the last checkpoint: weights only
         (`hybridc.load_run(RUN_DIR, checkpoint="best")`), written atomically with its digest."""
         if not self.run_dir_writable:
             return
-        save_model_checkpoint(self.run_dir / BEST_CHECKPOINT_NAME, {
-            "config": self.cfg.model_dump(mode="json"),
-            "model": self.module.state_dict(),
-            "epoch": record["epoch"],
-            "test_acc": record["test_acc"],
-            "plan_sha256": self.plan_sha256,
-            "input_transform": self.transform.to_json(),
-        })
+        save_model_checkpoint(
+            self.run_dir / BEST_CHECKPOINT_NAME,
+            {
+                "config": self.cfg.model_dump(mode="json"),
+                "model": self.module.state_dict(),
+                "epoch": record["epoch"],
+                "test_acc": record["test_acc"],
+                "plan_sha256": self.plan_sha256,
+                "input_transform": self.transform.to_json(),
+            },
+        )
 
     # ---- one epoch --------------------------------------------------------------------------------
     def _step(self, xb: torch.Tensor, yb: torch.Tensor, acc: _Accum) -> None:
         cfg = self.cfg
         x, y = D.shard(xb, self.ctx), D.shard(yb, self.ctx)
-        amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.amp == "bf16" \
+        amp = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16)
+            if cfg.amp == "bf16"
             else contextlib.nullcontext()
+        )
         with amp:
             out = self.model(x)
         loss_sum = F.cross_entropy(out.float(), y, reduction="sum")
@@ -404,8 +444,11 @@ class Trainer:
         self.model.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         self.test_loader.set_epoch(0)
-        amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.amp == "bf16" \
+        amp = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16)
+            if self.cfg.amp == "bf16"
             else contextlib.nullcontext()
+        )
         with torch.no_grad(), amp:
             for xb, yb in self.test_loader:
                 x, y = D.shard(xb, self.ctx), D.shard(yb, self.ctx)
@@ -441,15 +484,29 @@ class Trainer:
         t_run = self.t_run = time.perf_counter()
         self._print(self._header())
         if self.start_epoch >= cfg.epochs:
-            self._print(f"[yellow]run already finished {self.start_epoch} epochs; nothing to train "
-                        "(extend it with --epochs N when it uses --schedule none)[/]")
-        progress = (progress_bars(self.console) if self.cfg.progress and self.ctx.is_main and self.console is not None
-                    and self.console.is_terminal else None)
+            self._print(
+                f"[yellow]run already finished {self.start_epoch} epochs; nothing to train "
+                "(extend it with --epochs N when it uses --schedule none)[/]"
+            )
+        progress = (
+            progress_bars(self.console)
+            if self.cfg.progress
+            and self.ctx.is_main
+            and self.console is not None
+            and self.console.is_terminal
+            else None
+        )
         with stop.installed(), progress or contextlib.nullcontext():
-            ep_task = progress.add_task("epochs", total=cfg.epochs, completed=self.start_epoch, loss="",
-                                        acc="", speed="") if progress else None
-            b_task = progress.add_task("batches", total=n_batches, loss="", acc="", speed="") if progress \
+            ep_task = (
+                progress.add_task(
+                    "epochs", total=cfg.epochs, completed=self.start_epoch, loss="", acc="", speed=""
+                )
+                if progress
                 else None
+            )
+            b_task = (
+                progress.add_task("batches", total=n_batches, loss="", acc="", speed="") if progress else None
+            )
             for epoch in range(self.start_epoch, cfg.epochs):
                 if self.partial is not None:
                     acc = _Accum.from_state(self.partial, self.device, self.block_names)
@@ -458,8 +515,12 @@ class Trainer:
                     acc = _Accum.zeros(self.device, self.block_names)
                     self.train_loader.set_epoch(epoch)
                 if progress:
-                    progress.reset(b_task, total=n_batches, completed=acc.batches,
-                                   description=f"epoch {epoch + 1}/{cfg.epochs}")
+                    progress.reset(
+                        b_task,
+                        total=n_batches,
+                        completed=acc.batches,
+                        description=f"epoch {epoch + 1}/{cfg.epochs}",
+                    )
                 t0 = time.perf_counter() - acc.elapsed
                 try:
                     for xb, yb in self.train_loader:
@@ -474,30 +535,44 @@ class Trainer:
                         elif at_log and acc.batches < n_batches and self._plain_progress():
                             self._plain_line(epoch, acc, n_batches, time.perf_counter() - t0)
                         # One process: the flag is a Python bool (free). DDP: agree at log points.
-                        want_stop = stop.requested if not self.ctx.enabled else (
-                            at_log and D.any_flag(stop.requested, self.device, self.ctx))
+                        want_stop = (
+                            stop.requested
+                            if not self.ctx.enabled
+                            else (at_log and D.any_flag(stop.requested, self.device, self.ctx))
+                        )
                         if want_stop and acc.batches < n_batches:
                             raise KeyboardInterrupt
                 except KeyboardInterrupt:
                     interrupted = True
                     if self._in_step:
-                        self._print("[red]interrupted inside an optimizer step: parameters may be half "
-                                    f"updated, so no checkpoint was written; the last one in {self.run_dir} "
-                                    "is intact[/]")
+                        self._print(
+                            "[red]interrupted inside an optimizer step: parameters may be half "
+                            f"updated, so no checkpoint was written; the last one in {self.run_dir} "
+                            "is intact[/]"
+                        )
                     else:
                         acc.elapsed = time.perf_counter() - t0
                         self._save(epoch, acc.batches, acc.to_state())
-                        self._print(f"[yellow]interrupted at epoch {epoch + 1}, batch {acc.batches}/{n_batches}: "
-                                    f"checkpoint saved; continue with `hybridc train --resume {self.run_dir}`[/]")
+                        self._print(
+                            f"[yellow]interrupted at epoch {epoch + 1}, batch {acc.batches}/{n_batches}: "
+                            f"checkpoint saved; continue with `hybridc train --resume {self.run_dir}`[/]"
+                        )
                     break
                 record = self._finish_epoch(epoch, acc, t0)
                 if progress:
-                    progress.update(ep_task, completed=epoch + 1, loss=f"{record['test_loss']:.4f}",
-                                    acc=f"{100 * record['test_acc']:.2f}%", speed="")
+                    progress.update(
+                        ep_task,
+                        completed=epoch + 1,
+                        loss=f"{record['test_loss']:.4f}",
+                        acc=f"{100 * record['test_acc']:.2f}%",
+                        speed="",
+                    )
                 if epoch + 1 < cfg.epochs and D.any_flag(stop.requested, self.device, self.ctx):
                     interrupted = True  # the end-of-epoch checkpoint is already written
-                    self._print(f"[yellow]interrupted after epoch {epoch + 1}: checkpoint saved; continue with "
-                                f"`hybridc train --resume {self.run_dir}`[/]")
+                    self._print(
+                        f"[yellow]interrupted after epoch {epoch + 1}: checkpoint saved; continue with "
+                        f"`hybridc train --resume {self.run_dir}`[/]"
+                    )
                     break
         wall = self.wall_before + time.perf_counter() - t_run  # over every session of the run
         summary = self._summary(wall, interrupted)
@@ -511,13 +586,20 @@ class Trainer:
                 self._write(SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
             self._print(summary_table(summary))
         D.shutdown(self.ctx)
-        return TrainResult(self.run_dir if self.ctx.is_main else None, list(self.log.records), summary,
-                           interrupted, cfg)
+        return TrainResult(
+            self.run_dir if self.ctx.is_main else None, list(self.log.records), summary, interrupted, cfg
+        )
 
     def _finish_epoch(self, epoch: int, acc: _Accum, t0: float) -> dict[str, Any]:
         """Close an epoch started at time `t0`: read the sums, evaluate, log, checkpoint, plot."""
-        vals = torch.stack([acc.loss, acc.correct, *acc.residual.values(),
-                            torch.tensor(float(acc.samples), dtype=torch.float64, device=self.device)])
+        vals = torch.stack(
+            [
+                acc.loss,
+                acc.correct,
+                *acc.residual.values(),
+                torch.tensor(float(acc.samples), dtype=torch.float64, device=self.device),
+            ]
+        )
         D.all_reduce_sum(vals, self.ctx)
         vals_l = vals.tolist()  # the epoch's one host read; it also waits for queued GPU work, so time after
         train_time = time.perf_counter() - t0
@@ -541,8 +623,10 @@ class Trainer:
             "eval_time_s": eval_time,
         }
         if not all(math.isfinite(record[k]) for k in ("train_loss", "test_loss")):
-            raise HybridcError(f"training diverged at epoch {epoch + 1} (loss is NaN/Inf); lower --lr or "
-                               "--beta, or use --init keep")
+            raise HybridcError(
+                f"training diverged at epoch {epoch + 1} (loss is NaN/Inf); lower --lr or "
+                "--beta, or use --init keep"
+            )
         # Metrics before the checkpoint: after a crash between the two, resume cuts the metrics back to the
         # checkpoint's epoch and redoes it (the other order would lose the epoch's line).
         previous_best = self.log.best()
@@ -552,8 +636,11 @@ class Trainer:
             self._save_best(record)
         if self.ctx.is_main and self.run_dir is not None:
             try:
-                plot_curves(self.log.records, self.run_dir / CURVES_NAME,
-                            f"{self.cfg.model_label()} on {self.cfg.data} ({self.cfg.algorithm})")
+                plot_curves(
+                    self.log.records,
+                    self.run_dir / CURVES_NAME,
+                    f"{self.cfg.model_label()} on {self.cfg.data} ({self.cfg.algorithm})",
+                )
             except Exception as exc:  # a plotting problem must never cost a training run
                 self._print(f"[yellow]warning: could not draw {CURVES_NAME}: {type(exc).__name__}: {exc}[/]")
         self._print(epoch_line(record, self.cfg.epochs))
@@ -568,24 +655,36 @@ class Trainer:
         user decides, but a finished run at chance must not look like a success."""
         recs = self.log.records
         first, last = recs[0], recs[-1]
-        if ("explode" not in self._warned and first["train_loss"] > 0
-                and last["train_loss"] > LOSS_EXPLOSION_FACTOR * first["train_loss"]):
+        if (
+            "explode" not in self._warned
+            and first["train_loss"] > 0
+            and last["train_loss"] > LOSS_EXPLOSION_FACTOR * first["train_loss"]
+        ):
             self._warned.add("explode")
             self._training_warning(
                 f"train loss {last['train_loss']:.4g} at epoch {last['epoch']} is over {LOSS_EXPLOSION_FACTOR:g}x "
                 f"the first epoch's ({first['train_loss']:.4g}): training is blowing up; lower --lr"
                 + (" or --beta" if self.cfg.algorithm == "ep" else "")
-                + ("" if self.cfg.feedback_gain != 0 else ", or keep blocks contractive: drop --feedback-gain 0"))
+                + (
+                    ""
+                    if self.cfg.feedback_gain != 0
+                    else ", or keep blocks contractive: drop --feedback-gain 0"
+                )
+            )
         chance = 1.0 / max(self.num_classes, 1)
-        if ("chance" not in self._warned and len(recs) >= min(CHANCE_EPOCHS, max(self.cfg.epochs, 2))
-                and all(r["train_acc"] <= 1.5 * chance for r in recs[-2:])):
+        if (
+            "chance" not in self._warned
+            and len(recs) >= min(CHANCE_EPOCHS, max(self.cfg.epochs, 2))
+            and all(r["train_acc"] <= 1.5 * chance for r in recs[-2:])
+        ):
             self._warned.add("chance")
             causes = chance_causes(self.cfg, self.plan, self.log.records, self.num_classes)
             self._training_warning(
                 f"after {len(recs)} epochs train accuracy {100 * last['train_acc']:.1f} % and test accuracy "
                 f"{100 * last['test_acc']:.1f} % are at chance ({100 * chance:.1f} % for {self.num_classes} "
                 "classes): the model is not learning. "
-                + ("Likely: " + "; ".join(causes) if causes else "Check --lr, the data and the model"))
+                + ("Likely: " + "; ".join(causes) if causes else "Check --lr, the data and the model")
+            )
 
     def _training_warning(self, text: str) -> None:
         from rich.markup import escape
@@ -600,13 +699,19 @@ class Trainer:
             if r > UNCONVERGED_RESIDUAL and name not in self._warned:
                 self._warned.add(name)
                 fixed = self.cfg.t1 is not None
-                self._print(f"[yellow]warning: {name}'s free phase ends {r:.2g} away from a fixed point (mean "
-                            f"max|Δs| of its last step, {free_phase_text(self.cfg)}): EP gradients are estimated "
-                            "off equilibrium. "
-                            + ("Raise --t1 or drop it (run to equilibrium), try --solver-mode async" if fixed else
-                               "It hits its step cap: keep its blocks contractive (a lower --feedback-gain), try "
-                               "--solver-mode async")
-                            + (", or lower --hardsigmoid-slope" if self._hardsigmoid() else "") + ".[/]")
+                self._print(
+                    f"[yellow]warning: {name}'s free phase ends {r:.2g} away from a fixed point (mean "
+                    f"max|Δs| of its last step, {free_phase_text(self.cfg)}): EP gradients are estimated "
+                    "off equilibrium. "
+                    + (
+                        "Raise --t1 or drop it (run to equilibrium), try --solver-mode async"
+                        if fixed
+                        else "It hits its step cap: keep its blocks contractive (a lower --feedback-gain), try "
+                        "--solver-mode async"
+                    )
+                    + (", or lower --hardsigmoid-slope" if self._hardsigmoid() else "")
+                    + ".[/]"
+                )
 
     def _hardsigmoid(self) -> bool:
         pc = self.plan.config if self.plan is not None else None
@@ -615,9 +720,13 @@ class Trainer:
     # ---- display ----------------------------------------------------------------------------------
     def _show(self, progress: Any, task: Any, acc: _Accum, elapsed: float) -> None:
         loss, correct, *_ = acc.read()  # the one host read every `log_every` batches
-        progress.update(task, advance=1, loss=f"{loss / max(acc.samples, 1):.4f}",
-                        acc=f"{100 * correct / max(acc.samples, 1):.2f}%",
-                        speed=f"{acc.samples * self.ctx.world_size / max(elapsed, 1e-9):,.0f} samples/s")
+        progress.update(
+            task,
+            advance=1,
+            loss=f"{loss / max(acc.samples, 1):.4f}",
+            acc=f"{100 * correct / max(acc.samples, 1):.2f}%",
+            speed=f"{acc.samples * self.ctx.world_size / max(elapsed, 1e-9):,.0f} samples/s",
+        )
 
     def _header(self) -> str:
         from rich.markup import escape
@@ -626,33 +735,49 @@ class Trainer:
 
         cfg = self.cfg
         title = escape(cfg.model) if is_library_spec(cfg.model or "") else cfg.model_label()  # the whole spec
-        parts = [f"[bold]hybridc train[/] {title} on {self.info.title}",
-                 f"input {'x'.join(map(str, self.transform.raw_shape))}: {self.transform.describe()}"
-                 + (f"; model fitted to the data: {self.fit.how}" if self.fit.how not in ("as is", "") else ""),
-                 f"algorithm {cfg.algorithm}"]
+        parts = [
+            f"[bold]hybridc train[/] {title} on {self.info.title}",
+            f"input {'x'.join(map(str, self.transform.raw_shape))}: {self.transform.describe()}"
+            + (f"; model fitted to the data: {self.fit.how}" if self.fit.how not in ("as is", "") else ""),
+            f"algorithm {cfg.algorithm}",
+        ]
         if cfg.algorithm != "bp":
             pc = self.plan.config if self.plan is not None else None
             gain = getattr(self.module, "feedback_gain", None)
             parts.append(f"{len(self.block_names)} analog block(s) {analog_text(self.plan, self.cfg)}")
-            partition = f"plan {cfg.plan}" if cfg.plan else (f"max_block_size {pc.max_block_size}" if pc else "-")
-            parts.append(f"partition {partition}, {activation_text(self.plan)}, β {cfg.beta:g}, solver {cfg.solver_mode} "
-                         f"{free_phase_text(cfg)} T2 {cfg.t2}, init {cfg.init}"
-                         + (f", feedback gain ≤ {gain:g}" if gain else ", feedback gain unbounded"))
-        parts.append(f"{cfg.epochs} epochs × {len(self.train_loader)} batches of {cfg.batch_size}, {cfg.optimizer} "
-                     f"lr {cfg.lr:g} ({cfg.schedule}), augment {self.augment}, device {self.device}"
-                     + (f" × {self.ctx.world_size} processes" if self.ctx.enabled else ""))
+            partition = (
+                f"plan {cfg.plan}" if cfg.plan else (f"max_block_size {pc.max_block_size}" if pc else "-")
+            )
+            parts.append(
+                f"partition {partition}, {activation_text(self.plan)}, β {cfg.beta:g}, solver {cfg.solver_mode} "
+                f"{free_phase_text(cfg)} T2 {cfg.t2}, init {cfg.init}"
+                + (f", feedback gain ≤ {gain:g}" if gain else ", feedback gain unbounded")
+            )
+        parts.append(
+            f"{cfg.epochs} epochs × {len(self.train_loader)} batches of {cfg.batch_size}, {cfg.optimizer} "
+            f"lr {cfg.lr:g} ({cfg.schedule}), augment {self.augment}, device {self.device}"
+            + (f" × {self.ctx.world_size} processes" if self.ctx.enabled else "")
+        )
         if cfg.analog_optimizer is not None:
             n = sum(p.numel() for p in self.opt.optimizers[-1].param_groups[0]["params"])
-            parts.append(f"analog weights ({n:,} parameters): {cfg.analog_optimizer} lr "
-                         f"{cfg.analog_lr if cfg.analog_lr is not None else cfg.lr:g}"
-                         + (f", τ {cfg.analog_tau:g}" if cfg.analog_optimizer != "sgd" else "")
-                         + (f", transfer lr {cfg.transfer_lr if cfg.transfer_lr is not None else '= lr'} every "
-                            f"{cfg.transfer_every}" if cfg.analog_optimizer == "tiki-taka" else ""))
+            parts.append(
+                f"analog weights ({n:,} parameters): {cfg.analog_optimizer} lr "
+                f"{cfg.analog_lr if cfg.analog_lr is not None else cfg.lr:g}"
+                + (f", τ {cfg.analog_tau:g}" if cfg.analog_optimizer != "sgd" else "")
+                + (
+                    f", transfer lr {cfg.transfer_lr if cfg.transfer_lr is not None else '= lr'} every "
+                    f"{cfg.transfer_every}"
+                    if cfg.analog_optimizer == "tiki-taka"
+                    else ""
+                )
+            )
         if self.start_epoch >= cfg.epochs:
             parts.append(f"run directory {self.run_dir} (complete)")
         elif self.start_epoch or self.partial:
-            parts.append(f"resuming {self.run_dir} at epoch {self.start_epoch + 1}"
-                         + (f", batch {self.partial['batches']}" if self.partial else ""))
+            parts.append(
+                f"resuming {self.run_dir} at epoch {self.start_epoch + 1}"
+                + (f", batch {self.partial['batches']}" if self.partial else "")
+            )
         else:
             parts.append(f"run directory {self.run_dir}")
         return "\n".join(parts)
@@ -660,8 +785,12 @@ class Trainer:
     def _plain_progress(self) -> bool:
         """Plain intra-epoch lines instead of bars: progress wanted, but the console is not a terminal (a log
         file, CI), and PLAIN_PROGRESS_S have passed since the last line."""
-        if not (self.cfg.progress and self.ctx.is_main and self.console is not None
-                and not self.console.is_terminal):
+        if not (
+            self.cfg.progress
+            and self.ctx.is_main
+            and self.console is not None
+            and not self.console.is_terminal
+        ):
             return False
         return time.perf_counter() - self._last_plain >= PLAIN_PROGRESS_S
 
@@ -671,8 +800,10 @@ class Trainer:
         rate = acc.samples * self.ctx.world_size / max(elapsed, 1e-9)
         eta = (n_batches - acc.batches) * elapsed / max(acc.batches, 1)
         self._last_plain = time.perf_counter()
-        self._print(f"epoch {epoch + 1}/{self.cfg.epochs} batch {acc.batches}/{n_batches}  train loss "
-                    f"{loss / n:.4f} acc {100 * correct / n:.2f}%  {rate:,.0f} samples/s  epoch ETA {eta:.0f}s")
+        self._print(
+            f"epoch {epoch + 1}/{self.cfg.epochs} batch {acc.batches}/{n_batches}  train loss "
+            f"{loss / n:.4f} acc {100 * correct / n:.2f}%  {rate:,.0f} samples/s  epoch ETA {eta:.0f}s"
+        )
 
     def _summary(self, wall: float, interrupted: bool) -> dict[str, Any]:
         recs = self.log.records
@@ -707,9 +838,15 @@ class Trainer:
         }
 
 
-def train(cfg: ExperimentConfig | None = None, out: str | Path | None = None, resume: str | Path | None = None,
-          resume_overrides: dict[str, Any] | None = None, console: Any = None,
-          on_batch_end: BatchHook | None = None, force: bool = False) -> TrainResult:
+def train(
+    cfg: ExperimentConfig | None = None,
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+    resume_overrides: dict[str, Any] | None = None,
+    console: Any = None,
+    on_batch_end: BatchHook | None = None,
+    force: bool = False,
+) -> TrainResult:
     """Train `cfg` (default: the embedded default experiment) into run directory `out`, or continue the run
     in `resume` (with `resume_overrides`: flags given at resume time, checked against the saved config).
     `force`: train into a non-empty `out` that is not a run directory (its other files stay)."""

@@ -43,7 +43,9 @@ class MetricsLog:
                 except json.JSONDecodeError:
                     from hybridc.train.checkpoint import CheckpointError
 
-                    raise CheckpointError(f"{path}:{i} is not valid JSON; the metrics file is damaged") from None
+                    raise CheckpointError(
+                        f"{path}:{i} is not valid JSON; the metrics file is damaged"
+                    ) from None
                 if upto_epoch is None or rec.get("epoch", 0) <= upto_epoch:
                     records.append(rec)
         return cls(path, records)
@@ -92,8 +94,13 @@ def plot_curves(records: Sequence[dict[str, Any]], path: Path, title: str = "") 
     for key, label, style in (("train_loss", "train", "-o"), ("test_loss", "test", "-s")):
         ax_l.plot(epochs, [r.get(key) for r in records], style, label=label, markersize=3)
     for key, label, style in (("train_acc", "train", "-o"), ("test_acc", "test", "-s")):
-        ax_a.plot(epochs, [100 * r[key] if r.get(key) is not None else None for r in records], style,
-                  label=label, markersize=3)
+        ax_a.plot(
+            epochs,
+            [100 * r[key] if r.get(key) is not None else None for r in records],
+            style,
+            label=label,
+            markersize=3,
+        )
     ax_l.set_ylabel("cross-entropy loss")
     ax_l.set_yscale("log")
     _plain_log_labels(ax_l)
@@ -102,8 +109,13 @@ def plot_curves(records: Sequence[dict[str, Any]], path: Path, title: str = "") 
         ax_r = axes[2]
         floor = 1e-12  # an exactly converged (or single-step) block plots at the floor instead of vanishing
         for name in blocks:
-            ax_r.plot(epochs, [max((r.get("residual") or {}).get(name, float("nan")), floor) for r in records],
-                      "-o", label=name, markersize=3)
+            ax_r.plot(
+                epochs,
+                [max((r.get("residual") or {}).get(name, float("nan")), floor) for r in records],
+                "-o",
+                label=name,
+                markersize=3,
+            )
         ax_r.set_yscale("log")
         ax_r.set_ylabel("residual: mean max|Δs|, last free step")
         ax_r.set_title("equilibrium residual per analog block", fontsize=9)

@@ -27,7 +27,9 @@ _ANALOG_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def analog_weights(module: nn.Module) -> list[nn.Parameter]:
     """The parameters that an analog optimizer updates (see the module docstring)."""
     blocks = getattr(module, "analog_blocks", None)
-    owners = list(blocks.values()) if blocks else [m for m in module.modules() if isinstance(m, _ANALOG_LAYERS)]
+    owners = (
+        list(blocks.values()) if blocks else [m for m in module.modules() if isinstance(m, _ANALOG_LAYERS)]
+    )
     seen: dict[int, nn.Parameter] = {}
     for owner in owners:
         for p in owner.parameters():
@@ -38,8 +40,10 @@ def analog_weights(module: nn.Module) -> list[nn.Parameter]:
 
 def _digital_optimizer(cfg: ExperimentConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
     """Adam or SGD; weight decay only on weights (≥2-D), never on biases or norm scales."""
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
     groups = [g for g in groups if g["params"]]
     if cfg.optimizer == "adam":
         opt_cls = torch.optim.AdamW if cfg.weight_decay > 0 else torch.optim.Adam
@@ -54,8 +58,14 @@ def _analog_optimizer(cfg: ExperimentConfig, params: list[nn.Parameter]) -> torc
     if cfg.analog_optimizer == "analog-sgd":
         return AnalogSGD(params, lr=lr, tau=cfg.analog_tau, weight_decay=cfg.weight_decay)
     transfer_lr = cfg.transfer_lr if cfg.transfer_lr is not None else lr
-    return TikiTaka(params, lr=lr, tau=cfg.analog_tau, transfer_lr=transfer_lr,
-                    transfer_every=cfg.transfer_every, weight_decay=cfg.weight_decay)
+    return TikiTaka(
+        params,
+        lr=lr,
+        tau=cfg.analog_tau,
+        transfer_lr=transfer_lr,
+        transfer_every=cfg.transfer_every,
+        weight_decay=cfg.weight_decay,
+    )
 
 
 class OptimizerSet:
@@ -83,7 +93,9 @@ class OptimizerSet:
         # a checkpoint written before optimizer sets existed holds one optimizer's state dict
         states = state["optimizers"] if "optimizers" in state else [state]
         if len(states) != len(self.optimizers):
-            raise ValueError(f"the checkpoint has {len(states)} optimizer(s), this run {len(self.optimizers)}")
+            raise ValueError(
+                f"the checkpoint has {len(states)} optimizer(s), this run {len(self.optimizers)}"
+            )
         for opt, st in zip(self.optimizers, states):
             opt.load_state_dict(st)
 
@@ -115,8 +127,9 @@ def make_optimizer(cfg: ExperimentConfig, module: nn.Module) -> OptimizerSet:
         return OptimizerSet([_digital_optimizer(cfg, params)])
     analog = analog_weights(module)
     if not analog:
-        raise ConfigError("analog_optimizer: this model has no analog weights (no analog block or "
-                         "Linear/Conv layer)")
+        raise ConfigError(
+            "analog_optimizer: this model has no analog weights (no analog block or Linear/Conv layer)"
+        )
     ids = {id(p) for p in analog}
     digital = [p for p in params if id(p) not in ids]
     opts = [_digital_optimizer(cfg, digital)] if digital else []
@@ -125,8 +138,10 @@ def make_optimizer(cfg: ExperimentConfig, module: nn.Module) -> OptimizerSet:
 
 def make_scheduler(cfg: ExperimentConfig, opt: OptimizerSet) -> SchedulerSet:
     """Per-epoch schedule of every optimizer: cosine annealing to 0 over `epochs`, or constant."""
+
     def one(o: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
         if cfg.schedule == "cosine":
             return torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=cfg.epochs)
         return torch.optim.lr_scheduler.LambdaLR(o, lambda _epoch: 1.0)
+
     return SchedulerSet([one(o) for o in opt.optimizers])

@@ -25,7 +25,9 @@ def resume_config(run_dir: Path, overrides: dict[str, Any]) -> tuple[ExperimentC
         raise CheckpointError(f"--resume {run_dir}: no such run directory")
     cfg_path = run_dir / CONFIG_NAME
     if not cfg_path.is_file():
-        raise CheckpointError(f"--resume {run_dir}: {CONFIG_NAME} is missing; is this a hybridc run directory?")
+        raise CheckpointError(
+            f"--resume {run_dir}: {CONFIG_NAME} is missing; is this a hybridc run directory?"
+        )
     try:
         saved = validate_config(json.loads(cfg_path.read_text()), str(cfg_path))
     except json.JSONDecodeError as exc:
@@ -41,6 +43,8 @@ def resume_config(run_dir: Path, overrides: dict[str, Any]) -> tuple[ExperimentC
     except ConfigError:
         ck_cfg = None
     if ck_cfg is None or semantic(ck_cfg.model_dump(mode="json")) != semantic(saved.model_dump(mode="json")):
-        raise CheckpointError(f"{run_dir}: the checkpoint belongs to a different config than {CONFIG_NAME} "
-                              "(files from two runs mixed?)")
+        raise CheckpointError(
+            f"{run_dir}: the checkpoint belongs to a different config than {CONFIG_NAME} "
+            "(files from two runs mixed?)"
+        )
     return cfg, ckpt

@@ -35,8 +35,18 @@ CURVES_NAME = "curves.png"
 SUMMARY_NAME = "summary.json"
 
 #: every file a run directory holds (a non-empty directory with anything else is not a run)
-RUN_FILES = frozenset({CONFIG_NAME, PLAN_NAME, METRICS_NAME, CHECKPOINT_NAME, BEST_CHECKPOINT_NAME, CURVES_NAME,
-                       SUMMARY_NAME, LOCK_NAME})
+RUN_FILES = frozenset(
+    {
+        CONFIG_NAME,
+        PLAN_NAME,
+        METRICS_NAME,
+        CHECKPOINT_NAME,
+        BEST_CHECKPOINT_NAME,
+        CURVES_NAME,
+        SUMMARY_NAME,
+        LOCK_NAME,
+    }
+)
 
 #: the checkpoints `load_run`/`eval`/`export` accept by name: the last epoch's, or the best one
 CHECKPOINTS = {"last": CHECKPOINT_NAME, "best": BEST_CHECKPOINT_NAME}
@@ -47,8 +57,11 @@ def is_run_dir(path: str | Path) -> bool:
     export` and `hybridc eval` take as RUN_DIR rather than a model or an export (a run missing a file is
     then reported by the reader, `hybridc.train.saved_run.read_run`, naming the file)."""
     p = Path(path)
-    return p.is_dir() and ((p / CONFIG_NAME).is_file() or (p / PLAN_NAME).is_file()) \
+    return (
+        p.is_dir()
+        and ((p / CONFIG_NAME).is_file() or (p / PLAN_NAME).is_file())
         and not (p / "manifest.json").is_file()
+    )
 
 
 def default_run_name(cfg: ExperimentConfig) -> str:
@@ -62,7 +75,11 @@ def is_hybridc_file(name: str) -> bool:
     """A file a run writes: its own names, or an atomic write's temporary `.<name>.<random>.tmp`."""
     if name in RUN_FILES:
         return True
-    return name.startswith(".") and name.endswith(".tmp") and name[1:].split(".tmp")[0].rsplit(".", 1)[0] in RUN_FILES
+    return (
+        name.startswith(".")
+        and name.endswith(".tmp")
+        and name[1:].split(".tmp")[0].rsplit(".", 1)[0] in RUN_FILES
+    )
 
 
 def looks_like_run(path: Path) -> bool:
@@ -94,13 +111,30 @@ def check_fresh_dir(path: Path, force: bool = False) -> None:
         raise ConfigError(f"--out {path} exists and is not a directory")
     # A directory whose run never finished an epoch (no checkpoint) is simply started again.
     if path.is_dir() and (path / CHECKPOINT_NAME).exists():
-        raise ConfigError(f"--out {path} already holds a run; continue it with `--resume {path}` or "
-                          "choose another --out")
+        raise ConfigError(
+            f"--out {path} already holds a run; continue it with `--resume {path}` or choose another --out"
+        )
     if path.is_dir() and not force and not looks_like_run(path):
-        raise RunDirError(f"refusing to train into {path}: it is not empty and not a hybridc run directory "
-                          f"(its files would be overwritten); choose another --out or pass --force")
+        raise RunDirError(
+            f"refusing to train into {path}: it is not empty and not a hybridc run directory "
+            f"(its files would be overwritten); choose another --out or pass --force"
+        )
 
 
-__all__ = ["BEST_CHECKPOINT_NAME", "CHECKPOINTS", "CHECKPOINT_NAME", "CONFIG_NAME", "CURVES_NAME", "LOCK_NAME",
-           "METRICS_NAME", "PLAN_NAME", "RUN_FILES", "SUMMARY_NAME", "check_fresh_dir", "default_run_name", "is_hybridc_file", "is_run_dir",
-           "looks_like_run"]
+__all__ = [
+    "BEST_CHECKPOINT_NAME",
+    "CHECKPOINTS",
+    "CHECKPOINT_NAME",
+    "CONFIG_NAME",
+    "CURVES_NAME",
+    "LOCK_NAME",
+    "METRICS_NAME",
+    "PLAN_NAME",
+    "RUN_FILES",
+    "SUMMARY_NAME",
+    "check_fresh_dir",
+    "default_run_name",
+    "is_hybridc_file",
+    "is_run_dir",
+    "looks_like_run",
+]

@@ -90,11 +90,14 @@ class RunLock:
                     f"run directory {self.run_dir} is in use by another hybridc process (pid "
                     f"{holder.get('pid', '?')} on {holder.get('host', '?')}, lock file {self.path}): two runs "
                     "writing one directory would mix their files. Wait for it to finish, or choose another "
-                    "--out.") from None
+                    "--out."
+                ) from None
             except OSError as exc:
                 if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-                    raise RunDirError(f"cannot write the run directory {self.run_dir} ({exc.strerror}); "
-                                      "choose a writable --out") from None
+                    raise RunDirError(
+                        f"cannot write the run directory {self.run_dir} ({exc.strerror}); "
+                        "choose a writable --out"
+                    ) from None
                 raise
             with os.fdopen(fd, "w") as fh:
                 fh.write(owner + "\n")
@@ -132,6 +135,7 @@ class RunLock:
     def __enter__(self) -> RunLock:
         return self.acquire()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.release()

@@ -62,10 +62,14 @@ def checkpoint_path(run_dir: Path, checkpoint: str | Path | None) -> Path:
         path = run_dir / name
         if not path.is_file():
             if checkpoint == "best":
-                raise CheckpointError(f"run directory {run_dir} has no {name} (written by each epoch that improves "
-                                      "the test accuracy since this hybridc version); use the last checkpoint")
-            raise CheckpointError(f"run directory {run_dir} has no checkpoint ({name}): the run never finished "
-                                  "an epoch, or this is not a run directory")
+                raise CheckpointError(
+                    f"run directory {run_dir} has no {name} (written by each epoch that improves "
+                    "the test accuracy since this hybridc version); use the last checkpoint"
+                )
+            raise CheckpointError(
+                f"run directory {run_dir} has no checkpoint ({name}): the run never finished "
+                "an epoch, or this is not a run directory"
+            )
         return path
     path = Path(checkpoint)
     if not path.is_file():
@@ -79,8 +83,10 @@ def _config(run_dir: Path, state: dict[str, Any], ckpt: Path) -> ExperimentConfi
     if not isinstance(raw, dict):
         path = run_dir / CONFIG_NAME
         if not path.is_file():
-            raise CheckpointError(f"{ckpt} stores no config and {run_dir} has no {CONFIG_NAME}: cannot tell which "
-                                  "model was trained")
+            raise CheckpointError(
+                f"{ckpt} stores no config and {run_dir} has no {CONFIG_NAME}: cannot tell which "
+                "model was trained"
+            )
         try:
             raw = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
@@ -99,12 +105,16 @@ def _plan(run_dir: Path, state: dict[str, Any], ckpt: Path) -> Any:
 
     path = run_dir / PLAN_NAME
     if not path.is_file():
-        raise CheckpointError(f"{run_dir} has no {PLAN_NAME}: the run's partition is needed to rebuild its model")
+        raise CheckpointError(
+            f"{run_dir} has no {PLAN_NAME}: the run's partition is needed to rebuild its model"
+        )
     recorded = state.get("plan_sha256")
     if recorded is not None and sha256_file(path) != recorded:
-        raise CheckpointError(f"{path} was changed after the run wrote it (its SHA-256 differs from the one "
-                              f"recorded in {ckpt}): the checkpoint's weights belong to the original plan; restore "
-                              "the file")
+        raise CheckpointError(
+            f"{path} was changed after the run wrote it (its SHA-256 differs from the one "
+            f"recorded in {ckpt}): the checkpoint's weights belong to the original plan; restore "
+            "the file"
+        )
     try:
         plan = read_plan(path)
     except PlanFileError as exc:
@@ -158,8 +168,10 @@ def read_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> Saved
     try:
         model, example = build_model(cfg, transform.raw_shape, classes)
         if plan is not None and tuple(example[0].shape[1:]) != tuple(plan.model.example_shapes[0][1:]):
-            raise CheckpointError(f"{run_dir / PLAN_NAME} records input shape {plan.model.example_shapes[0][1:]}, "
-                                  f"but the run's model takes {list(example[0].shape[1:])}")
+            raise CheckpointError(
+                f"{run_dir / PLAN_NAME} records input shape {plan.model.example_shapes[0][1:]}, "
+                f"but the run's model takes {list(example[0].shape[1:])}"
+            )
         module = compile_model(cfg, model, example, plan)
     except CheckpointError:
         raise
@@ -168,9 +180,18 @@ def read_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> Saved
     try:
         module.load_state_dict(_state_dict(state, ckpt), strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint {ckpt} does not fit the rebuilt model: {str(exc).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"checkpoint {ckpt} does not fit the rebuilt model: {str(exc).splitlines()[0]}"
+        ) from None
     epoch = state.get("epoch")
-    return SavedRun(run_dir=run_dir, checkpoint=ckpt, config=cfg, module=module.eval(), plan=plan,
-                    transform=transform, example_inputs=tuple(example),
-                    epoch=int(epoch) if isinstance(epoch, int) else None,
-                    test_acc=state.get("test_acc") if isinstance(state.get("test_acc"), float) else None)
+    return SavedRun(
+        run_dir=run_dir,
+        checkpoint=ckpt,
+        config=cfg,
+        module=module.eval(),
+        plan=plan,
+        transform=transform,
+        example_inputs=tuple(example),
+        epoch=int(epoch) if isinstance(epoch, int) else None,
+        test_acc=state.get("test_acc") if isinstance(state.get("test_acc"), float) else None,
+    )

@@ -79,4 +79,3 @@ class Signature:
 
 
 MODULE_SIGNATURE = Signature.parse("input")
-

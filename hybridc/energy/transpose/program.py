@@ -21,8 +21,6 @@ from hybridc.errors import UnsupportedOpError
 aten = torch.ops.aten
 
 
-
-
 @dataclass(eq=False)
 class _Step:
     """One live node of the graph, ready to run: constant (``rule is None``) or data."""
@@ -174,8 +172,11 @@ class TransposeProgram:
         step.rule = rule
         if rule.pieces:
             self._piece_nodes.add(node)
-        data_names = {k for k, v in step.binding.items()
-                      if k not in rule.meta_args and any(n in self._data for n in _nodes_in(v))}
+        data_names = {
+            k
+            for k, v in step.binding.items()
+            if k not in rule.meta_args and any(n in self._data for n in _nodes_in(v))
+        }
         bad = sorted(data_names - set(rule.data_args))
         if bad:
             raise self._unsupported(
@@ -278,4 +279,3 @@ def unsupported_reason(gm: GraphModule, n_inputs: int) -> str | None:
     except UnsupportedOpError as exc:
         return str(exc)
     return None
-

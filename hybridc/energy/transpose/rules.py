@@ -472,5 +472,3 @@ def check_tensor_attr(step: _Step, prog: TransposeProgram) -> str | None:
     if step.binding["name"] not in ("T", "mT"):
         return f"tensor attribute {step.binding['name']!r} is not a supported affine op"
     return None
-
-

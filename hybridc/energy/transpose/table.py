@@ -102,11 +102,25 @@ _register(
     _aten("expand.default"),
 )
 # `x.view_as(y)`: y is a template read for its shape (or dtype) only, so it may depend on states
-_register(R.Rule(R.reshape_adjoint, meta_args=("other",)), "input, other", *_methods("view_as", "reshape_as"),
-          _aten("view_as.default"), _aten("reshape_as.default"))
-_register(R.Rule(R.expand_adjoint, meta_args=("other",)), "input, other", *_methods("expand_as"),
-          _aten("expand_as.default"))
-_register(R.Rule(R.cast_adjoint, meta_args=("other",)), "input, other", *_methods("type_as"), _aten("type_as.default"))
+_register(
+    R.Rule(R.reshape_adjoint, meta_args=("other",)),
+    "input, other",
+    *_methods("view_as", "reshape_as"),
+    _aten("view_as.default"),
+    _aten("reshape_as.default"),
+)
+_register(
+    R.Rule(R.expand_adjoint, meta_args=("other",)),
+    "input, other",
+    *_methods("expand_as"),
+    _aten("expand_as.default"),
+)
+_register(
+    R.Rule(R.cast_adjoint, meta_args=("other",)),
+    "input, other",
+    *_methods("type_as"),
+    _aten("type_as.default"),
+)
 _register(
     R.Rule(R.pad_adjoint, check=R.check_pad, meta_args=("pad",)),
     "input, pad, mode='constant', value=None",
@@ -144,19 +158,38 @@ _register(
 )
 _register(R.Rule(R.tensor_attr_adjoint, check=R.check_tensor_attr), "input, name", getattr)
 _register(
-    R.Rule(R.getitem_adjoint, forward=R.getitem_forward, check=R.check_getitem), "input, index", operator.getitem
+    R.Rule(R.getitem_adjoint, forward=R.getitem_forward, check=R.check_getitem),
+    "input, index",
+    operator.getitem,
 )
 for _kind, _sig, _keys in (
-    ("split", "input, split_size, dim=0", (torch.split, *_methods("split"), _aten("split.Tensor"),
-                                           _aten("split_with_sizes.default"))),
+    (
+        "split",
+        "input, split_size, dim=0",
+        (torch.split, *_methods("split"), _aten("split.Tensor"), _aten("split_with_sizes.default")),
+    ),
     ("chunk", "input, chunks, dim=0", (torch.chunk, *_methods("chunk"), _aten("chunk.default"))),
     ("unbind", "input, dim=0", (torch.unbind, *_methods("unbind"), _aten("unbind.int"))),
 ):
-    _register(R.Rule(R.pieces_adjoint, forward=partial(R.pieces_forward, kind=_kind), pieces=True,
-                   meta_args=_SIZE_ARGS + ("split_size", "split_sizes", "chunks")), _sig, *_keys)
+    _register(
+        R.Rule(
+            R.pieces_adjoint,
+            forward=partial(R.pieces_forward, kind=_kind),
+            pieces=True,
+            meta_args=_SIZE_ARGS + ("split_size", "split_sizes", "chunks"),
+        ),
+        _sig,
+        *_keys,
+    )
 PIECE_ITEM = R.Rule(R.piece_item_adjoint, check=R.check_getitem)
 
-_register(R.Rule(R.select_adjoint, meta_args=_SIZE_ARGS), "input, dim, index", torch.select, *_methods("select"), _aten("select.int"))
+_register(
+    R.Rule(R.select_adjoint, meta_args=_SIZE_ARGS),
+    "input, dim, index",
+    torch.select,
+    *_methods("select"),
+    _aten("select.int"),
+)
 _register(
     R.Rule(R.slice_adjoint, meta_args=_SIZE_ARGS),
     "input, dim, start, length",
@@ -190,7 +223,9 @@ _register(
     torch.concatenate,
     _aten("cat.default"),
 )
-_register(R.Rule(R.stack_adjoint, data_args=("tensors",)), "tensors, dim=0", torch.stack, _aten("stack.default"))
+_register(
+    R.Rule(R.stack_adjoint, data_args=("tensors",)), "tensors, dim=0", torch.stack, _aten("stack.default")
+)
 
 _BINARY = ("input", "other")
 _register(
@@ -369,5 +404,3 @@ def is_meta_query(node: Node) -> bool:
             return len(node.args) > 1 and node.args[1] in _META_ATTRS
         return node.target in _META_FUNCTIONS
     return False
-
-
