@@ -18,8 +18,9 @@ and drawn in the figure's titles: a gradient compared off equilibrium is not an 
     python benchmarks/paper_gradients.py                        # PNG + JSON under benchmarks/results/
     python benchmarks/paper_gradients.py --width 0.125 --epochs 2
 
-Settings as in `benchmarks/splitting.py`'s cpu preset (width 1/16, hard-sigmoid slope 1, norm drop, PyTorch
-init, no equilibrium guard); see its docstring for why each differs from the paper.
+Settings: width 1/16, hard-sigmoid slope 1, PyTorch init, no equilibrium guard, norm `drop` (the figure was
+measured before the `synapse` policy kept the paper's entry BatchNorm; `benchmarks/splitting.py`'s cpu preset
+now keeps it); see splitting.py's docstring for why each differs from the paper.
 """
 
 from __future__ import annotations

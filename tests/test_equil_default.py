@@ -155,3 +155,23 @@ def test_export_of_neurons_in_a_patch_layout_verifies(tmp_path: Path) -> None:
     manifest = json.loads((tmp_path / "export" / "manifest.json").read_text())
     multiples = {n["name"]: n["batch_multiple"] for b in manifest["blocks"] for n in b.get("neurons", [])}
     assert multiples == {"inp": 1, "relu_1": 4, "fc2": 4}, multiples
+
+
+def test_a_block_the_guard_cannot_bound_diverges_loudly_instead_of_returning_a_transient() -> None:
+    """relu -> relu under activation=keep: two neurons joined by an identity (rho_I = 1), which no weight rescale
+    bounds. The compiler warns; the default free phase, run towards equilibrium, then diverges with an error
+    naming the block (fixed T1 steps used to hand on a growing transient without a word)."""
+    import pytest
+    import torch
+    from torch import nn
+
+    import hybridc
+    from hybridc.errors import EquilibriumDivergedError
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.ReLU(), nn.Linear(8, 3))
+    x = torch.randn(4, 8)
+    with pytest.warns(UserWarning, match="cannot be bounded"):
+        ff = hybridc.compile(model, x, max_block_size=2, activation="keep")
+    with pytest.raises(EquilibriumDivergedError, match="analog0"):
+        ff.eval()(x)

@@ -82,7 +82,10 @@ def test_random_sequential(layers: list[str], pol: dict) -> None:
     plan = partition(model, x, **pol)
     check_invariants(plan, model, (x,))
     _check_weights_accounted(plan, model, x)
-    compiled = compile(model, x, plan=plan).eval()
+    # fixed steps, as in test_random_dag: this checks the partition and that the compiled model runs; some drawn
+    # models are not contractive (activation=keep, relu -> relu: two neurons joined by an identity, rho_I = 1, which
+    # the compiler warns it cannot bound) and their run-to-equilibrium free phase diverges, as it should
+    compiled = compile(model, x, plan=plan, solver={"t1": 5, "t2": 2}).eval()
     assert compiled(x).shape == (4, 3)
 
 
