@@ -52,6 +52,7 @@ from torch import nn
 
 from hybridc.cost.constants import Constant, EnergyConstants
 from hybridc.errors import HybridcError
+from hybridc.passes.ops import PURE_SHAPE_OPS
 
 COUNTING_RULES: list[str] = [
     "All counts are per sample (batch 1).",
@@ -260,41 +261,26 @@ def _run_counter(gm: fx.GraphModule, args: Sequence[torch.Tensor]) -> _Counter:
     return counter
 
 
-_ZERO_COST = frozenset(
+_ZERO_COST = PURE_SHAPE_OPS | frozenset(
     {
-        "placeholder",
-        "output",
-        "get_attr",
-        "meta",
-        "getitem",
-        "flatten",
-        "unflatten",
-        "view",
-        "permute",
-        "transpose",
-        "t",
-        "squeeze",
-        "unsqueeze",
-        "identity",
-        "expand",
-        "split",
-        "chunk",
-        "unbind",
-        "select",
-        "dropout",
         "cat",
-        "stack",
-        "contiguous",
-        "to",
-        "size",
         "clone",
+        "contiguous",
         "detach",
+        "dropout",
         "float",
-        "type_as",
-        "reshape",
-        "repeat",
+        "get_attr",
+        "getitem",
+        "meta",
+        "output",
+        "placeholder",
         "pos",
-        "slice",
+        "repeat",
+        "reshape",
+        "size",
+        "stack",
+        "to",
+        "type_as",
     }
 )
 _PER_ELEMENT = {

@@ -99,6 +99,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from hybridc.passes.ops import PURE_SHAPE_OPS
 from hybridc.plan import ActivationSpec
 
 #: Default bound on a DHN block's feedback gain ρ, chosen by measurement: the free phase must reach a fixed
@@ -319,38 +320,23 @@ class Coupling:
 #: activations of a top neuron that commute with a positive factor: σ(t u) = t σ(u) for t > 0
 _HOMOGENEOUS_NEURONS = frozenset({"identity", "relu", "leaky_relu"})
 #: ops whose value carries the factor of their (single) data operand
-_UNARY_HOMOGENEOUS = frozenset(
+_UNARY_HOMOGENEOUS = PURE_SHAPE_OPS | frozenset(
     {
-        "relu",
-        "leaky_relu",
-        "prelu",
-        "max_pool",
-        "avg_pool",
         "adaptive_avg_pool",
         "adaptive_max_pool",
-        "mean",
-        "sum",
-        "flatten",
-        "unflatten",
-        "view",
-        "permute",
-        "transpose",
-        "t",
-        "squeeze",
-        "unsqueeze",
-        "identity",
-        "dropout",
-        "expand",
-        "slice",
-        "select",
-        "neg",
-        "pos",
-        "pad",
-        "split",
-        "chunk",
-        "unbind",
+        "avg_pool",
         "contiguous",
+        "dropout",
         "getitem",
+        "leaky_relu",
+        "max_pool",
+        "mean",
+        "neg",
+        "pad",
+        "pos",
+        "prelu",
+        "relu",
+        "sum",
     }
 )
 _WHY_NOT: dict[str, str] = {
@@ -419,7 +405,7 @@ class Compensation:
 
 def _param_of(node: Any, gm: fx.GraphModule) -> tuple[str, nn.Module, str] | None:
     """(label, owner, attribute) of the parameter a weight operand reads, through transposes/views."""
-    from hybridc.passes.ops import PURE_SHAPE_OPS, op_key
+    from hybridc.passes.ops import op_key
 
     while isinstance(node, fx.Node):
         if node.op == "get_attr":
