@@ -211,37 +211,22 @@ PURE_SHAPE_OPS = frozenset(
     }
 )
 #: Ops that are linear (or affine with a parameter/constant operand) in their data operand.
-SHAPE_OPS = frozenset(
+SHAPE_OPS = PURE_SHAPE_OPS | frozenset(
     {
-        "flatten",
-        "unflatten",
-        "view",
-        "permute",
-        "transpose",
-        "t",
-        "squeeze",
-        "unsqueeze",
-        "identity",
-        "dropout",
-        "expand",
-        "cat",
         "add",
-        "sub",
-        "neg",
-        "mul",
-        "div",
-        "rsub",
-        "pos",
-        "pad",
-        "slice",
-        "select",
-        "split",
-        "chunk",
-        "unbind",
-        "stack",
-        "slice_scatter",
-        "select_scatter",
+        "cat",
         "copy",
+        "div",
+        "dropout",
+        "mul",
+        "neg",
+        "pad",
+        "pos",
+        "rsub",
+        "select_scatter",
+        "slice_scatter",
+        "stack",
+        "sub",
     }
 )
 #: Ops that return a tuple of tensors, each a linear function of their data operand (item i via getitem).
