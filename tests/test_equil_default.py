@@ -48,6 +48,14 @@ def test_default_solver_runs_to_equilibrium_and_explicit_t1_is_fixed() -> None:
     assert free_schedule(SolverConfig(tol=1e-6), 0.8) == (20, None)  # explicit tol: its own rule
     steps, rel = free_schedule(SolverConfig(), 0.8, 100)
     assert rel == SolverConfig().free_tol and steps == free_step_cap(SolverConfig(), 0.8, 100)
+    # an update follows the same rule: t1 alone selects fixed steps, other changes keep the stored mode
+    assert SolverConfig().updated(t1=7).free == "fixed" and SolverConfig().updated(t2=3).free == "equilibrium"
+    assert SolverConfig(t1=7).updated(free="equilibrium", t1=9).free == "equilibrium"
+    ff = compile(*_mlp(1.0), max_block_size=2)
+    ff.set_solver(t1=7)
+    assert {(b.solver.free, b.solver.t1) for b in ff.analog_blocks.values()} == {("fixed", 7)}
+    ff.set_solver(free="equilibrium")
+    assert {b.solver.free for b in ff.analog_blocks.values()} == {"equilibrium"}
 
 
 def test_step_cap_follows_the_bound() -> None:

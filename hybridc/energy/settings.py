@@ -58,9 +58,20 @@ class SolverConfig(BaseModel):
     def _explicit_t1_is_fixed(cls, data: Any) -> Any:
         """An explicit `t1` without `free` asks for that many free steps: the fixed-iteration version. (A
         stored config — `model_dump()` — carries `free`, so a round trip keeps its mode.)"""
-        if isinstance(data, dict) and "t1" in data and "free" not in data:
-            return {**data, "free": "fixed"}
-        return data
+        return t1_selects_fixed(data) if isinstance(data, dict) else data
+
+    def updated(self, **changes: Any) -> SolverConfig:
+        """This config with `changes` applied under the same rule as construction: a `t1` given without `free`
+        selects fixed steps (a plain `model_dump() | changes` would keep the stored `free`)."""
+        return SolverConfig(**(self.model_dump() | t1_selects_fixed(changes)))
+
+
+def t1_selects_fixed(settings: dict[str, Any]) -> dict[str, Any]:
+    """`settings` with `free="fixed"` added when they give `t1` but no `free`: an explicit step count asks for
+    exactly that many free steps (the paper's fixed-iteration version)."""
+    if "t1" in settings and "free" not in settings:
+        return {**settings, "free": "fixed"}
+    return settings
 
 
 class GradientConfig(BaseModel):

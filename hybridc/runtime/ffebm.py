@@ -171,10 +171,8 @@ class FFEBM(nn.Module):
     def set_solver(self, **settings: Any) -> FFEBM:
         """Change every analog block's solver settings (t1, t2, tol, mode, anderson, ...). A `t1` given without
         `free` asks for that many free steps (`free="fixed"`), as it does when compiling."""
-        if "t1" in settings and "free" not in settings:
-            settings = {**settings, "free": "fixed"}
         for blk in self.analog_blocks.values():
-            blk.solver = SolverConfig(**(blk.solver.model_dump() | settings))
+            blk.solver = blk.solver.updated(**settings)
         return self
 
     def set_analog(self, spec: AnalogSpec | dict | None, seed: int | None = None) -> FFEBM:
