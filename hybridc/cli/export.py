@@ -169,7 +169,7 @@ def export_command(
                 lm.example_inputs,
                 plan=the_plan,
                 solver=solver,
-                init=choices.get("init", "keep"),
+                init=choices.get("init", ExperimentConfig.model_fields["init"].default),
                 **policies,
             )
             source = SourceInfo(

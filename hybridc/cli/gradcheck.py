@@ -90,7 +90,7 @@ def gradcheck(
             batch=batch,
             seed=seed,
             bptt_steps=bptt_steps,
-            init=(choices or {}).get("init", "keep"),
+            init=(choices or {}).get("init", ExperimentConfig.model_fields["init"].default),
             device=device,
             output=output,
             progress=progress,
