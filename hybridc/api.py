@@ -11,9 +11,10 @@ from hybridc.energy.goe import goe_init
 from hybridc.energy.settings import GradientConfig, SolverConfig
 from hybridc.errors import PartitionError
 from hybridc.passes.partition import partition_graph
+from hybridc.passes.plan_builder import validate_plan
 from hybridc.passes.trace import TracedGraph, trace_model
 from hybridc.plan import AnalogSpec, PartitionConfig, Plan
-from hybridc.runtime.ffebm import FFEBM, validate_plan
+from hybridc.runtime.ffebm import FFEBM
 
 
 def _as_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:

@@ -9,8 +9,8 @@ import torch
 
 from hybridc.api import partition, trace
 from hybridc.errors import PartitionError, PlanMismatchError, TraceError
+from hybridc.passes.plan_builder import validate_plan
 from hybridc.plan import Plan
-from hybridc.runtime.ffebm import validate_plan
 
 from .conftest import small_zoo
 from .fixtures.unseen_models import UNSEEN, DataDependent

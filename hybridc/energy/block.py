@@ -15,6 +15,7 @@ import contextlib
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -27,6 +28,12 @@ from hybridc.errors import UnsupportedOpError
 from hybridc.plan import AnalogSpec
 
 States = list[torch.Tensor]
+if TYPE_CHECKING:
+    import torch.fx as fx
+
+    from hybridc.cost.analog import AnalogLayout
+    from hybridc.cost.constants import EnergyConstants
+    from hybridc.plan import Block
 
 
 class EnergyBlock(nn.Module):
@@ -239,3 +246,69 @@ class EnergyBlock(nn.Module):
         if spec.adc_bits:
             outputs = tuple(quantize_ste(y, spec.adc_bits, spec.io_range) for y in outputs)
         return outputs
+
+    # ---- what block kinds differ in ---------------------------------------------------------------------
+    # The compiler's other stages (the feedback guard, the cost model, the exporter, the compiled model's
+    # construction) ask a block these questions instead of testing its class. The answers here are those of
+    # a kind that provides none of it; a kind overrides what it has (DHNBlock, DRNBlock).
+
+    #: whether the block's weights are physical conductances (≥ 0; device effects keep them there,
+    #: `hybridc.analog.nonideal`) rather than signed values
+    non_negative_weights: bool = False
+
+    @classmethod
+    def from_plan(
+        cls,
+        block: Block,
+        synapses: fx.GraphModule,
+        n_inputs: int,
+        output_names: list[str],
+        solver: SolverConfig,
+        gradient: GradientConfig,
+    ) -> EnergyBlock:
+        """The block of this kind for the plan's analog block `block`, over its lowered synapse graph
+        (`n_inputs` block inputs first, then one state per neuron) with outputs `output_names` (neurons):
+        what `hybridc.runtime.ffebm.FFEBM` builds, each kind reading the plan fields it needs."""
+        raise NotImplementedError(f"{cls.__name__} cannot be built from a plan block")
+
+    @property
+    def needs_feedback_guard(self) -> bool:
+        """Whether the relaxation's convergence rests on a bound on the feedback gain ρ that the guard
+        (`hybridc.energy.contraction.constrain_model`) enforces by rescaling `feedback_layers` and that
+        `feedback_norms` measures. False for a kind whose relaxation converges by construction (a DRN:
+        exact coordinate descent on a convex energy, kept convex by `constrain_`'s projection)."""
+        return False
+
+    def feedback_layers(self) -> list[tuple[str, torch.Tensor]]:
+        """The weights through which neuron states feed back into the pre-activations, with their names: what
+        the feedback guard rescales and what no other block may share with the downstream compensation
+        (`hybridc.energy.compensation`). Empty for a kind without a guarded feedback path."""
+        return []
+
+    @property
+    def synapse_graph(self) -> fx.GraphModule | None:
+        """The fx graph (inputs..., states...) -> one pre-activation per neuron layer, through which a value
+        the block reads reaches its neurons by ordinary ops: what analyses that follow a value through the
+        block walk (the guard's downstream compensation). None for a kind whose relaxation is not expressed
+        over such a graph (a DRN: closed-form updates over conductances)."""
+        return None
+
+    def export_unsupported_reason(self) -> str | None:
+        """Why `hybridc export` cannot write this block (a sentence, shown after the block's name and kind),
+        or None if it can. The export format is a step ONNX file of the autograd-free fixed-point map over
+        the synapse graph, the weights and the energy specification: a DHN's."""
+        return "export handles digital blocks and DHN analog blocks (eb_kind dhn)"
+
+    def crossbar_layout(
+        self,
+        in_refs: list[tuple[list[int], str | None]],
+        needs_grad: list[bool],
+        weight_layers: list[str],
+        tile: tuple[int, int],
+        consts: EnergyConstants,
+    ) -> AnalogLayout:
+        """The block's weight layers on ROWSxCOLS crossbar `tile`s and the pass sizes a relaxation step
+        costs (`hybridc.cost.analog`), for the cost report: `in_refs` are the inputs' (shape with batch,
+        dtype), `needs_grad` whether each needs a gradient, `weight_layers` the plan's weight-layer names.
+        A kind says which of the cost model's layouts describes it."""
+        raise NotImplementedError(f"{type(self).__name__}: no crossbar layout for the cost model")

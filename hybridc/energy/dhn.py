@@ -9,6 +9,7 @@ It is computed either by explicit transposed ops (fast path, `hybridc.energy.tra
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.fx as fx
@@ -21,6 +22,12 @@ from hybridc.passes.lower import split_synapses
 from hybridc.plan import ActivationSpec
 
 States = list[torch.Tensor]
+
+
+if TYPE_CHECKING:
+    from hybridc.cost.analog import AnalogLayout
+    from hybridc.cost.constants import EnergyConstants
+    from hybridc.plan import Block
 
 
 def _neuron_depths(gm: fx.GraphModule, n_inputs: int) -> list[int]:
@@ -164,3 +171,76 @@ class DHNBlock(EnergyBlock):
         acts = ", ".join(f"{n}:{a}" for n, a in zip(self.neuron_names, self.activation_specs))
         path = "fast" if self.fast is not None else "generic"
         return f"name={self.name}, neurons=[{acts}], grad={self.gradient.mode}, path={path}"
+
+    # ---- the block-kind contract (EnergyBlock) -------------------------------------------------------------
+    @classmethod
+    def from_plan(
+        cls,
+        block: Block,
+        synapses: fx.GraphModule,
+        n_inputs: int,
+        output_names: list[str],
+        solver: SolverConfig,
+        gradient: GradientConfig,
+    ) -> DHNBlock:
+        """A DHN over the lowered synapse graph, each neuron's σ_j the plan's activation (a DHN takes no
+        kind parameters: `eb_params` are a DRN's)."""
+        return cls(
+            block.name,
+            synapses,
+            n_inputs,
+            [nr.node for nr in block.neurons],
+            [nr.activation for nr in block.neurons],
+            [nr.shape for nr in block.neurons],
+            output_names,
+            solver,
+            gradient,
+        )
+
+    @property
+    def needs_feedback_guard(self) -> bool:
+        """With two or more neuron layers the top-down terms couple them: the relaxation reaches its fixed
+        point from any start when ρ < 1, which the guard enforces. A single layer has no feedback, and is left
+        untouched (its compiled forward stays the original model's)."""
+        return len(self.neuron_names) >= 2
+
+    def feedback_layers(self) -> list[tuple[str, torch.Tensor]]:
+        """The weight ops of the per-step `core` synapse graph (`hybridc.energy.coupling.feedback_layers`):
+        layers that read only the block's inputs are in the once-per-phase prefix and cannot feed back."""
+        from hybridc.energy.coupling import feedback_layers
+
+        return feedback_layers(self)
+
+    @property
+    def synapse_graph(self) -> fx.GraphModule:
+        """The full synapse graph `synapses` (prefix and core): u_j(s, x; θ) for every neuron layer."""
+        return self.synapses
+
+    def export_unsupported_reason(self) -> str | None:
+        """None: the export format is a DHN's (an op of the synapses without an explicit transpose is reported
+        when the export builds the autograd-free step, `hybridc.export.full.ensure_fast_path`)."""
+        return None
+
+    def crossbar_layout(
+        self,
+        in_refs: list[tuple[list[int], str | None]],
+        needs_grad: list[bool],
+        weight_layers: list[str],
+        tile: tuple[int, int],
+        consts: EnergyConstants,
+    ) -> AnalogLayout:
+        """The weight ops of the synapse graph, counted by one batch-1 pass of it; DHN weights are signed,
+        each a differential pair G+ - G- (`dhn_devices_per_weight` devices). The plan's layer names are not
+        needed: each layer is named by its op."""
+        from hybridc.cost.analog import synapse_graph_layout
+
+        return synapse_graph_layout(
+            self.synapses,
+            self.n_inputs,
+            self.neuron_shapes,
+            self.name,
+            in_refs,
+            needs_grad,
+            tile,
+            int(consts.dhn_devices_per_weight.value),
+        )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.fx as fx
@@ -26,6 +27,11 @@ from torch.nn.utils import parametrize
 from hybridc.energy.block import EnergyBlock, States
 from hybridc.energy.settings import GradientConfig, SolverConfig
 from hybridc.errors import UnsupportedOpError
+
+if TYPE_CHECKING:
+    from hybridc.cost.analog import AnalogLayout
+    from hybridc.cost.constants import EnergyConstants
+    from hybridc.plan import Block
 
 
 def _linear_weights(synapses: fx.GraphModule) -> list[tuple[str, torch.Tensor, torch.Tensor | None]]:
@@ -209,3 +215,50 @@ class DRNBlock(EnergyBlock):
 
     def extra_repr(self) -> str:
         return f"name={self.name}, layers={self.sizes}, gamma={self.gamma:g}, grad={self.gradient.mode}"
+
+    # ---- the block-kind contract (EnergyBlock) -------------------------------------------------------------
+    # What a DRN leaves to EnergyBlock's answers: no feedback guard (its energy is convex while g ≥ 0, and
+    # `constrain_` projects onto that), no synapse graph (closed-form updates over conductances), no export.
+
+    #: conductances are physical, ≥ 0 (device effects clamp programmed values there too)
+    non_negative_weights = True
+
+    @classmethod
+    def from_plan(
+        cls,
+        block: Block,
+        synapses: fx.GraphModule,
+        n_inputs: int,
+        output_names: list[str],
+        solver: SolverConfig,
+        gradient: GradientConfig,
+    ) -> DRNBlock:
+        """A DRN whose conductances start from the synapse graph's Linear layers, with the plan block's kind
+        parameters (`eb_params`: gamma, init); the neurons' activations are the diodes, not the plan's."""
+        return cls(
+            block.name,
+            synapses,
+            n_inputs,
+            [nr.node for nr in block.neurons],
+            [nr.shape for nr in block.neurons],
+            output_names,
+            solver,
+            gradient,
+            **block.eb_params,
+        )
+
+    def crossbar_layout(
+        self,
+        in_refs: list[tuple[list[int], str | None]],
+        needs_grad: list[bool],
+        weight_layers: list[str],
+        tile: tuple[int, int],
+        consts: EnergyConstants,
+    ) -> AnalogLayout:
+        """The conductance matrices between the layers of `sizes` (the doubled sources gamma*[x, -x] first),
+        one device per weight, named by the plan's weight layers."""
+        from hybridc.cost.analog import conductance_chain_layout
+
+        return conductance_chain_layout(
+            self.sizes, self.in_features, weight_layers, in_refs, needs_grad, tile
+        )

@@ -384,12 +384,12 @@ def export_ffebm(
         raise ExportError(f"relaxation must be one of {', '.join(RELAXATIONS)}, not {relaxation!r}")
     out = Path(out)
     check_destination(out, force)
+    analog = ff.analog_blocks
     for name, block in ff.blocks.items():
-        if not isinstance(block, (DHNBlock, fx.GraphModule)):
-            kind = getattr(block, "kind", type(block).__name__)
+        reason = analog[name].export_unsupported_reason() if name in analog else None
+        if reason is not None:
             raise UnsupportedOpError(
-                f"analog block {name} is a {kind} block ({type(block).__name__}); export "
-                "handles digital blocks and DHN analog blocks (eb_kind dhn)"
+                f"analog block {name} is a {block.kind} block ({type(block).__name__}); {reason}"
             )
         effects = _device_effects(block)
         if effects:
@@ -465,7 +465,7 @@ def export_view(ff: FFEBM, steps: int | None = None) -> Iterator[ExportView]:
     training = {m: m.training for m in ff.modules()}
     analog = ff.analog_blocks
     saved_solver = {n: b.solver for n, b in analog.items()}
-    saved_fast = {n: b.fast for n, b in analog.items() if isinstance(b, DHNBlock)}
+    saved_fast = {n: b.fast for n, b in analog.items() if b.export_unsupported_reason() is None}
     saved_data: list[tuple[torch.Tensor, torch.Tensor]] = []
     try:
         ff.eval()
@@ -557,7 +557,7 @@ def _export(
         for name, block in model.blocks.items():
             ins, outs = model.io(name)
             pblock = plan.block(name)
-            analog_block = isinstance(block, DHNBlock)
+            analog_block = name in analog
             with step(f"block {name} ({'analog' if analog_block else 'digital'})") as detail:
                 if analog_block:
                     info = _export_analog(

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hybridc.energy.block import EnergyBlock
 from hybridc.energy.dhn import DHNBlock
 from hybridc.energy.settings import SolverConfig
 from hybridc.errors import UnsupportedOpError
@@ -47,19 +48,16 @@ def ensure_fast_path(block: DHNBlock) -> None:
         ) from None
 
 
-def _prepare(block: DHNBlock, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """What every step of a phase reads (the block's once-per-phase prefix), or the inputs themselves."""
-    if hasattr(block, "prepare") and hasattr(block, "step_prepared"):
-        return list(block.prepare(list(inputs)))
-    return list(inputs)
+def _prepare(block: EnergyBlock, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """What every step of a phase reads (the block's once-per-phase prefix: a DHN's input-only synapses)."""
+    return list(block.prepare(list(inputs)))
 
 
 def _step(
-    block: DHNBlock, prepared: Sequence[torch.Tensor], states: Sequence[torch.Tensor]
+    block: EnergyBlock, prepared: Sequence[torch.Tensor], states: Sequence[torch.Tensor]
 ) -> list[torch.Tensor]:
-    if hasattr(block, "prepare") and hasattr(block, "step_prepared"):
-        return list(block.step_prepared(list(prepared), list(states)))
-    return list(block.step_map(list(prepared), list(states)))
+    """One application of the fixed-point map from the prepared inputs."""
+    return list(block.step_prepared(list(prepared), list(states)))
 
 
 def export_solver(
@@ -106,7 +104,7 @@ class StepModule(nn.Module):
 class _PreparedStep(nn.Module):
     """One step from the prepared inputs: `(prepared..., states...) -> next states` (a loop body)."""
 
-    def __init__(self, block: DHNBlock, n_prepared: int):
+    def __init__(self, block: EnergyBlock, n_prepared: int):
         super().__init__()
         self.block = block
         self.n = n_prepared
@@ -115,7 +113,7 @@ class _PreparedStep(nn.Module):
         return tuple(_step(self.block, args[: self.n], args[self.n :]))
 
 
-def relax_unrolled(block: DHNBlock, inputs: Sequence[torch.Tensor], steps: int) -> list[torch.Tensor]:
+def relax_unrolled(block: EnergyBlock, inputs: Sequence[torch.Tensor], steps: int) -> list[torch.Tensor]:
     """The free phase as a loop-free computation: `steps` applications of T from zero states (the
     input-only part of the synapses computed once, as the block itself does)."""
     prepared = _prepare(block, inputs)
@@ -125,7 +123,7 @@ def relax_unrolled(block: DHNBlock, inputs: Sequence[torch.Tensor], steps: int) 
     return states
 
 
-def loop_body(block: DHNBlock, inputs: Sequence[torch.Tensor]) -> nn.Module:
+def loop_body(block: EnergyBlock, inputs: Sequence[torch.Tensor]) -> nn.Module:
     """One step from prepared inputs captured as a flat ATen graph (torch.export, on real example inputs,
     before the model around it is traced): while_loop traces its body strictly, and the adjoint program's
     Python bookkeeping is not traceable that way."""
@@ -139,7 +137,7 @@ def loop_body(block: DHNBlock, inputs: Sequence[torch.Tensor]) -> nn.Module:
 
 
 def relax_loop(
-    block: DHNBlock, inputs: Sequence[torch.Tensor], steps: int, body_module: nn.Module
+    block: EnergyBlock, inputs: Sequence[torch.Tensor], steps: int, body_module: nn.Module
 ) -> list[torch.Tensor]:
     """The free phase as one `while_loop` over T (exported as an ONNX Loop: the graph holds T once);
     `body_module` from `loop_body`."""
@@ -196,7 +194,7 @@ class FullModel(nn.Module):
         """Capture every analog block's loop body from example values (`env`: tensor name -> value); call
         before exporting a `relaxation="loop"` model."""
         for name, block in self.blocks.items():
-            if isinstance(block, DHNBlock):
+            if isinstance(block, EnergyBlock):
                 self.bodies[name] = loop_body(block, [env[i] for i in self.io[name][0]])
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -207,7 +205,7 @@ class FullModel(nn.Module):
 
     def _run_block(self, name: str, block: nn.Module, xs: list[torch.Tensor]) -> Sequence[torch.Tensor]:
         """A digital block as it is; an analog block's relaxation unrolled (or as a Loop) for its export steps."""
-        if not isinstance(block, DHNBlock):
+        if not isinstance(block, EnergyBlock):
             return block(*xs)
         if self.relaxation == "loop":
             states = relax_loop(block, xs, self.steps[name], self.bodies[name])

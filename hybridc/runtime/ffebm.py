@@ -23,57 +23,12 @@ from hybridc.energy.settings import GradientConfig, SolverConfig
 from hybridc.errors import PlanMismatchError
 from hybridc.passes.classify import free_nodes
 from hybridc.passes.lower import block_io, lower_digital, lower_synapses
-from hybridc.passes.partition import graph_hash
 from hybridc.passes.trace import TracedGraph
 from hybridc.plan import AnalogSpec, Plan
 
-
-def validate_plan(plan: Plan, traced: TracedGraph) -> None:
-    """Refuse a plan that does not describe this graph, with the first differences named."""
-    gm = traced.gm
-    compute = [n.name for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
-    problems: list[str] = []
-    if plan.model.trace != traced.method:
-        problems.append(f"plan was traced with {plan.model.trace}, this model traces with {traced.method}")
-    seen: dict[str, str] = {}
-    for b in plan.blocks:
-        for n in b.nodes:
-            if n in seen:
-                problems.append(f"node {n!r} is in both {seen[n]} and {b.name}")
-            seen[n] = b.name
-    missing = [n for n in compute if n not in seen]
-    extra = [n for n in seen if n not in set(compute)]
-    if missing:
-        problems.append(f"model nodes not in any block: {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-    if extra:
-        problems.append(f"plan nodes not in the model: {extra[:8]}{' ...' if len(extra) > 8 else ''}")
-    if not problems and plan.model.graph_hash != graph_hash(gm):
-        problems.append(
-            "the graph's structure or shapes differ from the plan's (hash "
-            f"{plan.model.graph_hash} vs {graph_hash(gm)}): were the layers or input shape changed?"
-        )
-    names = [b.name for b in plan.blocks]
-    if len(set(names)) != len(names):
-        problems.append("block names are not unique")
-    for b in plan.analog_blocks:
-        node_set = set(b.nodes)
-        for nr in b.neurons:
-            if nr.node not in node_set:
-                problems.append(f"{b.name}: neuron {nr.node!r} is not one of the block's nodes")
-        for i in b.identity_nodes:
-            if i not in node_set:
-                problems.append(f"{b.name}: identity node {i!r} is not one of the block's nodes")
-        if len(b.weight_layers) > plan.config.max_block_size:
-            problems.append(
-                f"{b.name}: {len(b.weight_layers)} weight layers > max_block_size "
-                f"{plan.config.max_block_size}"
-            )
-    if problems:
-        raise PlanMismatchError(
-            f"the plan does not match model {plan.model.model_class}:\n  - "
-            + "\n  - ".join(problems)
-            + "\n  Re-create it with `hybridc partition` for this model."
-        )
+#: the class of each energy-based block kind (`PartitionConfig.eb_kind`, per block `Block.eb_kind`; blocks of
+#: plans that predate the field are DHNs); each builds itself from its plan block (`EnergyBlock.from_plan`)
+BLOCK_KINDS: dict[str, type[EnergyBlock]] = {"dhn": DHNBlock, "drn": DRNBlock}
 
 
 class FFEBM(nn.Module):
@@ -106,30 +61,14 @@ class FFEBM(nn.Module):
                         "every value an analog block hands on must be a neuron"
                     )
                 lowered = lower_synapses(gm, b, in_names)
-                if b.eb_kind == "drn":
-                    block = DRNBlock(
-                        b.name,
-                        lowered.gm,
-                        len(in_names),
-                        neuron_names,
-                        [nr.shape for nr in b.neurons],
-                        [o.name for o in outs],
-                        solver.model_copy(),
-                        gradient.model_copy(),
-                        **b.eb_params,
-                    )
-                else:
-                    block = DHNBlock(
-                        b.name,
-                        lowered.gm,
-                        len(in_names),
-                        neuron_names,
-                        [nr.activation for nr in b.neurons],
-                        [nr.shape for nr in b.neurons],
-                        [o.name for o in outs],
-                        solver.model_copy(),
-                        gradient.model_copy(),
-                    )
+                block = BLOCK_KINDS[b.eb_kind or "dhn"].from_plan(
+                    b,
+                    lowered.gm,
+                    len(in_names),
+                    [o.name for o in outs],
+                    solver.model_copy(),
+                    gradient.model_copy(),
+                )
                 apply_device_effects(block, b.analog or plan.analog)
                 self.blocks[b.name] = block
                 self._io[b.name] = (in_names, [o.name for o in outs])
