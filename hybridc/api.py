@@ -147,5 +147,7 @@ def compile(
         if feedback_gain is not None and feedback_gain < 0:
             raise PartitionError(f"feedback_gain must be ≥ 0 (0 = off), got {feedback_gain}")
         constrain_model(compiled, DEFAULT_FEEDBACK_GAIN if feedback_gain is None else feedback_gain)
+    for block in compiled.analog_blocks.values():
+        block.apply_layout_()  # now, before any optimizer exists: its state then takes the same layout
     compiled.train(model.training)
     return compiled

@@ -15,6 +15,7 @@ from torch import nn
 from torch.fx import GraphModule, symbolic_trace
 
 from hybridc.energy.transpose import TransposeProgram, unsupported_reason
+from hybridc.energy.transpose.program import StepCache
 from hybridc.errors import UnsupportedOpError
 
 TOL = 1e-10
@@ -66,7 +67,25 @@ def check(model, inputs, states):
     assert all(x is None for x in h2)
     for a in (*u, *g):
         assert not a.requires_grad
+    check_subsets(prog, inputs, states, g2)
     return prog
+
+
+def check_subsets(prog, inputs, states, g):
+    """`phi_grad_of` gives exactly `phi_grad`'s ∂Φ/∂s_j for the states asked for (each alone, the even and
+    the odd ones), None for the others, with and without a step cache (which a second call then serves)."""
+    n = len(states)
+    subsets = [[j] for j in range(n)] + [list(range(0, n, 2)), list(range(1, n, 2))]
+    cache = StepCache()
+    with torch.no_grad():
+        for wanted in subsets:
+            for c in (None, cache, cache):
+                got = prog.phi_grad_of(inputs, states, wanted, c)
+                for j in range(n):
+                    if j in wanted:
+                        assert torch.equal(got[j], g[j]), (wanted, j)
+                    else:
+                        assert got[j] is None
 
 
 # ---- synapse graphs ------------------------------------------------------------------------------
@@ -130,6 +149,21 @@ def _conv_pool_data():
 
 def test_conv_maxpool_conv():
     check(ConvPoolConv(), *_conv_pool_data())
+
+
+def test_conv_maxpool_conv_channels_last():
+    """The same graph with channels-last weights, inputs and states (how conv blocks that max-pool a state
+    relax): the pool's transpose scatters in NHWC memory and gives the layout-independent values."""
+    model = ConvPoolConv().to(memory_format=torch.channels_last)
+    inputs, states = _conv_pool_data()
+    cl = (
+        [t.contiguous(memory_format=torch.channels_last) for t in inputs],
+        [t.contiguous(memory_format=torch.channels_last) for t in states],
+    )
+    prog = check(model, *cl)
+    with torch.no_grad():
+        g = prog.phi_grad(*cl)
+    assert all(t.is_contiguous(memory_format=torch.channels_last) for t in g)
 
 
 def test_maxpool_overlapping_windows_accumulate():

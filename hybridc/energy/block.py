@@ -24,16 +24,18 @@ from torch.nn.utils import parametrize
 from hybridc.analog.nonideal import quantize_ste
 from hybridc.energy.settings import GradientConfig, SolverConfig
 from hybridc.energy.solver import UnconvergedWarning, free_rule_text, free_schedule, free_step_cap, relax
+from hybridc.energy.transpose.program import StepCache
 from hybridc.errors import UnsupportedOpError
 from hybridc.plan import AnalogSpec
 
-States = list[torch.Tensor]
 if TYPE_CHECKING:
     import torch.fx as fx
 
     from hybridc.cost.analog import AnalogLayout
     from hybridc.cost.constants import EnergyConstants
     from hybridc.plan import Block
+
+States = list[torch.Tensor]
 
 
 class EnergyBlock(nn.Module):
@@ -69,6 +71,10 @@ class EnergyBlock(nn.Module):
     def constrain_(self) -> None:
         """Project the block's parameters back into the set where its relaxation provably converges
         (`hybridc.energy.contraction`); device ops only. A kind without constraints does nothing."""
+
+    def apply_layout_(self) -> None:
+        """Store the parameters in the memory layout the relaxation runs in (a kind that has a choice, DHN,
+        overrides it); called at the start of every phase, cheap when nothing changes."""
 
     def __setstate__(self, state: dict) -> None:
         """As nn.Module's; a copy (`copy.deepcopy`, unpickling) of a block kept within its constraints after
@@ -127,8 +133,10 @@ class EnergyBlock(nn.Module):
         states: States,
         nudge: States | None = None,
         differentiable: bool = False,
+        cache: StepCache | None = None,
     ) -> States:
-        """One relaxation step from `prepare(inputs)`."""
+        """One relaxation step from `prepare(inputs)`; `cache` (one per phase) lets a kind reuse values the
+        previous step computed from states it has not changed since."""
         raise NotImplementedError
 
     def step_map(
@@ -177,10 +185,12 @@ class EnergyBlock(nn.Module):
         are prepared once per phase (the input synapse, e.g. the paper's conv → pool → BatchNorm entry, is not
         re-evaluated per step); only the free phase updates the norms' running statistics."""
         held = contextlib.nullcontext() if phase == "free" else self.norm_stats_held()
+        self.apply_layout_()
         with torch.no_grad(), parametrize.cached(), held:
             prepared = self.prepare(inputs)
+            cache = StepCache()
             out = relax(
-                lambda s: self.step_prepared(prepared, s, nudge),
+                lambda s: self.step_prepared(prepared, s, nudge, cache=cache),
                 states,
                 steps,
                 self.solver,

@@ -13,21 +13,23 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
 
 from hybridc.energy.activations import Activation, make_activation
 from hybridc.energy.block import EnergyBlock
 from hybridc.energy.settings import GradientConfig, SolverConfig
+from hybridc.energy.transpose.program import StepCache
 from hybridc.errors import UnsupportedOpError
 from hybridc.passes.lower import split_synapses
 from hybridc.plan import ActivationSpec
-
-States = list[torch.Tensor]
-
 
 if TYPE_CHECKING:
     from hybridc.cost.analog import AnalogLayout
     from hybridc.cost.constants import EnergyConstants
     from hybridc.plan import Block
+
+States = list[torch.Tensor]
 
 
 def _neuron_depths(gm: fx.GraphModule, n_inputs: int) -> list[int]:
@@ -56,6 +58,37 @@ def _neuron_depths(gm: fx.GraphModule, n_inputs: int) -> list[int]:
     return depth
 
 
+_aten = torch.ops.aten
+#: the 2-d max-pools (modules, functions, ATen ops) whose cost the memory layout decides
+_MAX_POOL_MODULES = (nn.MaxPool2d, nn.AdaptiveMaxPool2d)
+_MAX_POOL_FUNCTIONS = (
+    F.max_pool2d,
+    F.max_pool2d_with_indices,
+    F.adaptive_max_pool2d,
+    torch.max_pool2d,
+    _aten.max_pool2d.default,
+    _aten.max_pool2d_with_indices.default,
+    _aten.adaptive_max_pool2d.default,
+)
+
+
+def _pools_a_state(gm: fx.GraphModule, n_inputs: int) -> bool:
+    """Whether some 2-d max-pool of the synapse graph reads a neuron state (runs on every relaxation step)."""
+    reached: set[fx.Node] = set()
+    stack = [n for n in gm.graph.nodes if n.op == "placeholder"][n_inputs:]
+    while stack:
+        node = stack.pop()
+        if node not in reached:
+            reached.add(node)
+            stack.extend(node.users)
+    for node in reached:
+        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), _MAX_POOL_MODULES):
+            return True
+        if node.op == "call_function" and any(node.target is f for f in _MAX_POOL_FUNCTIONS):
+            return True
+    return False
+
+
 class DHNBlock(EnergyBlock):
     """An analog block as a Deep Hopfield network over its synapse graph."""
 
@@ -79,7 +112,12 @@ class DHNBlock(EnergyBlock):
         self.activation_specs = activations
         self.sigmas: list[Activation] = [make_activation(a) for a in activations]
         depths = _neuron_depths(synapses, n_inputs)
+        self._pools_a_state = _pools_a_state(synapses, n_inputs)
         self.parity = [d % 2 for d in depths]
+        #: the neurons each half of an even/odd sweep updates, even layers first
+        self.parity_groups = tuple(
+            tuple(j for j, p in enumerate(self.parity) if p == parity) for parity in (0, 1)
+        )
         # the input-only part of the synapses (e.g. W_1 x) is computed once per phase, not every step
         prefix, core, self.n_cut = split_synapses(synapses, n_inputs)
         # a plain tuple: prefix and core share the synapses' layers, which must appear once in state_dict
@@ -100,6 +138,30 @@ class DHNBlock(EnergyBlock):
                     raise
 
     @property
+    def channels_last(self) -> bool:
+        """Whether this block relaxes with channels-last conv states and weights (`SolverConfig.layout`). Auto
+        picks it for blocks that max-pool a state: measured on CPU (paper VGG, batch 16, 1 thread), the pool
+        with indices runs ~8x faster channels-last and the block's step 1.19x faster, while a block of convs
+        over 2x2 maps alone runs 2.7x slower channels-last."""
+        if self.solver.layout == "auto":
+            return self._pools_a_state
+        return self.solver.layout == "channels_last"
+
+    def apply_layout_(self) -> None:
+        """Store the block's 4-d weights in the memory layout it relaxes in (in place: the parameters stay the
+        same objects, so optimizers and parametrizations keep them). Cheap when already so: relax calls it."""
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        for p in self.parameters():
+            if p.dim() == 4 and not p.is_contiguous(memory_format=fmt):
+                p.data = p.data.contiguous(memory_format=fmt)
+
+    def initial_states(self, inputs: Sequence[torch.Tensor]) -> States:
+        states = super().initial_states(inputs)
+        if self.channels_last:
+            states = [s.contiguous(memory_format=torch.channels_last) if s.dim() == 4 else s for s in states]
+        return states
+
+    @property
     def core(self) -> fx.GraphModule:
         """The per-step part of the synapses (fed by `prepare`'s once-per-phase prefix, `n_cut` inputs): what
         every relaxation step, and so ∂Φ/∂s and its export, reads."""
@@ -116,12 +178,20 @@ class DHNBlock(EnergyBlock):
         return self._split[0](*inputs)
 
     def phi_grad(
-        self, inputs: Sequence[torch.Tensor], states: States, differentiable: bool = False
-    ) -> States:
-        """∂Φ/∂s for every neuron, from the prepared (cut) inputs. `differentiable`: build an autograd graph
-        through it (id/bptt)."""
+        self,
+        inputs: Sequence[torch.Tensor],
+        states: States,
+        differentiable: bool = False,
+        wanted: Sequence[int] | None = None,
+        cache: StepCache | None = None,
+    ) -> list[torch.Tensor | None]:
+        """∂Φ/∂s for every neuron (or only those in `wanted`, None elsewhere), from the prepared (cut) inputs.
+        `differentiable`: build an autograd graph through it (id/bptt). `cache` (fast path, with `wanted`):
+        reuse the node values of earlier calls whose states are unchanged (`TransposeProgram.phi_grad_of`)."""
         if self.fast is not None:
-            return list(self.fast.phi_grad(inputs, states))
+            if wanted is None:
+                return list(self.fast.phi_grad(inputs, states))
+            return self.fast.phi_grad_of(inputs, states, wanted, cache)
         with torch.enable_grad():
             if differentiable:
                 s = [t if t.requires_grad else t.detach().requires_grad_(True) for t in states]
@@ -130,8 +200,12 @@ class DHNBlock(EnergyBlock):
                 inputs = [x.detach() for x in inputs]
             u = self._split[1](*inputs, *s)
             phi = sum((si * ui).sum() for si, ui in zip(s, u))
-            grads = torch.autograd.grad(phi, s, create_graph=differentiable)
-        return list(grads)
+            which = range(len(s)) if wanted is None else wanted
+            grads = torch.autograd.grad(phi, [s[j] for j in which], create_graph=differentiable)
+        out: list[torch.Tensor | None] = [None] * len(s)
+        for j, g in zip(which, grads):
+            out[j] = g
+        return out
 
     def phi_per_sample(self, inputs: Sequence[torch.Tensor], states: States) -> torch.Tensor:
         """Φ for every sample of the batch (differentiable w.r.t. parameters and inputs). An entry norm uses
@@ -146,18 +220,20 @@ class DHNBlock(EnergyBlock):
         states: States,
         nudge: States | None = None,
         differentiable: bool = False,
+        cache: StepCache | None = None,
     ) -> States:
-        """One relaxation step (synchronous, or even layers then odd layers)."""
+        """One relaxation step: synchronous, or even layers then odd layers. Each half computes ∂Φ/∂s of its
+        own layers only, and with the phase's `cache` reuses the ops whose inputs the other half left
+        unchanged, so an even/odd sweep costs about one synchronous step."""
         inputs = prepared
         if self.solver.mode == "sync" or differentiable:
             g = self.phi_grad(inputs, states, differentiable)
             return [self._update(j, g[j], nudge, differentiable) for j in range(len(states))]
         new = list(states)
-        for parity in (0, 1):
-            g = self.phi_grad(inputs, new)
-            new = [
-                self._update(j, g[j], nudge) if self.parity[j] == parity else new[j] for j in range(len(new))
-            ]
+        for half in self.parity_groups:
+            g = self.phi_grad(inputs, new, wanted=half, cache=cache)
+            for j in half:
+                new[j] = self._update(j, g[j], nudge)
         return new
 
     def _update(

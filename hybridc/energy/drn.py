@@ -172,8 +172,10 @@ class DRNBlock(EnergyBlock):
         states: States,
         nudge: States | None = None,
         differentiable: bool = False,
+        cache: object = None,
     ) -> States:
-        """One exact block-coordinate-descent sweep: odd layers, then even layers (closed form each)."""
+        """One exact block-coordinate-descent sweep: odd layers, then even layers (closed form each, each layer
+        computed once per sweep: `cache` is not needed)."""
         v = [prepared[0]] + list(states)
         n_layers = len(v) - 1
         for parity in (1, 0):

@@ -49,6 +49,11 @@ class SolverConfig(BaseModel):
     anderson: int = Field(0, ge=0, description="Anderson acceleration memory (0 = off)")
     anderson_beta: FiniteFloat = Field(1.0, gt=0, le=1.0, description="Anderson mixing")
     divergence_limit: FiniteFloat = Field(1e6, gt=0, description="|s| above this counts as divergence")
+    layout: Literal["auto", "channels_last", "contiguous"] = Field(
+        "auto",
+        description="memory layout of conv states and weights while relaxing: channels-last, contiguous "
+        "(NCHW), or auto (channels-last for blocks that max-pool a state, where it is measured faster)",
+    )
     fast_path: Literal["auto", "on", "off"] = Field(
         "auto", description="explicit transposed ops (on), autograd vjp (off), or fast when supported"
     )

@@ -5,6 +5,7 @@ is for `algorithm="bp"`), and the config with every default it resolved written 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -244,6 +245,17 @@ def analog_blocks(module: nn.Module) -> dict[str, nn.Module]:
     return dict(getattr(module, "analog_blocks", {}) or {})
 
 
+def _compiled_step(step: Callable[..., list[torch.Tensor]]) -> Callable[..., list[torch.Tensor]]:
+    """`step` under torch.compile, called without the phase's step cache: the compiled graph recomputes what
+    the cache would reuse (the cache's tensor-identity checks would make dynamo recompile every step)."""
+    compiled = torch.compile(step, dynamic=True)
+
+    def step_prepared(prepared, states, nudge=None, differentiable=False, cache=None):  # noqa: ANN001, ANN202
+        return compiled(prepared, states, nudge, differentiable)
+
+    return step_prepared
+
+
 def apply_torch_compile(module: nn.Module, algorithm: str) -> list[str]:
     """torch.compile what a training step runs: the digital blocks' forward and, in every analog block, the
     relaxation step its phases call on every iteration (`step_prepared`, not `step_map`, which the phases do
@@ -255,7 +267,7 @@ def apply_torch_compile(module: nn.Module, algorithm: str) -> list[str]:
     blocks = getattr(module, "blocks", {})
     for name, blk in blocks.items():
         if name in analog_blocks(module):
-            blk.step_prepared = torch.compile(blk.step_prepared, dynamic=True)
+            blk.step_prepared = _compiled_step(blk.step_prepared)
         else:
             blk.forward = torch.compile(blk.forward, dynamic=True)
         done.append(name)

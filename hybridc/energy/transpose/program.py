@@ -33,6 +33,12 @@ class _Step:
     need_state: frozenset = frozenset()  # parameters with a state dependency
     on_state_path: bool = False
     tuple_out: bool = False
+    state_deps: frozenset[int] = frozenset()  # indices of the states its value depends on (data nodes)
+    volatile: bool = False  # its value is random (dropout) or depends on a random value: never reused
+
+    @property
+    def state_key(self) -> tuple[int, ...]:
+        return tuple(sorted(self.state_deps))
 
     @property
     def module(self) -> nn.Module | None:
@@ -70,15 +76,47 @@ def _nodes_in(template: Any) -> list[Node]:
     return found
 
 
-def _live_nodes(output: Node) -> set[Node]:
-    """Nodes the output depends on (drops e.g. ``_guards_fn`` calls and other dead nodes)."""
-    live, stack = set(), [output]
+class StepCache:
+    """Node values (with what their transposes need) from the earlier half-steps of one relaxation, reused
+    while the states each node reads are the very same tensors: an even/odd sweep then evaluates every
+    forward op once per sweep, like a synchronous step, instead of once per half. Create one per relaxation
+    phase (`EnergyBlock.relax` does); tensor identity is the validity test, so nothing is reused across
+    phases, inputs or in-place changes of a state the caller made."""
+
+    __slots__ = ("inputs", "entries")
+
+    def __init__(self) -> None:
+        self.inputs: tuple[Tensor, ...] = ()
+        self.entries: dict[Node, tuple[tuple[Tensor, ...], Any, Record]] = {}
+
+    def bind_inputs(self, inputs: Sequence[Tensor]) -> None:
+        """Forget everything if the inputs are not the ones the entries were computed from."""
+        if len(inputs) != len(self.inputs) or any(a is not b for a, b in zip(inputs, self.inputs)):
+            self.entries.clear()
+            self.inputs = tuple(inputs)
+
+
+@dataclass(frozen=True)
+class _Subset:
+    """What computing ∂Φ/∂s_j for the states j in a subset needs: the steps to run (in graph order, with
+    whether each is recorded for the reverse sweep), the data nodes whose adjoint is accumulated, and each
+    recorded step's parameters whose adjoint is wanted."""
+
+    run: tuple[tuple[_Step, bool], ...]
+    adjoint_nodes: frozenset[Node]
+    need: dict[int, frozenset[str]]  # id(step) -> parameter names
+
+
+def _ancestors(roots: Sequence[Node]) -> set[Node]:
+    """The roots and every node they depend on."""
+    seen: set[Node] = set()
+    stack = list(roots)
     while stack:
         node = stack.pop()
-        if node not in live:
-            live.add(node)
+        if node not in seen:
+            seen.add(node)
             stack.extend(node.all_input_nodes)
-    return live
+    return seen
 
 
 class TransposeProgram:
@@ -109,7 +147,12 @@ class TransposeProgram:
         self._tuple_nodes: set[Node] = set()
         self._piece_nodes: set[Node] = set()
         self._steps: list[_Step] = []
-        live = _live_nodes(output)
+        self._deps: dict[Node, frozenset[int]] = {
+            p: frozenset({k}) for k, p in enumerate(self._placeholders[n_inputs:])
+        }
+        self._volatile: set[Node] = set()
+        self._subsets: dict[frozenset[int], _Subset] = {}
+        live = _ancestors([output])  # drops e.g. ``_guards_fn`` calls and other dead nodes
         for node in graph.nodes:
             if node in live and node.op not in ("placeholder", "output"):
                 self._steps.append(self._analyse(node))
@@ -206,6 +249,13 @@ class TransposeProgram:
         )
         if step.tuple_out:
             self._tuple_nodes.add(node)
+        step.state_deps = frozenset().union(
+            *(self._deps.get(n, frozenset()) for k in data_names for n in _nodes_in(step.binding[k]))
+        )
+        self._deps[node] = step.state_deps
+        step.volatile = rule.stochastic or any(n in self._volatile for n in deps)
+        if step.volatile:
+            self._volatile.add(node)
         return step
 
     # ---- evaluation ----
@@ -270,6 +320,91 @@ class TransposeProgram:
     def phi_grad(self, inputs: Sequence[Tensor], states: Sequence[Tensor]) -> list[Tensor]:
         """``g_k = dPhi/ds_k`` only."""
         return self(inputs, states)[1]
+
+    def _subset(self, wanted: frozenset[int]) -> _Subset:
+        found = self._subsets.get(wanted)
+        if found is not None:
+            return found
+        adjoint_nodes = frozenset(n for n in self._state_dep if self._deps.get(n, frozenset()) & wanted)
+        taped = [s for s in self._steps if s.rule is not None and s.node in adjoint_nodes]
+        need = {
+            id(s): frozenset(
+                k for k in s.need_state if any(n in adjoint_nodes for n in _nodes_in(s.binding[k]))
+            )
+            for s in taped
+        }
+        roots = [n for j in wanted for n in _nodes_in(self._outputs[j])] + [s.node for s in taped]
+        needed = _ancestors(roots)
+        taped_nodes = {s.node for s in taped}
+        run = tuple((s, s.node in taped_nodes) for s in self._steps if s.node in needed)
+        found = self._subsets[wanted] = _Subset(run, adjoint_nodes, need)
+        return found
+
+    def phi_grad_of(
+        self,
+        inputs: Sequence[Tensor],
+        states: Sequence[Tensor],
+        wanted: Sequence[int],
+        cache: StepCache | None = None,
+    ) -> list[Tensor | None]:
+        """``g_j = dPhi/ds_j`` for the states ``j`` in ``wanted`` only (None elsewhere), evaluating only the
+        ops those need: the pre-activations u_j and the transposes of the ops that read s_j. With a `cache`,
+        a node whose inputs are unchanged since an earlier call (same state tensors) is not evaluated again,
+        so one even/odd sweep costs one synchronous step. Same values as `phi_grad` for those states."""
+        plan = self._subset(frozenset(wanted))
+        env: dict[Node, Any] = dict(zip(self._placeholders, [*inputs, *states]))
+        lookup = env.__getitem__
+        if cache is not None:
+            cache.bind_inputs(inputs)
+        tape: list[Record] = []
+        for step, taped in plan.run:
+            rule = step.rule
+            if rule is None:
+                env[step.node] = step.run(env)
+                continue
+            reuse = cache is not None and not step.volatile
+            key = tuple(states[k] for k in step.state_key)
+            hit = cache.entries.get(step.node) if reuse else None
+            if hit is not None and all(a is b for a, b in zip(hit[0], key)):
+                _, out, record = hit
+            else:
+                a = map_arg(step.binding, lookup)
+                out, aux = (step.run(env), None) if rule.forward is None else rule.forward(step, a)
+                record = Record(step, a, aux)
+                if reuse:
+                    cache.entries[step.node] = (key, out, record)
+            env[step.node] = out
+            if taped:
+                tape.append(record)
+
+        adj: dict[Node, Tensor] = {}
+
+        def accumulate(node: Any, grad: Tensor | None) -> None:
+            if grad is None or not isinstance(node, Node) or node not in plan.adjoint_nodes:
+                return
+            prev = adj.get(node)
+            adj[node] = grad if prev is None else prev + grad
+
+        for t, s in zip(self._outputs, states):
+            accumulate(t, s)
+        for rec in reversed(tape):
+            grad = adj.pop(rec.step.node, None)
+            if grad is None:
+                continue
+            for name, contribution in rec.step.rule.adjoint(rec, grad, plan.need[id(rec.step)]).items():
+                template = rec.step.binding[name]
+                if isinstance(template, (list, tuple)):
+                    for t, c in zip(template, contribution):
+                        accumulate(t, c)
+                else:
+                    accumulate(template, contribution)
+        state_nodes = self._placeholders[self.n_inputs :]
+        g: list[Tensor | None] = [None] * self.n_states
+        for j in wanted:
+            u_j = map_arg(self._outputs[j], lookup)
+            p = state_nodes[j]
+            g[j] = u_j + adj[p] if p in adj else u_j
+        return g
 
 
 def unsupported_reason(gm: GraphModule, n_inputs: int) -> str | None:

@@ -55,6 +55,7 @@ class Rule:
     tuple_out: bool = False  # the op returns (values, indices) whatever its arguments say
     meta_args: tuple[str, ...] = ()  # read only for their shape/dtype (``x.view_as(y)``): may be data
     pieces: bool = False  # returns a tuple of pieces of its input (split/chunk/unbind), read by getitem
+    stochastic: bool = False  # draws random numbers (dropout's mask): its value is never reused
 
 
 def _arg(module: nn.Module | None, a: Mapping[str, Any], name: str, default: Any = None) -> Any:
@@ -385,9 +386,22 @@ def conv_adjoint(rec: Record, grad: Tensor, need: frozenset, transposed: bool = 
     return {"input": gx.squeeze(0) if unbatched else gx}
 
 
+def _channels_last(t: Tensor) -> bool:
+    """Stored NHWC (and not also plain contiguous, as size-1 dimensions allow)."""
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
 def index_pool_adjoint(rec: Record, grad: Tensor, need: frozenset, nd: int) -> dict[str, Any]:
     """Max pooling: scatter-add each output adjoint into its arg-max (overlapping windows add up)."""
     x, idx = rec.a["input"], rec.aux
+    if nd == 2 and x.dim() == 4 and _channels_last(grad) and _channels_last(idx):
+        # channels-last relaxation: scatter over (N, H·W, C) views of the NHWC memory instead of copying
+        # grad and indices to NCHW (and the result back)
+        n, c, h, w = x.shape
+        src = grad.permute(0, 2, 3, 1).reshape(n, -1, c)
+        pos = idx.permute(0, 2, 3, 1).reshape(n, -1, c)
+        gx = grad.new_zeros(n, h * w, c).scatter_add_(1, pos, src)
+        return {"input": gx.view(n, h, w, c).permute(0, 3, 1, 2)}
     lead = math.prod(x.shape[: x.dim() - nd])
     spatial = math.prod(x.shape[x.dim() - nd :])
     # in place into a fresh buffer: saves the copy the out-of-place op makes, and stays differentiable

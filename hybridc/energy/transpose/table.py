@@ -61,7 +61,7 @@ _register(
     _aten("lift_fresh_copy.default"),
 )
 _register(
-    R.Rule(R.dropout_adjoint, forward=R.dropout_forward),
+    R.Rule(R.dropout_adjoint, forward=R.dropout_forward, stochastic=True),
     "input, p=0.5, training=True, inplace=False",
     nn.Dropout,
     F.dropout,
