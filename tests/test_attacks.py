@@ -63,10 +63,10 @@ def _tree(d: Path) -> dict[str, bytes]:
 def test_default_run_dirs_started_together_are_distinct_and_resumable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import hybridc.train.loop as T
+    import hybridc.train.run_dir as R
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(T, "default_run_name", lambda c: "same-second-name")  # as if started in one second
+    monkeypatch.setattr(R, "default_run_name", lambda c: "same-second-name")  # as if started in one second
     a = train(cfg(seed=1))
     b = train(cfg(seed=2))
     assert a.run_dir != b.run_dir and a.run_dir.parent == b.run_dir.parent == Path("runs")

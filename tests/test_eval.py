@@ -18,22 +18,11 @@ from hybridc.evaluate import EvalError, evaluate_run, load_run
 from hybridc.train.build import build_model, fit_model
 from hybridc.train.experiment import ConfigError, ExperimentConfig
 from hybridc.train.loop import train
-
-TINY = {
-    "train_subset": 160,
-    "test_subset": 64,
-    "batch_size": 16,
-    "epochs": 2,
-    "t1": 8,
-    "t2": 3,
-    "model_kwargs": {"sizes": [64, 64, 64, 10]},
-    "progress": False,
-    "lr": 1e-2,
-}
+from tests.fixtures.experiments import tiny as tiny_experiment
 
 
 def tiny(**kw: object) -> ExperimentConfig:
-    return ExperimentConfig(**(TINY | kw))
+    return tiny_experiment(**({"train_subset": 160, "test_subset": 64} | kw))
 
 
 def console() -> tuple[Console, io.StringIO]:

@@ -14,25 +14,10 @@ import torch
 
 from hybridc.train import checkpoint as ckmod
 from hybridc.train.checkpoint import CheckpointError, load_checkpoint
-from hybridc.train.experiment import ConfigError, ExperimentConfig
+from hybridc.train.experiment import ConfigError
 from hybridc.train.loop import train
 from hybridc.train.metrics import strip_timings
-
-BASE = {
-    "train_subset": 160,
-    "test_subset": 64,
-    "batch_size": 16,
-    "epochs": 2,
-    "t1": 6,
-    "t2": 3,
-    "model_kwargs": {"sizes": [64, 32, 32, 10]},
-    "progress": False,
-    "lr": 1e-2,
-}
-
-
-def cfg(**kw: object) -> ExperimentConfig:
-    return ExperimentConfig(**(BASE | kw))
+from tests.fixtures.experiments import smaller as cfg
 
 
 def sigint_at(epoch: int, batch: int):  # noqa: ANN201

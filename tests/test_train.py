@@ -16,23 +16,7 @@ from hybridc.train.build import build_model, compile_model
 from hybridc.train.checkpoint import load_checkpoint
 from hybridc.train.experiment import ConfigError, ExperimentConfig, resolve_config, validate_config
 from hybridc.train.loop import train
-
-#: a fast experiment: digits subset, small MLP, few relaxation steps
-TINY = {
-    "train_subset": 320,
-    "test_subset": 96,
-    "batch_size": 16,
-    "epochs": 2,
-    "t1": 8,
-    "t2": 3,
-    "model_kwargs": {"sizes": [64, 64, 64, 10]},
-    "progress": False,
-    "lr": 1e-2,
-}
-
-
-def tiny(**kw: object) -> ExperimentConfig:
-    return ExperimentConfig(**(TINY | kw))
+from tests.fixtures.experiments import TINY, tiny
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

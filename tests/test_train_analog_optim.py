@@ -13,22 +13,7 @@ from hybridc.train.experiment import ExperimentConfig
 from hybridc.train.loop import Trainer, train
 from hybridc.train.metrics import strip_timings
 from hybridc.train.optimizers import analog_weights, make_optimizer
-
-BASE = {
-    "train_subset": 160,
-    "test_subset": 64,
-    "batch_size": 16,
-    "epochs": 2,
-    "t1": 6,
-    "t2": 3,
-    "model_kwargs": {"sizes": [64, 32, 32, 10]},
-    "progress": False,
-    "lr": 1e-2,
-}
-
-
-def cfg(**kw: object) -> ExperimentConfig:
-    return ExperimentConfig(**(BASE | kw))
+from tests.fixtures.experiments import smaller as cfg
 
 
 def test_analog_weights_get_the_analog_optimizer_and_the_rest_adam(tmp_path: Path) -> None:

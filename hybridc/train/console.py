@@ -1,13 +1,16 @@
-"""What a run shows its user: the descriptions in its header, the epoch lines and progress bars, and the
-likely causes of a run stuck at chance. Pure functions of the run's config, plan and records."""
+"""What a run shows its user: its header, the epoch lines and progress bars, and the likely causes of a run
+stuck at chance. Pure functions of the run's config, plan and records (the header reads a set-up Trainer)."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hybridc.plan import Plan
 from hybridc.train.experiment import ExperimentConfig
+
+if TYPE_CHECKING:
+    from hybridc.train.loop import Trainer
 
 #: mean free-phase residual above which a block's equilibrium is called off in warnings
 UNCONVERGED_RESIDUAL = 0.1
@@ -129,3 +132,58 @@ def chance_causes(
             "logits do not depend on the input (saturated or dead neurons, or a zero gradient)"
         )
     return out
+
+
+def run_header(t: Trainer) -> str:
+    """The lines `hybridc train` prints before its first epoch: model and data, algorithm and analog blocks,
+    partition and solver, schedule and device, analog optimizer, and where the run directory is."""
+    from rich.markup import escape
+
+    from hybridc.load_library import is_library_spec
+
+    cfg = t.cfg
+    title = escape(cfg.model) if is_library_spec(cfg.model or "") else cfg.model_label()  # the whole spec
+    parts = [
+        f"[bold]hybridc train[/] {title} on {t.info.title}",
+        f"input {'x'.join(map(str, t.transform.raw_shape))}: {t.transform.describe()}"
+        + (f"; model fitted to the data: {t.fit.how}" if t.fit.how not in ("as is", "") else ""),
+        f"algorithm {cfg.algorithm}",
+    ]
+    if cfg.algorithm != "bp":
+        pc = t.plan.config if t.plan is not None else None
+        gain = getattr(t.module, "feedback_gain", None)
+        parts.append(f"{len(t.block_names)} analog block(s) {analog_text(t.plan, t.cfg)}")
+        partition = f"plan {cfg.plan}" if cfg.plan else (f"max_block_size {pc.max_block_size}" if pc else "-")
+        parts.append(
+            f"partition {partition}, {activation_text(t.plan)}, β {cfg.beta:g}, solver {cfg.solver_mode} "
+            f"{free_phase_text(cfg)} T2 {cfg.t2}, init {cfg.init}"
+            + (f", feedback gain ≤ {gain:g}" if gain else ", feedback gain unbounded")
+        )
+    parts.append(
+        f"{cfg.epochs} epochs × {len(t.train_loader)} batches of {cfg.batch_size}, {cfg.optimizer} "
+        f"lr {cfg.lr:g} ({cfg.schedule}), augment {t.augment}, device {t.device}"
+        + (f" × {t.ctx.world_size} processes" if t.ctx.enabled else "")
+    )
+    if cfg.analog_optimizer is not None:
+        n = sum(p.numel() for p in t.opt.optimizers[-1].param_groups[0]["params"])
+        parts.append(
+            f"analog weights ({n:,} parameters): {cfg.analog_optimizer} lr "
+            f"{cfg.analog_lr if cfg.analog_lr is not None else cfg.lr:g}"
+            + (f", τ {cfg.analog_tau:g}" if cfg.analog_optimizer != "sgd" else "")
+            + (
+                f", transfer lr {cfg.transfer_lr if cfg.transfer_lr is not None else '= lr'} every "
+                f"{cfg.transfer_every}"
+                if cfg.analog_optimizer == "tiki-taka"
+                else ""
+            )
+        )
+    if t.start_epoch >= cfg.epochs:
+        parts.append(f"run directory {t.run_dir} (complete)")
+    elif t.start_epoch or t.partial:
+        parts.append(
+            f"resuming {t.run_dir} at epoch {t.start_epoch + 1}"
+            + (f", batch {t.partial['batches']}" if t.partial else "")
+        )
+    else:
+        parts.append(f"run directory {t.run_dir}")
+    return "\n".join(parts)

@@ -28,12 +28,11 @@ be swamped by bf16's 8-bit mantissa.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +61,12 @@ from hybridc.train.checkpoint import (
     set_rng_state,
 )
 from hybridc.train.console import (
-    UNCONVERGED_RESIDUAL,
-    activation_text,
-    analog_text,
-    chance_causes,
     epoch_line,
-    free_phase_text,
     progress_bars,
+    run_header,
 )
+from hybridc.train.diagnosis import TrainingDiagnosis
+from hybridc.train.epoch_sums import EpochSums
 from hybridc.train.experiment import (
     ConfigError,
     ExperimentConfig,
@@ -87,18 +84,13 @@ from hybridc.train.run_dir import (
     PLAN_NAME,
     SUMMARY_NAME,
     check_fresh_dir,
-    default_run_name,
-    is_hybridc_file,
+    claim_run_dir,
 )
-from hybridc.train.run_lock import RunDirError, RunLock, create_unique_dir
+from hybridc.train.summary import run_summary
 
 #: mean last-step max|Δs| of a free phase above which the trainer warns that a block is not at equilibrium
 #: seconds between the plain progress lines printed within an epoch when the console is not a terminal
 PLAIN_PROGRESS_S = 10.0
-#: train loss above this multiple of the first epoch's: the run is blowing up (warned once)
-LOSS_EXPLOSION_FACTOR = 10.0
-#: epochs after which a train accuracy still at chance level (≤ 1.5 / classes) is warned about
-CHANCE_EPOCHS = 3
 
 BatchHook = Callable[[int, int], None]
 
@@ -112,55 +104,6 @@ class TrainResult:
     summary: dict[str, Any]
     interrupted: bool = False
     config: ExperimentConfig | None = None
-
-
-# ------------------------------------------------------------------------------------------------ trainer
-@dataclass
-class _Accum:
-    """Running sums of one epoch, as device tensors (float64: exact across checkpoint round trips)."""
-
-    loss: torch.Tensor
-    correct: torch.Tensor
-    residual: dict[str, torch.Tensor]
-    samples: int = 0
-    batches: int = 0
-    elapsed: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def zeros(cls, device: torch.device, blocks: list[str]) -> _Accum:
-        z = functools.partial(torch.zeros, (), dtype=torch.float64, device=device)
-        return cls(loss=z(), correct=z(), residual={k: z() for k in blocks})
-
-    def read(self) -> list[float]:
-        """All sums in one host transfer (one sync)."""
-        return torch.stack([self.loss, self.correct, *self.residual.values()]).tolist()
-
-    def to_state(self) -> dict[str, Any]:
-        vals = self.read()
-        return {
-            "loss": vals[0],
-            "correct": vals[1],
-            "residual": dict(zip(self.residual, vals[2:])),
-            "samples": self.samples,
-            "batches": self.batches,
-            "elapsed": self.elapsed,
-        }
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any], device: torch.device, blocks: list[str]) -> _Accum:
-        acc = cls.zeros(device, blocks)
-        acc.loss.fill_(state["loss"])
-        acc.correct.fill_(state["correct"])
-        for k, v in state["residual"].items():
-            if k in acc.residual:
-                acc.residual[k].fill_(v)
-        acc.samples, acc.batches, acc.elapsed = (
-            int(state["samples"]),
-            int(state["batches"]),
-            float(state["elapsed"]),
-        )
-        return acc
 
 
 class Trainer:
@@ -180,8 +123,6 @@ class Trainer:
         self.console = console
         self.ckpt: dict[str, Any] | None = None
         self.force = force
-        self.lock: RunLock | None = None
-        self._created_dir = False
         if resume is not None:
             if out is not None and Path(out).resolve() != Path(resume).resolve():
                 raise ConfigError(
@@ -202,46 +143,6 @@ class Trainer:
         self.ctx, self.device = D.init_distributed(cfg.device)
         self.run_dir_writable = self.ctx.is_main  # only the main process writes the run directory
         self._in_step = False
-
-    # ---- run directory ----------------------------------------------------------------------------
-    def _claim_run_dir(self) -> None:
-        """Main process: create the run directory (a default one under a unique name) and lock it for the
-        run's life; a fresh run's directory is checked again under the lock (another run may have just
-        finished an epoch there)."""
-        if not self.ctx.is_main:
-            return
-        try:
-            if self.run_dir is None:
-                self.run_dir = create_unique_dir(Path("runs"), default_run_name(self.cfg))
-                self._created_dir = True
-            else:
-                self._created_dir = not self.run_dir.exists()
-            self.lock = RunLock(self.run_dir).acquire()
-        except RunDirError:
-            if self._created_dir and self.run_dir is not None:
-                self.run_dir.rmdir()
-            raise
-        except OSError as exc:
-            where = self.run_dir if self.run_dir is not None else Path("runs")
-            raise RunDirError(
-                f"cannot create the run directory {where} ({exc.strerror or exc}); choose a writable --out"
-            ) from None
-        if self.ckpt is None:
-            check_fresh_dir(self.run_dir, self.force)
-        for (
-            p
-        ) in self.run_dir.iterdir():  # half-written files of a process killed mid-write (we hold the lock)
-            if p.name.startswith(".") and p.name.endswith(".tmp") and is_hybridc_file(p.name) and p.is_file():
-                p.unlink(missing_ok=True)
-
-    def _release_run_dir(self, failed: bool) -> None:
-        """Drop the lock; a directory this run created and left empty (it failed before writing) goes too."""
-        if self.lock is not None:
-            self.lock.release()
-            self.lock = None
-        if failed and self._created_dir and self.run_dir is not None:
-            with contextlib.suppress(OSError):
-                self.run_dir.rmdir()  # only when empty
 
     def _write(self, name: str, text: str) -> None:
         if self.run_dir_writable and self.run_dir is not None:
@@ -316,6 +217,7 @@ class Trainer:
         self.plan = getattr(self.module, "plan", None)
         if self.ckpt is None:  # a fresh run records what it resolved; a resumed one keeps its saved config
             cfg = self.cfg = resolved_config(cfg, self.fit, shape, self.plan, self.augment)
+        self.diagnosis = TrainingDiagnosis(cfg, self.plan, self.num_classes, self._print)
         self.block_names = list(analog_blocks(self.module))
         self.compiled_parts = apply_torch_compile(self.module, cfg.algorithm) if cfg.compile else []
         self.model = D.wrap_ddp(self.module, self.ctx, self.device)
@@ -325,8 +227,6 @@ class Trainer:
         self.start_epoch, self.partial = 0, None
         self.wall_before, self.t_run = 0.0, 0.0
         self._last_plain = time.perf_counter()
-        self._warned: set[str] = set()
-        self.training_warnings: list[str] = []
         self.plan_sha256: str | None = None
         if self.ckpt is not None:
             self._restore(self.ckpt)
@@ -409,7 +309,7 @@ class Trainer:
         )
 
     # ---- one epoch --------------------------------------------------------------------------------
-    def _step(self, xb: torch.Tensor, yb: torch.Tensor, acc: _Accum) -> None:
+    def _step(self, xb: torch.Tensor, yb: torch.Tensor, acc: EpochSums) -> None:
         cfg = self.cfg
         x, y = D.shard(xb, self.ctx), D.shard(yb, self.ctx)
         amp = (
@@ -430,7 +330,7 @@ class Trainer:
         acc.batches += 1
         self._in_step = False
 
-    def _accumulate(self, acc: _Accum, loss_sum: torch.Tensor, correct: torch.Tensor, n: int) -> None:
+    def _accumulate(self, acc: EpochSums, loss_sum: torch.Tensor, correct: torch.Tensor, n: int) -> None:
         """Add one batch to the device-side sums: in-place device ops, no `.item()`, no host sync."""
         acc.loss += loss_sum
         acc.correct += correct
@@ -465,14 +365,18 @@ class Trainer:
     def run(self) -> TrainResult:
         """Train to `cfg.epochs`, checkpointing every epoch; a Ctrl-C stops after the current batch. The run
         directory is locked from start to end, whatever the way out."""
-        self._claim_run_dir()
+        claim = None
+        if self.ctx.is_main:
+            claim = claim_run_dir(self.run_dir, self.cfg, self.ckpt is not None, self.force)
+            self.run_dir = claim.path
         failed = True
         try:
             result = self._run()
             failed = False
             return result
         finally:
-            self._release_run_dir(failed)
+            if claim is not None:
+                claim.release(failed)
 
     def _run(self) -> TrainResult:
         self._setup()
@@ -482,7 +386,7 @@ class Trainer:
         stop = StopFlag()
         interrupted = False
         t_run = self.t_run = time.perf_counter()
-        self._print(self._header())
+        self._print(run_header(self))
         if self.start_epoch >= cfg.epochs:
             self._print(
                 f"[yellow]run already finished {self.start_epoch} epochs; nothing to train "
@@ -509,10 +413,10 @@ class Trainer:
             )
             for epoch in range(self.start_epoch, cfg.epochs):
                 if self.partial is not None:
-                    acc = _Accum.from_state(self.partial, self.device, self.block_names)
+                    acc = EpochSums.from_state(self.partial, self.device, self.block_names)
                     self.partial = None
                 else:
-                    acc = _Accum.zeros(self.device, self.block_names)
+                    acc = EpochSums.zeros(self.device, self.block_names)
                     self.train_loader.set_epoch(epoch)
                 if progress:
                     progress.reset(
@@ -575,7 +479,7 @@ class Trainer:
                     )
                     break
         wall = self.wall_before + time.perf_counter() - t_run  # over every session of the run
-        summary = self._summary(wall, interrupted)
+        summary = run_summary(self, wall, interrupted)
         trained = self.start_epoch < cfg.epochs  # False: a finished run resumed, nothing done
         if not trained and self.run_dir is not None and (self.run_dir / SUMMARY_NAME).is_file():
             with contextlib.suppress(OSError, ValueError):  # a finished run keeps (and shows) its summary
@@ -590,7 +494,7 @@ class Trainer:
             self.run_dir if self.ctx.is_main else None, list(self.log.records), summary, interrupted, cfg
         )
 
-    def _finish_epoch(self, epoch: int, acc: _Accum, t0: float) -> dict[str, Any]:
+    def _finish_epoch(self, epoch: int, acc: EpochSums, t0: float) -> dict[str, Any]:
         """Close an epoch started at time `t0`: read the sums, evaluate, log, checkpoint, plot."""
         vals = torch.stack(
             [
@@ -644,81 +548,11 @@ class Trainer:
             except Exception as exc:  # a plotting problem must never cost a training run
                 self._print(f"[yellow]warning: could not draw {CURVES_NAME}: {type(exc).__name__}: {exc}[/]")
         self._print(epoch_line(record, self.cfg.epochs))
-        self._warn_unconverged(record["residual"])
-        self._warn_bad_training()
+        self.diagnosis.after_epoch(self.log.records)
         return record
 
-    def _warn_bad_training(self) -> None:
-        """Say so (once each) when a run goes wrong without diverging: the loss exploding to 10x its first
-        epoch, or the train accuracy still at chance after CHANCE_EPOCHS epochs (over every training sample, so
-        less noisy than a test subset). Nothing stops: the
-        user decides, but a finished run at chance must not look like a success."""
-        recs = self.log.records
-        first, last = recs[0], recs[-1]
-        if (
-            "explode" not in self._warned
-            and first["train_loss"] > 0
-            and last["train_loss"] > LOSS_EXPLOSION_FACTOR * first["train_loss"]
-        ):
-            self._warned.add("explode")
-            self._training_warning(
-                f"train loss {last['train_loss']:.4g} at epoch {last['epoch']} is over {LOSS_EXPLOSION_FACTOR:g}x "
-                f"the first epoch's ({first['train_loss']:.4g}): training is blowing up; lower --lr"
-                + (" or --beta" if self.cfg.algorithm == "ep" else "")
-                + (
-                    ""
-                    if self.cfg.feedback_gain != 0
-                    else ", or keep blocks contractive: drop --feedback-gain 0"
-                )
-            )
-        chance = 1.0 / max(self.num_classes, 1)
-        if (
-            "chance" not in self._warned
-            and len(recs) >= min(CHANCE_EPOCHS, max(self.cfg.epochs, 2))
-            and all(r["train_acc"] <= 1.5 * chance for r in recs[-2:])
-        ):
-            self._warned.add("chance")
-            causes = chance_causes(self.cfg, self.plan, self.log.records, self.num_classes)
-            self._training_warning(
-                f"after {len(recs)} epochs train accuracy {100 * last['train_acc']:.1f} % and test accuracy "
-                f"{100 * last['test_acc']:.1f} % are at chance ({100 * chance:.1f} % for {self.num_classes} "
-                "classes): the model is not learning. "
-                + ("Likely: " + "; ".join(causes) if causes else "Check --lr, the data and the model")
-            )
-
-    def _training_warning(self, text: str) -> None:
-        from rich.markup import escape
-
-        self.training_warnings.append(text)
-        self._print(f"[yellow]warning: {escape(text)}[/]")
-
-    def _warn_unconverged(self, residual: dict[str, float]) -> None:
-        """Say so, once per block, when a free phase ends far from its fixed point: EP's gradient assumes an
-        equilibrium, so the run may still learn but its gradients are no longer the ones EP promises."""
-        for name, r in residual.items():
-            if r > UNCONVERGED_RESIDUAL and name not in self._warned:
-                self._warned.add(name)
-                fixed = self.cfg.t1 is not None
-                self._print(
-                    f"[yellow]warning: {name}'s free phase ends {r:.2g} away from a fixed point (mean "
-                    f"max|Δs| of its last step, {free_phase_text(self.cfg)}): EP gradients are estimated "
-                    "off equilibrium. "
-                    + (
-                        "Raise --t1 or drop it (run to equilibrium), try --solver-mode async"
-                        if fixed
-                        else "It hits its step cap: keep its blocks contractive (a lower --feedback-gain), try "
-                        "--solver-mode async"
-                    )
-                    + (", or lower --hardsigmoid-slope" if self._hardsigmoid() else "")
-                    + ".[/]"
-                )
-
-    def _hardsigmoid(self) -> bool:
-        pc = self.plan.config if self.plan is not None else None
-        return pc is None or pc.activation == "hardsigmoid"
-
     # ---- display ----------------------------------------------------------------------------------
-    def _show(self, progress: Any, task: Any, acc: _Accum, elapsed: float) -> None:
+    def _show(self, progress: Any, task: Any, acc: EpochSums, elapsed: float) -> None:
         loss, correct, *_ = acc.read()  # the one host read every `log_every` batches
         progress.update(
             task,
@@ -727,60 +561,6 @@ class Trainer:
             acc=f"{100 * correct / max(acc.samples, 1):.2f}%",
             speed=f"{acc.samples * self.ctx.world_size / max(elapsed, 1e-9):,.0f} samples/s",
         )
-
-    def _header(self) -> str:
-        from rich.markup import escape
-
-        from hybridc.load_library import is_library_spec
-
-        cfg = self.cfg
-        title = escape(cfg.model) if is_library_spec(cfg.model or "") else cfg.model_label()  # the whole spec
-        parts = [
-            f"[bold]hybridc train[/] {title} on {self.info.title}",
-            f"input {'x'.join(map(str, self.transform.raw_shape))}: {self.transform.describe()}"
-            + (f"; model fitted to the data: {self.fit.how}" if self.fit.how not in ("as is", "") else ""),
-            f"algorithm {cfg.algorithm}",
-        ]
-        if cfg.algorithm != "bp":
-            pc = self.plan.config if self.plan is not None else None
-            gain = getattr(self.module, "feedback_gain", None)
-            parts.append(f"{len(self.block_names)} analog block(s) {analog_text(self.plan, self.cfg)}")
-            partition = (
-                f"plan {cfg.plan}" if cfg.plan else (f"max_block_size {pc.max_block_size}" if pc else "-")
-            )
-            parts.append(
-                f"partition {partition}, {activation_text(self.plan)}, β {cfg.beta:g}, solver {cfg.solver_mode} "
-                f"{free_phase_text(cfg)} T2 {cfg.t2}, init {cfg.init}"
-                + (f", feedback gain ≤ {gain:g}" if gain else ", feedback gain unbounded")
-            )
-        parts.append(
-            f"{cfg.epochs} epochs × {len(self.train_loader)} batches of {cfg.batch_size}, {cfg.optimizer} "
-            f"lr {cfg.lr:g} ({cfg.schedule}), augment {self.augment}, device {self.device}"
-            + (f" × {self.ctx.world_size} processes" if self.ctx.enabled else "")
-        )
-        if cfg.analog_optimizer is not None:
-            n = sum(p.numel() for p in self.opt.optimizers[-1].param_groups[0]["params"])
-            parts.append(
-                f"analog weights ({n:,} parameters): {cfg.analog_optimizer} lr "
-                f"{cfg.analog_lr if cfg.analog_lr is not None else cfg.lr:g}"
-                + (f", τ {cfg.analog_tau:g}" if cfg.analog_optimizer != "sgd" else "")
-                + (
-                    f", transfer lr {cfg.transfer_lr if cfg.transfer_lr is not None else '= lr'} every "
-                    f"{cfg.transfer_every}"
-                    if cfg.analog_optimizer == "tiki-taka"
-                    else ""
-                )
-            )
-        if self.start_epoch >= cfg.epochs:
-            parts.append(f"run directory {self.run_dir} (complete)")
-        elif self.start_epoch or self.partial:
-            parts.append(
-                f"resuming {self.run_dir} at epoch {self.start_epoch + 1}"
-                + (f", batch {self.partial['batches']}" if self.partial else "")
-            )
-        else:
-            parts.append(f"run directory {self.run_dir}")
-        return "\n".join(parts)
 
     def _plain_progress(self) -> bool:
         """Plain intra-epoch lines instead of bars: progress wanted, but the console is not a terminal (a log
@@ -794,7 +574,7 @@ class Trainer:
             return False
         return time.perf_counter() - self._last_plain >= PLAIN_PROGRESS_S
 
-    def _plain_line(self, epoch: int, acc: _Accum, n_batches: int, elapsed: float) -> None:
+    def _plain_line(self, epoch: int, acc: EpochSums, n_batches: int, elapsed: float) -> None:
         loss, correct, *_ = acc.read()  # at a log point: the host read the bars make too
         n = max(acc.samples, 1)
         rate = acc.samples * self.ctx.world_size / max(elapsed, 1e-9)
@@ -804,38 +584,6 @@ class Trainer:
             f"epoch {epoch + 1}/{self.cfg.epochs} batch {acc.batches}/{n_batches}  train loss "
             f"{loss / n:.4f} acc {100 * correct / n:.2f}%  {rate:,.0f} samples/s  epoch ETA {eta:.0f}s"
         )
-
-    def _summary(self, wall: float, interrupted: bool) -> dict[str, Any]:
-        recs = self.log.records
-        last = recs[-1] if recs else {}
-        best = self.log.best()
-        n_analog = sum(p.numel() for b in analog_blocks(self.module).values() for p in b.parameters())
-        n_all = sum(p.numel() for p in self.module.parameters())
-        times = [r["epoch_time_s"] for r in recs]
-        samples = sum(r["samples_per_s"] * r["epoch_time_s"] for r in recs)
-        return {
-            "model": self.cfg.model_label(),
-            "data": self.cfg.data,
-            "algorithm": self.cfg.algorithm,
-            "analog_blocks": len(self.block_names),
-            "params_analog": n_analog,
-            "params_digital": n_all - n_analog,
-            "epochs_done": len(recs),
-            "final_test_acc": last.get("test_acc"),
-            "best_test_acc": best["test_acc"] if best else None,
-            "best_epoch": best["epoch"] if best else None,
-            "final_train_acc": last.get("train_acc"),
-            "final_test_loss": last.get("test_loss"),
-            "mean_epoch_time_s": sum(times) / len(times) if times else None,
-            # the mean training throughput over the epochs (their samples over their training time)
-            "samples_per_s": samples / sum(times) if times and sum(times) > 0 else None,
-            "wall_time_s": wall,
-            "device": str(self.device),
-            "processes": self.ctx.world_size,
-            "interrupted": interrupted,
-            "run_dir": str(self.run_dir),
-            "warnings": list(self.training_warnings),
-        }
 
 
 def train(

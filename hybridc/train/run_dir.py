@@ -18,13 +18,15 @@ Every file is written atomically (temporary sibling + fsync + rename, `hybridc.f
 
 from __future__ import annotations
 
+import contextlib
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from hybridc.errors import HybridcError
 from hybridc.train.experiment import ConfigError, ExperimentConfig, validate_config
-from hybridc.train.run_lock import LOCK_NAME, RunDirError
+from hybridc.train.run_lock import LOCK_NAME, RunDirError, RunLock, create_unique_dir
 
 CONFIG_NAME = "config.json"
 PLAN_NAME = "plan.json"
@@ -138,3 +140,52 @@ __all__ = [
     "is_run_dir",
     "looks_like_run",
 ]
+
+
+@dataclass
+class ClaimedRunDir:
+    """A run directory one training process holds, locked, for the run's life."""
+
+    path: Path
+    created: bool  # this run made it (so it may remove it again when it fails before writing anything)
+    lock: RunLock
+
+    def release(self, failed: bool) -> None:
+        """Drop the lock; a directory this run created and left empty (it failed before writing) goes too."""
+        self.lock.release()
+        if failed and self.created:
+            with contextlib.suppress(OSError):
+                self.path.rmdir()  # only when empty
+
+
+def claim_run_dir(path: Path | None, cfg: ExperimentConfig, resuming: bool, force: bool) -> ClaimedRunDir:
+    """Create the run directory (`path`, or a unique default name under runs/) and lock it; a fresh run's
+    directory is checked again under the lock (another run may have just finished an epoch there), and
+    half-written files of a process killed mid-write are removed (we hold the lock)."""
+    created = False
+    try:
+        if path is None:
+            path = create_unique_dir(Path("runs"), default_run_name(cfg))
+            created = True
+        else:
+            created = not path.exists()
+        lock = RunLock(path).acquire()
+    except RunDirError:
+        if created and path is not None:
+            path.rmdir()
+        raise
+    except OSError as exc:
+        where = path if path is not None else Path("runs")
+        raise RunDirError(
+            f"cannot create the run directory {where} ({exc.strerror or exc}); choose a writable --out"
+        ) from None
+    if not resuming:
+        try:
+            check_fresh_dir(path, force)
+        except BaseException:
+            ClaimedRunDir(path, created, lock).release(failed=True)
+            raise
+    for p in path.iterdir():
+        if p.name.startswith(".") and p.name.endswith(".tmp") and is_hybridc_file(p.name) and p.is_file():
+            p.unlink(missing_ok=True)
+    return ClaimedRunDir(path, created, lock)
