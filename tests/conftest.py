@@ -35,7 +35,7 @@ SMOKE_FILES = frozenset(
         "test_cli_help.py",
         "test_cli_errors.py",
         "test_zoo.py",
-        "test_plan.py",
+        "test_partition_passes.py",
         "test_gradcheck_batch.py",
         "test_cli_eval.py",
     }
