@@ -173,3 +173,19 @@ def test_layouts_give_the_same_relaxation_and_gradients():
     assert g1.keys() == g2.keys()
     for k in g1:
         assert torch.allclose(g1[k], g2[k], rtol=1e-9, atol=1e-12), k
+
+
+def test_a_block_relaxes_in_its_own_layout_whatever_its_inputs_arrive_in():
+    """A channels-last block upstream makes the digital ops after it channels-last; the next block, NCHW by
+    choice, must not relax in the layout it was handed (its convs would convert on every call)."""
+    _, blocks, inputs = _compiled("vgg-paper", 3)
+    for bname, block in blocks.items():
+        fmt = torch.channels_last if block.channels_last else torch.contiguous_format
+        other = torch.contiguous_format if block.channels_last else torch.channels_last
+        handed = [x.contiguous(memory_format=other) if x.dim() == 4 else x for x in inputs[bname]]
+        with torch.no_grad():
+            prepared = block.prepare(handed)
+            out = block.relax(handed, block.initial_states(handed), 3, "free")
+        for t in [*prepared, *out]:
+            if t.dim() == 4 and min(t.shape[1], t.shape[2] * t.shape[3]) > 1:
+                assert t.is_contiguous(memory_format=fmt), (bname, t.shape, t.stride())

@@ -156,10 +156,7 @@ class DHNBlock(EnergyBlock):
                 p.data = p.data.contiguous(memory_format=fmt)
 
     def initial_states(self, inputs: Sequence[torch.Tensor]) -> States:
-        states = super().initial_states(inputs)
-        if self.channels_last:
-            states = [s.contiguous(memory_format=torch.channels_last) if s.dim() == 4 else s for s in states]
-        return states
+        return [self._in_layout(s) for s in super().initial_states(inputs)]
 
     @property
     def core(self) -> fx.GraphModule:
@@ -175,7 +172,17 @@ class DHNBlock(EnergyBlock):
 
     # ---- the fixed-point map ----------------------------------------------------------------------
     def prepare(self, inputs: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
-        return self._split[0](*inputs)
+        """The input-only synapses, once per phase, in the block's layout: a layout arrives with the inputs
+        (a channels-last block upstream makes the digital ops between them channels-last), and convs whose
+        inputs and weights disagree convert on every call."""
+        return [self._in_layout(p) for p in self._split[0](*inputs)]
+
+    def _in_layout(self, t: torch.Tensor) -> torch.Tensor:
+        if t.dim() != 4:
+            return t
+        return t.contiguous(
+            memory_format=torch.channels_last if self.channels_last else torch.contiguous_format
+        )
 
     def phi_grad(
         self,
