@@ -32,8 +32,11 @@ iterates converge to the same fixed point.
 Measuring ρ, kind-agnostically and without host syncs: power iteration on the symmetric operator
 v ↦ D_a^{1/2} A D_a^{1/2} v, where A v is the block's own ∂Φ/∂s at states v minus ∂Φ/∂s at states 0, both with
 the inputs held at zero (inputs and biases cancel). It uses the block's `phi_grad` (fast transposed path or
-autograd), from a fixed start (deterministic, nothing to checkpoint, identical on every DDP process), so the
-estimate is a lower bound that tightens with the iterations; the gain is chosen with room below 1 for that.
+autograd). Each estimate is ‖B u‖ for a unit u, so it is a lower bound that tightens with the iterations; the
+gain is chosen with room below 1 for that. At compile time it starts from fixed vectors; after optimizer steps
+it continues from the previous step's vectors (a few iterations: the weights moved little), with a cold
+estimate from the fixed starts on the first steps and periodically (`DHNConstraint`). Deterministic and
+identical on every DDP process; the vectors travel through the trainer's checkpoints (`guard_state`).
 
 Bounding ρ. The weights that read neuron states (the block's core Linear/Conv layers; layers that read only
 the block's inputs cannot feed back) are all multiplied by one factor t ∈ (0, 1]. Where every state-to-

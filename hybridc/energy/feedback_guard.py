@@ -2,7 +2,9 @@
 optimizer step (`hybridc.energy.contraction`'s docstring gives the argument and the measured defaults).
 
 - `DHNConstraint`: one block's bound ρ ≤ target, calibrated once at compile time and re-applied after each
-  optimizer step by rescaling its state-reading weights (device ops only);
+  optimizer step by rescaling its state-reading weights (device ops only), measuring ρ by a power iteration
+  warm-started from the previous step's vectors (`guard_state` / `load_guard_state` carry them through a
+  checkpoint, so a resumed run continues exactly);
 - the post-step mechanism: one torch.optim hook that calls `constrain_` on every registered block whose
   parameters the stepping optimizer holds (every kind: a DRN's is its conductance projection);
 - compile time: `constrain_model` gives each block that needs it (`EnergyBlock.needs_feedback_guard`) a
@@ -23,10 +25,13 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from hybridc.energy.compensation import Compensation, plan_compensation
 from hybridc.energy.coupling import (
+    COLD_EVERY,
+    COLD_FIRST,
     COMPILE_ITERS,
     COMPILE_STARTS,
     STEP_ITERS,
     STEP_STARTS,
+    WARM_ITERS,
     Coupling,
     feedback_layers,
 )
@@ -48,6 +53,26 @@ class DHNConstraint:
     the target, rescales and returns what it did. `apply_` runs after every optimizer step: device ops only.
     `compensation` (set by `constrain_model` from `plan_compensation`): every rescale by t also scales the top
     layers' biases by t and the weights reading the block's output by 1/t, where that is exact.
+
+    Per-step measurement (`warm_start`, the default): an optimizer step moves the weights little, so ρ is
+    measured by WARM_ITERS power-iteration steps continuing from the previous step's vectors (STEP_STARTS rows,
+    orthonormalised: the second tracks the next singular direction) instead of STEP_ITERS from the fixed
+    starts. Every estimate is ‖B u‖ for unit u, a lower bound of ρ from any start, as before; the power
+    iteration simply runs on across steps, so the warm estimate is tighter than the cold one wherever the
+    weights move slowly against the spectral gap (measured: `WARM_ITERS`); where they move fast it lags by a
+    fraction of a per cent at the steps measured.
+    The cold estimate (STEP_ITERS from the fixed starts) still runs, and the larger of the two is kept:
+    - on the first COLD_FIRST measurements after a reset: the very first, and those after anything that makes
+      the vectors stale or unusable: a `load_state_dict` into the block (other weights: `_reset_after_load`), a
+      change of the weights' device or dtype or of the probe layout (`_key`), `reset_warm_start()`; the first
+      steps of a run also move the weights most (Adam's first, bias-corrected steps), more than 3 iterations
+      follow;
+    - every COLD_EVERY-th measurement: the warm rows can only follow directions they hold, the fixed starts
+      hold every direction, so a direction whose gain overtakes is caught within COLD_EVERY steps.
+    All of it is device ops and Python counters: no host sync. The vectors and the counter are the only state;
+    they live here (not in module buffers: state_dict is unchanged) and travel through checkpoints by
+    `guard_state` / `load_guard_state`, so a resumed run measures exactly what the uninterrupted one does.
+    `warm_start = False` gives the stateless measurement (STEP_ITERS from the fixed starts every step).
     """
 
     def __init__(
@@ -66,6 +91,17 @@ class DHNConstraint:
         self.rho_skip = 0.0
         self.target: float | None = self.gain
         self.compensation = compensation or Compensation(reason="not planned")
+        #: measure ρ after each step warm-started from the previous step's vectors (False: cold every step)
+        self.warm_start = True
+        self.warm_iters = WARM_ITERS
+        self.cold_first, self.cold_every = COLD_FIRST, COLD_EVERY
+        self._warm: list[torch.Tensor] | None = None
+        self._warm_key: tuple[Any, ...] | None = None
+        #: per-step measurements since the last reset, and since the last cold one
+        self._measured = 0
+        self._since_cold = 0
+        if _reset_after_load not in block._load_state_dict_post_hooks.values():
+            block.register_load_state_dict_post_hook(_reset_after_load)
 
     def _weights(self) -> list[torch.Tensor]:
         return [w for _, w in self.layers]
@@ -100,13 +136,76 @@ class DHNConstraint:
         self.compensation.apply_(t)
         return t
 
+    # ---- the per-step measurement ----------------------------------------------------------------------
+    def _key(self, starts: int) -> tuple[Any, ...]:
+        """What the warm vectors are valid for: the probe's rows and layout and the weights' device and dtype."""
+        ref = self.coupling._ref()
+        return (self.coupling.rows(starts), self.coupling.batch, ref.device, ref.dtype)
+
+    def reset_warm_start(self) -> None:
+        """Forget the warm vectors: the next measurement is cold (STEP_ITERS from the fixed starts)."""
+        self._warm, self._warm_key, self._measured, self._since_cold = None, None, 0, 0
+
     @torch.no_grad()
-    def apply_(self, iters: int = STEP_ITERS, starts: int = STEP_STARTS) -> torch.Tensor:
+    def measure(self, starts: int = STEP_STARTS) -> torch.Tensor:
+        """The per-step estimate of ρ (0-d device tensor, no host sync): warm (`warm_iters` steps from the
+        previous vectors), or on a cold step the larger of the cold estimate and the warm one (see the class
+        docstring); keeps the vectors of the estimate it returns for the next step."""
+        key = self._key(starts)
+        if self._warm_key != key:
+            self.reset_warm_start()
+        warm = self._warm
+        self._measured += 1
+        if warm is not None and self._measured > self.cold_first and self._since_cold + 1 < self.cold_every:
+            rho, vecs = self.coupling.power(warm, self.warm_iters)
+            self._since_cold += 1
+        else:
+            rho, vecs = self.coupling.norm_and_vectors(STEP_ITERS, starts)
+            if warm is not None:
+                rho_w, vecs_w = self.coupling.power(warm, self.warm_iters)
+                take_warm = rho_w >= rho
+                vecs = [torch.where(take_warm, a, b) for a, b in zip(vecs_w, vecs)]
+                rho = torch.maximum(rho, rho_w)
+            self._since_cold = 0
+        self._warm, self._warm_key = vecs, key
+        return rho
+
+    @torch.no_grad()
+    def apply_(self, iters: int | None = None, starts: int = STEP_STARTS) -> torch.Tensor:
         """Measure ρ and rescale the state-reading weights if it exceeds the target; returns the factor.
-        Device ops only (no host sync)."""
+        `iters` None: the per-step measurement (`measure`: warm-started unless `warm_start` is off); a number:
+        that many power-iteration steps from the fixed starts (the warm state untouched). Device ops only."""
         if self.target is None or not self.layers:
             return torch.ones(())
-        return self._scale_(self.coupling.norm(iters, starts), self.target, self.rho_skip)
+        if iters is None and self.warm_start:
+            rho = self.measure(starts)
+        else:
+            rho = self.coupling.norm(STEP_ITERS if iters is None else iters, starts)
+        return self._scale_(rho, self.target, self.rho_skip)
+
+    # ---- checkpoints ------------------------------------------------------------------------------------
+    def warm_state(self) -> dict[str, Any]:
+        """The measurement's state for a checkpoint (plain tensors and ints: weights_only-loadable)."""
+        vecs = None if self._warm is None else [v.detach().clone() for v in self._warm]
+        return {"vectors": vecs, "measured": self._measured, "since_cold": self._since_cold}
+
+    def load_warm_state(self, state: dict[str, Any] | None) -> None:
+        """Continue from `warm_state()`'s record (moved to the weights' device); a missing record or one that
+        does not fit this probe (other shapes or dtype) leaves the next measurement cold."""
+        self.reset_warm_start()
+        vecs = (state or {}).get("vectors")
+        if not vecs:
+            return
+        ref = self.coupling._ref()
+        _, _, shapes = self.coupling._layout(self.coupling.rows(STEP_STARTS))
+        if len(vecs) != len(shapes) or any(
+            tuple(v.shape) != tuple(s) or v.dtype != ref.dtype for v, s in zip(vecs, shapes)
+        ):
+            return
+        self._warm = [v.to(ref.device) for v in vecs]
+        self._warm_key = self._key(STEP_STARTS)
+        self._measured = int(state.get("measured", 0))
+        self._since_cold = int(state.get("since_cold", 0))
 
     @torch.no_grad()
     def calibrate(self, rounds: int = 2) -> dict[str, Any]:
@@ -141,6 +240,35 @@ class DHNConstraint:
         self.target = None if math.isinf(tgt) else tgt
         rec.update(rho_before=before, rho_after=after, rho_skip=rho_skip, target=self.target, factor=fac)
         return rec
+
+
+def _reset_after_load(module: nn.Module, incompatible_keys: object) -> None:
+    """load_state_dict post-hook of a guarded block: its weights were replaced, so its constraint's warm
+    vectors are stale (a module-level function, so the hook survives deepcopy and pickling)."""
+    constraint = getattr(module, "constraint", None)
+    if isinstance(constraint, DHNConstraint):
+        constraint.reset_warm_start()
+
+
+def _constraints(model: nn.Module) -> dict[str, DHNConstraint]:
+    return {
+        name: m.constraint
+        for name, m in model.named_modules()
+        if isinstance(getattr(m, "constraint", None), DHNConstraint)
+    }
+
+
+def guard_state(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """The feedback guards' measurement state of every guarded block of `model` (block module name ->
+    `DHNConstraint.warm_state()`), for a checkpoint beside `model.state_dict()`."""
+    return {name: c.warm_state() for name, c in _constraints(model).items()}
+
+
+def load_guard_state(model: nn.Module, state: dict[str, dict[str, Any]] | None) -> None:
+    """Restore `guard_state`'s record (call after `model.load_state_dict`, which resets it); blocks it does
+    not cover (a checkpoint written before it existed) start their next measurement cold."""
+    for name, c in _constraints(model).items():
+        c.load_warm_state((state or {}).get(name))
 
 
 # ---- the one post-step mechanism for every compiled model ------------------------------------------------

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from hybridc.data.preprocess import input_transform, resize_images
+from hybridc.energy.feedback_guard import guard_state, load_guard_state
 from hybridc.errors import DataError, HybridcError
 from hybridc.files import atomic_write_text, sha256_file
 from hybridc.train import distributed as D
@@ -248,6 +249,7 @@ class Trainer:
         self.wall_before = float(ck.get("wall_time_s") or 0.0)
         try:
             self.module.load_state_dict(ck["model"])
+            load_guard_state(self.module, ck.get("guard"))  # the guard's warm start: exact resume
             self.opt.load_state_dict(ck["optimizer"])
             self.sched.load_state_dict(ck["scheduler"])
             self.train_loader.load_state_dict(ck["loader"])
@@ -277,6 +279,7 @@ class Trainer:
             {
                 "config": self.cfg.model_dump(mode="json"),
                 "model": self.module.state_dict(),
+                "guard": guard_state(self.module),
                 "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(),
                 "rng": rng_state(),
