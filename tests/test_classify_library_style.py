@@ -19,7 +19,7 @@ from torch import nn
 
 import hybridc.api as hc
 from hybridc.passes.classify import classify
-from hybridc.passes.trace import stock_class
+from hybridc.passes.tracer import stock_class
 
 from .fixtures.levit_style import TinyLevit
 

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from hybridc.evaluate import evaluate_run, load_run
-from hybridc.load_library import fit_library_model, library_label
+from hybridc.load_library import library_label
 from hybridc.output_leaf import output_path
 from hybridc.train.build import build_model
 from hybridc.train.experiment import ConfigError, validate_config
+from hybridc.train.library_fit import fit_library_model
 from hybridc.train.loop import Trainer, train
 
 pytest.importorskip("transformers")

@@ -28,6 +28,9 @@ Both are ordinary :class:`torch.optim.Optimizer` subclasses (parameter groups,
 done in place with ``torch._foreach_*`` kernels when ``foreach`` is enabled (default:
 enabled for CUDA tensors, disabled on CPU where the per-tensor loop is as fast), and with
 a per-tensor loop otherwise; both paths compute the same expressions.
+
+One module over 400 lines on purpose: both optimizers share the soft-bounds device model and its foreach and
+per-tensor kernels, which are read and checked side by side.
 """
 
 from __future__ import annotations

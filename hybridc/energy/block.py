@@ -78,10 +78,10 @@ class EnergyBlock(nn.Module):
 
     def __setstate__(self, state: dict) -> None:
         """As nn.Module's; a copy (`copy.deepcopy`, unpickling) of a block kept within its constraints after
-        optimizer steps is kept within them too (`hybridc.energy.contraction.register_block`)."""
+        optimizer steps is kept within them too (`hybridc.energy.post_step.register_block`)."""
         super().__setstate__(state)
         if state.get("keep_constrained"):
-            from hybridc.energy.contraction import register_block
+            from hybridc.energy.post_step import register_block
 
             register_block(self)
 

@@ -113,10 +113,8 @@ from hybridc.energy.feedback_guard import (
     compensation_text,
     constrain_model,
     feedback_norms,
-    register,
-    register_block,
-    unregister,
 )
+from hybridc.energy.post_step import register, register_block, unregister
 
 __all__ = [
     "COMPILE_ITERS",

@@ -5,23 +5,22 @@ optimizer step (`hybridc.energy.contraction`'s docstring gives the argument and 
   optimizer step by rescaling its state-reading weights (device ops only), measuring ρ by a power iteration
   warm-started from the previous step's vectors (`guard_state` / `load_guard_state` carry them through a
   checkpoint, so a resumed run continues exactly);
-- the post-step mechanism: one torch.optim hook that calls `constrain_` on every registered block whose
-  parameters the stepping optimizer holds (every kind: a DRN's is its conductance projection);
 - compile time: `constrain_model` gives each block that needs it (`EnergyBlock.needs_feedback_guard`) a
   constraint, records what calibration did in the plan's decisions, and registers the model;
   `feedback_norms` measures ρ for diagnostics.
+
+One module over 400 lines on purpose: the constraint and the compile-time record of what it did (the plan's
+decisions and their texts) are read together; the post-step hook is `hybridc.energy.post_step`.
 """
 
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from hybridc.energy.compensation import Compensation, plan_compensation
 from hybridc.energy.coupling import (
@@ -35,6 +34,7 @@ from hybridc.energy.coupling import (
     Coupling,
     feedback_layers,
 )
+from hybridc.energy.post_step import register
 
 #: Default bound on a DHN block's feedback gain ρ, chosen by measurement: the free phase must reach a fixed
 #: point in the default T1 = 20 steps (a contraction's residual after T1 steps is ≤ ρ^T1 of its first: 0.8^20 = 0.012,
@@ -269,48 +269,6 @@ def load_guard_state(model: nn.Module, state: dict[str, dict[str, Any]] | None) 
     not cover (a checkpoint written before it existed) start their next measurement cold."""
     for name, c in _constraints(model).items():
         c.load_warm_state((state or {}).get(name))
-
-
-# ---- the one post-step mechanism for every compiled model ------------------------------------------------
-#: the analog blocks kept within their constraints (weak references: a block that is garbage is dropped). The
-#: registry holds blocks, not models, and a block re-registers itself when it is copied or unpickled
-#: (`EnergyBlock.__setstate__`), so `copy.deepcopy(model)` or `torch.load` of a whole model keeps its guard.
-_LIVE: weakref.WeakSet[nn.Module] = weakref.WeakSet()
-_HOOK: torch.utils.hooks.RemovableHandle | None = None
-
-
-def _constrain_after_step(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
-    """After any optimizer step: `constrain_` every registered analog block whose parameters this optimizer
-    holds. Device ops only: no host synchronisation."""
-    if not _LIVE:
-        return
-    held = {id(p) for g in optimizer.param_groups for p in g["params"]}
-    for blk in list(_LIVE):
-        if getattr(blk, "keep_constrained", False) and any(id(p) in held for p in blk.parameters()):
-            blk.constrain_()
-
-
-def register_block(block: nn.Module) -> None:
-    """Keep `block` (anything with `constrain_()`) within its constraints after every step of any torch.optim
-    optimizer holding its parameters; copies and unpickled copies of it are kept too."""
-    global _HOOK
-    block.keep_constrained = True
-    _LIVE.add(block)
-    if _HOOK is None:
-        _HOOK = register_optimizer_step_post_hook(_constrain_after_step)
-
-
-def register(model: nn.Module) -> None:
-    """`register_block` every analog block of `model` (an FFEBM)."""
-    for blk in model.analog_blocks.values():
-        register_block(blk)
-
-
-def unregister(model: nn.Module) -> None:
-    """Stop keeping `model`'s analog blocks within their constraints after optimizer steps."""
-    for blk in model.analog_blocks.values():
-        blk.keep_constrained = False
-        _LIVE.discard(blk)
 
 
 # ---- compile time ------------------------------------------------------------------------------------------

@@ -16,6 +16,9 @@ Side-effect-only nodes - `torch._assert`, `torch._check*`, fx's `_assert_is_none
 properties of the example's shapes (timm's PatchEmbed `_assert(H == img_size)`, HF's shape checks) and
 compute nothing: `drop_assertions` removes them, so they never become blocks (an empty digital block, with no
 outputs, is a file onnxruntime cannot load). The compiled model does not repeat these checks.
+
+One module over 400 lines on purpose: the rewrite and its refusals are one pass, and the tables of in-place
+spellings and assertion ops it reads sit beside it.
 """
 
 from __future__ import annotations

@@ -22,11 +22,12 @@ def fit_model(cfg: ExperimentConfig, shape: tuple[int, ...], classes: int) -> An
     `hybridc.models.ZooFit` (factory arguments, the image size the data is resized to first or None, and a
     note saying so). Zoo models are fitted by their table rule (`hybridc.models.fit_zoo_model`; the embedded
     default is the zoo MLP with hidden widths DEFAULT_HIDDEN); a library model (`hf:`/`timm:`) by
-    `hybridc.load_library.fit_library_model` (class count, channels, image and patch size; `model_kwargs` are
+    `hybridc.train.library_fit.fit_library_model` (class count, channels, image and patch size; `model_kwargs` are
     overrides on top of its spec); a model file takes the data as it is, resized only to `cfg.input_size`.
     Fitting an already fitted shape changes nothing."""
-    from hybridc.load_library import fit_library_model, is_library_spec
+    from hybridc.load_library import is_library_spec
     from hybridc.models import ZOO, ZooFit, fit_zoo_model
+    from hybridc.train.library_fit import fit_library_model
 
     name = cfg.model or "mlp"
     c, h, w = (int(d) for d in shape)

@@ -23,6 +23,10 @@ One `Trainer` runs an `ExperimentConfig`:
 Precision: `amp="bf16"` autocasts the forward pass; analog blocks turn autocast off for themselves and relax
 in their parameters' dtype (`EnergyBlock.forward`): EP's finite difference [Φ(s^{+β}) − Φ(s^{−β})]/2β would
 be swamped by bf16's 8-bit mantissa.
+
+One module over 400 lines on purpose: it is the one class `Trainer`, whose methods are the stages of a run
+read in order (setup, restore, step, evaluate, epoch end, save); what it held besides lives in `epoch_sums`,
+`diagnosis`, `console`, `summary` and `run_dir`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """The transposed synapse program of one analog block: the graph analysed once (constant vs data nodes,
-each data node bound to its rule), then run on every relaxation step for u and ∂Φ/∂s without autograd."""
+each data node bound to its rule), then run on every relaxation step for u and ∂Φ/∂s without autograd.
+
+One module over 400 lines on purpose: one class, the program, with the even/odd sweep's subset evaluation
+(`phi_grad_of`, `StepCache`) beside the full evaluation it must reproduce bit for bit.
+"""
 
 from __future__ import annotations
 
