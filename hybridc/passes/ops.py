@@ -68,6 +68,7 @@ _ALIASES = {
     "max_pool3d": "max_pool",
     "max_pool2d_with_indices": "max_pool",
     "max_pool1d_with_indices": "max_pool",
+    "max_pool3d_with_indices": "max_pool",
     "avg_pool1d": "avg_pool",
     "avg_pool2d": "avg_pool",
     "avg_pool3d": "avg_pool",
@@ -75,8 +76,10 @@ _ALIASES = {
     "adaptive_avg_pool2d": "adaptive_avg_pool",
     "adaptive_avg_pool3d": "adaptive_avg_pool",
     "_adaptive_avg_pool2d": "adaptive_avg_pool",
+    "_adaptive_avg_pool3d": "adaptive_avg_pool",
     "adaptive_max_pool1d": "adaptive_max_pool",
     "adaptive_max_pool2d": "adaptive_max_pool",
+    "adaptive_max_pool3d": "adaptive_max_pool",
     "_native_batch_norm_legit_no_training": "batch_norm",
     "_native_batch_norm_legit": "batch_norm",
     "native_batch_norm": "batch_norm",
@@ -94,13 +97,23 @@ _ALIASES = {
     "softmin": "softmax",
     "iadd": "add",
     "add_": "add",
+    # reflected operators and torch's long names: `x.__radd__(y)` is y + x, `torch.multiply` is `torch.mul`
+    "radd": "add",
     "isub": "sub",
     "sub_": "sub",
+    "subtract": "sub",
     "imul": "mul",
     "mul_": "mul",
+    "rmul": "mul",
+    "multiply": "mul",
     "truediv": "div",
     "itruediv": "div",
     "div_": "div",
+    "divide": "div",
+    "true_divide": "div",
+    "negative": "neg",
+    "concat": "cat",
+    "concatenate": "cat",
     "rsub": "rsub",
     "relu_": "relu",
     "sigmoid_": "sigmoid",
@@ -257,32 +270,50 @@ def value_inputs(node: fx.Node) -> list[fx.Node]:
     return list(node.all_input_nodes)
 
 
-def op_key(node: fx.Node, gm: fx.GraphModule) -> str:
-    """Normalised name of what `node` computes ("linear", "relu", "add", "batch_norm", ...)."""
-    if node.op in ("placeholder", "output", "get_attr"):
-        return node.op
-    if node.op == "call_module":
-        # the tracer keeps only stock modules as leaves (trace.stock_class): the class says what they compute
-        mod = module_of(node, gm)
+def spelling_key(spelling: Any) -> str:
+    """Normalised name of what one *spelling* of an op computes: a module class (``nn.Conv2d``), a torch
+    function or builtin operator (``F.conv2d``, ``operator.add``), an ATen ``OpOverload``
+    (``aten.convolution.default``) or a tensor method as ``"Tensor.<method>"`` (``"Tensor.view"``).
+
+    This is the one map from spellings to identities: :func:`op_key` reads a node's spelling and asks it,
+    and the transpose op table (``hybridc.energy.transpose.table``), which is keyed by these same
+    spellings, checks each of its entries against it, so passes, costs and transposes speak one
+    vocabulary. A module class outside the stock set is ``"module:<ClassName>"``; any other callable
+    (a class called as a function, ``torch.Size``, included) is named by its ``__name__``."""
+    if isinstance(spelling, type) and issubclass(spelling, nn.Module):
+        # the tracer keeps only stock modules as leaves (tracer.stock_class): the class says what they compute
         for types, key in _MODULE_KEYS:
-            if isinstance(mod, types):
+            if issubclass(spelling, types):
                 return key
-        return f"module:{type(mod).__name__}"
-    if node.op == "call_method":
-        name = str(node.target)
+        return f"module:{spelling.__name__}"
+    if isinstance(spelling, str):
+        if not spelling.startswith("Tensor."):
+            raise ValueError(f"a method spelling is 'Tensor.<method>', not {spelling!r}")
+        name = spelling[len("Tensor.") :]
+    elif isinstance(spelling, torch._ops.OpOverload):
+        name = spelling._overloadpacket.__name__
+    elif spelling is operator.getitem:
+        name = "getitem"
+    elif spelling is getattr:
+        name = "meta"
     else:
-        target: Any = node.target
-        if isinstance(target, torch._ops.OpOverload):
-            name = target._overloadpacket.__name__
-        elif target is operator.getitem:
-            name = "getitem"
-        elif target is getattr:
-            name = "meta"
-        else:
-            name = getattr(target, "__name__", str(target))
+        name = getattr(spelling, "__name__", str(spelling))
     if name.startswith("__") and name.endswith("__"):
         name = name[2:-2]
     return _ALIASES.get(name, name)
+
+
+def op_key(node: fx.Node, gm: fx.GraphModule) -> str:
+    """Normalised name of what `node` computes ("linear", "relu", "add", "batch_norm", ...): the
+    :func:`spelling_key` of its module's class, its method (``"Tensor.<target>"``) or its function;
+    graph plumbing (placeholder, output, get_attr) is named by its op."""
+    if node.op in ("placeholder", "output", "get_attr"):
+        return node.op
+    if node.op == "call_module":
+        return spelling_key(type(module_of(node, gm)))
+    if node.op == "call_method":
+        return spelling_key(f"Tensor.{node.target}")
+    return spelling_key(node.target)
 
 
 def activation_params(node: fx.Node, gm: fx.GraphModule) -> dict[str, float]:

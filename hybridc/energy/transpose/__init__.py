@@ -17,9 +17,10 @@ respect to states, weights and inputs.
 :class:`TransposeProgram` analyses the graph once.  A node is *constant* when it does not depend on a
 placeholder (weights, ``w.t()``, ...) or depends on one only through shape queries (``x.size(0)``);
 constant nodes are re-evaluated on every call, as they may read parameters that training changes.
-Every other node is *data* and must be found in :data:`_TABLE`, which maps an op's identity (module
-class, function, ATen overload, or ``"Tensor.<method>"``) to a :class:`Rule`: how to run it forward
-(and keep what the transpose needs, e.g. max-pool indices) and how to transpose it.
+Every other node is *data* and must be found in :data:`table.TABLE`, which maps an op's spelling (module
+class, function, ATen overload, or ``"Tensor.<method>"``) to its identity (the name
+:mod:`hybridc.passes.ops` gives it) and a :class:`Rule`: how to run it forward (and keep what the
+transpose needs, e.g. max-pool indices) and how to transpose it.
 """
 
 from hybridc.energy.transpose.program import TransposeProgram, unsupported_reason

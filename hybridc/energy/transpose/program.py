@@ -17,9 +17,8 @@ from torch import Tensor, nn
 from torch.fx import GraphModule, Node
 from torch.fx.node import map_arg
 
-from hybridc.energy.transpose.binding import Signature
 from hybridc.energy.transpose.rules import Record, Rule
-from hybridc.energy.transpose.table import PIECE_ITEM, TABLE, is_meta_query
+from hybridc.energy.transpose.table import PIECE_ITEM, TABLE, Entry, is_meta_query
 from hybridc.errors import UnsupportedOpError
 
 aten = torch.ops.aten
@@ -172,7 +171,9 @@ class TransposeProgram:
             f" adjoint fast path: {why}"
         )
 
-    def _lookup(self, node: Node) -> tuple[Rule, Signature] | None:
+    def _lookup(self, node: Node) -> Entry | None:
+        """The op-table entry of `node`'s spelling (its module class or a base it inherits forward from,
+        ``"Tensor.<method>"``, or its function/overload), or None when the table does not know it."""
         if node.op == "call_module":
             cls = type(self.gm.get_submodule(node.target))
             for base in cls.__mro__:  # a subclass that keeps its base's forward behaves like the base
@@ -208,7 +209,7 @@ class TransposeProgram:
             raise self._unsupported(
                 node, "it depends on an input/state but is not one of the affine ops this fast path supports"
             )
-        rule, sig = found
+        rule, sig = found.rule, found.signature
         try:
             step.binding = sig.bind(node.args, node.kwargs)
         except ValueError as exc:

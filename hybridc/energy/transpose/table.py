@@ -1,12 +1,20 @@
-"""The op table: op identity (module class, torch function, ATen overload or `"Tensor.<method>"`) -> the
-transpose rule and the signature that binds that spelling's arguments. Shape and metadata queries
-(`x.size(0)`, `x.shape`) are recognised here too: they never carry data."""
+"""The op table: an op's spelling (module class, torch function, ATen overload or `"Tensor.<method>"`) ->
+its identity, the transpose rule and the signature that binds that spelling's arguments. Shape and
+metadata queries (`x.size(0)`, `x.shape`) are recognised here too: they never carry data.
+
+The table is keyed by spelling, not identity, because spellings of one op bind their arguments
+differently (``aten.convolution`` vs ``F.conv2d``) and some need their own rule (``x.view_as(y)`` reads
+``y`` only for its shape). Each entry still names its identity, and that name must be the one
+:func:`hybridc.passes.ops.spelling_key` gives the spelling: the table speaks the passes' vocabulary, and
+registering a spelling under another name fails at import.
+
+One module over 400 lines on purpose: it is one table (some 240 spellings in some 40 groups), read as one."""
 
 from __future__ import annotations
 
 import operator
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -15,10 +23,21 @@ from torch.fx import Node
 
 from hybridc.energy.transpose import rules as R
 from hybridc.energy.transpose.binding import MODULE_SIGNATURE, Signature
+from hybridc.passes.ops import spelling_key
 
 aten = torch.ops.aten
 
-TABLE: dict[Any, tuple[R.Rule, Signature]] = {}
+
+class Entry(NamedTuple):
+    """One spelling's entry: its identity (``hybridc.passes.ops`` vocabulary), how to run and transpose it,
+    and how its arguments bind to the rule's parameter names."""
+
+    identity: str
+    rule: R.Rule
+    signature: Signature
+
+
+TABLE: dict[Any, Entry] = {}
 
 
 def _aten(name: str) -> Any:
@@ -31,28 +50,41 @@ def _methods(*names: str) -> list[str]:
     return [f"Tensor.{n}" for n in names]
 
 
-def _register(rule: R.Rule, sig: str, *keys: Any) -> None:
-    """Map each key to ``rule``.  ATen overloads read their signature from their schema, module
-    classes take ``(input)``; functions and ``"Tensor.<method>"`` keys are bound with ``sig``."""
+def _register(identity: str, rule: R.Rule, sig: str, *keys: Any) -> None:
+    """Map each key (spelling) to ``(identity, rule, signature)``.  ATen overloads read their signature
+    from their schema, module classes take ``(input)``; functions and ``"Tensor.<method>"`` keys are
+    bound with ``sig``.  ``None`` keys (ATen overloads this torch build lacks) are skipped.
+
+    Raises ValueError, before registering any key, when ``hybridc.passes.ops`` gives a key another
+    identity than ``identity``: the two tables must not drift apart."""
+    keys = tuple(k for k in keys if k is not None)
+    for key in keys:
+        known = spelling_key(key)
+        if known != identity:
+            raise ValueError(
+                f"transpose table: {key!r} is registered as {identity!r}, but hybridc.passes.ops names it"
+                f" {known!r}; register it under {known!r} or fix the alias in hybridc/passes/ops.py"
+            )
     parsed = Signature.parse(sig)
     for key in keys:
-        if key is None:
-            continue
         if isinstance(key, torch._ops.OpOverload):
-            TABLE[key] = (rule, Signature.of_op(key))
+            TABLE[key] = Entry(identity, rule, Signature.of_op(key))
         elif isinstance(key, type):
-            TABLE[key] = (rule, MODULE_SIGNATURE)
+            TABLE[key] = Entry(identity, rule, MODULE_SIGNATURE)
         else:
-            TABLE[key] = (rule, parsed)
+            TABLE[key] = Entry(identity, rule, parsed)
 
 
 _SHAPE_ARGS = "input, *args, **kwargs"
 
+# One Rule object may serve several identities (flatten, squeeze and view all reshape back): each
+# `_register` call below names the identity its spellings have, so such a rule is registered once per name.
+_IDENTITY = R.Rule(R.identity_adjoint)
 _register(
-    R.Rule(R.identity_adjoint),
+    "identity",
+    _IDENTITY,
     _SHAPE_ARGS,
     nn.Identity,
-    operator.pos,
     torch.clone,
     *_methods("contiguous", "clone"),
     _aten("clone.default"),
@@ -60,7 +92,10 @@ _register(
     _aten("alias.default"),
     _aten("lift_fresh_copy.default"),
 )
+# `+x`: ops.py's "pos", one of its affine SHAPE_OPS rather than a PURE_SHAPE_OPS member
+_register("pos", _IDENTITY, _SHAPE_ARGS, operator.pos)
 _register(
+    "dropout",
     R.Rule(R.dropout_adjoint, forward=R.dropout_forward, stochastic=True),
     "input, p=0.5, training=True, inplace=False",
     nn.Dropout,
@@ -72,29 +107,51 @@ _register(
 #: shape (torch.export spells `x.view(x.size(0), -1)` with `sym_size` values that the block's prefix computes).
 _SIZE_ARGS = ("args", "kwargs", "size", "shape", "sizes", "dim", "index", "start", "end", "step", "length")
 
+_RESHAPE = R.Rule(R.reshape_adjoint, meta_args=_SIZE_ARGS)
 _register(
-    R.Rule(R.reshape_adjoint, meta_args=_SIZE_ARGS),
+    "flatten",
+    _RESHAPE,
     _SHAPE_ARGS,
     nn.Flatten,
-    nn.Unflatten,
     torch.flatten,
+    *_methods("flatten"),
+    _aten("flatten.using_ints"),
+)
+_register(
+    "unflatten",
+    _RESHAPE,
+    _SHAPE_ARGS,
+    nn.Unflatten,
     torch.unflatten,
+    *_methods("unflatten"),
+    _aten("unflatten.int"),
+)
+_register(
+    "view",
+    _RESHAPE,
+    _SHAPE_ARGS,
     torch.reshape,
-    torch.squeeze,
-    torch.unsqueeze,
     torch.ravel,
-    *_methods("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "ravel"),
+    *_methods("view", "reshape", "ravel"),
     _aten("view.default"),
     _aten("reshape.default"),
     _aten("_unsafe_view.default"),
-    _aten("flatten.using_ints"),
-    _aten("unflatten.int"),
+)
+_register(
+    "squeeze",
+    _RESHAPE,
+    _SHAPE_ARGS,
+    torch.squeeze,
+    *_methods("squeeze"),
     _aten("squeeze.dim"),
     _aten("squeeze.dims"),
     _aten("squeeze.default"),
-    _aten("unsqueeze.default"),
 )
 _register(
+    "unsqueeze", _RESHAPE, _SHAPE_ARGS, torch.unsqueeze, *_methods("unsqueeze"), _aten("unsqueeze.default")
+)
+_register(
+    "expand",
     R.Rule(R.expand_adjoint, meta_args=_SIZE_ARGS),
     _SHAPE_ARGS,
     torch.broadcast_to,
@@ -103,6 +160,7 @@ _register(
 )
 # `x.view_as(y)`: y is a template read for its shape (or dtype) only, so it may depend on states
 _register(
+    "view",
     R.Rule(R.reshape_adjoint, meta_args=("other",)),
     "input, other",
     *_methods("view_as", "reshape_as"),
@@ -110,18 +168,22 @@ _register(
     _aten("reshape_as.default"),
 )
 _register(
+    "expand",
     R.Rule(R.expand_adjoint, meta_args=("other",)),
     "input, other",
     *_methods("expand_as"),
     _aten("expand_as.default"),
 )
+# casts are ops.py's "identity" (linear in their data operand); their transpose casts back
 _register(
+    "identity",
     R.Rule(R.cast_adjoint, meta_args=("other",)),
     "input, other",
     *_methods("type_as"),
     _aten("type_as.default"),
 )
 _register(
+    "pad",
     R.Rule(R.pad_adjoint, check=R.check_pad, meta_args=("pad",)),
     "input, pad, mode='constant', value=None",
     nn.ZeroPad2d,
@@ -131,6 +193,7 @@ _register(
     _aten("constant_pad_nd.default"),
 )
 _register(
+    "identity",
     R.Rule(R.cast_adjoint),
     _SHAPE_ARGS,
     *_methods("to", "float", "double"),
@@ -138,6 +201,7 @@ _register(
     _aten("to.dtype"),
 )
 _register(
+    "transpose",
     R.Rule(R.transpose_adjoint),
     "input, dim0, dim1",
     torch.transpose,
@@ -146,18 +210,22 @@ _register(
     *_methods("transpose", "swapaxes", "swapdims"),
     _aten("transpose.int"),
 )
-_register(R.Rule(R.t_adjoint), "input", torch.t, *_methods("t"), _aten("t.default"))
-_register(R.Rule(R.permute_adjoint), "input, dims", torch.permute, _aten("permute.default"))
-_register(R.Rule(R.permute_adjoint), "input, *dims", *_methods("permute"))
+_register("t", R.Rule(R.t_adjoint), "input", torch.t, *_methods("t"), _aten("t.default"))
+_register("permute", R.Rule(R.permute_adjoint), "input, dims", torch.permute, _aten("permute.default"))
+_register("permute", R.Rule(R.permute_adjoint), "input, *dims", *_methods("permute"))
+# ops.py names movedim a permute (which it is); it binds source/destination, so it has its own adjoint
 _register(
+    "permute",
     R.Rule(R.movedim_adjoint),
     "input, source, destination",
     torch.movedim,
     torch.moveaxis,
     *_methods("movedim", "moveaxis"),
 )
-_register(R.Rule(R.tensor_attr_adjoint, check=R.check_tensor_attr), "input, name", getattr)
+# `x.T`/`x.mT` are traced as getattr, which ops.py names "meta" (most getattr nodes read `x.shape`, ...)
+_register("meta", R.Rule(R.tensor_attr_adjoint, check=R.check_tensor_attr), "input, name", getattr)
 _register(
+    "getitem",
     R.Rule(R.getitem_adjoint, forward=R.getitem_forward, check=R.check_getitem),
     "input, index",
     operator.getitem,
@@ -172,6 +240,7 @@ for _kind, _sig, _keys in (
     ("unbind", "input, dim=0", (torch.unbind, *_methods("unbind"), _aten("unbind.int"))),
 ):
     _register(
+        _kind,
         R.Rule(
             R.pieces_adjoint,
             forward=partial(R.pieces_forward, kind=_kind),
@@ -184,6 +253,7 @@ for _kind, _sig, _keys in (
 PIECE_ITEM = R.Rule(R.piece_item_adjoint, check=R.check_getitem)
 
 _register(
+    "select",
     R.Rule(R.select_adjoint, meta_args=_SIZE_ARGS),
     "input, dim, index",
     torch.select,
@@ -191,15 +261,17 @@ _register(
     _aten("select.int"),
 )
 _register(
+    "slice",
     R.Rule(R.slice_adjoint, meta_args=_SIZE_ARGS),
     "input, dim, start, length",
     torch.narrow,
     *_methods("narrow"),
     _aten("narrow.default"),
 )
-_register(R.Rule(R.slice_adjoint, meta_args=_SIZE_ARGS), "", _aten("slice.Tensor"))
+_register("slice", R.Rule(R.slice_adjoint, meta_args=_SIZE_ARGS), "", _aten("slice.Tensor"))
 
 _register(
+    "mean",
     R.Rule(partial(R.reduce_adjoint, mean=True)),
     "input, dim=None, keepdim=False, dtype=None",
     torch.mean,
@@ -208,6 +280,7 @@ _register(
     _aten("mean.dim"),
 )
 _register(
+    "sum",
     R.Rule(partial(R.reduce_adjoint, mean=False)),
     "input, dim=None, keepdim=False, dtype=None",
     torch.sum,
@@ -216,6 +289,7 @@ _register(
     _aten("sum.dim_IntList"),
 )
 _register(
+    "cat",
     R.Rule(R.cat_adjoint, data_args=("tensors",)),
     "tensors, dim=0",
     torch.cat,
@@ -224,11 +298,16 @@ _register(
     _aten("cat.default"),
 )
 _register(
-    R.Rule(R.stack_adjoint, data_args=("tensors",)), "tensors, dim=0", torch.stack, _aten("stack.default")
+    "stack",
+    R.Rule(R.stack_adjoint, data_args=("tensors",)),
+    "tensors, dim=0",
+    torch.stack,
+    _aten("stack.default"),
 )
 
 _BINARY = ("input", "other")
 _register(
+    "add",
     R.Rule(R.sum_adjoint, data_args=_BINARY),
     "input, other, alpha=1",
     operator.add,
@@ -238,6 +317,7 @@ _register(
     _aten("add.Scalar"),
 )
 _register(
+    "sub",
     R.Rule(partial(R.sum_adjoint, signs=(1, -1)), data_args=_BINARY),
     "input, other, alpha=1",
     operator.sub,
@@ -248,6 +328,7 @@ _register(
     _aten("sub.Scalar"),
 )
 _register(
+    "rsub",
     R.Rule(partial(R.sum_adjoint, signs=(-1, 1), scaled="input"), data_args=_BINARY),
     "input, other, alpha=1",
     torch.rsub,
@@ -256,6 +337,7 @@ _register(
     _aten("rsub.Tensor"),
 )
 _register(
+    "neg",
     R.Rule(R.neg_adjoint),
     "input",
     operator.neg,
@@ -265,6 +347,7 @@ _register(
     _aten("neg.default"),
 )
 _register(
+    "mul",
     R.Rule(R.mul_adjoint, data_args=_BINARY, exclusive=_BINARY),
     "input, other",
     operator.mul,
@@ -275,6 +358,7 @@ _register(
     _aten("mul.Scalar"),
 )
 _register(
+    "div",
     R.Rule(R.div_adjoint, check=R.check_div),
     "input, other, rounding_mode=None",
     operator.truediv,
@@ -287,6 +371,7 @@ _register(
 )
 _MATMUL = ("input", "other", "mat2")
 _register(
+    "matmul",
     R.Rule(R.matmul_adjoint, data_args=_MATMUL, exclusive=_MATMUL),
     "input, other",
     operator.matmul,
@@ -299,31 +384,43 @@ _register(
     _aten("bmm.default"),
 )
 _register(
+    "addmm",
     R.Rule(R.addmm_adjoint, data_args=("input", "mat1", "mat2"), exclusive=("mat1", "mat2")),
     "input, mat1, mat2, beta=1, alpha=1",
     torch.addmm,
     *_methods("addmm"),
     _aten("addmm.default"),
 )
-_register(R.Rule(R.linear_adjoint), "input, weight, bias=None", nn.Linear, F.linear, _aten("linear.default"))
+_register(
+    "linear",
+    R.Rule(R.linear_adjoint),
+    "input, weight, bias=None",
+    nn.Linear,
+    F.linear,
+    _aten("linear.default"),
+)
 
 _CONV_SIG = "input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1"
 _CONV_T_SIG = "input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1"
+# conv modules read their hyper-parameters (`transposed` included) off the module: one rule serves both
+_CONV_MODULE = R.Rule(R.conv_adjoint, check=R.check_conv)
 _register(
-    R.Rule(R.conv_adjoint, check=R.check_conv),
+    "conv",
+    _CONV_MODULE,
     _CONV_SIG,
     nn.Conv1d,
     nn.Conv2d,
     nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
     F.conv1d,
     F.conv2d,
     F.conv3d,
     *(_aten(f"conv{n}d.{o}") for n in (1, 2, 3) for o in ("default", "padding")),
 )
 _register(
+    "conv_transpose", _CONV_MODULE, _CONV_SIG, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d
+)
+_register(
+    "conv_transpose",
     R.Rule(partial(R.conv_adjoint, transposed=True)),
     _CONV_T_SIG,
     F.conv_transpose1d,
@@ -332,6 +429,7 @@ _register(
     *(_aten(f"conv_transpose{n}d.input") for n in (1, 2, 3)),
 )
 _register(
+    "conv",
     R.Rule(R.conv_adjoint),
     "input, weight, bias, stride, padding, dilation, transposed, output_padding, groups",
     torch.convolution,
@@ -343,6 +441,7 @@ _AVGPOOL_SIG = "input, kernel_size, stride=None, padding=0, ceil_mode=False, cou
 for _nd in (1, 2, 3):
     _max = partial(R.index_pool_adjoint, nd=_nd)
     _register(
+        "max_pool",
         R.Rule(_max, forward=partial(R.maxpool_forward, nd=_nd, adaptive=False), check=R.check_pool),
         _MAXPOOL_SIG,
         getattr(nn, f"MaxPool{_nd}d"),
@@ -351,23 +450,27 @@ for _nd in (1, 2, 3):
         _aten(f"max_pool{_nd}d.default"),
     )
     _register(
+        "max_pool",
         R.Rule(_max, forward=partial(R.maxpool_forward, nd=_nd, adaptive=False), tuple_out=True),
         _MAXPOOL_SIG,
         getattr(F, f"max_pool{_nd}d_with_indices"),
         _aten(f"max_pool{_nd}d_with_indices.default"),
     )
     _register(
+        "adaptive_max_pool",
         R.Rule(_max, forward=partial(R.maxpool_forward, nd=_nd, adaptive=True), check=R.check_pool),
         "input, output_size, return_indices=False",
         getattr(nn, f"AdaptiveMaxPool{_nd}d"),
         getattr(F, f"adaptive_max_pool{_nd}d"),
     )
     _register(
+        "adaptive_max_pool",
         R.Rule(_max, forward=partial(R.maxpool_forward, nd=_nd, adaptive=True), tuple_out=True),
         "input, output_size",
         _aten(f"adaptive_max_pool{_nd}d.default"),
     )
     _register(
+        "avg_pool",
         R.Rule(partial(R.avgpool_adjoint, nd=_nd)),
         _AVGPOOL_SIG,
         getattr(nn, f"AvgPool{_nd}d"),
@@ -375,6 +478,7 @@ for _nd in (1, 2, 3):
         _aten(f"avg_pool{_nd}d.default"),
     )
     _register(
+        "adaptive_avg_pool",
         R.Rule(partial(R.adaptive_avgpool_adjoint, nd=_nd)),
         "input, output_size",
         getattr(nn, f"AdaptiveAvgPool{_nd}d"),
