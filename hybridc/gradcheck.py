@@ -1,6 +1,9 @@
 """Static gradient analysis (the paper's gradient check): EP vs implicit differentiation vs BPTT for every
 parameter tensor of a compiled ff-EBM and, when every analog block is a single layer, the compiled model
-against autograd of the original model."""
+against autograd of the original model.
+
+This module computes the check; its result, `GradcheckReport` (re-exported here, as `gradcheck` returns
+it), and the report's figure live in `hybridc.gradcheck_report`."""
 
 from __future__ import annotations
 
@@ -14,88 +17,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 import torch.utils._pytree as pytree
-from pydantic import BaseModel
 from torch import nn
 
 from hybridc.api import _as_tuple, compile
 from hybridc.errors import HybridcError
+from hybridc.gradcheck_report import GradcheckReport, ParamCheck
 from hybridc.output_leaf import Path, leaf_at, path_text, select_path
 from hybridc.runtime.ffebm import FFEBM
 
 
-class ParamCheck(BaseModel):
-    """One parameter tensor: EP and BPTT against the ID (true) gradient, and the ID gradient's norm.
-
-    `structural_zero`: the true gradient is zero by structure (norm ≤ `GradcheckReport.zero_rtol` of the
-    largest tensor's: a bias a following LayerNorm removes, a key bias, a zero-initialised residual branch);
-    its cosines and relative errors compare rounding noise and mean nothing, so summaries leave it out.
-    `block`: every block using the tensor, joined by '+' (a tied embedding/lm_head is used by two);
-    `analog`: some analog block uses it."""
-
-    name: str
-    block: str
-    analog: bool
-    numel: int
-    cos_ep_id: float
-    relerr_ep_id: float
-    cos_id_bptt: float
-    relerr_id_bptt: float
-    cos_ep_autograd: float | None = None
-    relerr_ep_autograd: float | None = None
-    id_norm: float = 0.0
-    ep_norm: float = 0.0
-    structural_zero: bool = False
-
-
-class GradcheckReport(BaseModel):
-    forward_max_abs_diff: float | None
-    params: list[ParamCheck]
-    beta: float
-    dtype: str
-    init: str
-    loss: float
-    tol: float
-    equilibrium_residuals: dict[str, float]
-    adjoint_residuals: dict[str, float] = {}
-    adjoint_steps: dict[str, int] = {}
-    output: str = ""
-    zero_rtol: float = 1e-12
-    bptt_steps: int = 0
-    seconds: dict[str, float] = {}
-
-    def unconverged(self) -> list[str]:
-        """Analog blocks whose free phase ended above 100x the tolerance (their gradients are suspect)."""
-        return [k for k, v in self.equilibrium_residuals.items() if not v <= 100 * self.tol]
-
-    def checked(self, analog_only: bool = True) -> list[ParamCheck]:
-        """The tensors whose comparison means something: not structurally zero (and analog, by default)."""
-        return [p for p in self.params if not p.structural_zero and (p.analog or not analog_only)]
-
-    def min_cos_ep_id(self, analog_only: bool = True) -> float | None:
-        rows = self.checked(analog_only)
-        return min(p.cos_ep_id for p in rows) if rows else None
-
-    def max_relerr_ep_id(self, analog_only: bool = True) -> float | None:
-        rows = self.checked(analog_only)
-        return max(p.relerr_ep_id for p in rows) if rows else None
-
-    def public_json(self) -> dict[str, Any]:
-        """The documented JSON shape (one object; `params` with the comparison fields, norms and flags)."""
-        return {
-            "forward_max_abs_diff": self.forward_max_abs_diff,
-            "beta": self.beta,
-            "dtype": self.dtype,
-            "init": self.init,
-            "output": self.output,
-            "zero_rtol": self.zero_rtol,
-            "bptt_steps": self.bptt_steps,
-            "equilibrium_residuals": self.equilibrium_residuals,
-            "adjoint_residuals": self.adjoint_residuals,
-            "params": [p.model_dump() for p in self.params],
-        }
-
-
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cosine similarity of two gradients (1.0 when both are zero, 0.0 when only one is)."""
     a, b = a.flatten(), b.flatten()
     na, nb = a.norm(), b.norm()
     if na == 0 and nb == 0:
@@ -106,6 +38,7 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _relerr(a: torch.Tensor, ref: torch.Tensor) -> float:
+    """‖a − ref‖ / ‖ref‖ (‖a‖ when `ref` is zero)."""
     nr = ref.norm()
     if nr == 0:
         return float(a.norm())
@@ -113,12 +46,14 @@ def _relerr(a: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def _loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for logits against class indices, else half the squared error summed per sample."""
     if out.dim() == 2 and target.dtype == torch.long:
         return F.cross_entropy(out, target)
     return 0.5 * (out - target).pow(2).reshape(out.shape[0], -1).sum(1).mean()
 
 
 def _targets(out: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random targets for `out`: class indices for a 2-d output, else N(0, 1) values of its shape."""
     if out.dim() == 2:
         return torch.randint(0, out.shape[1], (out.shape[0],), generator=generator)
     return torch.randn(out.shape, generator=generator, dtype=out.dtype)  # CPU generator; moved by the caller
@@ -135,7 +70,8 @@ class _Call:
         return leaf_at(model(*self.args, **self.kwargs), self.path, self.reference)
 
 
-def _grads(model: nn.Module, call: _Call, target: torch.Tensor) -> tuple[dict, float]:
+def _grads(model: nn.Module, call: _Call, target: torch.Tensor) -> tuple[dict[str, torch.Tensor], float]:
+    """Every parameter's gradient of the loss (zeros where it gets none), by name, and the loss."""
     model.zero_grad(set_to_none=True)
     loss = _loss(call.output(model), target)
     loss.backward()
@@ -161,6 +97,8 @@ def _random_batch(example: Any, batch: int, dtype: torch.dtype, gen: torch.Gener
 
 
 def _to(example: Any, dtype: torch.dtype | None = None, device: torch.device | None = None) -> Any:
+    """The example's tensors moved to `device`, the floating ones converted to `dtype`."""
+
     def conv(t: Any) -> Any:
         if not isinstance(t, torch.Tensor):
             return t
@@ -170,6 +108,7 @@ def _to(example: Any, dtype: torch.dtype | None = None, device: torch.device | N
 
 
 def _call_parts(example: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The example as call arguments: a dict as keyword arguments, anything else as positional ones."""
     if isinstance(example, dict):
         return (), dict(example)
     return _as_tuple(example), {}
@@ -223,6 +162,7 @@ class _Phases:
 
 
 def _residual_text(values: dict[str, float]) -> str:
+    """Per-block residuals for a progress line: 'analog1 3.2e-14, analog3 8.0e-15'."""
     return ", ".join(f"{k} {v:.1e}" for k, v in values.items())
 
 
@@ -367,7 +307,13 @@ def gradcheck(
 
 
 def _rows(
-    compiled: FFEBM, model: nn.Module, ep: dict, idg: dict, bp: dict, ref: dict | None, zero_rtol: float
+    compiled: FFEBM,
+    model: nn.Module,
+    ep: dict[str, torch.Tensor],
+    idg: dict[str, torch.Tensor],
+    bp: dict[str, torch.Tensor],
+    ref: dict[str, torch.Tensor] | None,
+    zero_rtol: float,
 ) -> list[ParamCheck]:
     """One row per distinct parameter tensor (a tied one once, with every block that uses it)."""
     owners: dict[int, list[str]] = {}
@@ -404,6 +350,7 @@ def _rows(
 
 
 def compiled_tol(compiled: FFEBM) -> float:
+    """The tightest solver tolerance of the compiled model's analog blocks (0.0 without analog blocks)."""
     return (
         min((b.solver.tol or 0.0) for b in compiled.analog_blocks.values()) if compiled.analog_blocks else 0.0
     )
@@ -430,77 +377,4 @@ def original_parameter_names(compiled: FFEBM, model: nn.Module) -> dict[str, str
     return out
 
 
-def plot_report(report: GradcheckReport, path: str) -> None:
-    """Per-tensor figure: relative errors (log axis) above 1 − cosine (log axis) for EP vs ID, ID vs BPTT and,
-    with single-layer blocks, EP vs autograd. Cosines of agreeing gradients all read 1.0 on a linear axis,
-    so both panels are logarithmic; structurally-zero tensors are shaded and carry no bars; legends sit above
-    the axes, not on them."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = report.params
-    x = list(range(len(rows)))
-    floor = 1e-17  # below float64 resolution: an exact match is drawn at the floor, not dropped
-    series = [
-        ("EP vs ID", [r.relerr_ep_id for r in rows], [1 - r.cos_ep_id for r in rows], "tab:blue"),
-        ("ID vs BPTT", [r.relerr_id_bptt for r in rows], [1 - r.cos_id_bptt for r in rows], "tab:orange"),
-    ]
-    if any(r.cos_ep_autograd is not None for r in rows):
-        series.append(
-            (
-                "EP vs autograd",
-                [r.relerr_ep_autograd if r.relerr_ep_autograd is not None else float("nan") for r in rows],
-                [1 - r.cos_ep_autograd if r.cos_ep_autograd is not None else float("nan") for r in rows],
-                "tab:green",
-            )
-        )
-    width = 0.8 / len(series)
-    fig, axes = plt.subplots(2, 1, sharex=True, figsize=(max(7, 0.32 * len(rows) + 3), 7.5))
-    for ax, which, label in ((axes[0], 1, "relative error ‖g − g_ref‖/‖g_ref‖"), (axes[1], 2, "1 − cosine")):
-        for k, item in enumerate(series):
-            vals = [float("nan") if r.structural_zero else max(floor, v) for r, v in zip(rows, item[which])]
-            ax.bar(
-                [i + (k - (len(series) - 1) / 2) * width for i in x],
-                vals,
-                width,
-                label=item[0],
-                color=item[3],
-            )
-        ax.set_yscale("log")
-        ax.set_ylabel(label)
-        ax.grid(axis="y", which="major", alpha=0.3)
-        for i, r in enumerate(rows):
-            if r.structural_zero:
-                ax.axvspan(i - 0.45, i + 0.45, color="0.85", zorder=0)
-            if not r.analog:
-                ax.axvspan(i - 0.5, i + 0.5, color="0.96", zorder=-1)
-    zero = [i for i, r in enumerate(rows) if r.structural_zero]
-    for i in zero:
-        axes[0].text(
-            i,
-            0.5,
-            "zero grad",
-            rotation=90,
-            ha="center",
-            va="center",
-            fontsize=7,
-            color="0.35",
-            transform=axes[0].get_xaxis_transform(),
-        )
-    axes[0].legend(loc="lower left", bbox_to_anchor=(0.0, 1.01), ncol=len(series), fontsize=8, frameon=False)
-    axes[1].set_xticks(x)
-    axes[1].set_xticklabels(
-        [r.name + ("" if r.analog else " (digital)") for r in rows], rotation=75, ha="right", fontsize=7
-    )
-    on = "" if not report.output or report.output.startswith("(") else f", loss on output '{report.output}'"
-    note = f"\n{len(zero)} tensors with a structurally zero true gradient (shaded, no bars)" if zero else ""
-    fig.suptitle(
-        f"gradient check: {report.dtype}, beta={report.beta:g}, init={report.init}{on}{note}\n"
-        f"(values below {floor:g} drawn at {floor:g}; light background: digital tensor)",
-        fontsize=9,
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+__all__ = ["GradcheckReport", "ParamCheck", "compiled_tol", "gradcheck", "original_parameter_names"]

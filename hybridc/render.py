@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.table import Table
 
 from hybridc.plan import Plan
+
+if TYPE_CHECKING:
+    from hybridc.gradcheck_report import GradcheckReport
 
 
 def _shape(shape: list[int] | None) -> str:
@@ -93,7 +98,7 @@ def plan_dot(plan: Plan) -> str:
     return "\n".join(lines) + "\n"
 
 
-def gradcheck_table(report) -> Table:  # noqa: ANN001 - GradcheckReport (avoid importing torch-heavy module)
+def gradcheck_table(report: GradcheckReport) -> Table:
     """One row per tensor; a structurally-zero true gradient shows its norm and "zero" for the comparisons
     (its cosines compare rounding noise)."""
     t = Table(

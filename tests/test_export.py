@@ -19,7 +19,8 @@ from hybridc.api import compile as hc_compile
 from hybridc.errors import UnsupportedOpError
 from hybridc.export import ExportError, Manifest, export_ffebm, load_run, verify_export
 from hybridc.export.manifest import AnalogBlockInfo, DigitalBlockInfo
-from hybridc.export.onnx_blocks import DECOMPOSITIONS, onnx_session
+from hybridc.export.onnx_blocks import onnx_session
+from hybridc.export.pooling_decompositions import DECOMPOSITIONS
 from hybridc.load import load_model
 from hybridc.runtime.ffebm import FFEBM
 

@@ -94,7 +94,8 @@ def export_command(
     with ETA on a terminal."""
     import torch
 
-    from hybridc.export.exporter import export_ffebm, validate_export_settings
+    from hybridc.export.exportable import validate_export_settings
+    from hybridc.export.exporter import export_ffebm
     from hybridc.export.manifest import ExportError, SourceInfo
     from hybridc.export.run_dir import load_run
     from hybridc.export.verify import report_table

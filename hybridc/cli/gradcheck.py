@@ -70,8 +70,8 @@ def gradcheck(
 
     from hybridc.api import make_config
     from hybridc.gradcheck import gradcheck as do_gradcheck
-    from hybridc.gradcheck import plot_report
     from hybridc.gradcheck_progress import PHASES, PhaseProgress
+    from hybridc.gradcheck_report import plot_report
     from hybridc.render import gradcheck_table
 
     policies = policies or {}

@@ -9,6 +9,7 @@ conv, max-pool -> scatter into the arg-max, ...), never autograd, so torch.expor
 - `FullModel`: every block in execution order, each analog block unrolled for its fixed step count
   (a loop-free graph: onnxruntime alone reproduces the model's predictions), optionally behind the trained
   input transform (resize + normalisation), so that it takes raw images.
+- `full_model` / `write_full_model`: that module for a compiled ff-EBM, and its file `model.onnx` (--full).
 
 The solver must be in fixed-step mode: a tolerance criterion or Anderson mixing is data-dependent control
 flow that an unrolled graph cannot express; `prepare_for_export` turns such settings into fixed steps
@@ -18,7 +19,8 @@ flow that an unrolled graph cannot express; `prepare_for_export` turns such sett
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -27,7 +29,17 @@ from hybridc.energy.block import EnergyBlock
 from hybridc.energy.dhn import DHNBlock
 from hybridc.energy.settings import SolverConfig
 from hybridc.errors import UnsupportedOpError
+from hybridc.export.manifest import FullModelInfo, TensorInfo
+from hybridc.export.onnx_blocks import export_onnx
 from hybridc.runtime.ffebm import run_blocks
+
+if TYPE_CHECKING:
+    from hybridc.data.preprocess import InputTransform
+    from hybridc.export.manifest import PreprocessInfo
+    from hybridc.runtime.ffebm import FFEBM
+
+#: the whole model's ONNX file, relative to the export directory
+FULL_FILE = "model.onnx"
 
 
 def ensure_fast_path(block: DHNBlock) -> None:
@@ -253,3 +265,57 @@ def preprocess_samples(
             applied_by_full_model=full,
         )
         return info, (raw_s, raw_t), [pre(raw_s)], [pre(raw_t)]
+
+
+def full_model(
+    model: FFEBM,
+    outputs: list[str],
+    relaxation: str,
+    env: dict[str, torch.Tensor],
+    preprocess: InputTransform | None = None,
+) -> FullModel:
+    """The `FullModel` of compiled ff-EBM `model` (in its export state): its blocks and graph inputs,
+    `outputs` (the distinct output tensors), every analog block run for its solver's t1 steps, behind
+    `preprocess`'s transform if given; a "loop" relaxation's bodies captured from example values `env`."""
+    module = FullModel(
+        model.blocks,
+        {n: model.io(n) for n in model.blocks},
+        model.input_names,
+        outputs,
+        {name: blk.solver.t1 for name, blk in model.analog_blocks.items()},
+        relaxation,
+        preprocess=preprocess.module() if preprocess is not None else None,
+    )
+    if relaxation == "loop":
+        module.prepare_loops(env)
+    return module
+
+
+def write_full_model(
+    module: FullModel,
+    tensors: dict[str, TensorInfo],
+    trace_inputs: list[torch.Tensor],
+    root: Path,
+    opset: int,
+    pre_info: PreprocessInfo | None = None,
+    raw_trace: torch.Tensor | None = None,
+) -> FullModelInfo:
+    """Write `module` as `model.onnx` under `root`, traced on `trace_inputs` (the graph inputs' batch axes as
+    in `tensors`), and describe it. With `pre_info` (a model behind its input transform) it takes the raw
+    images instead of the first graph input, traced on `raw_trace`."""
+    inputs = list(module.input_names)
+    specs = [tensors[i].shape for i in module.input_names]
+    args = trace_inputs
+    if pre_info is not None and raw_trace is not None:  # model.onnx takes the raw images
+        inputs[0], specs[0] = pre_info.raw_input, ["batch", *pre_info.raw_shape]
+        args = [raw_trace, *trace_inputs[1:]]
+    export_onnx(
+        module, args, root / FULL_FILE, inputs, module.output_names, specs, "the full model (--full)", opset
+    )
+    return FullModelInfo(
+        onnx=FULL_FILE,
+        relaxation=module.relaxation,
+        steps=dict(module.steps),
+        inputs=inputs,
+        outputs=list(module.output_names),
+    )

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from hybridc.export.exportable import check_onnx_opsets
 from hybridc.export.manifest import AnalogBlockInfo, DigitalBlockInfo, ExportError, Manifest
 from hybridc.files import sha256_file
 from hybridc.finite import SettingError, check_float
@@ -92,7 +93,6 @@ def _check_files(directory: Path, manifest: Manifest) -> None:
 
 def _check_description(directory: Path, manifest: Manifest) -> None:
     """The manifest's opset and analog-block descriptions against the files (ExportError listing each)."""
-    from hybridc.export.exporter import check_onnx_opsets
     from hybridc.export.verify_spec import check_block_spec
 
     onnx_files = [f.path for f in manifest.files if f.kind == "onnx"]
