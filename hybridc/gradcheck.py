@@ -193,7 +193,9 @@ def gradcheck(
     `batch_data`: (inputs, targets) of a real batch to check on (class indices for a 2-d output, else values
     of the output's shape) instead of the random batch and targets; `batch` is then ignored.
     `bptt_steps` None: unroll 1.5× the longest free phase from zero (which reached the tolerance, so the
-    truncation error ρ^T of BPTT is below the tolerance too: (tol/|s*|)^1.5), at least 20."""
+    truncation error ρ^T of BPTT is below the tolerance too: (tol/|s*|)^1.5), at least 20; 0: skip the BPTT
+    reference (its memory grows with the steps unrolled: a float64 check whose free phase needs hundreds of
+    steps to reach 1e-13 can need tens of GB), leaving its columns None."""
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise HybridcError("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu")
@@ -263,11 +265,13 @@ def gradcheck(
                 if getattr(b, "last_adjoint_steps", None) is not None
             }
             info["detail"] = "adjoint residual " + _residual_text(adj_res)
-        with phase("BPTT") as info:
-            info["detail"] = f"{bptt_steps} steps unrolled"
-            compiled.set_gradient("bptt", bptt_steps=bptt_steps)
-            bp, _ = _grads(compiled, call, target)
-            compiled.set_gradient("ep")
+        bp: dict[str, torch.Tensor] | None = None
+        if bptt_steps:
+            with phase("BPTT") as info:
+                info["detail"] = f"{bptt_steps} steps unrolled"
+                compiled.set_gradient("bptt", bptt_steps=bptt_steps)
+                bp, _ = _grads(compiled, call, target)
+                compiled.set_gradient("ep")
 
     single = all(len(b.weight_layers) == 1 for b in compiled.plan.analog_blocks)
     fwd_diff = None
@@ -337,8 +341,8 @@ def _rows(
                 numel=p.numel(),
                 cos_ep_id=_cos(ep[n], idg[n]),
                 relerr_ep_id=_relerr(ep[n], idg[n]),
-                cos_id_bptt=_cos(idg[n], bp[n]),
-                relerr_id_bptt=_relerr(bp[n], idg[n]),
+                cos_id_bptt=None if bp is None else _cos(idg[n], bp[n]),
+                relerr_id_bptt=None if bp is None else _relerr(bp[n], idg[n]),
                 cos_ep_autograd=_cos(ep[n], ref[orig]) if ref is not None and orig in ref else None,
                 relerr_ep_autograd=_relerr(ep[n], ref[orig]) if ref is not None and orig in ref else None,
                 id_norm=id_norms[n],

@@ -20,7 +20,8 @@ class ParamCheck(BaseModel):
     largest tensor's: a bias a following LayerNorm removes, a key bias, a zero-initialised residual branch);
     its cosines and relative errors compare rounding noise and mean nothing, so summaries leave it out.
     `block`: every block using the tensor, joined by '+' (a tied embedding/lm_head is used by two);
-    `analog`: some analog block uses it."""
+    `analog`: some analog block uses it. `cos_id_bptt`/`relerr_id_bptt` are None when the BPTT reference was
+    skipped (`bptt_steps=0`)."""
 
     name: str
     block: str
@@ -28,8 +29,8 @@ class ParamCheck(BaseModel):
     numel: int
     cos_ep_id: float
     relerr_ep_id: float
-    cos_id_bptt: float
-    relerr_id_bptt: float
+    cos_id_bptt: float | None
+    relerr_id_bptt: float | None
     cos_ep_autograd: float | None = None
     relerr_ep_autograd: float | None = None
     id_norm: float = 0.0
@@ -109,8 +110,16 @@ def plot_report(report: GradcheckReport, path: str) -> None:
     floor = 1e-17  # below float64 resolution: an exact match is drawn at the floor, not dropped
     series = [
         ("EP vs ID", [r.relerr_ep_id for r in rows], [1 - r.cos_ep_id for r in rows], "tab:blue"),
-        ("ID vs BPTT", [r.relerr_id_bptt for r in rows], [1 - r.cos_id_bptt for r in rows], "tab:orange"),
     ]
+    if any(r.cos_id_bptt is not None for r in rows):
+        series.append(
+            (
+                "ID vs BPTT",
+                [r.relerr_id_bptt if r.relerr_id_bptt is not None else float("nan") for r in rows],
+                [1 - r.cos_id_bptt if r.cos_id_bptt is not None else float("nan") for r in rows],
+                "tab:orange",
+            )
+        )
     if any(r.cos_ep_autograd is not None for r in rows):
         series.append(
             (

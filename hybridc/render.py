@@ -139,8 +139,8 @@ def gradcheck_table(report: GradcheckReport) -> Table:
             f"{p.id_norm:.2e}",
             f"{p.cos_ep_id:.6f}",
             f"{p.relerr_ep_id:.2e}",
-            f"{p.cos_id_bptt:.6f}",
-            f"{p.relerr_id_bptt:.2e}",
+            "-" if p.cos_id_bptt is None else f"{p.cos_id_bptt:.6f}",
+            "-" if p.relerr_id_bptt is None else f"{p.relerr_id_bptt:.2e}",
             ag,
             style=style,
         )

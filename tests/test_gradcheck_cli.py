@@ -73,3 +73,24 @@ def test_unknown_output_is_one_error_line(tmp_path: Path) -> None:
     assert r.returncode == 2
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "logits" in lines[0], r.stderr
+
+
+def test_bptt_steps_zero_skips_the_bptt_reference(tmp_path: Path) -> None:
+    """BPTT's memory grows with the steps it unrolls (a float64 check to 1e-13 can need tens of GB):
+    `--bptt-steps 0` leaves it out and changes nothing else."""
+    from hybridc.gradcheck import gradcheck
+    from hybridc.load import load_model
+
+    path = tmp_path / "dict_model.py"
+    path.write_text(MODEL)
+    lm = load_model(str(path))
+    full = gradcheck(lm.model, lm.example_inputs, max_block_size=3, output="logits")
+    skipped = gradcheck(lm.model, lm.example_inputs, max_block_size=3, output="logits", bptt_steps=0)
+    assert skipped.bptt_steps == 0 and all(p.cos_id_bptt is None for p in skipped.params)
+    assert all(p.cos_id_bptt is not None for p in full.params)
+    for a, b in zip(full.params, skipped.params):
+        assert (a.name, a.cos_ep_id, a.relerr_ep_id) == (b.name, b.cos_ep_id, b.relerr_ep_id)
+    r = run(str(path), "--max-block-size", "3", "--output", "logits", "--bptt-steps", "0")
+    assert r.returncode == 0, r.stderr
+    assert "BPTT skipped" in r.stdout and "] BPTT done" not in r.stderr
+    assert "] EP done in" in r.stderr

@@ -40,8 +40,9 @@ def gradcheck(
     bptt_steps: Annotated[
         int | None,
         typer.Option(
-            help="steps unrolled for the BPTT reference" + shown("1.5x the longest free phase, at least 20"),
-            min=1,
+            help="steps unrolled for the BPTT reference; 0 skips it (its memory grows with the steps)"
+            + shown("1.5x the longest free phase, at least 20"),
+            min=0,
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="seed of the random batch and targets")] = 0,
@@ -112,8 +113,12 @@ def gradcheck(
             zero = sum(p.structural_zero for p in report.params if p.analog)
             console.print(
                 f"analog tensors: min cos EP·ID {min(p.cos_ep_id for p in checked):.6f}, "
-                f"max relerr EP·ID {max(p.relerr_ep_id for p in checked):.2e}, "
-                f"min cos ID·BPTT {min(p.cos_id_bptt for p in checked):.6f}"
+                f"max relerr EP·ID {max(p.relerr_ep_id for p in checked):.2e}"
+                + (
+                    f", min cos ID·BPTT {min(p.cos_id_bptt for p in checked if p.cos_id_bptt is not None):.6f}"
+                    if any(p.cos_id_bptt is not None for p in checked)
+                    else ", BPTT skipped"
+                )
                 + (f" ({zero} structurally zero left out)" if zero else "")
             )
     bad = report.unconverged()

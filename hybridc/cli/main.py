@@ -80,7 +80,8 @@ def user_error(exc: BaseException) -> str | None:
     ):
         return (
             "out of memory: the requested shapes or batch sizes are too large for this machine "
-            "(smaller --input-shape, --batch or --batch-size)"
+            "(smaller --input-shape, --batch or --batch-size; in gradcheck, --bptt-steps 0 skips the BPTT "
+            "reference, whose memory grows with the steps it unrolls)"
         )
     return None
 
