@@ -21,6 +21,7 @@ from torch import nn
 
 from hybridc.energy.coupling import _LAYERS, _trainable
 from hybridc.energy.homogeneity import _HOMOGENEOUS_NEURONS, _Broken, _degree, _param_of, _weight_operands
+from hybridc.passes.reach import ancestors, users, walk
 
 
 @dataclass
@@ -100,13 +101,7 @@ def _top_terms(
     pre = list(out.args[0])
     target = pre[j]
     # the cone of u_j: the nodes it is computed from
-    cone: set[fx.Node] = set()
-    stack = [target] if isinstance(target, fx.Node) else []
-    while stack:
-        n = stack.pop()
-        if n not in cone:
-            cone.add(n)
-            stack.extend(n.all_input_nodes)
+    cone = ancestors([target]) if isinstance(target, fx.Node) else set()
     deg: dict[fx.Node, int] = {}
     biases: list[tuple[str, nn.Module, str]] = []
     layers: list[str] = []
@@ -146,14 +141,8 @@ def _top_terms(
             "an unscaled bias)"
         )
     # the scaled biases must reach no other neuron
-    reach: set[fx.Node] = set()
-    stack = list(sources)
-    while stack:
-        n = stack.pop()
-        if n not in reach:
-            reach.add(n)
-            stack.extend(n.users)
-    others = [blk.neuron_names[k] for k, p in enumerate(pre) if k != j and p in reach]
+    fed = set(walk(sources, users))
+    others = [blk.neuron_names[k] for k, p in enumerate(pre) if k != j and p in fed]
     if others:
         raise _Broken(f"the layer of output neuron {name} also feeds neuron(s) {others} of the block")
     return layers, biases

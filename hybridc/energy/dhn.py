@@ -22,6 +22,7 @@ from hybridc.energy.settings import GradientConfig, SolverConfig
 from hybridc.energy.transpose.program import StepCache
 from hybridc.errors import UnsupportedOpError
 from hybridc.passes.lower import split_synapses
+from hybridc.passes.reach import ancestors, users, walk
 from hybridc.plan import ActivationSpec
 
 if TYPE_CHECKING:
@@ -38,19 +39,7 @@ def _neuron_depths(gm: fx.GraphModule, n_inputs: int) -> list[int]:
     states = placeholders[n_inputs:]
     out_node = next(n for n in gm.graph.nodes if n.op == "output")
     pre = list(out_node.args[0])
-    reads: list[set[int]] = []
-    for p in pre:
-        found: set[int] = set()
-        stack, seen = [p], set()
-        while stack:
-            n = stack.pop()
-            if n in seen:
-                continue
-            seen.add(n)
-            if n in states:
-                found.add(states.index(n))
-            stack.extend(n.all_input_nodes)
-        reads.append(found)
+    reads = [{states.index(n) for n in ancestors([p]) if n in states} for p in pre]
     depth = [0] * len(pre)
     for _ in range(len(pre)):
         for j, r in enumerate(reads):
@@ -74,14 +63,8 @@ _MAX_POOL_FUNCTIONS = (
 
 def _pools_a_state(gm: fx.GraphModule, n_inputs: int) -> bool:
     """Whether some 2-d max-pool of the synapse graph reads a neuron state (runs on every relaxation step)."""
-    reached: set[fx.Node] = set()
-    stack = [n for n in gm.graph.nodes if n.op == "placeholder"][n_inputs:]
-    while stack:
-        node = stack.pop()
-        if node not in reached:
-            reached.add(node)
-            stack.extend(node.users)
-    for node in reached:
+    states = [n for n in gm.graph.nodes if n.op == "placeholder"][n_inputs:]
+    for node in walk(states, users):
         if node.op == "call_module" and isinstance(gm.get_submodule(node.target), _MAX_POOL_MODULES):
             return True
         if node.op == "call_function" and any(node.target is f for f in _MAX_POOL_FUNCTIONS):

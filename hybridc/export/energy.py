@@ -18,6 +18,7 @@ import torch.fx as fx
 from hybridc.energy.dhn import DHNBlock, _neuron_depths
 from hybridc.errors import UnsupportedOpError
 from hybridc.export.manifest import NeuronInfo, OpInfo, SynapseInfo
+from hybridc.passes.reach import ancestors
 
 #: more paths than this means the synapse graph is not a sum of simple paths worth listing
 MAX_PATHS = 4096
@@ -102,17 +103,7 @@ def _arg_names(node: fx.Node) -> list[str]:
 
 def _attr_sources(node: fx.Node) -> list[str]:
     """get_attr targets a constant (placeholder-free) expression reads, e.g. `w.t()` -> [w]."""
-    found: list[str] = []
-    stack, seen = [node], set()
-    while stack:
-        n = stack.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        if n.op == "get_attr":
-            found.append(str(n.target))
-        stack.extend(n.all_input_nodes)
-    return sorted(found)
+    return sorted(str(n.target) for n in ancestors([node]) if n.op == "get_attr")
 
 
 def _describe(node: fx.Node, gm: fx.GraphModule, data: set[fx.Node]) -> OpInfo:

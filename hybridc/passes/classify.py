@@ -20,6 +20,7 @@ from hybridc.passes.ops import (
     TUPLE_SHAPE_OPS,
     op_key,
 )
+from hybridc.passes.reach import inputs, users, walk
 
 #: `part`: an interior node of a composite activation (an element-wise function of one value written out
 #: with several ops, e.g. GELU as 0.5·x·(1 + tanh(...))); it is computed with the composite's last node.
@@ -109,36 +110,36 @@ def _attention_regions(
         for n in gm.graph.nodes
         if n in data and (keys.get(n) == "sdpa" or (keys.get(n) in ("matmul", "einsum") and n not in weights))
     ]
+
+    def on_projection_in(n: fx.Node) -> bool:
+        """Between an input projection's weight and the core: pure shape ops, scalar scaling, and a norm (a
+        projection may be normalised before the core: LeViT's Linear + BatchNorm1d)."""
+        key = keys.get(n)
+        return (
+            n in data
+            and n not in weights
+            and (key in _PROJECTION_PATH or key in ("mul", "div", "softmax", "getitem"))
+        )
+
+    def on_projection_out(n: fx.Node) -> bool:
+        """Between the core and the output projection's weight: pure shape ops (and softmax, dropout, getitem,
+        matmul)."""
+        key = keys.get(n)
+        return n not in weights and (
+            key in PURE_SHAPE_OPS or key in ("softmax", "dropout", "getitem", "matmul")
+        )
+
     for c in core:
         name = c.meta.get("hybridc_module", "") or c.name
         region.setdefault(c, name)
-        # projections feeding the core: walk back through pure shape ops (and scalar scaling) to weights
-        stack = list(c.all_input_nodes)
-        seen: set[fx.Node] = set()
-        while stack:
-            n = stack.pop()
-            if n in seen or n not in data:
-                continue
-            seen.add(n)
-            if n in weights:
+        # projections feeding the core: back through the projection path to weights (depth first, in order)
+        for n in walk(c.all_input_nodes, inputs, expand=on_projection_in):
+            if on_projection_in(n) or (n in weights and n in data):
                 region.setdefault(n, name)
-            elif keys.get(n) in _PROJECTION_PATH or keys.get(n) in ("mul", "div", "softmax", "getitem"):
-                # a projection may be normalised before the core (LeViT's Linear + BatchNorm1d)
+        # output projection: forward through pure shape ops to the first weight
+        for n in walk(c.users, users, expand=on_projection_out):
+            if on_projection_out(n) or n in weights:
                 region.setdefault(n, name)
-                stack.extend(n.all_input_nodes)
-        # output projection: walk forward through pure shape ops to the first weight
-        stack = list(c.users)
-        seen = set()
-        while stack:
-            n = stack.pop()
-            if n in seen:
-                continue
-            seen.add(n)
-            if n in weights:
-                region.setdefault(n, name)
-            elif keys.get(n) in PURE_SHAPE_OPS or keys.get(n) in ("softmax", "dropout", "getitem", "matmul"):
-                region.setdefault(n, name)
-                stack.extend(n.users)
     return region
 
 

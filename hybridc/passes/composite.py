@@ -18,6 +18,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from hybridc.passes.ops import ACTIVATIONS
+from hybridc.passes.reach import walk
 
 #: Element-wise ops a composite activation may be written with (their other operands must be numbers).
 ELEMENTWISE = ACTIVATIONS | {
@@ -99,14 +100,11 @@ def _region(
     p: fx.Node, keys: dict[fx.Node, str], data: set[fx.Node], order: dict[fx.Node, int]
 ) -> list[fx.Node]:
     """The element-wise subgraph ending at `p` whose values are used only inside it (graph order)."""
-    closure: set[fx.Node] = set()
-    stack = [p]
-    while stack:
-        n = stack.pop()
-        if n in closure:
-            continue
-        closure.add(n)
-        stack.extend(a for a in n.all_input_nodes if _elementwise(a, keys[a], data))
+
+    def elementwise_inputs(n: fx.Node) -> list[fx.Node]:
+        return [a for a in n.all_input_nodes if _elementwise(a, keys[a], data)]
+
+    closure = set(walk([p], elementwise_inputs))
     region: set[fx.Node] = {p}
     for n in sorted(closure - {p}, key=order.__getitem__, reverse=True):  # users before producers
         if n.users and all(u in region for u in n.users):

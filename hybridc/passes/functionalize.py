@@ -35,6 +35,7 @@ import torch.nn.functional as F  # noqa: N812 - the usual name
 from torch import nn
 
 from hybridc.errors import TraceError
+from hybridc.passes.reach import ancestors
 
 #: Names of ops that only check a condition (or constrain a symbolic size) and return nothing used.
 ASSERTION_OPS = frozenset(
@@ -404,14 +405,7 @@ def remove_dead_code(gm: fx.GraphModule) -> None:
     in-place ops are handled before; anything else with no user computes nothing the model returns)."""
     graph = gm.graph
     out = next(n for n in graph.nodes if n.op == "output")
-    live: set[fx.Node] = set()
-    stack = [out]
-    while stack:
-        n = stack.pop()
-        if n in live:
-            continue
-        live.add(n)
-        stack.extend(n.all_input_nodes)
+    live = ancestors([out])
     for node in reversed(list(graph.nodes)):
         if node not in live and node.op != "placeholder":
             graph.erase_node(node)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch.fx as fx
 
+from hybridc.passes import reach
 from hybridc.plan import Block
 
 
@@ -37,19 +38,7 @@ def block_io(
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     inputs: dict[str, list[fx.Node]] = {}
     for name, nodes in membership.items():
-        members = {by_name[x] for x in nodes}
-        found: list[fx.Node] = []
-        seen: set[fx.Node] = set()
-        stack = [a for m in members for a in m.all_input_nodes]
-        while stack:
-            a = stack.pop()
-            if a in seen or a in members:
-                continue
-            seen.add(a)
-            if a in free:
-                stack.extend(a.all_input_nodes)
-            else:
-                found.append(a)
+        found = _outside_reads([by_name[x] for x in nodes], free)
         # data inputs first (graph order), then inputs read only for their shape or as masks (integer/bool):
         # an analog block takes its batch size, dtype and device from its first input
         inputs[name] = sorted(found, key=lambda a: (not _is_float(a), order[a]))
@@ -61,6 +50,19 @@ def block_io(
         outs = [o for o in outs if o not in inputs[name]]
         result[name] = (inputs[name], sorted(outs, key=order.__getitem__))
     return result
+
+
+def _outside_reads(members: list[fx.Node], free: set[fx.Node]) -> list[fx.Node]:
+    """The non-free values made outside `members` that they read, directly or through free nodes outside
+    them (which the block recomputes, so what those read is read too); each once, in no particular order."""
+    inside = set(members)
+
+    def recomputed(a: fx.Node) -> bool:
+        return a in free and a not in inside
+
+    reads = [a for m in members for a in m.all_input_nodes]
+    reached = reach.walk(reads, reach.inputs, expand=recomputed)
+    return [a for a in reached if a not in inside and a not in free]
 
 
 def _is_float(node: fx.Node) -> bool:

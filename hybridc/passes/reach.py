@@ -58,3 +58,8 @@ def inputs(n: fx.Node) -> list[fx.Node]:
 def descendants(n: fx.Node) -> set[fx.Node]:
     """n and every node that depends on it."""
     return set(walk([n], users))
+
+
+def ancestors(roots: Iterable[fx.Node]) -> set[fx.Node]:
+    """The roots and every node they depend on (what computing the roots needs)."""
+    return set(walk(roots, inputs))

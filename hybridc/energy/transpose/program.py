@@ -20,6 +20,7 @@ from torch.fx.node import map_arg
 from hybridc.energy.transpose.rules import Record, Rule
 from hybridc.energy.transpose.table import PIECE_ITEM, TABLE, Entry, is_meta_query
 from hybridc.errors import UnsupportedOpError
+from hybridc.passes.reach import ancestors
 
 aten = torch.ops.aten
 
@@ -110,18 +111,6 @@ class _Subset:
     need: dict[int, frozenset[str]]  # id(step) -> parameter names
 
 
-def _ancestors(roots: Sequence[Node]) -> set[Node]:
-    """The roots and every node they depend on."""
-    seen: set[Node] = set()
-    stack = list(roots)
-    while stack:
-        node = stack.pop()
-        if node not in seen:
-            seen.add(node)
-            stack.extend(node.all_input_nodes)
-    return seen
-
-
 class TransposeProgram:
     """Forward pass plus hand-written transpose of an affine synapse graph (no autograd calls).
 
@@ -155,7 +144,7 @@ class TransposeProgram:
         }
         self._volatile: set[Node] = set()
         self._subsets: dict[frozenset[int], _Subset] = {}
-        live = _ancestors([output])  # drops e.g. ``_guards_fn`` calls and other dead nodes
+        live = ancestors([output])  # drops e.g. ``_guards_fn`` calls and other dead nodes
         for node in graph.nodes:
             if node in live and node.op not in ("placeholder", "output"):
                 self._steps.append(self._analyse(node))
@@ -339,7 +328,7 @@ class TransposeProgram:
             for s in taped
         }
         roots = [n for j in wanted for n in _nodes_in(self._outputs[j])] + [s.node for s in taped]
-        needed = _ancestors(roots)
+        needed = ancestors(roots)
         taped_nodes = {s.node for s in taped}
         run = tuple((s, s.node in taped_nodes) for s in self._steps if s.node in needed)
         found = self._subsets[wanted] = _Subset(run, adjoint_nodes, need)
