@@ -108,27 +108,22 @@ def plot_report(report: GradcheckReport, path: str) -> None:
     rows = report.params
     x = list(range(len(rows)))
     floor = 1e-17  # below float64 resolution: an exact match is drawn at the floor, not dropped
+    nan = float("nan")
+    comparisons = (
+        ("EP vs ID", "relerr_ep_id", "cos_ep_id", "tab:blue"),
+        ("ID vs BPTT", "relerr_id_bptt", "cos_id_bptt", "tab:orange"),  # None when BPTT was skipped
+        ("EP vs autograd", "relerr_ep_autograd", "cos_ep_autograd", "tab:green"),  # single-layer blocks only
+    )
     series = [
-        ("EP vs ID", [r.relerr_ep_id for r in rows], [1 - r.cos_ep_id for r in rows], "tab:blue"),
+        (
+            label,
+            [nan if getattr(r, rel) is None else getattr(r, rel) for r in rows],
+            [nan if getattr(r, cos) is None else 1 - getattr(r, cos) for r in rows],
+            colour,
+        )
+        for label, rel, cos, colour in comparisons
+        if any(getattr(r, cos) is not None for r in rows)
     ]
-    if any(r.cos_id_bptt is not None for r in rows):
-        series.append(
-            (
-                "ID vs BPTT",
-                [r.relerr_id_bptt if r.relerr_id_bptt is not None else float("nan") for r in rows],
-                [1 - r.cos_id_bptt if r.cos_id_bptt is not None else float("nan") for r in rows],
-                "tab:orange",
-            )
-        )
-    if any(r.cos_ep_autograd is not None for r in rows):
-        series.append(
-            (
-                "EP vs autograd",
-                [r.relerr_ep_autograd if r.relerr_ep_autograd is not None else float("nan") for r in rows],
-                [1 - r.cos_ep_autograd if r.cos_ep_autograd is not None else float("nan") for r in rows],
-                "tab:green",
-            )
-        )
     width = 0.8 / len(series)
     fig, axes = plt.subplots(2, 1, sharex=True, figsize=(max(7, 0.32 * len(rows) + 3), 7.5))
     for ax, which, label in ((axes[0], 1, "relative error ‖g − g_ref‖/‖g_ref‖"), (axes[1], 2, "1 − cosine")):
