@@ -32,6 +32,7 @@ without it. See splitting.py's docstring for why each setting differs from the p
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 import warnings
@@ -43,6 +44,7 @@ import torch.nn.functional as F
 
 from hybridc.api import compile as hc_compile
 from hybridc.data.fashion32 import load_32
+from hybridc.energy.contraction import feedback_norms
 from hybridc.gradcheck import GradcheckReport, gradcheck, original_parameter_names
 from hybridc.models import build_zoo_model
 
@@ -129,6 +131,15 @@ def check(
         )
 
 
+def feedback_gains(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace) -> dict[str, float]:
+    """Each analog block's feedback-gain bound ρ for `model`'s weights as the checks compile them (unguarded):
+    below 1 the free phase is a contraction; above, it may still converge, but EP's finite-β bias grows."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ff = hc_compile(copy.deepcopy(model).float(), x[:2].float(), init="keep", **policies(args))
+    return feedback_norms(ff)
+
+
 def summary(rep: GradcheckReport) -> dict[str, Any]:
     rows = [p for p in rep.checked(analog_only=False) if p.name.endswith("weight")]
     return {
@@ -182,6 +193,7 @@ def plot(results: dict[str, dict[str, Any]], path: Path, title: str) -> None:
                     width,
                     color=colours.get(dt, "gray"),
                     label=f"{dt}, β={rep['beta']:g} (free residual {res:.0e}"
+                    + (f", ρ max {max(rep['rho'].values()):.2f}" if rep.get("rho") else "")
                     + (", NOT at equilibrium)" if rep.get("unconverged") else ")"),
                 )
             ax.set_yscale("log")
@@ -269,16 +281,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"training by EP: {args.train_subset} images, {args.epochs} epoch(s)", flush=True)
             train_in_place(model.train(), xtr, ytr, args)
             model.eval()
+        rho = feedback_gains(model, x, args)
         for dtype, beta in ((torch.float32, args.beta32), (torch.float64, args.beta64)):
             t0 = time.perf_counter()
             rep = check(model, x, y, dtype, beta, args)
             s = summary(rep)
+            s["rho"] = rho
             results[f"{stage}/{s['dtype']}"] = s
             worst = min(s["layers"], key=lambda r: r["cos"])
             print(
                 f"{stage:8s} {s['dtype']:8s} β={beta:g}: min cos {worst['cos']:.6f} ({worst['name']}), max relerr "
                 f"{max(r['relerr'] for r in s['layers']):.2e}, residuals "
                 f"{ {k: f'{v:.1e}' for k, v in s['residuals'].items()} } ({time.perf_counter() - t0:.0f} s)"
+                + f", ρ { {k: round(v, 3) for k, v in rho.items()} }"
                 + (f" NOT AT EQUILIBRIUM: {', '.join(s['unconverged'])}" if s["unconverged"] else ""),
                 flush=True,
             )
