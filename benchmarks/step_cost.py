@@ -57,7 +57,6 @@ from rich.console import Console
 from rich.table import Table
 
 from hybridc.api import compile
-from hybridc.energy.coupling import COLD_FIRST
 from hybridc.energy.feedback_guard import DHNConstraint
 from hybridc.load import load_model
 from hybridc.progress import StepProgress
@@ -318,14 +317,14 @@ def compile_spec(
 
 def past_guard_cold_start(ff: Any) -> None:
     """Take each guarded block's per-step ρ measurement through its cold start, so that timed steps are the
-    steady state a training run spends its steps in. The first COLD_FIRST measurements of a run are cold (25 power
-    iterations from fixed starts: ~300 ms a step on the paper's VGG at width 1, against ~56 ms warm), and then
-    every COLD_EVERY-th (amortised ~2.5 ms a step). Timing within the first 10 steps would charge every step with a
-    cost a run pays 10 times. Measuring changes no weight."""
+    steady state a training run spends its steps in. The first `cold_first` (10) measurements of a run are cold
+    (25 power iterations from fixed starts: ~300 ms a step on the paper's VGG at width 1, against ~56 ms warm),
+    then every `cold_every`-th (100th: amortised ~2.5 ms a step). Timing within the first 10 steps would charge
+    every step with a cost a run pays 10 times. Measuring changes no weight."""
     for block in ff.analog_blocks.values():
         constraint = getattr(block, "constraint", None)
         if isinstance(constraint, DHNConstraint) and constraint.warm_start:
-            for _ in range(COLD_FIRST):
+            for _ in range(constraint.cold_first):
                 constraint.measure()
 
 
