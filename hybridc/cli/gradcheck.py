@@ -111,14 +111,11 @@ def gradcheck(
         checked = report.checked()
         if checked:
             zero = sum(p.structural_zero for p in report.params if p.analog)
+            bptt = [p.cos_id_bptt for p in checked if p.cos_id_bptt is not None]  # empty: BPTT was skipped
             console.print(
                 f"analog tensors: min cos EP·ID {min(p.cos_ep_id for p in checked):.6f}, "
                 f"max relerr EP·ID {max(p.relerr_ep_id for p in checked):.2e}"
-                + (
-                    f", min cos ID·BPTT {min(p.cos_id_bptt for p in checked if p.cos_id_bptt is not None):.6f}"
-                    if any(p.cos_id_bptt is not None for p in checked)
-                    else ", BPTT skipped"
-                )
+                + (f", min cos ID·BPTT {min(bptt):.6f}" if bptt else ", BPTT skipped")
                 + (f" ({zero} structurally zero left out)" if zero else "")
             )
     bad = report.unconverged()
