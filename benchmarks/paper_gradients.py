@@ -3,8 +3,9 @@
 
 The paper (Nest & Ernoult, NeurIPS 2024, the gradient figures) shows per-layer cosine similarity and relative
 error between EP and the true gradient. Here the true gradient is ID (`hybridc.gradcheck`: the implicit
-gradient at the same fixed point; BPTT is skipped: to 1e-13 in float64 it would need > 11 GB), the model is the zoo's `vgg-paper` compiled at
-`--max-block-size 3` with its readout digital (the paper's split 3 | 3 + readout), and each check runs in
+gradient at the same fixed point; BPTT is skipped: to 1e-13 in float64 it would need > 11 GB), the model is
+the zoo's `vgg-paper` compiled at `--max-block-size 3` with its readout digital (the paper's split 3 | 3 +
+readout), and each check runs in
 
 * float32 with the β training uses (`--beta32`, default 0.05: hybridc's unit-RMS nudge), and
 * float64 with a small β (`--beta64`, default 1e-4), where EP's finite-β bias and the solver tolerance are
